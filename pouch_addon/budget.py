@@ -1,0 +1,560 @@
+"""The money: reservations against a budget, settled exactly once.
+
+``LedgerState`` holds the rules and is pure (no I/O; unit-tested directly). ``Ledger`` is the
+thin shell every process uses (proxy, CLI, TUI): each write is one transaction under the
+cross-process lock (see ``ledger_store``), so check-and-reserve is a single atomic step and no
+path reads the balance and writes it in two steps.
+
+The invariant, checked by :meth:`LedgerState.problems`:
+``budget == remaining + reserved + spent``, where ``reserved`` is the sum of the open
+reservations (derived, so it cannot drift) and ``spent`` the sum of settled costs in history.
+A settle above its reservation is recorded as it happened and flagged ``over_reservation``;
+``remaining`` may then go negative, which blocks every later request.
+
+Orphans: a reservation whose owning process died (SIGKILL, power loss) is found at the next
+start and settled conservatively at its full reserved amount, flagged ``orphaned`` for review,
+unless its last checkpoint recorded a final cost (the response had ended and only the settle
+write was lost), in which case that cost is used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Callable
+
+from .home import resolve_home
+from .ledger_store import (
+    HISTORY_DIR,
+    LOCK_FILE,
+    STATE_FILE,
+    AtomicJSONStorage,
+    FileLock,
+    HistoryLog,
+    LedgerCorrupt,
+    corrupt_message,
+)
+from .money import ZERO, format_usd, usd_str
+
+__all__ = [
+    "Ledger",
+    "LedgerCorrupt",
+    "LedgerState",
+    "NotOpen",
+    "Owner",
+    "Refusal",
+    "Reservation",
+    "Status",
+]
+
+
+class NotOpen(LookupError):
+    """Settling a reservation that is not open: it was already settled (exactly-once) or never made."""
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The process holding a reservation, so a dead one can be told from a live one."""
+
+    pid: int
+    started: str | None  # process start time (from /proc), guards against pid reuse
+    host: str
+
+    @classmethod
+    def current(cls) -> Owner:
+        return cls(os.getpid(), _process_start(os.getpid()), socket.gethostname())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"pid": self.pid, "started": self.started, "host": self.host}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Owner:
+        return cls(int(d["pid"]), d.get("started"), str(d["host"]))
+
+
+def _process_start(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+    except OSError:
+        return None
+    # the command name (field 2) may contain spaces; fields after ')' are fixed
+    return stat.rsplit(b")", 1)[1].split()[19].decode()
+
+
+def owner_alive(owner: Owner) -> bool:
+    """Whether the owning process still runs. Another host's processes are assumed alive."""
+    if owner.host != socket.gethostname():
+        return True
+    try:
+        os.kill(owner.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return owner.started is None or _process_start(owner.pid) == owner.started
+
+
+@dataclass
+class Reservation:
+    id: str
+    amount: Decimal
+    created: float
+    owner: Owner
+    meta: dict[str, Any] = field(default_factory=dict)
+    checkpoint: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "amount": usd_str(self.amount),
+            "created": self.created,
+            "owner": self.owner.to_dict(),
+            "meta": self.meta,
+            "checkpoint": self.checkpoint,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Reservation:
+        return cls(
+            id=str(d["id"]),
+            amount=Decimal(d["amount"]),
+            created=float(d["created"]),
+            owner=Owner.from_dict(d["owner"]),
+            meta=dict(d.get("meta") or {}),
+            checkpoint=d.get("checkpoint"),
+        )
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a reservation was not made; ``message`` is what the user reads in the 402."""
+
+    reason: str  # "insufficient" | "paused" | "invalid"
+    needed: Decimal
+    remaining: Decimal
+
+    @property
+    def message(self) -> str:
+        if self.reason == "paused":
+            return "pouch: LLM traffic is paused (resume with `pouch resume` or from the TUI)"
+        if self.reason == "invalid":
+            return f"pouch: cannot reserve {format_usd(self.needed)}"
+        return (
+            f"pouch: budget exceeded: this request may cost up to {format_usd(self.needed)} "
+            f"but only {format_usd(self.remaining)} remains "
+            "(raise it with `pouch budget add AMOUNT`)"
+        )
+
+
+@dataclass(frozen=True)
+class Status:
+    budget: Decimal
+    spent: Decimal
+    reserved: Decimal
+    in_flight: int
+    requests: int
+    blocked: int
+    flagged: int
+    paused: bool
+
+    @property
+    def remaining(self) -> Decimal:
+        return self.budget - self.spent - self.reserved
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "budget_usd": usd_str(self.budget),
+            "spent_usd": usd_str(self.spent),
+            "reserved_usd": usd_str(self.reserved),
+            "remaining_usd": usd_str(self.remaining),
+            "in_flight": self.in_flight,
+            "requests": self.requests,
+            "blocked": self.blocked,
+            "flagged": self.flagged,
+            "paused": self.paused,
+        }
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def partition_for(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d") + ".jsonl"
+
+
+@dataclass
+class LedgerState:
+    """The hot state and every rule that changes it. Pure: callers pass ids, owners and time."""
+
+    budget: Decimal = ZERO
+    spent: Decimal = ZERO
+    requests: int = 0
+    blocked: int = 0
+    flagged: int = 0
+    paused: bool = False
+    seq: int = 0
+    history_file: str | None = None
+    history_size: int = 0
+    open: dict[str, Reservation] = field(default_factory=dict)
+
+    # -- derived ---------------------------------------------------------------------------
+    @property
+    def reserved(self) -> Decimal:
+        return sum((r.amount for r in self.open.values()), ZERO)
+
+    @property
+    def remaining(self) -> Decimal:
+        return self.budget - self.spent - self.reserved
+
+    def status(self) -> Status:
+        return Status(
+            self.budget, self.spent, self.reserved, len(self.open),
+            self.requests, self.blocked, self.flagged, self.paused,
+        )
+
+    # -- rules -------------------------------------------------------------------------------
+    def reserve(
+        self, amount: Decimal, *, res_id: str, owner: Owner, now: float, meta: dict[str, Any] | None = None
+    ) -> Reservation | Refusal:
+        """Reserve ``amount`` if the remaining budget covers it (``<=``: exactly enough is enough)."""
+        if not amount.is_finite() or amount <= 0:
+            return Refusal("invalid", amount, self.remaining)
+        if self.paused:
+            return Refusal("paused", amount, self.remaining)
+        if amount > self.remaining:
+            return Refusal("insufficient", amount, self.remaining)
+        res = Reservation(res_id, amount, now, owner, dict(meta or {}))
+        self.open[res_id] = res
+        return res
+
+    def settle_entry(
+        self, res_id: str, cost: Decimal, *, now: float, status: str = "ok", details: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """The history entry that settles ``res_id`` at ``cost`` (apply it with :meth:`apply`)."""
+        res = self.open.get(res_id)
+        if res is None:
+            raise NotOpen(f"reservation {res_id} is not open (already settled, or never made)")
+        if not cost.is_finite() or cost < 0:
+            raise ValueError(f"settle cost must be a finite amount >= 0, not {cost}")
+        flags = list((details or {}).pop("flags", []) if details else [])
+        if cost > res.amount:
+            flags.append("over_reservation")
+        entry: dict[str, Any] = {
+            **res.meta,
+            **(details or {}),
+            "kind": "settle",
+            "id": res_id,
+            "seq": self.seq + 1,
+            "ts": now,
+            "time": _iso(now),
+            "started": _iso(res.created),
+            "duration_s": round(max(0.0, now - res.created), 3),
+            "reserved": usd_str(res.amount),
+            "cost": usd_str(cost),
+            "status": status,
+            "flags": flags,
+        }
+        return entry
+
+    def block_entry(self, refusal: Refusal, *, now: float, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+        return {
+            **(meta or {}),
+            "kind": "block",
+            "seq": self.seq + 1,
+            "ts": now,
+            "time": _iso(now),
+            "reason": refusal.reason,
+            "needed": usd_str(refusal.needed),
+            "remaining": usd_str(refusal.remaining),
+            "message": refusal.message,
+            "cost": "0",
+            "status": "blocked",
+        }
+
+    def apply(self, entry: dict[str, Any]) -> None:
+        """Apply one history entry; the same code runs live and when replaying after a crash."""
+        if entry["seq"] != self.seq + 1:
+            raise LedgerCorrupt(f"history entry seq {entry['seq']} does not follow ledger seq {self.seq}")
+        if entry["kind"] == "settle":
+            if self.open.pop(entry["id"], None) is None:
+                raise NotOpen(f"reservation {entry['id']} is not open")
+            self.spent += Decimal(entry["cost"])
+            self.requests += 1
+            if entry.get("flags"):
+                self.flagged += 1
+        elif entry["kind"] == "block":
+            self.blocked += 1
+        else:
+            raise LedgerCorrupt(f"unknown history entry kind {entry['kind']!r}")
+        self.seq = entry["seq"]
+
+    def orphan_entries(self, is_alive: Callable[[Owner], bool], *, now: float) -> list[dict[str, Any]]:
+        """Settle entries for reservations whose owner process is gone (conservative rule)."""
+        entries = []
+        for res in list(self.open.values()):
+            if is_alive(res.owner):
+                continue
+            final = (res.checkpoint or {}).get("final_cost")
+            cost = Decimal(final) if final is not None else res.amount
+            entry = self.settle_entry(
+                res.id, min(cost, res.amount) if final is not None else cost, now=now,
+                status="orphaned", details={"flags": ["orphaned"], "checkpoint": res.checkpoint},
+            )
+            self.apply(entry)
+            entries.append(entry)
+        return entries
+
+    def problems(self) -> list[str]:
+        """Invariant violations in the state alone (history is checked by :meth:`Ledger.verify`)."""
+        out = []
+        if self.budget != self.remaining + self.reserved + self.spent:
+            out.append("budget != remaining + reserved + spent")
+        if self.reserved < 0 or any(r.amount <= 0 for r in self.open.values()):
+            out.append("a reservation is not positive")
+        if self.spent < 0:
+            out.append("spent is negative")
+        return out
+
+    # -- (de)serialisation as TinyDB tables --------------------------------------------------
+    def to_tables(self) -> dict[str, dict[str, Any]]:
+        ledger = {
+            "budget": usd_str(self.budget),
+            "spent": usd_str(self.spent),
+            "requests": self.requests,
+            "blocked": self.blocked,
+            "flagged": self.flagged,
+            "paused": self.paused,
+            "seq": self.seq,
+            "history_file": self.history_file,
+            "history_size": self.history_size,
+        }
+        return {
+            "ledger": {"1": ledger},
+            "open": {str(i): r.to_dict() for i, r in enumerate(self.open.values(), start=1)},
+        }
+
+    @classmethod
+    def from_tables(cls, tables: dict[str, dict[str, Any]]) -> LedgerState:
+        doc = tables["ledger"]["1"]
+        opens = (Reservation.from_dict(d) for d in tables.get("open", {}).values())
+        return cls(
+            budget=Decimal(doc["budget"]),
+            spent=Decimal(doc["spent"]),
+            requests=int(doc["requests"]),
+            blocked=int(doc["blocked"]),
+            flagged=int(doc.get("flagged", 0)),
+            paused=bool(doc.get("paused", False)),
+            seq=int(doc["seq"]),
+            history_file=doc.get("history_file"),
+            history_size=int(doc.get("history_size", 0)),
+            open={r.id: r for r in opens},
+        )
+
+
+class _Txn:
+    """One open transaction: the state plus history entries to write ahead of it."""
+
+    def __init__(self, state: LedgerState) -> None:
+        self.state = state
+        self.entries: list[dict[str, Any]] = []
+        self.dirty = False
+
+    def record(self, entry: dict[str, Any]) -> dict[str, Any]:
+        self.state.apply(entry)
+        self.entries.append(entry)
+        self.dirty = True
+        return entry
+
+
+class Ledger:
+    """The ledger every pouch process shares. Methods block on disk I/O: call them off the event loop."""
+
+    def __init__(self, home: str | os.PathLike[str] | None = None, *, durable: bool = True) -> None:
+        self.home = resolve_home(home)
+        self.state_path = self.home / STATE_FILE
+        self._storage = AtomicJSONStorage(self.state_path, durable=durable)
+        self._history = HistoryLog(self.home / HISTORY_DIR, durable=durable)
+        self._lock = FileLock(self.home / LOCK_FILE)
+        self.owner = Owner.current()
+
+    # -- transactions ------------------------------------------------------------------------
+    def _load(self) -> LedgerState:
+        tables = self._storage.read()
+        if tables is None:
+            if self._history.partitions():
+                raise LedgerCorrupt(corrupt_message(self.state_path, "the file is missing but history exists"))
+            return LedgerState()
+        try:
+            state = LedgerState.from_tables(tables)
+        except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
+            raise LedgerCorrupt(corrupt_message(self.state_path, f"unexpected content ({exc!r})")) from None
+        problems = state.problems()
+        if problems:
+            raise LedgerCorrupt(corrupt_message(self.state_path, "; ".join(problems)))
+        return state
+
+    def _replay(self, txn: _Txn) -> None:
+        """Apply history written ahead of a state write that never happened (a crashed writer)."""
+        st = txn.state
+        names = [n for n in self._history.partitions() if st.history_file is None or n >= st.history_file]
+        for name in names:
+            offset = st.history_size if name == st.history_file else 0
+            if self._history.size(name) <= offset:
+                continue
+            entries, end = self._history.tail_from(name, offset)
+            for entry in entries:
+                st.apply(entry)
+            if end < self._history.size(name):
+                self._history.truncate(name, end)  # a torn line: that settle never happened
+            st.history_file, st.history_size = name, end
+            txn.dirty = True
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[_Txn]:
+        with self._lock.hold():
+            txn = _Txn(self._load())
+            self._replay(txn)
+            yield txn
+            if not txn.dirty:
+                return
+            st = txn.state
+            for entry in txn.entries:
+                name = max(partition_for(entry["ts"]), st.history_file or "")
+                st.history_size = self._history.append(name, entry)
+                st.history_file = name
+            self._storage.write(st.to_tables())
+
+    # -- operations --------------------------------------------------------------------------
+    def reserve(self, amount: Decimal, meta: dict[str, Any] | None = None) -> Reservation | Refusal:
+        """Check and reserve in one atomic step; a refusal is counted as a block."""
+        with self.transaction() as txn:
+            result = txn.state.reserve(
+                amount, res_id=uuid.uuid4().hex[:16], owner=self.owner, now=time.time(), meta=meta
+            )
+            if isinstance(result, Refusal):
+                txn.record(txn.state.block_entry(result, now=time.time(), meta=meta))
+            else:
+                txn.dirty = True
+            return result
+
+    def settle(
+        self, res_id: str, cost: Decimal, *, status: str = "ok", details: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Settle a reservation at its exact cost and refund the rest. Raises NotOpen if already settled."""
+        with self.transaction() as txn:
+            return txn.record(txn.state.settle_entry(res_id, cost, now=time.time(), status=status, details=details))
+
+    def release(self, res_id: str, *, status: str = "released", details: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Give a reservation back in full (the provider did not bill: 4xx/5xx, never sent)."""
+        return self.settle(res_id, ZERO, status=status, details=details)
+
+    def record_block(self, refusal: Refusal, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Count a request pouch refused before reserving (bad input, unknown model, …)."""
+        with self.transaction() as txn:
+            return txn.record(txn.state.block_entry(refusal, now=time.time(), meta=meta))
+
+    def checkpoint(self, updates: dict[str, dict[str, Any]]) -> None:
+        """Store in-flight progress of several reservations in one write (for the TUI and crashes)."""
+        with self.transaction() as txn:
+            for res_id, data in updates.items():
+                res = txn.state.open.get(res_id)
+                if res is not None:
+                    res.checkpoint = data
+                    txn.dirty = True
+
+    def set_budget(self, amount: Decimal) -> Status:
+        if amount < 0:
+            raise ValueError("budget must not be negative")
+        with self.transaction() as txn:
+            txn.state.budget = amount
+            txn.dirty = True
+            return txn.state.status()
+
+    def add_budget(self, amount: Decimal) -> Status:
+        with self.transaction() as txn:
+            if txn.state.budget + amount < 0:
+                raise ValueError("budget must not become negative")
+            txn.state.budget += amount
+            txn.dirty = True
+            return txn.state.status()
+
+    def set_paused(self, paused: bool) -> Status:
+        with self.transaction() as txn:
+            txn.state.paused = paused
+            txn.dirty = True
+            return txn.state.status()
+
+    def recover_orphans(self, is_alive: Callable[[Owner], bool] = owner_alive) -> list[dict[str, Any]]:
+        """Settle reservations left open by dead processes (run at proxy start and by the CLI)."""
+        with self.transaction() as txn:
+            entries = txn.state.orphan_entries(is_alive, now=time.time())
+            for entry in entries:
+                txn.entries.append(entry)
+                txn.dirty = True
+            return entries
+
+    # -- reads (lock-free: the state file is replaced atomically) -------------------------------
+    def snapshot(self) -> LedgerState:
+        return self._load()
+
+    def status(self) -> Status:
+        return self.snapshot().status()
+
+    def open_reservations(self) -> list[Reservation]:
+        return sorted(self.snapshot().open.values(), key=lambda r: r.created)
+
+    def history(
+        self, *, since: float | None = None, limit: int | None = None, kinds: Iterable[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Applied history entries, newest first, reading only the partitions needed."""
+        st = self.snapshot()
+        wanted = set(kinds) if kinds else None
+        first = partition_for(since) if since is not None else ""
+        out: list[dict[str, Any]] = []
+        for name in reversed(self._history.partitions()):
+            if st.history_file is None or name > st.history_file:
+                continue  # not applied yet
+            if name < first:
+                break
+            limit_size = st.history_size if name == st.history_file else None
+            for entry in reversed(self._history.read_partition(name, limit_size)):
+                if since is not None and entry["ts"] < since:
+                    continue
+                if wanted is None or entry["kind"] in wanted:
+                    out.append(entry)
+                    if limit is not None and len(out) >= limit:
+                        return out
+        return out
+
+    def verify(self) -> list[str]:
+        """Full check: the state's invariant and ``spent`` == the sum of settled costs in history."""
+        st = self.snapshot()
+        problems = st.problems()
+        settled = [e for e in self.history(kinds=("settle",))]
+        total = sum((Decimal(e["cost"]) for e in settled), ZERO)
+        if total != st.spent:
+            problems.append(f"spent {st.spent} != sum of settled history {total}")
+        if len(settled) != st.requests:
+            problems.append(f"requests {st.requests} != settled history entries {len(settled)}")
+        return problems
+
+    def restore_backup(self) -> Path:
+        """Put the last good copy of the state back (the corrupt file is kept beside it)."""
+        backup = self.state_path.with_name(self.state_path.name + ".bak")
+        with self._lock.hold():
+            AtomicJSONStorage(backup).read()  # must itself be valid
+            if self.state_path.exists():
+                kept = self.state_path.with_name(f"{self.state_path.name}.corrupt-{int(time.time())}")
+                os.replace(self.state_path, kept)
+            os.link(backup, self.state_path)
+        return self.state_path

@@ -1,0 +1,247 @@
+"""The ``pouch`` command: budget, status, history, prices, token estimates, the proxy and the TUI.
+
+Every command takes ``--home DIR`` (default ``$POUCH_HOME`` or ``~/.pouch``), so the CLI, the
+proxy and the TUI share one ledger. Errors are one clear line on stderr and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Any
+
+from .budget import Ledger, LedgerCorrupt, NotOpen
+from .money import MoneyError, format_usd, parse_usd, usd_str
+
+HISTORY_COLUMNS = [
+    "time", "kind", "status", "model", "endpoint", "stream", "input_tokens", "cached_tokens",
+    "output_tokens", "reasoning_tokens", "reserved", "cost", "duration_s", "client", "flags", "id",
+]
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line, exit status 2."""
+
+
+def _parse_since(text: str) -> float:
+    try:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise CliError(f"--since: not an ISO date or time: {text!r} (e.g. 2026-11-01 or 2026-11-01T08:00Z)") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.timestamp()
+
+
+def _print_status(ledger: Ledger, as_json: bool) -> None:
+    st = ledger.status()
+    if as_json:
+        print(json.dumps(st.to_json()))
+        return
+    print(f"budget     {format_usd(st.budget)}")
+    print(f"spent      {format_usd(st.spent)}")
+    print(f"reserved   {format_usd(st.reserved)}  ({st.in_flight} in flight)")
+    print(f"remaining  {format_usd(st.remaining)}")
+    print(f"requests   {st.requests} settled, {st.blocked} blocked, {st.flagged} flagged for review")
+    if st.paused:
+        print("PAUSED: every LLM request is answered 402 until `pouch resume`")
+
+
+def cmd_status(args: argparse.Namespace) -> None:
+    _print_status(Ledger(args.home), args.json)
+
+
+def cmd_budget(args: argparse.Namespace) -> None:
+    ledger = Ledger(args.home)
+    if args.action == "show":
+        _print_status(ledger, False)
+        return
+    try:
+        amount = parse_usd(args.amount, allow_negative=args.action == "add")
+    except MoneyError as exc:
+        raise CliError(str(exc)) from None
+    if args.action == "set":
+        st = ledger.set_budget(amount)
+    else:
+        try:
+            st = ledger.add_budget(amount)
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
+    print(f"budget {format_usd(st.budget)}, remaining {format_usd(st.remaining)}")
+
+
+def cmd_pause(args: argparse.Namespace) -> None:
+    st = Ledger(args.home).set_paused(args.command == "pause")
+    print("paused: LLM requests are refused with 402" if st.paused else "resumed")
+
+
+def cmd_history(args: argparse.Namespace) -> None:
+    since = _parse_since(args.since) if args.since else None
+    kinds = None if args.blocked else ("settle",)
+    entries = Ledger(args.home).history(since=since, limit=args.limit, kinds=kinds)
+    entries.reverse()  # oldest first, like a statement
+    if args.json:
+        print(json.dumps(entries, indent=1))
+    elif args.csv:
+        writer = csv.DictWriter(sys.stdout, HISTORY_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for e in entries:
+            writer.writerow({**e, "flags": " ".join(e.get("flags") or [])})
+    else:
+        if not entries:
+            print("no settled requests yet")
+        for e in entries:
+            tokens = f"{e.get('input_tokens', '?')}/{e.get('output_tokens', '?')} tok"
+            flags = f" [{', '.join(e['flags'])}]" if e.get("flags") else ""
+            print(
+                f"{e['time']}  {e.get('status', ''):<10} {e.get('model', '-'):<24} {tokens:<16}"
+                f" {format_usd(Decimal(e['cost'])):>12}{flags}"
+            )
+
+
+def cmd_cost(args: argparse.Namespace) -> None:
+    from .pricing import PriceTable, Usage, UnknownModel, cost
+
+    try:
+        price = PriceTable.load(args.prices).resolve(args.model)
+        usage = Usage(
+            input_tokens=args.input, cached_tokens=args.cached, cache_write_tokens=args.cache_write,
+            output_tokens=args.output, reasoning_tokens=args.reasoning,
+        )
+        total = cost(price, usage, args.tier)
+    except (UnknownModel, ValueError) as exc:
+        raise CliError(str(exc).strip("'\"")) from None
+    if args.json:
+        print(json.dumps({"model": price.name, "usd": usd_str(total), **usage.to_dict()}))
+    else:
+        print(f"{price.name}: {usd_str(total)} USD  ({format_usd(total, 8)})")
+
+
+def cmd_tokens(args: argparse.Namespace) -> None:
+    from .plan import PlanError, estimate_input_tokens
+
+    try:
+        raw = sys.stdin.read() if args.file == "-" else open(args.file, encoding="utf-8").read()
+    except OSError as exc:
+        raise CliError(f"cannot read {args.file}: {exc.strerror}") from None
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise CliError(f"{args.file} is not JSON: {exc}") from None
+    try:
+        n = estimate_input_tokens(body, endpoint=args.endpoint, model=args.model)
+    except PlanError as exc:
+        raise CliError(str(exc)) from None
+    print(n)
+
+
+def cmd_ledger(args: argparse.Namespace) -> None:
+    ledger = Ledger(args.home)
+    if args.action == "verify":
+        problems = ledger.verify()
+        for p in problems:
+            print(f"problem: {p}")
+        if problems:
+            raise SystemExit(1)
+        print(f"ledger {ledger.state_path} is consistent")
+    elif args.action == "restore":
+        print(f"restored the last good copy to {ledger.restore_backup()}")
+    elif args.action == "recover":
+        entries = ledger.recover_orphans()
+        print(f"settled {len(entries)} reservation(s) left open by dead processes")
+        for e in entries:
+            print(f"  {e['id']} {e.get('model', '-')} at {format_usd(Decimal(e['cost']))} (flagged orphaned)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--home", metavar="DIR", default=argparse.SUPPRESS,
+                        help="data directory (default: $POUCH_HOME or ~/.pouch)")
+    parser = argparse.ArgumentParser(
+        prog="pouch", parents=[common],
+        description="pouch: a budget firewall for pay-per-token LLM APIs (a mitmproxy addon).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("status", parents=[common], help="budget, spent, reserved, remaining")
+    p.add_argument("--json", action="store_true", help="one JSON object with decimal-string amounts")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("budget", parents=[common], help="set or top up the budget (USD)")
+    bsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, text in (("set", "set the total budget to AMOUNT"), ("add", "add AMOUNT to the budget")):
+        bp = bsub.add_parser(action, parents=[common], help=text)
+        bp.add_argument("amount", metavar="AMOUNT", help="USD, e.g. 10 or 2.50")
+    bsub.add_parser("show", parents=[common], help="same as `pouch status`")
+    p.set_defaults(func=cmd_budget)
+
+    for name, text in (("pause", "refuse all LLM traffic with 402 (kill switch)"), ("resume", "allow LLM traffic again")):
+        sub.add_parser(name, parents=[common], help=text).set_defaults(func=cmd_pause)
+
+    p = sub.add_parser("history", parents=[common], help="settled requests")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true")
+    fmt.add_argument("--csv", action="store_true")
+    p.add_argument("--since", metavar="ISO", help="only entries at or after this UTC date/time")
+    p.add_argument("--limit", type=int, default=None, help="at most N most recent entries")
+    p.add_argument("--blocked", action="store_true", help="include blocked requests")
+    p.set_defaults(func=cmd_history)
+
+    p = sub.add_parser("cost", parents=[common], help="exact USD cost of a usage, to check a bill")
+    p.add_argument("model")
+    p.add_argument("--input", type=int, default=0, metavar="N", help="prompt tokens, cached ones included")
+    p.add_argument("--cached", type=int, default=0, metavar="N", help="of which read from cache")
+    p.add_argument("--cache-write", type=int, default=0, metavar="N", help="of which written to cache")
+    p.add_argument("--output", type=int, default=0, metavar="N", help="completion tokens, reasoning included")
+    p.add_argument("--reasoning", type=int, default=0, metavar="N", help="of which reasoning (not added again)")
+    p.add_argument("--tier", default=None, help="service tier: flex, priority, batch")
+    p.add_argument("--prices", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_cost)
+
+    p = sub.add_parser("tokens", parents=[common], help="estimated prompt tokens of an OpenAI request body")
+    p.add_argument("file", metavar="FILE", help="JSON request body, or - for stdin")
+    p.add_argument("--endpoint", default="/v1/chat/completions",
+                   help="which API the body is for (default /v1/chat/completions)")
+    p.add_argument("--model", default=None, help="override the body's model")
+    p.set_defaults(func=cmd_tokens)
+
+    p = sub.add_parser("ledger", parents=[common], help="check, restore or recover the ledger")
+    p.add_argument("action", choices=["verify", "restore", "recover"])
+    p.set_defaults(func=cmd_ledger)
+
+    _add_runtime_commands(sub, common)
+    return parser
+
+
+def _add_runtime_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Commands that start something (proxy, TUI); their modules import lazily."""
+    try:
+        from . import runtime
+    except ImportError:  # pragma: no cover - during development only
+        return
+    runtime.add_commands(sub, common)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "home"):
+        args.home = None
+    try:
+        args.func(args)
+    except (CliError, LedgerCorrupt, NotOpen) as exc:
+        print(f"pouch: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,222 @@
+"""Persistence for the ledger: one small hot state file plus day-partitioned history.
+
+Why this shape: TinyDB's default storage rewrites the whole file on every write, so a ledger
+holding its history in one document gets slower with every request. Here the hot state
+(budget, spent, open reservations) is a small TinyDB document replaced atomically, and every
+settled request is *appended* to ``history/YYYY-MM-DD.jsonl``. Reserve and settle therefore
+cost the same at a million history entries as at a thousand.
+
+Crash safety:
+- the state file is written to a temp file, fsynced and renamed over the old one, so a reader
+  or a process killed at any instant sees either the old or the new file, never a torn one;
+  the previous version is kept as ``state.json.bak`` (a hard link, no copy);
+- a history line is the write-ahead record of a settle: it is appended and fsynced *before*
+  the state file moves. The state remembers how far the history was applied
+  (``history_file``/``history_size``); a complete line beyond that point is replayed on the
+  next transaction, a torn one is cut off (its settle never happened, the reservation is
+  still open and is recovered by the orphan rule).
+- cross-process atomicity: every transaction holds an exclusive ``fcntl.flock`` on
+  ``ledger.lock`` plus the process's own lock, and re-reads the state inside it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from tinydb import Storage
+
+STATE_FILE = "state.json"
+BACKUP_SUFFIX = ".bak"
+LOCK_FILE = "ledger.lock"
+HISTORY_DIR = "history"
+FORMAT = 1
+
+
+class LedgerCorrupt(RuntimeError):
+    """The ledger on disk cannot be trusted; nothing was changed and the user is told how out."""
+
+
+def _canonical(tables: dict[str, Any]) -> bytes:
+    return json.dumps(tables, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def corrupt_message(path: Path, reason: str) -> str:
+    backup = path.with_name(path.name + BACKUP_SUFFIX)
+    way_out = (
+        f"The last good copy is {backup}; restore it with `pouch ledger restore`"
+        if backup.exists()
+        else "No backup copy exists; move the file away to start a new ledger"
+    )
+    return (
+        f"pouch ledger file {path} cannot be read: {reason}. Nothing was changed. {way_out} "
+        "(history in the history/ folder is kept either way)."
+    )
+
+
+class AtomicJSONStorage(Storage):
+    """A TinyDB storage that replaces its file atomically and detects hand edits.
+
+    The file holds ``{"format": 1, "sha256": ..., "tables": {...}}``; ``read()`` returns the
+    tables (TinyDB's view) after checking the checksum, so a truncated, hand-edited or garbled
+    file raises :class:`LedgerCorrupt` instead of being read as an empty ledger.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, durable: bool = True) -> None:
+        self.path = Path(path)
+        self.durable = durable
+
+    def read(self) -> dict[str, dict[str, Any]] | None:
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            doc = json.loads(raw)
+            tables = doc["tables"]
+            digest = doc["sha256"]
+            fmt = doc["format"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise LedgerCorrupt(corrupt_message(self.path, f"not a pouch ledger ({exc})")) from None
+        if fmt != FORMAT:
+            raise LedgerCorrupt(corrupt_message(self.path, f"unknown format {fmt!r}"))
+        if hashlib.sha256(_canonical(tables)).hexdigest() != digest:
+            raise LedgerCorrupt(
+                corrupt_message(self.path, "its checksum does not match (edited by hand or damaged)")
+            )
+        return tables
+
+    def write(self, data: dict[str, dict[str, Any]]) -> None:
+        doc = {"format": FORMAT, "sha256": hashlib.sha256(_canonical(data)).hexdigest(), "tables": data}
+        payload = json.dumps(doc, sort_keys=True, indent=1).encode()
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, payload)
+            if self.durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        if self.path.exists():
+            # keep the previous (already verified) version as the last good copy
+            backup = self.path.with_name(self.path.name + BACKUP_SUFFIX)
+            link_tmp = tmp.with_suffix(".bak.tmp")
+            with contextlib.suppress(FileNotFoundError):
+                link_tmp.unlink()
+            os.link(self.path, link_tmp)
+            os.replace(link_tmp, backup)
+        os.replace(tmp, self.path)
+        if self.durable:
+            _fsync_dir(self.path.parent)
+
+    def close(self) -> None:  # nothing held open between calls
+        pass
+
+
+class HistoryLog:
+    """Append-only, day-partitioned JSON-lines history (the write-ahead log of settles)."""
+
+    def __init__(self, directory: Path, *, durable: bool = True) -> None:
+        self.dir = directory
+        self.durable = durable
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    def path(self, name: str) -> Path:
+        return self.dir / name
+
+    def partitions(self) -> list[str]:
+        """Partition file names, oldest first (names sort by date)."""
+        return sorted(p.name for p in self.dir.glob("*.jsonl"))
+
+    def append(self, name: str, line: dict[str, Any]) -> int:
+        """Append one entry to partition ``name``; return the partition's new size."""
+        data = (json.dumps(line, sort_keys=True, separators=(",", ":")) + "\n").encode()
+        fd = os.open(self.path(name), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            os.write(fd, data)
+            if self.durable:
+                os.fsync(fd)
+            return os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+
+    def size(self, name: str) -> int:
+        try:
+            return self.path(name).stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def tail_from(self, name: str, offset: int) -> tuple[list[dict[str, Any]], int]:
+        """Complete entries after ``offset`` and the offset where the last complete one ends.
+
+        A trailing partial line (a writer killed mid-append) is not returned; the caller
+        truncates it with :meth:`truncate`.
+        """
+        with open(self.path(name), "rb") as fh:
+            fh.seek(offset)
+            data = fh.read()
+        entries: list[dict[str, Any]] = []
+        end = offset
+        for raw in data.splitlines(keepends=True):
+            if not raw.endswith(b"\n"):
+                break
+            try:
+                entries.append(json.loads(raw))
+            except ValueError:
+                break
+            end += len(raw)
+        return entries, end
+
+    def truncate(self, name: str, size: int) -> None:
+        with open(self.path(name), "r+b") as fh:
+            fh.truncate(size)
+            if self.durable:
+                os.fsync(fh.fileno())
+
+    def read_partition(self, name: str, limit_size: int | None = None) -> list[dict[str, Any]]:
+        """All complete entries of one partition (up to ``limit_size`` bytes), oldest first."""
+        try:
+            with open(self.path(name), "rb") as fh:
+                data = fh.read() if limit_size is None else fh.read(limit_size)
+        except FileNotFoundError:
+            return []
+        out = []
+        for raw in data.splitlines(keepends=True):
+            if raw.endswith(b"\n"):
+                with contextlib.suppress(ValueError):
+                    out.append(json.loads(raw))
+        return out
+
+
+class FileLock:
+    """Process-local lock + ``flock`` on a lock file: one writer across threads and processes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._thread_lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        with self._thread_lock:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)

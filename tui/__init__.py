@@ -1,0 +1,1 @@
+"""pouch's Textual TUI (installed as ``pouch_tui``)."""
