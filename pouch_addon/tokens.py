@@ -1,0 +1,547 @@
+"""Token counts before and during a call: offline tiktoken encodings, prompt estimates, streams.
+
+Pure core. The only I/O is reading the two encoding files shipped in `pouch_addon/encodings/`;
+tiktoken never downloads anything here. Prompt estimates follow the OpenAI cookbook "How to count
+tokens with tiktoken" (both versions, see section 4 of the wire formats reference): they size the
+budget reservation, and settlement always uses the provider's reported usage.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import hashlib
+import importlib.resources
+import json
+import math
+import struct
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import regex
+import tiktoken
+import tiktoken_ext.openai_public as openai_public
+
+from .images import bare_model, image_size_from_data_url, image_tokens
+
+__all__ = [
+    "SHIPPED_SHA256", "EncodingFileError", "get_encoding", "encoding_for_model", "count_text",
+    "estimate_chat_prompt", "estimate_responses_input", "estimate_completion_prompt",
+    "estimate_embedding_input", "audio_tokens_bound", "StreamTokenCounter",
+]
+
+# tiktoken's published SHA-256 of each file (tiktoken_ext/openai_public.py).
+SHIPPED_SHA256: dict[str, str] = {
+    "o200k_base": "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d",
+    "cl100k_base": "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7",
+}
+O200K, CL100K = "o200k_base", "cl100k_base"
+
+
+class EncodingFileError(RuntimeError):
+    """A shipped encoding file is missing, corrupt or no longer what tiktoken expects."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading the shipped encodings
+
+@dataclass(frozen=True)
+class _Loaded:
+    encoding: tiktoken.Encoding
+    pieces: regex.Pattern[str]  # tiktoken's pre-tokenizer, for StreamTokenCounter's split points
+
+
+_LOAD_LOCK = threading.Lock()
+
+
+def _read_shipped_ranks(name: str) -> dict[bytes, int]:
+    """Parse `<name>.tiktoken` (base64 token, space, rank per line) after checking its SHA-256."""
+    resource = importlib.resources.files("pouch_addon.encodings") / f"{name}.tiktoken"
+    try:
+        data = resource.read_bytes()
+    except OSError as exc:
+        raise EncodingFileError(f"cannot read shipped encoding file {resource}: {exc}") from exc
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != SHIPPED_SHA256[name]:
+        raise EncodingFileError(
+            f"shipped encoding file {resource} has SHA-256 {digest}, expected tiktoken's "
+            f"published {SHIPPED_SHA256[name]}; the file is corrupt or was replaced"
+        )
+    ranks: dict[bytes, int] = {}
+    for line in data.splitlines():
+        if line:
+            token, rank = line.split()
+            ranks[base64.b64decode(token)] = int(rank)
+    return ranks
+
+
+def _tiktoken_spec(name: str) -> dict[str, Any]:
+    """Run tiktoken's own constructor (pattern, special tokens) with the shipped ranks.
+
+    The constructors in `tiktoken_ext.openai_public` hard-code a download URL for the ranks and
+    keep the pattern string inside the function, so the only way to read the pattern without
+    copying it is to call the constructor with its loader pointed at our file for the duration.
+    Any other URL (another thread loading another encoding) goes to tiktoken's loader unchanged.
+    """
+    original = openai_public.load_tiktoken_bpe
+
+    def shipped_loader(url: str, expected_hash: str | None = None) -> dict[bytes, int]:
+        if url.rsplit("/", 1)[-1] != f"{name}.tiktoken":
+            return original(url, expected_hash)
+        if expected_hash != SHIPPED_SHA256[name]:
+            raise EncodingFileError(
+                f"tiktoken now publishes SHA-256 {expected_hash} for {name}.tiktoken but pouch "
+                f"ships {SHIPPED_SHA256[name]}; update pouch_addon/encodings/{name}.tiktoken"
+            )
+        return _read_shipped_ranks(name)
+
+    openai_public.load_tiktoken_bpe = shipped_loader
+    try:
+        return openai_public.ENCODING_CONSTRUCTORS[name]()
+    finally:
+        openai_public.load_tiktoken_bpe = original
+
+
+@functools.lru_cache(maxsize=None)
+def _load_unlocked(name: str) -> _Loaded:
+    if name not in SHIPPED_SHA256:
+        raise ValueError(f"encoding {name!r} is not shipped with pouch (have {sorted(SHIPPED_SHA256)})")
+    spec = _tiktoken_spec(name)
+    return _Loaded(encoding=tiktoken.Encoding(**spec), pieces=regex.compile(spec["pat_str"]))
+
+
+def _loaded(name: str) -> _Loaded:
+    # lru_cache alone may run the slow first load twice in parallel; the lock makes it once.
+    with _LOAD_LOCK:
+        return _load_unlocked(name)
+
+
+def get_encoding(name: str) -> tiktoken.Encoding:
+    """The shipped `o200k_base` or `cl100k_base` encoding, loaded once, safe from any thread."""
+    return _loaded(name).encoding
+
+
+# ---------------------------------------------------------------------------------------------
+# Model -> encoding, plain text
+
+_EXACT: dict[str, str] = {
+    **dict.fromkeys(
+        ("o1", "o3", "o4-mini", "gpt-5", "gpt-4.1", "gpt-4o", "gpt-4.5", "chatgpt-4o"), O200K),
+    **dict.fromkeys(
+        ("gpt-4", "gpt-3.5-turbo", "gpt-3.5", "gpt-35-turbo", "davinci-002", "babbage-002"), CL100K),
+}
+# tiktoken's prefix table (model.py), in its order; gpt-oss uses o200k_harmony, which only adds
+# special tokens, so o200k_base counts ordinary text the same.
+_PREFIXES: list[tuple[str, str]] = [
+    ("o1-", O200K), ("o3-", O200K), ("o4-mini-", O200K), ("gpt-5", O200K), ("gpt-4.5-", O200K),
+    ("gpt-4.1-", O200K), ("chatgpt-4o-", O200K), ("gpt-4o-", O200K), ("gpt-4-", CL100K),
+    ("gpt-3.5-turbo-", CL100K), ("gpt-35-turbo-", CL100K), ("text-embedding-", CL100K),
+    ("gpt-oss-", O200K),
+]
+
+
+def encoding_for_model(model: str) -> str:
+    """tiktoken's encoding name for an OpenAI model (provider prefix and `ft:` stripped).
+
+    Unknown or non-OpenAI models (claude-*, gemini-*) get `o200k_base`: an approximation for the
+    reservation only, since settlement uses the provider's usage.
+    """
+    name = bare_model(model)
+    if name in _EXACT:
+        return _EXACT[name]
+    for prefix, encoding in _PREFIXES:
+        if name.startswith(prefix):
+            return encoding
+    return O200K
+
+
+def _n(enc: tiktoken.Encoding, text: str) -> int:
+    # disallowed_special=(): user text containing "<|endoftext|>" is counted as text, never raises
+    return len(enc.encode(text, disallowed_special=()))
+
+
+def count_text(text: str, model: str) -> int:
+    """Tokens of `text` alone (no message framing) in the model's encoding."""
+    if not isinstance(text, str):
+        raise ValueError(f"count_text needs a string, got {type(text).__name__}")
+    return _n(get_encoding(encoding_for_model(model)), text)
+
+
+# ---------------------------------------------------------------------------------------------
+# Prompt estimates (cookbook formula + tools + media)
+
+REPLY_PRIMING = 3  # every reply is primed with <|start|>assistant<|message|>
+
+
+@dataclass(frozen=True)
+class _ToolConstants:
+    func_init: int
+    prop_init: int = 3
+    prop_key: int = 3
+    enum_init: int = -3
+    enum_item: int = 3
+    func_end: int = 12
+
+
+# Cookbook section 7: gpt-4o/gpt-4o-mini constants for o200k models, gpt-4/3.5 ones for cl100k.
+_TOOL_CONSTANTS = {O200K: _ToolConstants(func_init=7), CL100K: _ToolConstants(func_init=10)}
+
+# Audio: ~10 tokens/s of input audio is the commonly quoted rate; 20/s (the output rate seen in
+# responses) bounds it. Without a WAV header, assume the lowest common bitrate (8 kbit/s).
+AUDIO_TOKENS_PER_SECOND = 20
+_MIN_AUDIO_BYTES_PER_SECOND = 1000
+# Inline files (PDFs: extracted text plus one image per page): 1 token per decoded byte. Text
+# averages several bytes per token and page images ~1k tokens per page, so this bounds typical
+# files; callers should clamp any estimate to the model's max input tokens.
+FILE_TOKENS_PER_BYTE = 1
+# A file sent by id or URL has no size we can see: assume a typical full context window.
+UNKNOWN_FILE_TOKENS = 128_000
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+def _require_dict(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError(f"{where} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _require_str(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{where} must be a string, got {type(value).__name__}")
+    return value
+
+
+def _message_overheads(model: str) -> tuple[int, int]:
+    """(tokens_per_message, tokens_per_name): 3/1 everywhere except the old gpt-3.5-turbo-0301."""
+    return (4, -1) if bare_model(model) == "gpt-3.5-turbo-0301" else (3, 1)
+
+
+def _b64_payload(data: str) -> str:
+    return data.partition(",")[2] if data.startswith("data:") else data
+
+
+def _b64_decoded_size(payload: str) -> int:
+    """Bytes that base64 text decodes to, without decoding it."""
+    return len(payload.rstrip("=")) * 3 // 4
+
+
+def audio_tokens_bound(data_b64: str, audio_format: str | None) -> int:
+    """Upper bound on the audio tokens of base64 audio, from its duration (WAV header if any)."""
+    payload = _b64_payload(data_b64)
+    n_bytes = _b64_decoded_size(payload)
+    byte_rate = _MIN_AUDIO_BYTES_PER_SECOND
+    if audio_format in (None, "wav"):
+        try:
+            head = base64.b64decode(payload[:64])
+        except (binascii.Error, ValueError):
+            head = b""
+        if head[:4] == b"RIFF" and head[8:16] == b"WAVEfmt ":
+            rate = struct.unpack("<I", head[28:32])[0]
+            byte_rate = rate if rate > 0 else byte_rate
+    return math.ceil(n_bytes / byte_rate * AUDIO_TOKENS_PER_SECOND)
+
+
+def _file_tokens(enc: tiktoken.Encoding, spec: dict[str, Any], where: str) -> int:
+    filename = spec.get("filename")
+    n = _n(enc, filename) if isinstance(filename, str) else 0
+    data = spec.get("file_data")
+    if data is None:
+        return n + UNKNOWN_FILE_TOKENS
+    payload = _b64_payload(_require_str(data, f"{where}.file_data"))
+    return n + _b64_decoded_size(payload) * FILE_TOKENS_PER_BYTE
+
+
+def _image_part_tokens(model: str, url: Any, detail: Any, where: str) -> int:
+    size = image_size_from_data_url(_require_str(url, where)) if url is not None else None
+    width, height = size if size else (None, None)
+    return image_tokens(model, width, height, detail if isinstance(detail, str) else "auto")
+
+
+def _part_tokens(enc: tiktoken.Encoding, model: str, part: Any, where: str) -> int:
+    """One content part of chat (`text`, `image_url`, `input_audio`, `file`) or Responses
+    (`input_text`, `output_text`, `input_image`, `input_file`, `refusal`) content."""
+    part = _require_dict(part, where)
+    kind = part.get("type")
+    if kind in ("text", "input_text", "output_text"):
+        return _n(enc, _require_str(part.get("text"), f"{where}.text"))
+    if kind == "refusal":
+        return _n(enc, _require_str(part.get("refusal"), f"{where}.refusal"))
+    if kind == "image_url":
+        image = part.get("image_url")
+        if isinstance(image, str):
+            return _image_part_tokens(model, image, "auto", f"{where}.image_url")
+        image = _require_dict(image, f"{where}.image_url")
+        return _image_part_tokens(model, image.get("url"), image.get("detail"), f"{where}.image_url.url")
+    if kind == "input_image":
+        return _image_part_tokens(model, part.get("image_url"), part.get("detail"), f"{where}.image_url")
+    if kind == "input_audio":
+        audio = _require_dict(part.get("input_audio"), f"{where}.input_audio")
+        data = _require_str(audio.get("data"), f"{where}.input_audio.data")
+        fmt = audio.get("format")
+        return audio_tokens_bound(data, fmt if isinstance(fmt, str) else None)
+    if kind == "file":
+        return _file_tokens(enc, _require_dict(part.get("file"), f"{where}.file"), f"{where}.file")
+    if kind == "input_file":
+        return _file_tokens(enc, part, where)
+    return _n(enc, _json(part))  # unknown part type: its JSON text
+
+
+def _content_tokens(enc: tiktoken.Encoding, model: str, content: Any, where: str) -> int:
+    if content is None:
+        return 0
+    if isinstance(content, str):
+        return _n(enc, content)
+    if not isinstance(content, list):
+        raise ValueError(f"{where} must be a string or a list of parts, got {type(content).__name__}")
+    return sum(_part_tokens(enc, model, part, f"{where}[{i}]") for i, part in enumerate(content))
+
+
+def _chat_message_tokens(enc: tiktoken.Encoding, model: str, message: Any, where: str) -> int:
+    """Cookbook: per-message overhead + every field's tokens (+1 for `name`). Non-string fields
+    (`tool_calls`, `function_call`, audio references) are counted as their JSON text."""
+    message = _require_dict(message, where)
+    per_message, per_name = _message_overheads(model)
+    n = per_message
+    for key, value in message.items():
+        if key == "content":
+            n += _content_tokens(enc, model, value, f"{where}.content")
+        elif isinstance(value, str):
+            n += _n(enc, value)
+        elif value is not None:
+            n += _n(enc, _json(value))
+        if key == "name":
+            n += per_name
+    return n
+
+
+def _function_of(tool: Any, where: str) -> dict[str, Any] | None:
+    """The function definition in a chat tool, a legacy `functions` entry or a Responses tool;
+    None for built-in tools (web_search, file_search, custom, ...)."""
+    tool = _require_dict(tool, where)
+    if isinstance(tool.get("function"), dict):
+        return tool["function"]
+    if tool.get("type", "function") != "function":
+        return None
+    _require_str(tool.get("name"), f"{where}.name")
+    return tool
+
+
+def _tools_tokens(enc: tiktoken.Encoding, tools: Any, where: str) -> int:
+    """Cookbook `num_tokens_for_tools`. Schema parts it ignores (nested objects, `items`,
+    `anyOf`, `$defs`) are added as their JSON text so big schemas are not under-counted."""
+    if tools is None:
+        return 0
+    if not isinstance(tools, list):
+        raise ValueError(f"{where} must be a list, got {type(tools).__name__}")
+    if not tools:
+        return 0
+    c = _TOOL_CONSTANTS[enc.name]
+    n = c.func_end
+    for i, tool in enumerate(tools):
+        n += c.func_init
+        function = _function_of(tool, f"{where}[{i}]")
+        if function is None:
+            n += _n(enc, _json(tool))
+            continue
+        name = _require_str(function.get("name"), f"{where}[{i}] name")
+        description = function.get("description") or ""
+        description = _require_str(description, f"{where}[{i}] description").removesuffix(".")
+        n += _n(enc, f"{name}:{description}")
+        parameters = _require_dict(function.get("parameters") or {}, f"{where}[{i}] parameters")
+        properties = _require_dict(parameters.get("properties") or {}, f"{where}[{i}] properties")
+        extra = {k: v for k, v in parameters.items()
+                 if k not in ("type", "properties", "required", "additionalProperties")}
+        if extra:
+            n += _n(enc, _json(extra))
+        if properties:
+            n += c.prop_init
+        for key, schema in properties.items():
+            schema = _require_dict(schema, f"{where}[{i}] property {key!r}")
+            n += c.prop_key
+            if "enum" in schema:
+                enum = schema["enum"] if isinstance(schema["enum"], list) else [schema["enum"]]
+                n += c.enum_init
+                for item in enum:
+                    n += c.enum_item + _n(enc, item if isinstance(item, str) else _json(item))
+            p_type = schema.get("type", "")
+            p_type = p_type if isinstance(p_type, str) else _json(p_type)
+            p_desc = schema.get("description") or ""
+            p_desc = p_desc.removesuffix(".") if isinstance(p_desc, str) else _json(p_desc)
+            n += _n(enc, f"{key}:{p_type}:{p_desc}")
+            rest = {k: v for k, v in schema.items() if k not in ("type", "description", "enum")}
+            if rest:
+                n += _n(enc, _json(rest))
+    return n
+
+
+def _schema_format_tokens(enc: tiktoken.Encoding, fmt: Any) -> int:
+    """A structured-output JSON schema is shown to the model; count its JSON text."""
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        return _n(enc, _json(fmt.get("json_schema", fmt)))
+    return 0
+
+
+def estimate_chat_prompt(body: dict[str, Any], model: str) -> int:
+    """Estimated prompt tokens of a `/v1/chat/completions` request body."""
+    body = _require_dict(body, "chat completions body")
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        raise ValueError("chat completions body: 'messages' must be a list")
+    enc = get_encoding(encoding_for_model(model))
+    n = REPLY_PRIMING
+    for i, message in enumerate(messages):
+        n += _chat_message_tokens(enc, model, message, f"messages[{i}]")
+    n += _tools_tokens(enc, body.get("tools"), "tools")
+    n += _tools_tokens(enc, body.get("functions"), "functions")
+    return n + _schema_format_tokens(enc, body.get("response_format"))
+
+
+def _responses_item_tokens(enc: tiktoken.Encoding, model: str, item: Any, where: str) -> int:
+    item = _require_dict(item, where)
+    per_message = _message_overheads(model)[0]
+    kind = item.get("type", "message")
+    if kind == "message":
+        role = _require_str(item.get("role"), f"{where}.role")
+        content = _content_tokens(enc, model, item.get("content"), f"{where}.content")
+        return per_message + _n(enc, role) + content
+    if kind == "function_call":
+        name = _require_str(item.get("name"), f"{where}.name")
+        arguments = _require_str(item.get("arguments"), f"{where}.arguments")
+        return per_message + _n(enc, name) + _n(enc, arguments)
+    if kind == "function_call_output":
+        output = item.get("output")
+        return per_message + _content_tokens(enc, model, output, f"{where}.output")
+    # reasoning, built-in tool calls, item_reference, ...: their JSON text, minus bookkeeping
+    rest = {k: v for k, v in item.items() if k not in ("type", "id", "status")}
+    return per_message + _n(enc, _json(rest))
+
+
+def estimate_responses_input(body: dict[str, Any], model: str) -> int:
+    """Estimated input tokens of a `/v1/responses` body, with chat's per-message overheads."""
+    body = _require_dict(body, "responses body")
+    enc = get_encoding(encoding_for_model(model))
+    per_message = _message_overheads(model)[0]
+    n = REPLY_PRIMING
+    instructions = body.get("instructions")
+    if instructions is not None:
+        n += per_message + _n(enc, "system") + _n(enc, _require_str(instructions, "instructions"))
+    inputs = body.get("input")
+    if isinstance(inputs, str):
+        n += per_message + _n(enc, "user") + _n(enc, inputs)
+    elif isinstance(inputs, list):
+        n += sum(_responses_item_tokens(enc, model, item, f"input[{i}]") for i, item in enumerate(inputs))
+    elif inputs is not None:
+        raise ValueError(f"responses body: 'input' must be a string or a list, got {type(inputs).__name__}")
+    n += _tools_tokens(enc, body.get("tools"), "tools")
+    text = body.get("text")
+    return n + (_schema_format_tokens(enc, text.get("format")) if isinstance(text, dict) else 0)
+
+
+def _token_inputs(enc: tiktoken.Encoding, value: Any, where: str) -> int:
+    """A string, a list of strings, a token array, or a list of token arrays."""
+    def is_tokens(v: Any) -> bool:
+        return isinstance(v, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in v)
+
+    if isinstance(value, str):
+        return _n(enc, value)
+    if isinstance(value, list):
+        if all(isinstance(v, str) for v in value):
+            return sum(_n(enc, v) for v in value)
+        if is_tokens(value):
+            return len(value)
+        if all(is_tokens(v) for v in value):
+            return sum(len(v) for v in value)
+    raise ValueError(f"{where} must be a string, a list of strings, a token array or a list of token arrays")
+
+
+def estimate_completion_prompt(body: dict[str, Any], model: str) -> int:
+    """Prompt tokens of a legacy `/v1/completions` body (`prompt` plus `suffix`)."""
+    body = _require_dict(body, "completions body")
+    enc = get_encoding(encoding_for_model(model))
+    # a missing prompt means the API's default "<|endoftext|>", one special token
+    n = _token_inputs(enc, body["prompt"], "prompt") if "prompt" in body else 1
+    suffix = body.get("suffix")
+    return n + (_n(enc, _require_str(suffix, "suffix")) if suffix is not None else 0)
+
+
+def estimate_embedding_input(body: dict[str, Any], model: str) -> int:
+    """Input tokens of a `/v1/embeddings` body."""
+    body = _require_dict(body, "embeddings body")
+    if "input" not in body:
+        raise ValueError("embeddings body: 'input' is required")
+    return _token_inputs(get_encoding(encoding_for_model(model)), body["input"], "input")
+
+
+# ---------------------------------------------------------------------------------------------
+# Streaming
+
+class StreamTokenCounter:
+    """Running token count of streamed text, equal to `count_text(everything fed so far)`.
+
+    tiktoken splits text with a regex into pieces and byte-pair-encodes each piece on its own,
+    so the count is a sum over pieces. Appending text can only change the last pieces (a word
+    growing, "we'l" + "l" becoming "we'll", trailing spaces regrouping), so every piece but the
+    last `_UNSTABLE_PIECES` is counted once and dropped; each feed re-encodes a short tail only.
+
+    A single huge piece (a degenerate run of spaces or letters) would make that tail grow
+    without bound; past `_LONG_TAIL` characters its byte-pair tokens ending more than
+    `_KEEP_BYTES` (twice the longest token) before the end are settled too. That relies on BPE
+    merges being local, which holds for both encodings in our tests but is not a theorem.
+    """
+
+    _UNSTABLE_PIECES = 3
+    _LONG_TAIL = 512
+    _KEEP_BYTES = 256
+
+    def __init__(self, model: str) -> None:
+        loaded = _loaded(encoding_for_model(model))
+        self._enc = loaded.encoding
+        self._pieces = loaded.pieces
+        self._settled = 0  # tokens of text that no later text can change
+        self._tail = ""
+        self._tail_tokens = 0
+
+    @property
+    def count(self) -> int:
+        return self._settled + self._tail_tokens
+
+    def feed(self, text: str) -> int:
+        """Add streamed text; returns the running total."""
+        if not isinstance(text, str):
+            raise ValueError(f"StreamTokenCounter.feed needs a string, got {type(text).__name__}")
+        if not text:
+            return self.count
+        tail = self._tail + text
+        pieces = [m.group() for m in self._pieces.finditer(tail)]
+        if len(pieces) > self._UNSTABLE_PIECES:
+            stable = pieces[: -self._UNSTABLE_PIECES]
+            # count piece by piece: the joined prefix could regroup (" " + " " alone is "  ")
+            self._settled += sum(_n(self._enc, piece) for piece in stable)
+            tail = tail[sum(len(piece) for piece in stable):]
+        if len(tail) > self._LONG_TAIL:
+            tail = self._settle_long_tail(tail)
+        self._tail = tail
+        self._tail_tokens = _n(self._enc, tail)
+        return self.count
+
+    def _settle_long_tail(self, tail: str) -> str:
+        """Settle the tokens of a long tail that end well before its end; return what is left."""
+        raw = tail.encode("utf-8")
+        tokens = self._enc.encode(tail, disallowed_special=())
+        limit = len(raw) - self._KEEP_BYTES
+        cut, settled, offset = 0, 0, 0
+        for i, token in enumerate(tokens):
+            offset += len(self._enc.decode_single_token_bytes(token))
+            if offset > limit:
+                break
+            if offset < len(raw) and raw[offset] & 0xC0 != 0x80:  # a character boundary
+                cut, settled = offset, i + 1
+        if cut == 0:
+            return tail
+        self._settled += settled
+        return raw[cut:].decode("utf-8")
