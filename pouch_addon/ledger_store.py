@@ -101,14 +101,15 @@ class AtomicJSONStorage(Storage):
             )
         return tables
 
-    def write(self, data: dict[str, dict[str, Any]]) -> None:
+    def write(self, data: dict[str, dict[str, Any]], *, durable: bool | None = None) -> None:
+        durable = self.durable if durable is None else durable
         doc = {"format": FORMAT, "sha256": hashlib.sha256(_canonical(data)).hexdigest(), "tables": data}
         payload = json.dumps(doc, sort_keys=True, indent=1).encode()
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.write(fd, payload)
-            if self.durable:
+            if durable:
                 os.fsync(fd)
         finally:
             os.close(fd)
@@ -121,7 +122,7 @@ class AtomicJSONStorage(Storage):
             os.link(self.path, link_tmp)
             os.replace(link_tmp, backup)
         os.replace(tmp, self.path)
-        if self.durable:
+        if durable:
             _fsync_dir(self.path.parent)
 
     def close(self) -> None:  # nothing held open between calls
@@ -143,9 +144,9 @@ class HistoryLog:
         """Partition file names, oldest first (names sort by date)."""
         return sorted(p.name for p in self.dir.glob("*.jsonl"))
 
-    def append(self, name: str, line: dict[str, Any]) -> int:
-        """Append one entry to partition ``name``; return the partition's new size."""
-        data = (json.dumps(line, sort_keys=True, separators=(",", ":")) + "\n").encode()
+    def append(self, name: str, lines: list[dict[str, Any]]) -> int:
+        """Append entries to partition ``name`` in one write and one fsync; return its new size."""
+        data = b"".join((json.dumps(line, sort_keys=True, separators=(",", ":")) + "\n").encode() for line in lines)
         fd = os.open(self.path(name), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             os.write(fd, data)
@@ -208,15 +209,20 @@ class FileLock:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._thread_lock = threading.Lock()
+        self.thread_lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def hold_file(self) -> Iterator[None]:
+        """The cross-process half; the caller already holds :attr:`thread_lock`."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
 
     @contextlib.contextmanager
     def hold(self) -> Iterator[None]:
-        with self._thread_lock:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                yield
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-                os.close(fd)
+        with self.thread_lock, self.hold_file():
+            yield
