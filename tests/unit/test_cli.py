@@ -1,0 +1,110 @@
+"""The `pouch` command, run as a user would (a real subprocess, a temporary POUCH_HOME)."""
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from decimal import Decimal as D
+
+import pytest
+
+from pouch_addon.budget import Ledger
+
+
+def pouch(home, *args, stdin=None):
+    env = {**os.environ, "POUCH_HOME": str(home)}
+    return subprocess.run([sys.executable, "-m", "pouch_addon.cli", *args], env=env, input=stdin,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_budget_and_status_json(tmp_path):
+    assert pouch(tmp_path, "budget", "set", "10").returncode == 0
+    assert pouch(tmp_path, "budget", "add", "$2.50").returncode == 0
+    ledger = Ledger(tmp_path)
+    r = ledger.reserve(D("0.75"))
+    ledger.settle(r.id, D("0.125"))
+    ledger.reserve(D("0.5"))
+    out = json.loads(pouch(tmp_path, "status", "--json").stdout)
+    assert out == {"budget_usd": "12.5", "spent_usd": "0.125", "reserved_usd": "0.5", "remaining_usd": "11.875",
+                   "in_flight": 1, "requests": 1, "blocked": 0, "flagged": 0, "paused": False}
+    text = pouch(tmp_path, "status").stdout
+    assert "$11.875000" in text and "1 in flight" in text
+
+
+def test_home_flag_overrides_env(tmp_path):
+    other = tmp_path / "other"
+    assert pouch(tmp_path, "budget", "set", "3", "--home", str(other)).returncode == 0
+    assert Ledger(other).status().budget == D(3) and Ledger(tmp_path).status().budget == 0
+
+
+@pytest.mark.parametrize("args,needle", [
+    (("budget", "set", "abc"), "not a USD amount"),
+    (("budget", "set", "-1"), "must not be negative"),
+    (("cost", "gpt-99-ultra", "--input", "5"), "unknown model 'gpt-99-ultra'"),
+    (("history", "--since", "yesterday"), "not an ISO date"),
+])
+def test_bad_input_is_one_clear_line(tmp_path, args, needle):
+    r = pouch(tmp_path, *args)
+    assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cost_is_exact(tmp_path):
+    r = pouch(tmp_path, "cost", "gpt-4o-2024-08-06", "--input", "1200", "--cached", "1024", "--output", "850",
+              "--reasoning", "640", "--json")
+    assert json.loads(r.stdout)["usd"] == "0.01022"  # 176*2.5 + 1024*1.25 + 850*10 per 1M
+
+
+def test_tokens_of_a_request_file(tmp_path):
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hello world"}]}
+    (tmp_path / "req.json").write_text(json.dumps(body))
+    assert pouch(tmp_path, "tokens", str(tmp_path / "req.json")).stdout.strip() == "9"
+    assert pouch(tmp_path, "tokens", "-", stdin=json.dumps(body)).stdout.strip() == "9"
+    bad = pouch(tmp_path, "tokens", "-", stdin="{nope")
+    assert bad.returncode == 2 and "not JSON" in bad.stderr
+
+
+def test_history_csv_json_and_since(tmp_path):
+    ledger = Ledger(tmp_path)
+    ledger.set_budget(D(1))
+    r = ledger.reserve(D("0.1"), {"model": "gpt-4o", "endpoint": "/v1/chat/completions"})
+    ledger.settle(r.id, D("0.01"), details={"input_tokens": 3, "output_tokens": 4})
+    rows = list(csv.DictReader(io.StringIO(pouch(tmp_path, "history", "--csv").stdout)))
+    assert [(x["model"], x["cost"], x["input_tokens"], x["status"]) for x in rows] == [("gpt-4o", "0.01", "3", "ok")]
+    assert json.loads(pouch(tmp_path, "history", "--json").stdout)[0]["cost"] == "0.01"
+    assert json.loads(pouch(tmp_path, "history", "--json", "--since", "2999-01-01").stdout) == []
+
+
+def test_corrupt_ledger_is_reported_with_the_way_out(tmp_path):
+    Ledger(tmp_path).set_budget(D(1))
+    Ledger(tmp_path).set_budget(D(2))
+    (tmp_path / "state.json").write_text("{garbage")
+    r = pouch(tmp_path, "status")
+    assert r.returncode == 2 and "state.json" in r.stderr and "pouch ledger restore" in r.stderr
+    assert pouch(tmp_path, "ledger", "restore").returncode == 0
+    assert json.loads(pouch(tmp_path, "status", "--json").stdout)["budget_usd"] == "1"
+    assert pouch(tmp_path, "ledger", "verify").returncode == 0
+
+
+def test_pause_and_resume(tmp_path):
+    pouch(tmp_path, "pause")
+    assert Ledger(tmp_path).status().paused
+    pouch(tmp_path, "resume")
+    assert not Ledger(tmp_path).status().paused
+
+
+def test_env_prints_proxy_and_a_ca_bundle_with_pouchs_ca(tmp_path):
+    r = pouch(tmp_path, "env", "--listen", "127.0.0.1:9999")
+    lines = dict(line.removeprefix("export ").split("=", 1) for line in r.stdout.splitlines())
+    assert lines["HTTPS_PROXY"] == "http://127.0.0.1:9999"
+    bundle = lines["SSL_CERT_FILE"]
+    ca = (tmp_path / "mitmproxy" / "mitmproxy-ca-cert.pem").read_text()
+    assert ca.strip() in open(bundle).read()
+    assert lines["REQUESTS_CA_BUNDLE"] == lines["CURL_CA_BUNDLE"] == bundle
+    assert lines["NODE_EXTRA_CA_CERTS"].endswith("mitmproxy-ca-cert.pem")
+
+
+def test_run_passes_the_environment_to_the_command(tmp_path):
+    r = pouch(tmp_path, "run", "--", sys.executable, "-c", "import os; print(os.environ['HTTPS_PROXY'])")
+    assert r.stdout.strip() == "http://127.0.0.1:8080"
