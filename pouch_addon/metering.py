@@ -1,0 +1,388 @@
+"""``StreamMeter``: meter one streamed LLM response while forwarding it. Pure: no I/O, no mitmproxy.
+
+The stream callable hands every upstream chunk to :meth:`StreamMeter.feed` and forwards what it
+returns; :meth:`StreamMeter.finish` ends the stream. The meter
+
+- frames the SSE events (:mod:`pouch_addon.sse`) and JSON-decodes each ``data`` once;
+- counts the output tokens of the streamed text incrementally (one ``StreamTokenCounter`` per
+  text stream: per choice and field for Chat / Completions, per output item and part for
+  Responses, so interleaved ``n > 1`` choices do not merge words);
+- keeps the provider's ``usage`` when it arrives (authoritative) and the reported model,
+  ``service_tier``, end of stream and provider errors;
+- drops the usage-only chunk (``choices: []``) when pouch injected ``include_usage`` for a client
+  that did not ask for it, after taking its usage;
+- cuts the stream off when the running cost reaches the reservation before the final usage
+  arrived: the forwarded events, then an error event the openai SDKs raise as ``APIError``, then
+  nothing (``cut`` is set; the caller closes the upstream connection and settles).
+
+Per chunk the work is O(len(chunk)): no accumulated text is re-tokenised, and the cut-off test
+is an integer comparison against a token threshold computed once (exactly equivalent to
+``running_cost >= reservation``).
+
+Forwarded bytes: ``feed`` / ``finish`` return ``[]`` (send nothing now) or ONE non-empty
+``bytes`` (every forwarded event of the chunk joined, so mitmproxy writes one HTTP chunk). They
+never return ``b""``, which would end an HTTP/1.1 chunked body.
+"""
+
+from __future__ import annotations
+
+import decimal
+import json
+from decimal import Decimal
+from typing import Any, Literal
+
+from .money import format_usd, usd_str
+from .pricing import ModelPrice, Usage, cost, normalise_tier
+from .sse import MAX_EVENT_BYTES, SSEError, SSEEvent, SSEParser
+from .tokens import StreamTokenCounter
+
+__all__ = ["StreamMeter", "BUDGET_EXCEEDED", "Api"]
+
+Api = Literal["chat", "responses", "completions"]
+
+#: ``type`` and ``code`` of the error event pouch sends when it cuts a stream off
+BUDGET_EXCEEDED = "budget_exceeded"
+
+#: Responses events whose ``delta`` is model output (billed as output tokens)
+_RESPONSES_TEXT_DELTAS = frozenset({
+    "response.output_text.delta",
+    "response.refusal.delta",
+    "response.function_call_arguments.delta",
+    "response.reasoning_text.delta",
+    "response.reasoning_summary_text.delta",
+    "response.custom_tool_call_input.delta",
+    "response.code_interpreter_call_code.delta",
+    "response.mcp_call_arguments.delta",
+})
+#: Chat ``delta`` fields holding model output text: content, refusal, and the reasoning text of
+#: OpenAI-compatible providers (DeepSeek ``reasoning_content``, OpenRouter / vLLM ``reasoning``)
+_CHAT_TEXT_FIELDS = frozenset({"content", "refusal", "reasoning_content", "reasoning"})
+_RESPONSES_TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
+
+_CTX = decimal.Context(prec=50, rounding=decimal.ROUND_CEILING)
+_MILLION = Decimal(1_000_000)
+
+
+def _key_part(value: Any) -> str | int | None:
+    """A JSON value usable in a dict key (ints and strings only; anything else -> None)."""
+    return value if isinstance(value, (str, int)) and not isinstance(value, bool) else None
+
+
+class StreamMeter:
+    """Meters one streamed response; see the module docstring."""
+
+    def __init__(self, api: Api, price: ModelPrice, model: str, input_tokens: int,
+                 reservation: Decimal, hide_usage_chunk: bool, tier: str | None = None, *,
+                 max_event_bytes: int = MAX_EVENT_BYTES) -> None:
+        if api not in ("chat", "responses", "completions"):
+            raise ValueError(f"StreamMeter: unknown api {api!r}")
+        if isinstance(input_tokens, bool) or not isinstance(input_tokens, int) or input_tokens < 0:
+            raise ValueError(f"StreamMeter: input_tokens must be a non-negative int, got {input_tokens!r}")
+        self.api: Api = api
+        self.price = price
+        self.model = model
+        self.input_tokens = input_tokens
+        self.reservation = Decimal(reservation)
+        self.hide_usage_chunk = hide_usage_chunk
+        self.tier = normalise_tier(tier)  # the requested tier (raises for an unknown one)
+
+        # public state
+        self.cut = False                       # the meter cut the stream off (or the caller did)
+        self.cut_reason: str | None = None     # "budget_exceeded" | "stream_error"
+        self.done = False                      # saw [DONE] or a terminal Responses event
+        self.events = 0                        # SSE events with data seen (incl. dropped ones)
+        self.parse_errors = 0                  # data that was not JSON / usage that was malformed
+        self.model_reported: str | None = None
+        self.service_tier: str | None = None   # as reported by the provider (not normalised)
+        self.provider_error: dict[str, Any] | None = None  # first error the provider streamed
+        self.usage_hidden = False              # the usage-only chunk was dropped
+
+        self._parser = SSEParser(max_event_bytes)
+        self._counters: dict[tuple, StreamTokenCounter] = {}
+        self._output = 0                       # sum of the counters
+        self._usage: Usage | None = None       # the provider's usage (latest seen)
+        self._usage_final = False              # ... and it is the final one
+        self._seq: int | None = None           # last Responses sequence_number
+        self._pricing_tier = self.tier
+        self._cut_at = self._threshold()
+
+    # -- the stream ------------------------------------------------------------------------------
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """Meter a chunk; return what to forward now (complete events only)."""
+        if self.cut or not chunk:
+            return []
+        try:
+            events = self._parser.feed(chunk)
+        except SSEError as exc:
+            out = self._process(exc.events, may_cut=True)
+            if not self.cut:
+                out.append(self._cut_event("stream_error", f"pouch: {exc}; stream cut off"))
+                self.cut = True
+            return self._join(out)
+        return self._join(self._process(events, may_cut=True))
+
+    def finish(self) -> list[bytes]:
+        """End of stream: forward the held tail (a final event without its blank line too).
+
+        The provider has finished generating, so nothing is cut off here."""
+        if self.cut:
+            return []
+        try:
+            events, leftover = self._parser.flush()
+        except SSEError as exc:
+            events, leftover = exc.events, b""
+            self.parse_errors += 1
+        out = self._process(events, may_cut=False)
+        if leftover:
+            out.append(leftover)
+        return self._join(out)
+
+    # -- results ---------------------------------------------------------------------------------
+    @property
+    def output_tokens_counted(self) -> int:
+        return self._output
+
+    @property
+    def usage_source(self) -> Literal["provider", "counted"]:
+        return "provider" if self._usage is not None else "counted"
+
+    @property
+    def usage_final(self) -> bool:
+        """The provider's final usage has arrived (no cut-off after that)."""
+        return self._usage_final
+
+    def final_usage(self) -> Usage:
+        """The provider's usage when seen (authoritative), else estimated input + counted output."""
+        if self._usage is not None:
+            return self._usage
+        return Usage(input_tokens=self.input_tokens, output_tokens=self._output)
+
+    @property
+    def running_cost(self) -> Decimal:
+        """Exact USD cost so far: of the provider's usage once known, else of the estimated input
+        plus the output counted so far (priced in the reported service tier once known)."""
+        return cost(self.price, self.final_usage(), self._pricing_tier)
+
+    def checkpoint(self) -> dict[str, Any]:
+        """A small snapshot for the ledger (O(1)). ``final_cost`` once the final usage is known."""
+        snap: dict[str, Any] = {
+            "output_tokens": self._output,
+            "running_cost": usd_str(self.running_cost),
+            "events": self.events,
+            "usage_source": self.usage_source,
+        }
+        if self._usage_final:
+            snap["final_cost"] = snap["running_cost"]
+        return snap
+
+    # -- per event -------------------------------------------------------------------------------
+    def _process(self, events: list[SSEEvent], *, may_cut: bool) -> list[bytes]:
+        out: list[bytes] = []
+        for ev in events:
+            if self._on_event(ev):
+                out.append(ev.raw)
+            if may_cut and self._over():
+                msg = (f"pouch: budget reservation of {format_usd(self.reservation)} reached after "
+                       f"{self._output} output tokens; stream cut off")
+                out.append(self._cut_event(BUDGET_EXCEEDED, msg))
+                self.cut = True
+                break
+        return out
+
+    def _on_event(self, ev: SSEEvent) -> bool:
+        """Update the state from one event; True to forward it."""
+        if not ev.has_data:
+            return True  # comments / keep-alives / stray blank lines
+        self.events += 1
+        data = ev.data
+        if data.startswith("[DONE]"):
+            self.done = True
+            return True
+        try:
+            obj = json.loads(data)
+        except ValueError:
+            self.parse_errors += 1
+            return True
+        if not isinstance(obj, dict):
+            self.parse_errors += 1
+            return True
+        if ev.event == "error" or obj.get("type") == "error":
+            err = obj.get("error")
+            self._record_error(err if isinstance(err, dict) else obj)
+            return True
+        err = obj.get("error")
+        if err:
+            self._record_error(err if isinstance(err, dict) else {"message": str(err)})
+            return True
+        if self.api == "responses":
+            self._responses_event(obj, ev.event)
+            return True
+        return self._chat_chunk(obj)
+
+    def _chat_chunk(self, obj: dict[str, Any]) -> bool:
+        """Chat Completions / legacy Completions chunk; False to drop it."""
+        model = obj.get("model")
+        if isinstance(model, str) and model:
+            self.model_reported = model
+        tier = obj.get("service_tier")
+        if isinstance(tier, str) and tier:
+            self._set_tier(tier)
+        choices = obj.get("choices")
+        finished = True  # every choice in this chunk carries a finish_reason
+        if isinstance(choices, list):
+            for choice in choices:
+                if not isinstance(choice, dict):
+                    continue
+                if choice.get("finish_reason") is None:
+                    finished = False
+                idx = _key_part(choice.get("index", 0))
+                if self.api == "completions":
+                    self._count((idx, "text"), choice.get("text"))
+                delta = choice.get("delta")
+                if isinstance(delta, dict):
+                    self._chat_delta(idx, delta)
+        usage = obj.get("usage")
+        if not isinstance(usage, dict):
+            return True
+        try:
+            self._usage = Usage.from_openai(usage)
+        except ValueError:
+            self.parse_errors += 1
+        else:
+            # OpenAI sends usage once, in a chunk with choices == []; some compatible servers send
+            # a running usage in every chunk: only a chunk that ends every choice is final
+            self._usage_final = finished
+        if self.hide_usage_chunk and not choices:
+            self.usage_hidden = True
+            return False
+        return True
+
+    def _chat_delta(self, idx: str | int | None, delta: dict[str, Any]) -> None:
+        for field, value in delta.items():  # usually a single key
+            if field in _CHAT_TEXT_FIELDS:
+                self._count((idx, field), value)
+            elif field == "tool_calls":
+                if isinstance(value, list):
+                    for call in value:
+                        if isinstance(call, dict):
+                            fn = call.get("function")
+                            if isinstance(fn, dict):
+                                t = _key_part(call.get("index", 0))
+                                self._count((idx, "tool", t, "name"), fn.get("name"))
+                                self._count((idx, "tool", t, "arguments"), fn.get("arguments"))
+            elif field == "function_call":  # deprecated, still streamed by some servers
+                if isinstance(value, dict):
+                    self._count((idx, "function_call", "name"), value.get("name"))
+                    self._count((idx, "function_call", "arguments"), value.get("arguments"))
+
+    def _responses_event(self, obj: dict[str, Any], event: str | None) -> None:
+        typ = obj.get("type")
+        if not isinstance(typ, str):
+            typ = event or ""
+        seq = obj.get("sequence_number")
+        if isinstance(seq, int) and not isinstance(seq, bool):
+            self._seq = seq
+        if typ in _RESPONSES_TEXT_DELTAS:
+            key = (typ, _key_part(obj.get("item_id")), _key_part(obj.get("output_index")),
+                   _key_part(obj.get("content_index")), _key_part(obj.get("summary_index")))
+            self._count(key, obj.get("delta"))
+            return
+        resp = obj.get("response")
+        if not isinstance(resp, dict):
+            return
+        model = resp.get("model")
+        if isinstance(model, str) and model:
+            self.model_reported = model
+        tier = resp.get("service_tier")
+        if isinstance(tier, str) and tier:
+            self._set_tier(tier)
+        if typ in _RESPONSES_TERMINAL:
+            self.done = True
+            if typ == "response.failed":
+                err = resp.get("error")
+                self._record_error(err if isinstance(err, dict) else {"message": "response.failed"})
+            usage = resp.get("usage")
+            if isinstance(usage, dict):
+                try:
+                    self._usage = Usage.from_openai(usage)
+                except ValueError:
+                    self.parse_errors += 1
+                else:
+                    self._usage_final = True
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def _count(self, key: tuple, text: Any) -> None:
+        if not isinstance(text, str) or not text:
+            return
+        counter = self._counters.get(key)
+        if counter is None:
+            counter = self._counters[key] = StreamTokenCounter(self.model)
+        before = counter.count
+        self._output += counter.feed(text) - before
+
+    def _record_error(self, err: dict[str, Any]) -> None:
+        if self.provider_error is None:
+            self.provider_error = err
+
+    def _set_tier(self, reported: str) -> None:
+        if reported == self.service_tier:
+            return  # every chunk repeats it
+        self.service_tier = reported
+        try:
+            tier = normalise_tier(reported)
+            if tier != self._pricing_tier:
+                self.price.rates_for(self.input_tokens, tier)  # priceable?
+            else:
+                return
+        except ValueError:
+            return  # an unknown tier: keep pricing the requested one (settlement decides)
+        self._pricing_tier = tier
+        self._cut_at = self._threshold()
+
+    def _threshold(self) -> int | None:
+        """The least output-token count n with cost(input estimate, n) >= reservation, in the
+        current pricing tier; None when output is free and the input alone stays below it."""
+        tier = self._pricing_tier
+
+        def at(n: int) -> Decimal:
+            return cost(self.price, Usage(input_tokens=self.input_tokens, output_tokens=n), tier)
+
+        base = at(0)
+        if base >= self.reservation:
+            return 0
+        rate = self.price.rates_for(self.input_tokens, tier).output
+        if rate <= 0:
+            return None
+        with decimal.localcontext(_CTX):
+            n = int(((self.reservation - base) * _MILLION / rate).to_integral_value(decimal.ROUND_CEILING))
+        while n > 0 and at(n - 1) >= self.reservation:
+            n -= 1
+        while at(n) < self.reservation:
+            n += 1
+        return n
+
+    def _over(self) -> bool:
+        if self.done or self._usage_final:
+            return False
+        if self._usage is not None:  # a running (non-final) provider usage
+            return self.running_cost >= self.reservation
+        return self._cut_at is not None and self._output >= self._cut_at
+
+    def _cut_event(self, code: str, message: str) -> bytes:
+        error = {"message": message, "type": code, "code": code}
+        self.cut_reason = code
+        if self.api == "responses":
+            # the Responses error event; its extra "error" object makes the openai SDKs raise
+            # APIError (they raise on any data with an "error" key) instead of yielding an event
+            seq = 0 if self._seq is None else self._seq + 1
+            body = {"type": "error", "code": code, "message": message, "param": None,
+                    "sequence_number": seq, "error": error}
+            return b"event: error\ndata: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
+        return b"data: " + json.dumps({"error": error}).encode() + b"\n\ndata: [DONE]\n\n"
+
+    @staticmethod
+    def _join(out: list[bytes]) -> list[bytes]:
+        if not out:
+            return []
+        joined = b"".join(out)
+        return [joined] if joined else []

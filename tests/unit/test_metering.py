@@ -1,0 +1,446 @@
+"""StreamMeter: usage extraction, usage-chunk hiding, running cost and the cut-off decision."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+import pytest
+
+from pouch_addon.metering import StreamMeter
+from pouch_addon.pricing import PriceTable, Usage, cost
+from pouch_addon.tokens import count_text
+
+D = Decimal
+PRICE = PriceTable.load().resolve("gpt-4o")  # $2.50 in / $10 out per 1M tokens
+
+
+def sse(obj, event: str | None = None) -> bytes:
+    head = f"event: {event}\n".encode() if event else b""
+    return head + b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+
+
+def chat(delta: dict | None = None, *, index: int = 0, finish=None, choices=None, usage=None,
+         model: str = "gpt-4o-2024-08-06", tier: str | None = "default") -> bytes:
+    if choices is None:
+        choices = [{"index": index, "delta": delta or {}, "logprobs": None, "finish_reason": finish}]
+    obj = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": model,
+           "service_tier": tier, "system_fingerprint": "fp_1", "choices": choices, "usage": usage,
+           "obfuscation": "xyz"}
+    return sse(obj)
+
+
+USAGE = {"prompt_tokens": 611, "completion_tokens": 13, "total_tokens": 624,
+         "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+         "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0}}
+USAGE_CHUNK = chat(choices=[], usage=USAGE)
+DONE = b"data: [DONE]\n\n"
+CONTENT = [
+    chat({"role": "assistant", "content": "", "refusal": None}),
+    chat({"content": "Hello"}),
+    chat({"content": " there"}),
+    chat({"content": ", friend!"}),
+    chat({}, finish="stop"),
+]
+CHAT_WITH_USAGE = b"".join(CONTENT) + USAGE_CHUNK + DONE
+CHAT_NO_USAGE = b"".join(CONTENT) + DONE
+
+
+def meter(api="chat", *, input_tokens=100, reservation="1", hide=False, tier=None, **kw) -> StreamMeter:
+    return StreamMeter(api, PRICE, "gpt-4o", input_tokens, D(reservation), hide, tier, **kw)
+
+
+def pump(m: StreamMeter, chunks: list[bytes]) -> bytes:
+    out = []
+    for chunk in chunks:
+        got = m.feed(chunk)
+        assert len(got) <= 1 and b"" not in got
+        out.extend(got)
+    end = m.finish()
+    assert len(end) <= 1 and b"" not in end
+    return b"".join(out + end)
+
+
+def test_price_assumption():
+    assert (PRICE.rates.input, PRICE.rates.output) == (D("2.5"), D("10"))
+
+
+# -- Chat Completions ------------------------------------------------------------------------------
+
+def test_chat_usage_chunk_hidden_but_used():
+    m = meter(hide=True)
+    assert pump(m, [CHAT_WITH_USAGE]) == CHAT_NO_USAGE
+    assert m.usage_hidden is True
+    assert m.usage_source == "provider" and m.usage_final is True
+    assert m.final_usage() == Usage(input_tokens=611, output_tokens=13)
+    assert m.running_cost == D("0.0016575")
+    assert m.output_tokens_counted == 5 == count_text("Hello there, friend!", "gpt-4o")
+    assert (m.done, m.events, m.parse_errors, m.cut) == (True, 7, 0, False)
+    assert (m.model_reported, m.service_tier, m.provider_error) == ("gpt-4o-2024-08-06", "default", None)
+    assert m.checkpoint() == {"output_tokens": 5, "running_cost": "0.0016575", "events": 7,
+                              "usage_source": "provider", "final_cost": "0.0016575"}
+
+
+def test_chat_usage_chunk_forwarded_when_client_asked():
+    m = meter(hide=False)
+    assert pump(m, [CHAT_WITH_USAGE]) == CHAT_WITH_USAGE
+    assert m.usage_hidden is False
+    assert m.final_usage() == Usage(input_tokens=611, output_tokens=13)
+    assert m.usage_source == "provider"
+
+
+@pytest.mark.parametrize("hide", [True, False])
+def test_chat_every_chunk_boundary(hide):
+    expected = CHAT_NO_USAGE if hide else CHAT_WITH_USAGE
+    for cut in range(1, len(CHAT_WITH_USAGE)):
+        m = meter(hide=hide)
+        out = pump(m, [CHAT_WITH_USAGE[:cut], CHAT_WITH_USAGE[cut:]])
+        assert out == expected, cut
+        assert (m.output_tokens_counted, m.events, m.done) == (5, 7, True), cut
+        assert m.final_usage() == Usage(input_tokens=611, output_tokens=13), cut
+
+
+def test_chat_without_usage_falls_back_to_counted():
+    m = meter(hide=True)
+    assert pump(m, [c for c in CONTENT] + [DONE]) == CHAT_NO_USAGE
+    assert m.usage_source == "counted" and m.usage_final is False
+    assert m.final_usage() == Usage(input_tokens=100, output_tokens=5)
+    assert m.running_cost == D("0.0003")  # 100 × $2.50/1M + 5 × $10/1M
+    assert m.done is True
+    assert m.checkpoint() == {"output_tokens": 5, "running_cost": "0.0003", "events": 6,
+                              "usage_source": "counted"}
+
+
+def test_running_cost_and_checkpoint_grow_with_each_event():
+    m = meter()
+    assert m.running_cost == D("0.00025")
+    m.feed(CONTENT[0] + CONTENT[1])
+    assert m.running_cost == D("0.00026")
+    assert m.checkpoint() == {"output_tokens": 1, "running_cost": "0.00026", "events": 2,
+                              "usage_source": "counted"}
+
+
+def test_chat_n2_interleaved_choices_counted_separately():
+    a = ["Hel", "lo", " wor", "ld"]
+    b = ["Goo", "dbye", " mo", "on"]
+    chunks = []
+    for x, y in zip(a, b):
+        chunks.append(chat({"content": x}, index=0))
+        chunks.append(chat({"content": y}, index=1))
+    chunks += [chat({}, index=0, finish="stop"), chat({}, index=1, finish="stop")]
+    m = meter()
+    stream = b"".join(chunks) + DONE
+    assert pump(m, [stream]) == stream
+    # per choice ("Hello world" 2 + "Goodbye moon" 3), not the count of the interleaved text (8)
+    assert m.output_tokens_counted == 5
+    assert count_text("Hello world", "gpt-4o") + count_text("Goodbye moon", "gpt-4o") == 5
+    assert count_text("".join(x + y for x, y in zip(a, b)), "gpt-4o") == 8
+
+
+def test_chat_tool_call_and_function_call_and_refusal_deltas():
+    chunks = [
+        chat({"role": "assistant", "content": None, "tool_calls": [
+            {"index": 0, "id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": ""}}]}),
+        chat({"tool_calls": [{"index": 0, "function": {"arguments": '{"city":'}}]}),
+        chat({"tool_calls": [{"index": 0, "function": {"arguments": ' "Paris"}'}}]}),
+        chat({"tool_calls": [{"index": 1, "id": "call_2", "type": "function",
+                              "function": {"name": "lookup", "arguments": '{"q":"x"}'}}]}),
+        chat({"function_call": {"name": "lookup", "arguments": '{"q":"x"}'}}),
+        chat({"refusal": "I cannot help with that."}),
+        chat({}, finish="tool_calls"),
+    ]
+    m = meter()
+    stream = b"".join(chunks) + DONE
+    assert pump(m, [stream]) == stream
+    # names are model output too: get_weather 2 + {"city": "Paris"} 6 + lookup 1 + {"q":"x"} 5
+    # + legacy function_call 1 + 5 + refusal 6
+    assert m.output_tokens_counted == 2 + 6 + 1 + 5 + 1 + 5 + 6
+
+
+def test_chat_reasoning_content_of_compatible_providers_is_counted():
+    m = meter()
+    m.feed(chat({"reasoning_content": "Let me think."}) + chat({"reasoning": "A summary."}))
+    assert m.output_tokens_counted == 4 + 3
+
+
+def test_completions_text():
+    chunks = [sse({"id": "cmpl-1", "object": "text_completion", "created": 1, "model": "gpt-3.5-turbo-instruct",
+                   "choices": [{"text": t, "index": 0, "logprobs": None, "finish_reason": None}]})
+              for t in ("Hi", " there")]
+    chunks.append(sse({"id": "cmpl-1", "object": "text_completion", "created": 1,
+                       "model": "gpt-3.5-turbo-instruct", "choices": [],
+                       "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}}))
+    m = meter("completions", hide=True)
+    out = pump(m, [b"".join(chunks) + DONE])
+    assert out == chunks[0] + chunks[1] + DONE
+    assert m.output_tokens_counted == 2
+    assert m.final_usage() == Usage(input_tokens=3, output_tokens=2)
+    assert m.model_reported == "gpt-3.5-turbo-instruct"
+
+
+def test_interim_usage_is_not_final():
+    # some OpenAI-compatible servers send a running usage in every chunk
+    m = meter(hide=True)
+    out = m.feed(chat({"content": "Hello"}, usage={"prompt_tokens": 10, "completion_tokens": 1}))
+    assert out == [chat({"content": "Hello"}, usage={"prompt_tokens": 10, "completion_tokens": 1})]
+    assert m.usage_source == "provider" and m.usage_final is False
+    assert m.final_usage() == Usage(input_tokens=10, output_tokens=1)
+    m.feed(chat({}, finish="stop", usage={"prompt_tokens": 10, "completion_tokens": 2}))
+    assert m.usage_final is True and m.final_usage() == Usage(input_tokens=10, output_tokens=2)
+
+
+def test_reported_service_tier_prices_the_running_cost():
+    m = meter(tier="auto")
+    m.feed(chat({"content": "Hello"}, tier="priority"))
+    assert m.service_tier == "priority"
+    assert m.running_cost == cost(PRICE, Usage(input_tokens=100, output_tokens=1), "priority")
+    assert m.running_cost > cost(PRICE, Usage(input_tokens=100, output_tokens=1))
+    m.feed(chat({"content": " there"}, tier="no-such-tier"))  # unknown: keep the last priceable tier
+    assert m.service_tier == "no-such-tier"
+    assert m.running_cost == cost(PRICE, Usage(input_tokens=100, output_tokens=2), "priority")
+
+
+# -- Responses -------------------------------------------------------------------------------------
+
+def resp_obj(status: str, usage=None, **extra) -> dict:
+    return {"id": "resp_1", "object": "response", "created_at": 1, "status": status,
+            "model": "gpt-4o-2024-08-06", "service_tier": "default", "output": [], "usage": usage, **extra}
+
+
+def rev(seq: int, typ: str, **fields) -> bytes:
+    return sse({"type": typ, "sequence_number": seq, **fields}, event=typ)
+
+
+R_USAGE = {"input_tokens": 20, "input_tokens_details": {"cached_tokens": 8}, "output_tokens": 9,
+           "output_tokens_details": {"reasoning_tokens": 4}, "total_tokens": 29}
+R_HEAD = [
+    rev(0, "response.created", response=resp_obj("in_progress")),
+    rev(1, "response.in_progress", response=resp_obj("in_progress")),
+    rev(2, "response.output_item.added", output_index=0, item={"id": "rs_1", "type": "reasoning"}),
+    rev(3, "response.reasoning_summary_text.delta", item_id="rs_1", output_index=0, summary_index=0,
+        delta="A summary."),
+    rev(4, "response.output_text.delta", item_id="msg_1", output_index=1, content_index=0,
+        delta="Hi! How", logprobs=[]),
+    rev(5, "response.output_text.delta", item_id="msg_1", output_index=1, content_index=0,
+        delta=" can I help?", logprobs=[]),
+    rev(6, "response.function_call_arguments.delta", item_id="fc_1", output_index=2, delta='{"city":'),
+    rev(7, "response.function_call_arguments.delta", item_id="fc_1", output_index=2, delta=' "Paris"}'),
+    rev(8, "response.output_text.done", item_id="msg_1", output_index=1, content_index=0,
+        text="Hi! How can I help?"),
+]
+
+
+def test_responses_usage_from_completed():
+    stream = b"".join(R_HEAD) + rev(9, "response.completed", response=resp_obj("completed", R_USAGE))
+    for cut in range(1, len(stream), 7):
+        m = meter("responses")
+        assert pump(m, [stream[:cut], stream[cut:]]) == stream
+        assert m.output_tokens_counted == 3 + 7 + 6  # summary + text + arguments
+        assert m.final_usage() == Usage(input_tokens=20, cached_tokens=8, output_tokens=9, reasoning_tokens=4)
+        assert (m.usage_source, m.done, m.events, m.model_reported, m.service_tier) == (
+            "provider", True, 10, "gpt-4o-2024-08-06", "default")
+        # 12 × 2.5 + 8 × 1.25 + 9 × 10 per 1M
+        assert m.running_cost == D("0.00013")
+
+
+def test_responses_usage_from_incomplete():
+    stream = b"".join(R_HEAD[:6]) + rev(6, "response.incomplete", response=resp_obj(
+        "incomplete", {"input_tokens": 20, "output_tokens": 16}, incomplete_details={"reason": "max_output_tokens"}))
+    m = meter("responses")
+    assert pump(m, [stream]) == stream
+    assert m.done is True and m.usage_final is True
+    assert m.final_usage() == Usage(input_tokens=20, output_tokens=16)
+    assert m.provider_error is None
+
+
+def test_responses_failed_records_error_and_usage():
+    err = {"code": "server_error", "message": "The model crashed."}
+    stream = R_HEAD[0] + rev(1, "response.failed", response=resp_obj(
+        "failed", {"input_tokens": 20, "output_tokens": 0}, error=err))
+    m = meter("responses")
+    assert pump(m, [stream]) == stream
+    assert m.provider_error == err
+    assert m.done is True and m.final_usage() == Usage(input_tokens=20)
+
+
+def test_responses_without_terminal_event_is_counted():
+    m = meter("responses")
+    stream = b"".join(R_HEAD)
+    assert pump(m, [stream]) == stream
+    assert m.done is False and m.usage_source == "counted"
+    assert m.final_usage() == Usage(input_tokens=100, output_tokens=16)
+
+
+def test_responses_done_sentinel_accepted():
+    m = meter("responses")
+    assert pump(m, [R_HEAD[0] + DONE]) == R_HEAD[0] + DONE
+    assert m.done is True
+
+
+# -- cut-off ---------------------------------------------------------------------------------------
+
+WORDS = [" one", " two", " three", " four", " five", " six", " seven", " eight"]  # 1 token each
+
+
+def test_cut_off_chat_exact_bytes_then_nothing():
+    # $0.00025 of input + 5 output tokens × $0.00001 = $0.0003: the 5th token reaches it
+    m = meter(reservation="0.0003", hide=True)
+    words = [chat({"content": w}) for w in WORDS]
+    assert m.feed(CONTENT[0] + words[0] + words[1]) == [CONTENT[0] + words[0] + words[1]]
+    assert m.cut is False
+    out = m.feed(words[2] + words[3] + words[4] + words[5] + words[6][:20])
+    expected_error = (
+        b'data: {"error": {"message": "pouch: budget reservation of $0.000300 reached after 5 output '
+        b'tokens; stream cut off", "type": "budget_exceeded", "code": "budget_exceeded"}}\n\n'
+        b"data: [DONE]\n\n")
+    assert out == [words[2] + words[3] + words[4] + expected_error]
+    assert (m.cut, m.cut_reason, m.output_tokens_counted) == (True, "budget_exceeded", 5)
+    assert m.running_cost == D("0.0003")
+    assert m.final_usage() == Usage(input_tokens=100, output_tokens=5)
+    assert m.feed(words[6][20:] + words[7]) == []
+    assert m.feed(USAGE_CHUNK + DONE) == []
+    assert m.finish() == []
+    assert m.output_tokens_counted == 5 and m.usage_source == "counted"
+
+
+def test_cut_off_below_reservation_does_not_trigger():
+    m = meter(reservation="0.00030001")
+    stream = b"".join(chat({"content": w}) for w in WORDS[:5]) + DONE
+    assert pump(m, [stream]) == stream
+    assert m.cut is False
+
+
+def test_cut_off_responses_exact_bytes():
+    m = meter("responses", reservation="0.00027")  # 2 output tokens
+    deltas = [rev(4 + i, "response.output_text.delta", item_id="msg_1", output_index=0, content_index=0,
+                  delta=w, logprobs=[]) for i, w in enumerate(WORDS)]
+    out = m.feed(R_HEAD[0] + deltas[0] + deltas[1] + deltas[2])
+    expected_error = (
+        b'event: error\ndata: {"type":"error","code":"budget_exceeded","message":"pouch: budget '
+        b'reservation of $0.000270 reached after 2 output tokens; stream cut off","param":null,'
+        b'"sequence_number":6,"error":{"message":"pouch: budget reservation of $0.000270 reached after '
+        b'2 output tokens; stream cut off","type":"budget_exceeded","code":"budget_exceeded"}}\n\n')
+    assert out == [R_HEAD[0] + deltas[0] + deltas[1] + expected_error]
+    assert m.cut is True
+    assert m.feed(deltas[3]) == [] and m.finish() == []
+
+
+def test_no_cut_once_final_usage_arrived():
+    # the usage alone costs more than the reservation, but the generation is over
+    m = meter(reservation="0.0003", hide=True)
+    stream = CONTENT[0] + USAGE_CHUNK + DONE
+    assert pump(m, [stream]) == CONTENT[0] + DONE
+    assert m.cut is False
+    assert m.running_cost == D("0.0016575")
+
+
+def test_interim_usage_over_reservation_cuts():
+    m = meter(reservation="0.0003")
+    out = m.feed(chat({"content": "Hello"}, usage={"prompt_tokens": 10, "completion_tokens": 100}))
+    assert m.cut is True and out[0].endswith(b"data: [DONE]\n\n")
+
+
+def test_reservation_below_input_cost_cuts_at_first_event():
+    m = meter(reservation="0.0001")
+    out = m.feed(CONTENT[0])
+    assert m.cut is True
+    assert out[0].startswith(CONTENT[0] + b'data: {"error": {"message": "pouch: budget reservation of '
+                                          b'$0.000100 reached after 0 output tokens; stream cut off"')
+
+
+@pytest.mark.parametrize("reservation", ["0.00025", "0.000250001", "0.00026", "0.0002599999", "0.00033",
+                                         "0.0003300001", "0.0125", "1"])
+@pytest.mark.parametrize("input_tokens", [0, 1, 100, 127_999, 128_001])
+def test_cut_threshold_is_exactly_running_cost_reaching_reservation(reservation, input_tokens):
+    m = meter(input_tokens=input_tokens, reservation=reservation)
+    n = m._cut_at
+    res = D(reservation)
+
+    def at(k):
+        return cost(PRICE, Usage(input_tokens=input_tokens, output_tokens=k))
+
+    assert at(n) >= res
+    assert n == 0 or at(n - 1) < res
+
+
+def test_finish_never_cuts_and_flushes_unterminated_event():
+    m = meter(reservation="0.0003")
+    tail = chat({"content": "".join(WORDS)})[:-2]  # 8 tokens, no blank line
+    assert m.feed(tail) == []
+    assert m.finish() == [tail]
+    assert m.cut is False and m.output_tokens_counted == 8
+
+
+def test_oversize_event_cuts_with_stream_error():
+    m = meter(max_event_bytes=400)
+    out = m.feed(CONTENT[1] + b"data: " + b"x" * 500)
+    assert m.cut is True and m.cut_reason == "stream_error"
+    assert out == [CONTENT[1] + b'data: {"error": {"message": "pouch: an unfinished SSE event of at least 506 '
+                   b'bytes exceeds the limit of 400 bytes; refusing to buffer it; stream cut off", "type": '
+                   b'"stream_error", "code": "stream_error"}}\n\ndata: [DONE]\n\n']
+    assert m.feed(b"more") == []
+
+
+# -- robustness ------------------------------------------------------------------------------------
+
+def test_unparsable_and_odd_data_is_forwarded_and_counted_as_zero():
+    odd = [
+        b"data: {not json\n\n",
+        b"data: 42\n\n",
+        b'data: {"choices": "nope", "model": 7, "service_tier": null}\n\n',
+        b'data: {"choices": [5, {"index": [1], "delta": ["x"]}, {"delta": {"content": 5, "tool_calls": "x"}}]}\n\n',
+        b'data: {"choices": [{"delta": {"tool_calls": [null, {"function": "f"}, {"function": {"arguments": 3}}]}}]}\n\n',
+        b'data: {"choices": [], "usage": {"prompt_tokens": "many"}}\n\n',
+        b": comment\n\n",
+        b"event: ping\n\n",
+    ]
+    m = meter(hide=False)
+    stream = b"".join(odd) + CONTENT[1] + DONE
+    assert pump(m, [stream]) == stream
+    assert m.parse_errors == 3  # not JSON, not an object, malformed usage
+    assert m.output_tokens_counted == 1
+    assert m.usage_source == "counted" and m.model_reported == "gpt-4o-2024-08-06"
+    assert m.events == 8
+
+
+def test_unparsable_responses_event_is_forwarded():
+    m = meter("responses")
+    stream = b"event: response.output_text.delta\ndata: {oops\n\n" + R_HEAD[4]
+    assert pump(m, [stream]) == stream
+    assert m.parse_errors == 1 and m.output_tokens_counted == 3
+
+
+def test_provider_error_chat():
+    err = {"message": "The server is overloaded.", "type": "server_error", "code": None}
+    stream = CONTENT[1] + sse({"error": err})
+    m = meter()
+    assert pump(m, [stream]) == stream
+    assert m.provider_error == err
+    assert m.done is False and m.output_tokens_counted == 1
+
+
+def test_provider_error_responses_event():
+    body = {"type": "error", "code": "rate_limit_exceeded", "message": "Slow down.", "param": None,
+            "sequence_number": 3}
+    stream = R_HEAD[0] + sse(body, event="error")
+    m = meter("responses")
+    assert pump(m, [stream]) == stream
+    assert m.provider_error == body
+
+
+def test_forwarded_output_is_one_chunk_and_never_empty_bytes():
+    m = meter()
+    assert m.feed(b"data: {") == []
+    assert m.feed(b"}") == []
+    assert m.feed(b"\n\n: a\n\ndata: [DONE]\n\n") == [b"data: {}\n\n: a\n\ndata: [DONE]\n\n"]
+    assert m.feed(b"") == []
+    assert m.finish() == []
+
+
+def test_constructor_validation():
+    with pytest.raises(ValueError, match="unknown api"):
+        StreamMeter("embeddings", PRICE, "gpt-4o", 1, D(1), False)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unknown service_tier"):
+        meter(tier="platinum")
+    with pytest.raises(ValueError, match="input_tokens"):
+        meter(input_tokens=-1)

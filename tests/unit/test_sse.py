@@ -1,0 +1,208 @@
+"""SSE framing: every chunk boundary, every line ending, comments, multi-line data, UTF-8 splits."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+
+from pouch_addon.sse import MAX_EVENT_BYTES, SSEError, SSEEvent, SSEParser
+
+EMOJI = "\U0001F600"  # 4 bytes in UTF-8
+
+# A stream mixing everything the parser must handle; each tuple is one event.
+PARTS: list[tuple[bytes, SSEEvent]] = [
+    (b": keep-alive comment\r\n\r\n",
+     SSEEvent(None, "", b": keep-alive comment\r\n\r\n", has_data=False)),
+    (b'event: response.created\r\ndata: {"a":1}\r\n\r\n',
+     SSEEvent("response.created", '{"a":1}', b'event: response.created\r\ndata: {"a":1}\r\n\r\n')),
+    (b"data: line one\ndata:line two\ndata:  two spaces\nid: 7\nretry: 100\n: inner comment\n\n",
+     SSEEvent(None, "line one\nline two\n two spaces",
+              b"data: line one\ndata:line two\ndata:  two spaces\nid: 7\nretry: 100\n: inner comment\n\n")),
+    (b"\n", SSEEvent(None, "", b"\n", has_data=False)),  # a stray blank line
+    (("event: emoji\rdata: caf\u00e9 " + EMOJI + " ok\r\r").encode(),
+     SSEEvent("emoji", "caf\u00e9 " + EMOJI + " ok", ("event: emoji\rdata: caf\u00e9 " + EMOJI + " ok\r\r").encode())),
+    (b"data\nunknown: field\n\n", SSEEvent(None, "", b"data\nunknown: field\n\n")),  # "data" alone = empty data
+    (b"event: a\nevent: b\ndata:x\r\n\r\n", SSEEvent("b", "x", b"event: a\nevent: b\ndata:x\r\n\r\n")),
+    (('data: {"delta":"\u4f60\u597d' + EMOJI + '"}\r\n\r\n').encode(),
+     SSEEvent(None, '{"delta":"\u4f60\u597d' + EMOJI + '"}',
+              ('data: {"delta":"\u4f60\u597d' + EMOJI + '"}\r\n\r\n').encode())),
+    (b"data: [DONE]\r\n\r\n", SSEEvent(None, "[DONE]", b"data: [DONE]\r\n\r\n")),
+]
+STREAM = b"".join(p for p, _ in PARTS)
+EXPECTED = [e for _, e in PARTS]
+
+
+def run(chunks: list[bytes], parser: SSEParser | None = None) -> tuple[list[SSEEvent], bytes]:
+    parser = parser or SSEParser()
+    events: list[SSEEvent] = []
+    for chunk in chunks:
+        events.extend(parser.feed(chunk))
+    tail, leftover = parser.flush()
+    return events + tail, leftover
+
+
+def split(data: bytes, cuts: list[int]) -> list[bytes]:
+    bounds = [0, *sorted(cuts), len(data)]
+    return [data[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+def test_expected_table_is_consistent():
+    assert b"".join(e.raw for e in EXPECTED) == STREAM
+    assert EXPECTED[7].raw.startswith(b'data: {"delta":"') and EXPECTED[7].raw.endswith(b'"}\r\n\r\n')
+
+
+def test_whole_stream_in_one_chunk():
+    parser = SSEParser()
+    events = parser.feed(STREAM)
+    # the final blank line "\r\n" is complete, so everything is returned by feed already
+    assert events == EXPECTED
+    assert parser.flush() == ([], b"")
+
+
+def test_every_single_boundary():
+    for cut in range(1, len(STREAM)):
+        assert run(split(STREAM, [cut])) == (EXPECTED, b""), f"split at byte {cut}"
+
+
+def test_byte_by_byte():
+    events, leftover = run([STREAM[i:i + 1] for i in range(len(STREAM))])
+    assert events == EXPECTED
+    assert leftover == b""
+
+
+def test_random_multi_boundaries():
+    rng = random.Random(1234)
+    for _ in range(300):
+        cuts = rng.sample(range(1, len(STREAM)), rng.randint(2, 12))
+        events, leftover = run(split(STREAM, cuts))
+        assert events == EXPECTED
+        assert leftover == b""
+
+
+def test_events_returned_as_soon_as_complete():
+    parser = SSEParser()
+    assert parser.feed(b'data: {"a":') == []
+    assert parser.feed(b'1}\n') == []
+    assert parser.feed(b"\ndata: next") == [SSEEvent(None, '{"a":1}', b'data: {"a":1}\n\n')]
+    assert parser.flush() == ([SSEEvent(None, "next", b"data: next")], b"")
+
+
+def test_emoji_split_inside_character():
+    data = ("data: " + EMOJI + "\n\n").encode()
+    for cut in range(7, 10):  # inside the 4 UTF-8 bytes
+        parser = SSEParser()
+        assert parser.feed(data[:cut]) == []
+        assert parser.feed(data[cut:]) == [SSEEvent(None, EMOJI, data)]
+
+
+def test_cr_at_end_of_chunk_waits_for_possible_lf():
+    parser = SSEParser()
+    assert parser.feed(b"data: a\r\n\r") == []  # "\r" might be the first half of "\r\n"
+    assert parser.feed(b"\n") == [SSEEvent(None, "a", b"data: a\r\n\r\n")]
+    parser = SSEParser()
+    assert parser.feed(b"data: a\r") == []
+    assert parser.feed(b"\r") == []
+    assert parser.feed(b"data: b\r\r") == [SSEEvent(None, "a", b"data: a\r\r")]
+    assert parser.flush() == ([SSEEvent(None, "b", b"data: b\r\r")], b"")
+
+
+def test_flush_unterminated_final_event():
+    for tail in (b"data: {\"x\":1}", b"data: {\"x\":1}\n", b"data: {\"x\":1}\r", b"data: {\"x\":1}\r\n"):
+        parser = SSEParser()
+        assert parser.feed(b"data: first\n\n" + tail) == [SSEEvent(None, "first", b"data: first\n\n")]
+        assert parser.flush() == ([SSEEvent(None, '{"x":1}', tail)], b"")
+
+
+def test_flush_multiline_unterminated_and_event_name():
+    parser = SSEParser()
+    assert parser.feed(b"event: e\ndata: a\ndata: b") == []
+    assert parser.flush() == ([SSEEvent("e", "a\nb", b"event: e\ndata: a\ndata: b")], b"")
+
+
+def test_flush_returns_leftover_that_is_no_event():
+    parser = SSEParser()
+    assert parser.feed(b"data: a\n\n: trailing comment") == [SSEEvent(None, "a", b"data: a\n\n")]
+    assert parser.flush() == ([], b": trailing comment")
+    parser = SSEParser()
+    parser.feed(b"event: only-a-name\n")
+    assert parser.flush() == ([], b"event: only-a-name\n")
+
+
+def test_flush_resets_the_parser():
+    parser = SSEParser()
+    parser.feed(b"data: a")
+    parser.flush()
+    assert parser.feed(b"data: b\n\n") == [SSEEvent(None, "b", b"data: b\n\n")]
+    assert parser.flush() == ([], b"")
+
+
+def test_empty_feed_and_empty_flush():
+    parser = SSEParser()
+    assert parser.feed(b"") == []
+    assert parser.flush() == ([], b"")
+
+
+def test_byte_order_mark_at_stream_start():
+    data = b"\xef\xbb\xbfdata: x\n\n"
+    for cut in range(1, len(data)):
+        events, leftover = run(split(data, [cut]))
+        assert events == [SSEEvent(None, "x", data)]
+        assert leftover == b""
+    # a BOM later in the stream is data
+    events, _ = run([b"data: a\n\n\xef\xbb\xbfdata: b\n\n"])
+    assert events[1].event is None and events[1].has_data is False  # field name is "\ufeffdata"
+
+
+def test_invalid_utf8_is_replaced_not_fatal():
+    events, _ = run([b"data: \xff\xfe ok\n\n"])
+    assert events == [SSEEvent(None, "\ufffd\ufffd ok", b"data: \xff\xfe ok\n\n")]
+
+
+def test_oversize_event_raises_with_earlier_events():
+    assert MAX_EVENT_BYTES == 8 * 1024 * 1024
+    parser = SSEParser(max_event_bytes=64)
+    with pytest.raises(SSEError, match="exceeds the limit of 64 bytes") as info:
+        parser.feed(b"data: ok\n\n" + b"data: " + b"x" * 100)
+    assert info.value.events == [SSEEvent(None, "ok", b"data: ok\n\n")]
+
+
+def test_oversize_event_growing_over_several_feeds():
+    parser = SSEParser(max_event_bytes=64)
+    assert parser.feed(b"data: " + b"x" * 40) == []
+    with pytest.raises(SSEError, match="unfinished SSE event of at least 86 bytes"):
+        parser.feed(b"y" * 40)
+
+
+def test_oversize_complete_event_in_one_chunk():
+    parser = SSEParser(max_event_bytes=64)
+    with pytest.raises(SSEError, match="an SSE event of 108 bytes exceeds"):
+        parser.feed(b"data: " + b"x" * 100 + b"\n\n")
+
+
+def test_event_at_the_limit_is_fine():
+    raw = b"data: " + b"x" * 56 + b"\n\n"
+    assert len(raw) == 64
+    assert SSEParser(max_event_bytes=64).feed(raw) == [SSEEvent(None, "x" * 56, raw)]
+
+
+def test_long_line_in_small_chunks_is_linear():
+    # a quadratic parser rescans the growing line on every feed: ~10 GB of scanning here
+    size, step = 6 * 1024 * 1024, 2048
+    payload = b"data: " + b"a" * size + b"\n\n"
+    parser = SSEParser()
+    t0 = time.perf_counter()
+    events = []
+    for i in range(0, len(payload), step):
+        events.extend(parser.feed(payload[i:i + step]))
+    elapsed = time.perf_counter() - t0
+    assert len(events) == 1 and len(events[0].data) == size
+    assert elapsed < 2.0, elapsed
+
+
+def test_many_events_in_one_chunk():
+    data = b"".join(b"data: %d\n\n" % i for i in range(5000))
+    events = SSEParser().feed(data)
+    assert [e.data for e in events] == [str(i) for i in range(5000)]
+    assert b"".join(e.raw for e in events) == data
