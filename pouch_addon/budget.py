@@ -81,14 +81,20 @@ class Owner:
         return cls(int(d["pid"]), d.get("started"), str(d["host"]))
 
 
-def _process_start(pid: int) -> str | None:
+def _proc_stat(pid: int) -> list[bytes] | None:
+    """Fields after the command name of /proc/PID/stat (Linux), or None."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
             stat = fh.read()
     except OSError:
         return None
-    # the command name (field 2) may contain spaces; fields after ')' are fixed
-    return stat.rsplit(b")", 1)[1].split()[19].decode()
+    # the command name (field 2) may contain spaces and parentheses; fields after the last ')' are fixed
+    return stat.rsplit(b")", 1)[1].split()
+
+
+def _process_start(pid: int) -> str | None:
+    fields = _proc_stat(pid)
+    return fields[19].decode() if fields else None
 
 
 def owner_alive(owner: Owner) -> bool:
@@ -101,7 +107,12 @@ def owner_alive(owner: Owner) -> bool:
         return False
     except PermissionError:
         return True
-    return owner.started is None or _process_start(owner.pid) == owner.started
+    fields = _proc_stat(owner.pid)
+    if fields is None:
+        return owner.started is None  # no /proc (macOS): the pid exists, so trust it
+    if fields[0] in (b"Z", b"X"):
+        return False  # killed, not yet reaped by its parent
+    return owner.started is None or fields[19].decode() == owner.started
 
 
 @dataclass

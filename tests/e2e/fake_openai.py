@@ -42,7 +42,9 @@ Deterministic usage (what tests can assert exact costs against)
 - cached tokens: ``x-fake-cached-tokens`` (default 0, clamped to prompt tokens); reported
   as ``prompt_tokens_details.cached_tokens`` / ``input_tokens_details.cached_tokens``.
 - content tokens: ``x-fake-chunks`` (default 3) content chunks per choice, chunk ``k`` is
-  the text ``"tok{k} "`` and counts as exactly 1 token.
+  the word ``WORDS[k % 20]`` (" zero", " one", …), which is exactly 1 token in both
+  o200k_base and cl100k_base, alone and concatenated (``fake_text(n)`` builds the text), so
+  a tokenizer-based count of the stream agrees with the usage the fake reports.
 - reasoning tokens: ``x-fake-reasoning-tokens`` (default 0) per choice; they are a subset
   of completion tokens (``completion_tokens = n * (reasoning + content)``), reported as
   ``completion_tokens_details.reasoning_tokens`` / ``output_tokens_details.reasoning_tokens``.
@@ -96,6 +98,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 DEFAULT_CHUNKS = 3
+# one token each in o200k_base and cl100k_base, also when concatenated
+WORDS = (" zero", " one", " two", " three", " four", " five", " six", " seven", " eight", " nine",
+         " ten", " red", " blue", " green", " cat", " dog", " sun", " moon", " tree", " book")
+
+
+def fake_text(n: int) -> str:
+    """The content of ``n`` content chunks, as the fake streams it."""
+    return "".join(WORDS[k % len(WORDS)] for k in range(n))
 DEFAULT_EMBED_DIM = 8
 CREATED = 1_725_000_000
 
@@ -324,7 +334,7 @@ def responses_usage(p: Plan) -> dict:
 
 
 def tok(k: int) -> str:
-    return f"tok{k} "
+    return WORDS[k % len(WORDS)]
 
 
 # --------------------------------------------------------------------------- connection

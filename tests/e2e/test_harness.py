@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import pytest
 
+from fake_openai import fake_text
+
 pytestmark = pytest.mark.e2e
 
 CHAT_URL = "https://api.openai.com/v1/chat/completions"
@@ -33,7 +35,7 @@ def test_sdk_non_stream_reaches_fake_with_real_sni_and_host(e2e, fake, bare_prox
                                                "x-fake-cached-tokens": "100", "x-fake-reasoning-tokens": "6"}},
                     env)
     assert r["ok"], r["error"]
-    assert r["content"] == "tok0 tok1 tok2 tok3 "
+    assert r["content"] == fake_text(4)
     assert r["finish_reason"] == "stop"
     assert _flat(r["usage"]) == _usage(120, 10, cached=100, reasoning=6)
 
@@ -56,7 +58,7 @@ def test_sdk_stream_usage_chunk_only_when_asked(e2e, fake, bare_proxy, include_u
         args["stream_options"] = {"include_usage": True}
     r = e2e.run_sdk("chat_stream", args, e2e.client_env(bare_proxy))
     assert r["ok"], r["error"]
-    assert r["content"] == "tok0 tok1 tok2 tok3 tok4 "
+    assert r["content"] == fake_text(5)
     # role chunk + 5 content chunks + finish chunk (+ usage chunk)
     assert r["chunks"] == 7 + include_usage
     assert r["any_empty_choices"] is include_usage
@@ -101,16 +103,16 @@ def test_sdk_modes_all_work_through_proxy(e2e, fake, bare_proxy):
         if mode == "embeddings":
             assert r["embeddings"] == 2 and r["usage"] == {"prompt_tokens": 11, "total_tokens": 11}
             continue
-        assert r["content"] == "tok0 tok1 tok2 ", mode
+        assert r["content"] == fake_text(3), mode
         u = r["usage"]
         if mode.startswith("responses"):
             assert (u["input_tokens"], u["output_tokens"], u["total_tokens"]) == (11, 3, 14), mode
         else:
             assert (u["prompt_tokens"], u["completion_tokens"]) == (11, 3), mode
-    assert results[0]["helper_content"] == "tok0 tok1 tok2 " and results[0]["any_empty_choices"]
+    assert results[0]["helper_content"] == fake_text(3) and results[0]["any_empty_choices"]
     assert results[4]["events"][-1] == "response.completed"
     r = e2e.run_sdk("chat_stream_helper", {"extra_headers": hdr}, env)  # the plain one-call CLI path
-    assert r["ok"] and r["helper_content"] == "tok0 tok1 tok2 " and r["usage"] is None
+    assert r["ok"] and r["helper_content"] == fake_text(3) and r["usage"] is None
     paths = {q["path"] for q in fake.requests()}
     assert paths == {"/v1/chat/completions", "/v1/responses", "/v1/completions", "/v1/embeddings", "/v1/models"}
     assert {c["sni"] for c in fake.connections()} == {"api.openai.com"}
@@ -125,11 +127,11 @@ def test_fake_honours_and_ignores_output_cap(e2e, fake, bare_proxy):
         ("responses", {"max_output_tokens": 3, "extra_headers": hdr}),
         ("chat", {"n": 2, "max_tokens": 3, "extra_headers": {"x-fake-chunks": "2", "x-fake-prompt-tokens": "5"}}),
     ], env)
-    assert capped["ok"] and capped["content"] == "tok0 tok1 " and capped["finish_reason"] == "length"
+    assert capped["ok"] and capped["content"] == fake_text(2) and capped["finish_reason"] == "length"
     assert _flat(capped["usage"]) == _usage(5, 4, reasoning=2)
-    assert ignored["ok"] and ignored["content"] == "".join(f"tok{k} " for k in range(10))
+    assert ignored["ok"] and ignored["content"] == fake_text(10)
     assert ignored["finish_reason"] == "stop"
-    assert resp["ok"] and resp["status"] == "incomplete" and resp["content"] == "tok0 "
+    assert resp["ok"] and resp["status"] == "incomplete" and resp["content"] == fake_text(1)
     assert (resp["usage"]["output_tokens"], resp["usage"]["output_tokens_details"]["reasoning_tokens"]) == (3, 2)
     assert n2["ok"] and n2["choices"] == 2 and n2["usage"]["completion_tokens"] == 4
 
@@ -141,7 +143,7 @@ def test_curl_through_proxy(e2e, fake, bare_proxy):
     assert c.rc == 0 and c.status == 200, c.stderr
     assert c.issuer and "mitmproxy" in c.issuer
     data = c.json()
-    assert data["choices"][0]["message"]["content"] == "tok0 tok1 tok2 "
+    assert data["choices"][0]["message"]["content"] == fake_text(3)
     assert data["usage"]["prompt_tokens"] == 3  # word-count rule: "one two three"
 
     c = e2e.run_curl(CHAT_URL, env=env, json_body={**body, "stream": True, "stream_options": {"include_usage": True}},
@@ -167,26 +169,26 @@ def test_upstream_abort_gives_client_connection_error(e2e, fake, bare_proxy):
     r = e2e.run_sdk("chat_stream", {"extra_headers": {"x-fake-chunks": "8", "x-fake-die-after": "2"}}, env)
     assert not r["ok"]
     assert r["error"]["class"] == "APIConnectionError"
-    assert r["content"] == "tok0 tok1 "
+    assert r["content"] == fake_text(2)
     assert fake.wait_for("died")["after"] == 2
 
     c = e2e.run_curl(CHAT_URL, env=env, json_body={"model": "gpt-4o-mini", "messages": [], "stream": True},
                      headers={"x-fake-chunks": "8", "x-fake-die-after": "3"})
     assert c.rc == 18, (c.rc, c.stderr[-500:])  # transfer closed with outstanding read data remaining
-    assert sum('"content": "tok' in d for d in c.sse_data()) == 3
+    assert sum('"content": " ' in d for d in c.sse_data()) == 3
 
 
 def test_client_disconnect_is_logged_and_fake_survives(e2e, fake, bare_proxy):
     env = e2e.client_env(bare_proxy)
     r = e2e.run_sdk("chat_stream_disconnect_after:3",
                     {"extra_headers": {"x-fake-chunks": "20", "x-fake-delay-ms": "100"}}, env)
-    assert r["ok"] and r["chunks"] == 3 and r["content"] == "tok0 tok1 "
+    assert r["ok"] and r["chunks"] == 3 and r["content"] == fake_text(2)
     gone = fake.wait_for("client_disconnected", timeout=5)
     sent = [e for e in fake.events_for(gone["req"]) if e["ev"] == "chunk_sent" and e["kind"] == "content"]
     assert 2 <= len(sent) < 20
     # the fake keeps serving
     r = e2e.run_sdk("chat", {}, env)
-    assert r["ok"] and r["content"] == "tok0 tok1 tok2 "
+    assert r["ok"] and r["content"] == fake_text(3)
 
 
 def test_sdk_gets_status_errors(e2e, fake, bare_proxy):

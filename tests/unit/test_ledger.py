@@ -215,6 +215,18 @@ def test_readers_never_see_a_torn_file_while_writers_run(tmp_path):
     assert_consistent(ledger)
 
 
+def test_a_killed_unreaped_process_counts_as_dead(tmp_path):
+    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    from pouch_addon.budget import _process_start, owner_alive
+    owner = Owner(p.pid, _process_start(p.pid), Owner.current().host)
+    assert owner_alive(owner)
+    os.kill(p.pid, signal.SIGKILL)
+    time.sleep(0.2)  # now a zombie: kill(pid, 0) still succeeds
+    assert not owner_alive(owner)
+    p.wait()
+    assert not owner_alive(owner)
+
+
 def test_owner_records_process_identity(tmp_path):
     me = Owner.current()
     assert me.pid == os.getpid() and me.started

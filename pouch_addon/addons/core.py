@@ -1,0 +1,50 @@
+"""What the budget gate and the meter share: the ledger, the price table, the calls in flight."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import TYPE_CHECKING
+
+from ..budget import Ledger, Reservation
+from ..plan import CallPlan, PlanSettings
+from ..pricing import PriceTable
+
+if TYPE_CHECKING:
+    from ..metering import StreamMeter
+
+CALL = "pouch_call"  # flow.metadata key holding the FlowCall
+
+
+@dataclass(eq=False)
+class FlowCall:
+    """One budgeted call: its plan, its reservation and how far its response got."""
+
+    plan: CallPlan
+    reservation: Reservation
+    client: str
+    started: float = field(default_factory=time.time)
+    meter: StreamMeter | None = None
+    response_started: bool = False
+    settled: bool = False
+    last_checkpoint_events: int = -1
+
+    @property
+    def reserved(self) -> Decimal:
+        return self.reservation.amount
+
+
+class Core:
+    """Configured by the gate's options; used by the gate and the meter."""
+
+    def __init__(self) -> None:
+        self.ledger: Ledger | None = None
+        self.table: PriceTable | None = None
+        self.settings = PlanSettings()
+        self.active: set[FlowCall] = set()
+
+    def require(self) -> tuple[Ledger, PriceTable]:
+        if self.ledger is None or self.table is None:
+            raise RuntimeError("pouch is not configured yet")
+        return self.ledger, self.table

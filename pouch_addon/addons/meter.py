@@ -1,0 +1,191 @@
+"""Metering: stream every budgeted response through a ``StreamMeter`` and settle each call once.
+
+The per-chunk callable runs on mitmproxy's event loop, so it only does in-memory work; every
+ledger write (settle, the batched checkpoint of streams in flight) goes to a worker thread.
+Settling happens on whichever path a call ends by (response, error, cut-off, shutdown) and
+exactly once: ``FlowCall.settled`` is flipped before the write is scheduled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+
+from mitmproxy import ctx, http
+
+from .. import settlement
+from ..budget import NotOpen
+from ..metering import StreamMeter
+from ..money import format_usd
+from .core import CALL, Core, FlowCall
+
+log = logging.getLogger(__name__)
+
+CLIENT_GONE = "Client disconnected."
+
+
+def close_upstream(flow: http.HTTPFlow) -> bool:
+    """Close the provider connection now so it stops generating (mitmproxy private API, tested)."""
+    try:
+        proxyserver = ctx.master.addons.get("proxyserver")
+        handler = proxyserver.connections.get(flow.client_conn.id)
+        if handler is not None and flow.server_conn in handler.transports:
+            handler.close_connection(flow.server_conn)
+            return True
+    except Exception:  # pragma: no cover - depends on mitmproxy internals
+        log.exception("pouch: could not close the upstream connection")
+    return False
+
+
+class Metering:
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self._checkpointer: asyncio.Task | None = None
+        self._settles: set[asyncio.Task] = set()
+
+    def load(self, loader) -> None:
+        loader.add_option(
+            name="pouch_checkpoint_ms", typespec=int, default=500,
+            help="How often (ms) the progress of streams in flight is written to the ledger in one "
+                 "batched write, for the TUI and crash recovery. 0 disables it.",
+        )
+
+    def running(self) -> None:
+        if ctx.options.pouch_checkpoint_ms > 0:
+            self._checkpointer = asyncio.get_running_loop().create_task(self._checkpoint_loop())
+
+    # -- response path -------------------------------------------------------------------------
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        call: FlowCall | None = flow.metadata.get(CALL)
+        if call is None or flow.response is None:
+            return
+        call.response_started = True
+        ctype = flow.response.headers.get("content-type", "")
+        if flow.response.status_code < 400 and "text/event-stream" in ctype:
+            plan = call.plan
+            call.meter = StreamMeter(
+                plan.api, plan.price, plan.model, plan.input_tokens, call.reserved,
+                hide_usage_chunk=plan.stream and not plan.client_wants_usage and plan.api in ("chat", "completions"),
+                tier=plan.tier,
+            )
+            flow.response.stream = self._stream_callable(flow, call)
+
+    def _stream_callable(self, flow: http.HTTPFlow, call: FlowCall):
+        meter = call.meter
+        assert meter is not None
+
+        def on_chunk(chunk: bytes) -> Iterable[bytes]:
+            if meter.cut:
+                return []
+            try:
+                if chunk == b"":
+                    return meter.finish()
+                out = meter.feed(chunk)
+            except Exception:
+                log.exception("pouch: metering failed; cutting the stream (fail closed)")
+                meter.cut = True
+                out = []
+            if meter.cut:
+                close_upstream(flow)
+                self._settle_soon(call, settlement.partial(
+                    call.plan, call.reserved, meter.output_tokens_counted, "cut_off"))
+                return [*out, b""]  # b"" ends an HTTP/1.1 chunked body for the client
+            return out
+
+        return on_chunk
+
+    async def response(self, flow: http.HTTPFlow) -> None:
+        call: FlowCall | None = flow.metadata.get(CALL)
+        if call is None or call.settled or flow.response is None:
+            return
+        _, table = self.core.require()
+        status = flow.response.status_code
+        if status >= 400:
+            result = settlement.provider_error(status)
+        elif call.meter is not None:
+            m = call.meter
+            usage = m.final_usage() if m.usage_source == "provider" else None
+            result = settlement.completed(
+                table, call.plan, usage, m.output_tokens_counted,
+                model_reported=m.model_reported, tier_reported=m.service_tier,
+                status="ok" if m.done else "incomplete")
+        else:
+            raw = flow.response.get_content(strict=False)
+            result = await asyncio.to_thread(settlement.from_response_body, table, call.plan, raw)
+        await self._settle(call, result, http_status=status)
+
+    async def error(self, flow: http.HTTPFlow) -> None:
+        call: FlowCall | None = flow.metadata.get(CALL)
+        if call is None or call.settled:
+            return
+        msg = flow.error.msg if flow.error else ""
+        m = call.meter
+        if m is not None:
+            who = "client_disconnect" if msg == CLIENT_GONE else "upstream_disconnect"
+            usage = m.final_usage() if m.usage_source == "provider" else None
+            result = settlement.partial(call.plan, call.reserved, m.output_tokens_counted, who, usage)
+        elif call.response_started:
+            # a non-streamed body that broke off: the provider had finished generating
+            result = settlement.unanswered(call.reserved, sent=True)
+        else:
+            sent = flow.server_conn.timestamp_start is not None and flow.request.timestamp_end is not None
+            result = settlement.unanswered(call.reserved, sent=sent)
+        log.info(f"pouch: {call.plan.model} call ended early ({msg}); settling as {result.status}")
+        await self._settle(call, result)
+
+    # -- settling --------------------------------------------------------------------------------
+    def _settle_soon(self, call: FlowCall, result: settlement.Settlement) -> None:
+        task = asyncio.get_running_loop().create_task(self._settle(call, result))
+        self._settles.add(task)
+        task.add_done_callback(self._settles.discard)
+
+    async def _settle(self, call: FlowCall, result: settlement.Settlement, http_status: int | None = None) -> None:
+        if call.settled:
+            return
+        call.settled = True
+        self.core.active.discard(call)
+        ledger, _ = self.core.require()
+        details = {**result.details(), "http_status": http_status, "estimated_cost": str(call.plan.worst_case)}
+        try:
+            await asyncio.to_thread(ledger.settle, call.reservation.id, result.cost,
+                                    status=result.status, details=details)
+        except NotOpen:
+            log.error(f"pouch: reservation {call.reservation.id} was already settled")
+        except Exception:
+            # the reservation stays open and is settled conservatively by the orphan rule at restart
+            log.exception(f"pouch: could not settle reservation {call.reservation.id}")
+        else:
+            log.info(f"pouch: {call.plan.model} {result.status}: {format_usd(result.cost)} "
+                     f"(reserved {format_usd(call.reserved)})")
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    async def _checkpoint_loop(self) -> None:
+        interval = ctx.options.pouch_checkpoint_ms / 1000
+        while True:
+            await asyncio.sleep(interval)
+            updates = {}
+            for call in list(self.core.active):
+                m = call.meter
+                if m is not None and m.events != call.last_checkpoint_events and not call.settled:
+                    call.last_checkpoint_events = m.events
+                    updates[call.reservation.id] = m.checkpoint()
+            if updates and self.core.ledger is not None:
+                try:
+                    await asyncio.to_thread(self.core.ledger.checkpoint, updates)
+                except Exception:
+                    log.exception("pouch: checkpoint write failed")
+
+    async def done(self) -> None:
+        """Shutdown: settle what is still in flight (connections close, providers stop)."""
+        if self._checkpointer is not None:
+            self._checkpointer.cancel()
+        for call in list(self.core.active):
+            m = call.meter
+            if m is not None:
+                result = settlement.partial(call.plan, call.reserved, m.output_tokens_counted, "shutdown")
+            else:
+                result = settlement.unanswered(call.reserved, sent=True)
+            await self._settle(call, result)
+        if self._settles:
+            await asyncio.gather(*self._settles, return_exceptions=True)
