@@ -1,0 +1,72 @@
+"""Blocked requests this month and why: paused, budget, or what the proxy refused."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.widgets import DataTable, Static
+
+from ..aggregate import Aggregates, block_reason, client_key
+from ..format import clock, money, short_endpoint, theme_style
+from .history_table import entry_key
+
+COLUMNS = (("time", "time (UTC)"), ("model", "model"), ("client", "client"), ("endpoint", "endpoint"),
+           ("reason", "reason"), ("needed", "needed"), ("remaining", "remaining"), ("message", "message"))
+
+
+class BlockedTable(DataTable):
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id, cursor_type="row", zebra_stripes=True)
+        self.entries: dict[str, dict[str, Any]] = {}
+        self.keys: list[str] = []
+
+    def on_mount(self) -> None:
+        for key, label in COLUMNS:
+            self.add_column(label, key=key)
+
+    def show(self, blocks: list[dict[str, Any]], now: float, variables: dict[str, str]) -> None:
+        self.clear()
+        self.keys = [entry_key(e) for e in blocks]
+        self.entries = dict(zip(self.keys, blocks))
+        for key, e in zip(self.keys, blocks):
+            why = block_reason(e)
+            message = str(e.get("detail") or e.get("message") or "")
+            self.add_row(
+                Text(clock(e.get("ts"), now)),
+                Text(str(e.get("model") or "—")),
+                Text(client_key(e.get("client"))),
+                Text(short_endpoint(e.get("endpoint"))),
+                Text(why, style=theme_style(variables, "warning" if why == "paused" else "error")),
+                Text(money(e.get("needed")) if e.get("reason") == "insufficient" else "—", justify="right"),
+                Text(money(e.get("remaining")) if e.get("reason") == "insufficient" else "—", justify="right"),
+                Text(message, no_wrap=True, overflow="ellipsis"),
+                key=key,
+            )
+
+    def current_entry(self) -> dict[str, Any] | None:
+        if not self.keys or not (0 <= self.cursor_row < len(self.keys)):
+            return None
+        return self.entries.get(self.keys[self.cursor_row])
+
+
+class BlockedPanel(Vertical):
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+
+    def compose(self) -> ComposeResult:
+        yield Static("", id="blocked-summary", markup=False)
+        yield BlockedTable(id="blocked-table")
+
+    def show(self, aggregates: Aggregates | None, now: float, variables: dict[str, str]) -> None:
+        if aggregates is None:
+            self.query_one("#blocked-summary", Static).update("")
+            self.query_one(BlockedTable).show([], now, variables)
+            return
+        reasons = ", ".join(f"{why} {n:,}" for why, n in aggregates.block_reasons.most_common())
+        summary = (f"{aggregates.blocked_month:,} blocked this month" + (f": {reasons}" if reasons else "")
+                   if aggregates.blocked_month else "Nothing blocked this month.")
+        self.query_one("#blocked-summary", Static).update(summary)
+        self.query_one(BlockedTable).show(aggregates.recent_blocks(), now, variables)

@@ -1,0 +1,106 @@
+"""Budget at a glance: remaining of budget, a gauge that changes colour as it runs low,
+spend today / this week / this month (UTC), what is reserved right now, and the paused state."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from textual.content import Content
+from textual.widget import Widget
+
+from ..aggregate import Aggregates
+from ..format import bar, duration, money, ratio
+from ..messages import LedgerSnapshot
+
+LOW, CRITICAL = 0.25, 0.10
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
+def level(remaining: Decimal, budget: Decimal) -> str:
+    """``ok`` above 25 % left, ``low`` above 10 %, else ``critical`` (also for a $0 budget)."""
+    if budget <= 0 or remaining <= 0:
+        return "critical"
+    frac = ratio(remaining, budget)
+    return "ok" if frac > LOW else "low" if frac > CRITICAL else "critical"
+
+
+COLOUR = {"ok": "$success", "low": "$warning", "critical": "$error"}
+
+
+class BudgetGauge(Widget):
+    """Renders the latest :class:`LedgerSnapshot` and :class:`Aggregates`; does no I/O."""
+
+    DEFAULT_CSS = """
+    BudgetGauge { height: auto; }
+    """
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.snapshot: LedgerSnapshot | None = None
+        self.aggregates: Aggregates | None = None
+        self.now: float = 0.0
+        self.placeholder = "reading the ledger…"
+        self.border_title = "Budget"
+
+    def show(self, snapshot: LedgerSnapshot | None, aggregates: Aggregates | None, now: float,
+             placeholder: str = "reading the ledger…") -> None:
+        self.snapshot, self.aggregates, self.now = snapshot, aggregates, now
+        self.placeholder = placeholder
+        lvl = level(snapshot.status.remaining, snapshot.status.budget) if snapshot else "ok"
+        for name in ("ok", "low", "critical"):
+            self.set_class(lvl == name, f"-{name}")
+        self.set_class(bool(snapshot and snapshot.status.paused), "-paused")
+        self.refresh(layout=True)
+
+    def render(self) -> Content:
+        snap = self.snapshot
+        if snap is None:
+            return Content.styled(self.placeholder, "$text-muted")
+        s = snap.status
+        width = max(20, self.size.width or 60)
+        lvl = level(s.remaining, s.budget)
+        colour = COLOUR[lvl]
+        state = (Content.styled(" ⏸ PAUSED ", "bold $text on $error") if s.paused
+                 else Content.styled("● live", "$success"))
+        head = Content.assemble(
+            ("Remaining ", "$text-muted"), (money(s.remaining), f"bold {colour}"),
+            ("  of ", "$text-muted"), (money(s.budget), "bold"),
+        )
+        gap = max(1, width - head.cell_length - state.cell_length)
+        lines = [head + Content(" " * gap) + state]
+
+        frac = ratio(s.remaining, s.budget) if s.budget > 0 else 0.0
+        pct = f" {frac * 100:5.1f}%" if s.budget > 0 else "   n/a"
+        filled, empty = bar(frac, max(4, width - len(pct)))
+        lines.append(Content.assemble((filled + empty, f"{colour} on $panel"), (pct, colour)))
+
+        agg = self.aggregates
+        if agg is None:
+            lines.append(Content.styled("today … · week … · month … (UTC)", "$text-muted"))
+        else:
+            lines.append(Content.assemble(
+                ("today ", "$text-muted"), (money(agg.today), "bold"),
+                ("  week ", "$text-muted"), (money(agg.week), "bold"),
+                ("  month ", "$text-muted"), (money(agg.month), "bold"), (" (UTC)", "$text-muted"),
+            ))
+        lines.append(Content.assemble(
+            ("reserved ", "$text-muted"), (money(s.reserved), "bold"), (f" ({s.in_flight} in flight)", "$text-muted"),
+            ("  spent ", "$text-muted"), (money(s.spent), "bold"), (" all time", "$text-muted"),
+        ))
+        lines.append(Content.styled(
+            f"{plural(s.requests, 'request')} · {s.blocked:,} blocked · {s.flagged:,} flagged", "$text-muted"
+        ))
+        if s.budget <= 0:
+            note = Content.styled("no budget: every request is blocked (b: set one)", "$error")
+        elif s.remaining <= 0:
+            note = Content.styled("budget used up: every request is blocked (t: top up)", "$error")
+        elif s.paused:
+            note = Content.styled("paused: every LLM call is answered 402 (p: resume)", "bold $error")
+        else:
+            last = "no ledger file yet" if snap.modified is None else f"last write {duration(self.now - snap.modified)} ago"
+            note = Content.styled(last, "$text-muted")
+        lines.append(note)
+        return Content("\n").join(line.truncate(width, ellipsis=True) for line in lines)
