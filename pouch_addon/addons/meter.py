@@ -99,6 +99,14 @@ class Metering:
         call: FlowCall | None = flow.metadata.get(CALL)
         if call is None or call.settled or flow.response is None:
             return
+        try:
+            result, status = await self._outcome(flow, call)
+        except Exception:  # never leave a reservation open: bill it in full, flagged
+            log.exception("pouch: could not price a finished call; settling at its reservation")
+            result, status = settlement.unanswered(call.reserved, sent=True), flow.response.status_code
+        await self._settle(call, result, http_status=status)
+
+    async def _outcome(self, flow: http.HTTPFlow, call: FlowCall) -> tuple[settlement.Settlement, int]:
         _, table = self.core.require()
         status = flow.response.status_code
         if status >= 400:
@@ -113,13 +121,22 @@ class Metering:
         else:
             raw = flow.response.get_content(strict=False)
             result = await asyncio.to_thread(settlement.from_response_body, table, call.plan, raw)
-        await self._settle(call, result, http_status=status)
+        return result, status
 
     async def error(self, flow: http.HTTPFlow) -> None:
         call: FlowCall | None = flow.metadata.get(CALL)
         if call is None or call.settled:
             return
         msg = flow.error.msg if flow.error else ""
+        try:
+            result = self._early_end(flow, call, msg)
+        except Exception:
+            log.exception("pouch: could not price an interrupted call; settling at its reservation")
+            result = settlement.unanswered(call.reserved, sent=True)
+        log.info(f"pouch: {call.plan.model} call ended early ({msg}); settling as {result.status}")
+        await self._settle(call, result)
+
+    def _early_end(self, flow: http.HTTPFlow, call: FlowCall, msg: str) -> settlement.Settlement:
         m = call.meter
         if m is not None:
             who = "client_disconnect" if msg == CLIENT_GONE else "upstream_disconnect"
@@ -131,8 +148,7 @@ class Metering:
         else:
             sent = flow.server_conn.timestamp_start is not None and flow.request.timestamp_end is not None
             result = settlement.unanswered(call.reserved, sent=sent)
-        log.info(f"pouch: {call.plan.model} call ended early ({msg}); settling as {result.status}")
-        await self._settle(call, result)
+        return result
 
     # -- settling --------------------------------------------------------------------------------
     def _settle_soon(self, call: FlowCall, result: settlement.Settlement) -> None:

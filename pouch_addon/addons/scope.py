@@ -60,6 +60,10 @@ class Scope:
             if not hosts or bad:
                 raise exceptions.OptionsError(f"pouch_hosts: expected host names, got {list(ctx.options.pouch_hosts)!r}")
             self.hosts = frozenset(hosts)
+        if "pouch_unknown_endpoints" in updated and ctx.options.pouch_unknown_endpoints not in ("block", "pass"):
+            # mitmproxy shows `choices` in --options but never enforces them
+            raise exceptions.OptionsError(
+                f"pouch_unknown_endpoints: expected block or pass, got {ctx.options.pouch_unknown_endpoints!r}")
         if "pouch_max_body_mb" in updated and ctx.options.pouch_max_body_mb < 1:
             raise exceptions.OptionsError("pouch_max_body_mb must be at least 1")
 
