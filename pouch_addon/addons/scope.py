@@ -72,6 +72,9 @@ class Scope:
         if unknown:
             log.error(f"unknown pouch option(s): {unknown}; see `mitmdump -s … --options` for pouch_* options")
             return
+        if ctx.options.http2:
+            log.warning("pouch: http2 is on; cutting one HTTP/2 stream off closes the shared upstream "
+                        "connection and can reset other streams on it. `pouch proxy` sets http2=false.")
         if ctx.options.pouch_tls_scope and not ctx.options.allow_hosts and not ctx.options.ignore_hosts:
             ctx.options.update(allow_hosts=[allow_hosts_pattern(sorted(self.hosts))])
 
