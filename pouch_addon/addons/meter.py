@@ -25,17 +25,30 @@ log = logging.getLogger(__name__)
 CLIENT_GONE = "Client disconnected."
 
 
-def close_upstream(flow: http.HTTPFlow) -> bool:
-    """Close the provider connection now so it stops generating (mitmproxy private API, tested)."""
+def close_connection(flow: http.HTTPFlow, which: str) -> bool:
+    """Close the flow's ``server`` or ``client`` connection (mitmproxy private API, tested e2e)."""
     try:
         proxyserver = ctx.master.addons.get("proxyserver")
         handler = proxyserver.connections.get(flow.client_conn.id)
-        if handler is not None and flow.server_conn in handler.transports:
-            handler.close_connection(flow.server_conn)
+        conn = flow.server_conn if which == "server" else flow.client_conn
+        if handler is not None and conn in handler.transports:
+            handler.close_connection(conn)
             return True
     except Exception:  # pragma: no cover - depends on mitmproxy internals
-        log.exception("pouch: could not close the upstream connection")
+        log.exception(f"pouch: could not close the {which} connection")
     return False
+
+
+def cut_connections(flow: http.HTTPFlow) -> None:
+    """After a cut-off: stop the provider now; retire the client's connection once our bytes are out.
+
+    The provider may already have finished its response, in which case mitmproxy still writes
+    its own end-of-body after ours; closing the client connection (on the next loop turn, after
+    the error event and our terminator were handed to the transport) keeps that stray terminator
+    from being read as the start of the next response on a keep-alive connection.
+    """
+    close_connection(flow, "server")
+    asyncio.get_running_loop().call_later(0.05, close_connection, flow, "client")
 
 
 class Metering:
@@ -87,7 +100,7 @@ class Metering:
                 meter.cut = True
                 out = []
             if meter.cut:
-                close_upstream(flow)
+                cut_connections(flow)
                 self._settle_soon(call, settlement.partial(
                     call.plan, call.reserved, meter.output_tokens_counted, "cut_off"))
                 return [*out, b""]  # b"" ends an HTTP/1.1 chunked body for the client

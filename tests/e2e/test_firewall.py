@@ -165,6 +165,36 @@ def test_stream_is_cut_off_at_its_reservation(e2e, fake, tmp_path):
     assert not fake.entries("stream_done")
 
 
+def test_the_client_connection_stays_usable_after_a_cut_off(e2e, fake, tmp_path):
+    """A provider that already finished when pouch cuts: its end-of-body must not leak into the next call."""
+    home, proxy, env = start(e2e, tmp_path)
+    messages = [{"role": "user", "content": "hi"}]
+    first = {"model": "gpt-4o", "max_tokens": 6, "messages": messages,
+             "extra_headers": headers(prompt_tokens=5, chunks=60, ignore_cap=1)}  # no delay: done before the cut lands
+    second = {"model": "gpt-4o", "max_tokens": 5, "messages": messages, "extra_headers": headers(chunks=2)}
+    out = subprocess.run([str(e2e.client_python), str(CLIENTS / "two_calls_one_client.py"),
+                          "--first", json.dumps(first), "--second", json.dumps(second)],
+                         env=env, capture_output=True, text=True, timeout=60)
+    result = json.loads(out.stdout)
+    assert not result["first"]["ok"] and "cut off" in result["first"]["error"]
+    assert result["second"] == {"ok": True, "content": fake_text(2)}
+    entries = settled(home, 2)
+    assert sorted(e["status"] for e in entries) == ["cut_off", "ok"]
+    # curl reuses one connection across --next: the second answer must parse cleanly
+    (tmp_path / "b1").write_text(json.dumps({**first, "stream": True, "extra_headers": None}))
+    (tmp_path / "b2").write_text(json.dumps({**second, "extra_headers": None}))
+    common = ["--proxy", proxy.url, "--cacert", str(proxy.ca), "-H", "content-type: application/json",
+              "-H", "x-fake-prompt-tokens: 5"]
+    out = subprocess.run(
+        ["curl", "-sS", "-N", *common, "-H", "x-fake-chunks: 60", "-H", "x-fake-ignore-cap: 1",
+         "--data-binary", f"@{tmp_path / 'b1'}", "-o", str(tmp_path / "o1"), URL, "--next",
+         *common, "-H", "x-fake-chunks: 2", "--data-binary", f"@{tmp_path / 'b2'}", "-o", str(tmp_path / "o2"),
+         "-w", "%{http_code}", URL], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout == "200", out.stderr
+    assert json.loads((tmp_path / "o2").read_text())["choices"][0]["message"]["content"] == fake_text(2)
+    assert b"budget_exceeded" in (tmp_path / "o1").read_bytes()
+
+
 def test_client_disconnect_mid_stream_bills_input_plus_output_so_far(e2e, fake, tmp_path):
     home, proxy, env = start(e2e, tmp_path)
     r = e2e.run_sdk("chat_stream_disconnect_after:4", {"model": "gpt-4o", "max_tokens": 100, "extra_headers": headers(
