@@ -44,6 +44,13 @@ class LedgerCorrupt(RuntimeError):
     """The ledger on disk cannot be trusted; nothing was changed and the user is told how out."""
 
 
+# the file is {"format":1,"sha256":"<64 hex>","tables":<canonical JSON>}: one serialisation per write
+_PREFIX = b'{"format":%d,"sha256":"' % FORMAT
+_MIDDLE = b'","tables":'
+_DIGEST_END = len(_PREFIX) + 64
+_TABLES_AT = _DIGEST_END + len(_MIDDLE)
+
+
 def _canonical(tables: dict[str, Any]) -> bytes:
     return json.dumps(tables, sort_keys=True, separators=(",", ":")).encode()
 
@@ -86,6 +93,16 @@ class AtomicJSONStorage(Storage):
             raw = self.path.read_bytes()
         except FileNotFoundError:
             return None
+        # fast path: the layout write() produces, checked without re-serialising the tables
+        if raw.startswith(_PREFIX) and raw[_DIGEST_END:_TABLES_AT] == _MIDDLE and raw.endswith(b"}"):
+            canonical = raw[_TABLES_AT:-1]
+            if hashlib.sha256(canonical).hexdigest().encode() != raw[len(_PREFIX):_DIGEST_END]:
+                raise LedgerCorrupt(
+                    corrupt_message(self.path, "its checksum does not match (edited by hand or damaged)"))
+            try:
+                return json.loads(canonical)
+            except ValueError as exc:  # pragma: no cover - a matching checksum over invalid JSON
+                raise LedgerCorrupt(corrupt_message(self.path, f"not a pouch ledger ({exc})")) from None
         try:
             doc = json.loads(raw)
             tables = doc["tables"]
@@ -103,8 +120,8 @@ class AtomicJSONStorage(Storage):
 
     def write(self, data: dict[str, dict[str, Any]], *, durable: bool | None = None) -> None:
         durable = self.durable if durable is None else durable
-        doc = {"format": FORMAT, "sha256": hashlib.sha256(_canonical(data)).hexdigest(), "tables": data}
-        payload = json.dumps(doc, sort_keys=True, indent=1).encode()
+        canonical = _canonical(data)
+        payload = b"".join((_PREFIX, hashlib.sha256(canonical).hexdigest().encode(), _MIDDLE, canonical, b"}"))
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
