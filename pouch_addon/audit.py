@@ -46,8 +46,9 @@ from typing import Any
 from .money import usd_str
 from .vault import KNOWN_PREFIXES, write_private, fingerprint
 
-__all__ = ["GENESIS", "AuditError", "AuditLog", "entry_hash", "redact"]
+__all__ = ["AUDIT_FILE", "GENESIS", "AuditError", "AuditLog", "entry_hash", "redact"]
 
+AUDIT_FILE = "audit.jsonl"  # in the pouch home, beside the ledger
 GENESIS = "0" * 64
 _SECRET_WORDS = {"key", "apikey", "secret", "token", "passphrase", "password", "authorization"}
 _FINGERPRINT = re.compile(r"^\S*…\S* \(sha256:[0-9a-f]{8}\)$")

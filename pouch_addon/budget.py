@@ -11,6 +11,22 @@ reservations (derived, so it cannot drift) and ``spent`` the sum of settled cost
 A settle above its reservation is recorded as it happened and flagged ``over_reservation``;
 ``remaining`` may then go negative, which blocks every later request.
 
+Wallets (per-app budget scopes): a request may be charged to a wallet *and* to the global
+budget; :meth:`LedgerState.reserve` checks both in the same atomic step, so neither can be
+overspent. A wallet's ``spent`` is the settled spend of its current period window (see
+``periods``): it is always a function of history, the wallet's period and the time:
+
+- rollover is lazy: the first reserve or settle whose timestamp falls in a newer window starts
+  the wallet's spend from zero (history keeps the old window's entries); a cost counts in the
+  window of its *settle* time, so a call straddling midnight counts in the new day;
+- adding a wallet, or changing its period, recomputes its spend from history with
+  :func:`periods.spend_in_new_period` (settled costs of that wallet in the new window holding
+  now), so spend is never carried over, prorated, created or lost;
+- a wallet name nobody configured is only a label: such requests are charged to the global
+  budget alone (and shown under their name everywhere).
+
+:meth:`Ledger.verify` checks every wallet's ``spent`` against history.
+
 Orphans: a reservation whose owning process died (SIGKILL, power loss) is found at the next
 start and settled conservatively at its full reserved amount, flagged ``orphaned`` for review,
 unless its last checkpoint recorded a final cost (the response had ended and only the settle
@@ -44,6 +60,7 @@ from .ledger_store import (
     corrupt_message,
 )
 from .money import ZERO, format_usd, usd_str
+from .periods import Period, parse_period, period_key, period_start, spend_in_new_period
 
 __all__ = [
     "Ledger",
@@ -54,7 +71,19 @@ __all__ = [
     "Refusal",
     "Reservation",
     "Status",
+    "Wallet",
+    "WalletStatus",
 ]
+
+DEFAULT_WALLET = "default"
+_WALLET_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-+@")
+
+
+def check_wallet_name(name: str) -> str:
+    """A wallet (app) name: 1-64 of letters, digits and ``._-+@`` (safe in logs, URLs and files)."""
+    if not isinstance(name, str) or not 1 <= len(name) <= 64 or not set(name) <= _WALLET_NAME_CHARS:
+        raise ValueError(f"invalid wallet name {name!r}: use 1-64 letters, digits or ._-+@")
+    return name
 
 
 class NotOpen(LookupError):
@@ -150,9 +179,10 @@ class Reservation:
 class Refusal:
     """Why a reservation was not made; ``message`` is what the user reads in the 402."""
 
-    reason: str  # "insufficient" | "paused" | "invalid"
+    reason: str  # "insufficient" | "paused" | "invalid" | "expired" | "rate_limited"
     needed: Decimal
     remaining: Decimal
+    wallet: str | None = None  # set when the wallet (not the global budget) refused
 
     @property
     def message(self) -> str:
@@ -160,6 +190,16 @@ class Refusal:
             return "pouch: LLM traffic is paused (resume with `pouch resume` or from the TUI)"
         if self.reason == "invalid":
             return f"pouch: cannot reserve {format_usd(self.needed)}"
+        if self.reason == "expired":
+            return f"pouch: wallet {self.wallet!r} has expired (extend it with `pouch wallet set {self.wallet} --expires ...`)"
+        if self.reason == "rate_limited":
+            return f"pouch: wallet {self.wallet!r} is over its rate limit"
+        if self.wallet is not None:
+            return (
+                f"pouch: wallet {self.wallet!r} budget exceeded: this request may cost up to "
+                f"{format_usd(self.needed)} but only {format_usd(self.remaining)} remains in it "
+                f"(raise it with `pouch wallet set {self.wallet} --add AMOUNT`)"
+            )
         return (
             f"pouch: budget exceeded: this request may cost up to {format_usd(self.needed)} "
             f"but only {format_usd(self.remaining)} remains "
@@ -196,6 +236,83 @@ class Status:
         }
 
 
+@dataclass
+class Wallet:
+    """A budget scope for one app. ``spent`` is the settled spend of window ``window``."""
+
+    name: str
+    budget: Decimal
+    period: Period = "total"
+    rpm: int | None = None
+    tpm: int | None = None
+    expires: float | None = None  # epoch seconds; reservations at or after it are refused
+    secret_hash: str | None = None  # sha256 of the proxy-auth secret, if the wallet has one
+    spent: Decimal = ZERO
+    window: str = "total"  # periods.period_key of the window ``spent`` belongs to
+    created: float = 0.0
+
+    def spent_at(self, now: float) -> Decimal:
+        """Spend counting at ``now`` without changing anything (a newer window has spent nothing)."""
+        return self.spent if period_key(self.period, now) <= self.window else ZERO
+
+    def roll(self, ts: float) -> bool:
+        """Move to the window holding ``ts`` if it is newer; whether a cost at ``ts`` counts now."""
+        key = period_key(self.period, ts)
+        if key > self.window:
+            self.window, self.spent = key, ZERO
+        return key == self.window
+
+    def expired(self, now: float) -> bool:
+        return self.expires is not None and now >= self.expires
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "budget": usd_str(self.budget), "period": self.period, "rpm": self.rpm,
+            "tpm": self.tpm, "expires": self.expires, "secret_hash": self.secret_hash,
+            "spent": usd_str(self.spent), "window": self.window, "created": self.created,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Wallet:
+        return cls(
+            name=str(d["name"]), budget=Decimal(d["budget"]), period=parse_period(d.get("period", "total")),
+            rpm=None if d.get("rpm") is None else int(d["rpm"]),
+            tpm=None if d.get("tpm") is None else int(d["tpm"]),
+            expires=None if d.get("expires") is None else float(d["expires"]),
+            secret_hash=d.get("secret_hash"), spent=Decimal(d.get("spent", "0")),
+            window=str(d.get("window", "total")), created=float(d.get("created", 0.0)),
+        )
+
+
+@dataclass(frozen=True)
+class WalletStatus:
+    name: str
+    budget: Decimal
+    period: Period
+    window: str
+    spent: Decimal
+    reserved: Decimal
+    in_flight: int
+    rpm: int | None
+    tpm: int | None
+    expires: float | None
+    has_secret: bool
+    expired: bool
+
+    @property
+    def remaining(self) -> Decimal:
+        return self.budget - self.spent - self.reserved
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "budget_usd": usd_str(self.budget), "period": self.period, "window": self.window,
+            "spent_usd": usd_str(self.spent), "reserved_usd": usd_str(self.reserved),
+            "remaining_usd": usd_str(self.remaining), "in_flight": self.in_flight, "rpm": self.rpm,
+            "tpm": self.tpm, "expires": None if self.expires is None else _iso(self.expires),
+            "has_secret": self.has_secret, "expired": self.expired,
+        }
+
+
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -218,6 +335,7 @@ class LedgerState:
     history_file: str | None = None
     history_size: int = 0
     open: dict[str, Reservation] = field(default_factory=dict)
+    wallets: dict[str, Wallet] = field(default_factory=dict)
 
     # -- derived ---------------------------------------------------------------------------
     @property
@@ -234,18 +352,54 @@ class LedgerState:
             self.requests, self.blocked, self.flagged, self.paused,
         )
 
+    def wallet_reserved(self, name: str) -> tuple[Decimal, int]:
+        """Sum and count of the open reservations charged to wallet ``name``."""
+        amounts = [r.amount for r in self.open.values() if r.meta.get("wallet") == name]
+        return sum(amounts, ZERO), len(amounts)
+
+    def wallet_status(self, name: str, now: float) -> WalletStatus:
+        w = self.wallets[name]
+        reserved, n = self.wallet_reserved(name)
+        return WalletStatus(
+            w.name, w.budget, w.period, max(w.window, period_key(w.period, now)), w.spent_at(now), reserved, n,
+            w.rpm, w.tpm, w.expires, w.secret_hash is not None, w.expired(now),
+        )
+
+    def remaining_for(self, wallet: str | None, now: float) -> tuple[Decimal, Decimal | None]:
+        """Global remaining and, if ``wallet`` is configured, the wallet's remaining at ``now``."""
+        if wallet is None or wallet not in self.wallets:
+            return self.remaining, None
+        return self.remaining, self.wallet_status(wallet, now).remaining
+
     # -- rules -------------------------------------------------------------------------------
     def reserve(
-        self, amount: Decimal, *, res_id: str, owner: Owner, now: float, meta: dict[str, Any] | None = None
+        self, amount: Decimal, *, res_id: str, owner: Owner, now: float, meta: dict[str, Any] | None = None,
+        wallet: str | None = None,
     ) -> Reservation | Refusal:
-        """Reserve ``amount`` if the remaining budget covers it (``<=``: exactly enough is enough)."""
+        """Reserve ``amount`` if the remaining budget covers it (``<=``: exactly enough is enough).
+
+        With ``wallet``, the reservation is charged to it as well: a configured wallet must be
+        unexpired and cover ``amount`` in its current period window, and so must the global
+        budget. An unconfigured wallet name is only recorded (``meta["wallet"]``).
+        """
+        meta = dict(meta or {})
+        if wallet is not None:
+            meta["wallet"] = wallet
         if not amount.is_finite() or amount <= 0:
             return Refusal("invalid", amount, self.remaining)
         if self.paused:
             return Refusal("paused", amount, self.remaining)
+        w = self.wallets.get(wallet) if wallet is not None else None
+        if w is not None:
+            if w.expired(now):
+                return Refusal("expired", amount, ZERO, wallet=w.name)
+            w.roll(now)
+            w_remaining = w.budget - w.spent - self.wallet_reserved(w.name)[0]
+            if amount > w_remaining:
+                return Refusal("insufficient", amount, w_remaining, wallet=w.name)
         if amount > self.remaining:
             return Refusal("insufficient", amount, self.remaining)
-        res = Reservation(res_id, amount, now, owner, dict(meta or {}))
+        res = Reservation(res_id, amount, now, owner, meta)
         self.open[res_id] = res
         return res
 
@@ -286,6 +440,7 @@ class LedgerState:
             "ts": now,
             "time": _iso(now),
             "reason": refusal.reason,
+            **({"refused_by": "wallet"} if refusal.wallet is not None else {}),
             "needed": usd_str(refusal.needed),
             "remaining": usd_str(refusal.remaining),
             "message": refusal.message,
@@ -300,10 +455,14 @@ class LedgerState:
         if entry["kind"] == "settle":
             if self.open.pop(entry["id"], None) is None:
                 raise NotOpen(f"reservation {entry['id']} is not open")
-            self.spent += Decimal(entry["cost"])
+            cost = Decimal(entry["cost"])
+            self.spent += cost
             self.requests += 1
             if entry.get("flags"):
                 self.flagged += 1
+            w = self.wallets.get(entry.get("wallet"))  # type: ignore[arg-type]
+            if w is not None and w.roll(entry["ts"]):
+                w.spent += cost
         elif entry["kind"] == "block":
             self.blocked += 1
         else:
@@ -335,7 +494,37 @@ class LedgerState:
             out.append("a reservation is not positive")
         if self.spent < 0:
             out.append("spent is negative")
+        for w in self.wallets.values():
+            if w.spent < 0 or w.budget < 0:
+                out.append(f"wallet {w.name}: budget or spent is negative")
+            if any(v is not None and v <= 0 for v in (w.rpm, w.tpm)):
+                out.append(f"wallet {w.name}: a rate limit is not positive")
         return out
+
+    # -- wallet rules (the shell passes the wallet's settled ``(ts, cost)`` pairs from history) --
+    def add_wallet(self, wallet: Wallet, costs: Iterable[tuple[float, Decimal]], *, now: float) -> WalletStatus:
+        """Create ``wallet``; its spend is what history holds for it in the window holding ``now``."""
+        check_wallet_name(wallet.name)
+        if wallet.name in self.wallets:
+            raise ValueError(f"wallet {wallet.name!r} already exists (change it with `pouch wallet set`)")
+        _check_wallet_numbers(wallet.budget, wallet.rpm, wallet.tpm)
+        wallet.window = period_key(wallet.period, now)
+        wallet.spent = spend_in_new_period(wallet.period, wallet.period, costs, now)
+        wallet.created = now
+        self.wallets[wallet.name] = wallet
+        return self.wallet_status(wallet.name, now)
+
+    def set_wallet_period(self, name: str, period: Period, costs: Iterable[tuple[float, Decimal]], *, now: float) -> None:
+        """Change a wallet's period; its spend becomes :func:`periods.spend_in_new_period` of history."""
+        w = self._wallet(name)
+        w.spent = spend_in_new_period(w.period, period, costs, now)
+        w.period, w.window = period, period_key(period, now)
+
+    def _wallet(self, name: str) -> Wallet:
+        try:
+            return self.wallets[name]
+        except KeyError:
+            raise KeyError(f"no wallet named {name!r} (see `pouch wallet list`)") from None
 
     # -- (de)serialisation as TinyDB tables --------------------------------------------------
     def to_tables(self) -> dict[str, dict[str, Any]]:
@@ -353,6 +542,7 @@ class LedgerState:
         return {
             "ledger": {"1": ledger},
             "open": {str(i): r.to_dict() for i, r in enumerate(self.open.values(), start=1)},
+            "wallets": {w.name: w.to_dict() for w in self.wallets.values()},
         }
 
     @classmethod
@@ -370,7 +560,16 @@ class LedgerState:
             history_file=doc.get("history_file"),
             history_size=int(doc.get("history_size", 0)),
             open={r.id: r for r in opens},
+            wallets={w.name: w for w in (Wallet.from_dict(d) for d in tables.get("wallets", {}).values())},
         )
+
+
+def _check_wallet_numbers(budget: Decimal | None, rpm: int | None, tpm: int | None) -> None:
+    if budget is not None and (not budget.is_finite() or budget < 0):
+        raise ValueError("a wallet budget must not be negative")
+    for label, v in (("rpm", rpm), ("tpm", tpm)):
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v <= 0):
+            raise ValueError(f"{label} must be a positive whole number")
 
 
 class _Txn:
@@ -413,8 +612,12 @@ class _Slot:
 class Ledger:
     """The ledger every pouch process shares. Methods block on disk I/O: call them off the event loop."""
 
-    def __init__(self, home: str | os.PathLike[str] | None = None, *, durable: bool = True) -> None:
+    def __init__(
+        self, home: str | os.PathLike[str] | None = None, *, durable: bool = True,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.home = resolve_home(home)
+        self.clock = clock  # wall clock (tests inject one to cross period boundaries)
         self.state_path = self.home / STATE_FILE
         self._storage = AtomicJSONStorage(self.state_path, durable=durable)
         self._history = HistoryLog(self.home / HISTORY_DIR, durable=durable)
@@ -515,13 +718,17 @@ class Ledger:
         return slot.outcome()
 
     # -- operations (each one atomic; concurrent ones share a group commit) --------------------
-    def reserve(self, amount: Decimal, meta: dict[str, Any] | None = None) -> Reservation | Refusal:
-        """Check and reserve in one atomic step; a refusal is counted as a block."""
+    def reserve(
+        self, amount: Decimal, meta: dict[str, Any] | None = None, *, wallet: str | None = None
+    ) -> Reservation | Refusal:
+        """Check (wallet and global) and reserve in one atomic step; a refusal is counted as a block."""
         def op(txn: _Txn) -> Reservation | Refusal:
-            now = time.time()
-            result = txn.state.reserve(amount, res_id=uuid.uuid4().hex[:16], owner=self.owner, now=now, meta=meta)
+            now = self.clock()
+            result = txn.state.reserve(amount, res_id=uuid.uuid4().hex[:16], owner=self.owner, now=now, meta=meta,
+                                       wallet=wallet)
             if isinstance(result, Refusal):
-                txn.record(txn.state.block_entry(result, now=now, meta=meta))
+                block_meta = {**(meta or {}), **({"wallet": wallet} if wallet is not None else {})}
+                txn.record(txn.state.block_entry(result, now=now, meta=block_meta))
             else:
                 txn.changed()
             return result
@@ -532,7 +739,7 @@ class Ledger:
     ) -> dict[str, Any]:
         """Settle a reservation at its exact cost and refund the rest. Raises NotOpen if already settled."""
         return self._run(lambda txn: txn.record(
-            txn.state.settle_entry(res_id, cost, now=time.time(), status=status, details=dict(details or {}))))
+            txn.state.settle_entry(res_id, cost, now=self.clock(), status=status, details=dict(details or {}))))
 
     def release(self, res_id: str, *, status: str = "released", details: dict[str, Any] | None = None) -> dict[str, Any]:
         """Give a reservation back in full (the provider did not bill: 4xx/5xx, never sent)."""
@@ -540,7 +747,7 @@ class Ledger:
 
     def record_block(self, refusal: Refusal, meta: dict[str, Any] | None = None) -> dict[str, Any]:
         """Count a request pouch refused before reserving (bad input, unknown model, …)."""
-        return self._run(lambda txn: txn.record(txn.state.block_entry(refusal, now=time.time(), meta=meta)))
+        return self._run(lambda txn: txn.record(txn.state.block_entry(refusal, now=self.clock(), meta=meta)))
 
     def checkpoint(self, updates: dict[str, dict[str, Any]]) -> None:
         """Store in-flight progress of several reservations in one write (for the TUI and crashes)."""
@@ -577,10 +784,77 @@ class Ledger:
             return txn.state.status()
         return self._run(op)
 
+    # -- wallets ---------------------------------------------------------------------------------
+    def _wallet_costs(self, txn: _Txn, name: str, since: float | None) -> list[tuple[float, Decimal]]:
+        """``(ts, cost)`` of wallet ``name``'s settles at or after ``since``, as of this transaction."""
+        st = txn.state
+        first = partition_for(since) if since is not None else ""
+        entries: list[dict[str, Any]] = []
+        for part in self._history.partitions():
+            if part < first or st.history_file is None or part > st.history_file:
+                continue
+            entries.extend(self._history.read_partition(part, st.history_size if part == st.history_file else None))
+        entries.extend(txn.entries)  # applied earlier in this group commit, not on disk yet
+        return [(float(e["ts"]), Decimal(e["cost"])) for e in entries
+                if e.get("kind") == "settle" and e.get("wallet") == name and (since is None or e["ts"] >= since)]
+
+    def add_wallet(
+        self, name: str, budget: Decimal, *, period: str = "total", rpm: int | None = None,
+        tpm: int | None = None, expires: float | None = None, secret_hash: str | None = None,
+    ) -> WalletStatus:
+        """A new wallet; its spend in the current window is taken from history (see the module doc)."""
+        wallet = Wallet(check_wallet_name(name), budget, parse_period(period), rpm, tpm, expires, secret_hash)
+        def op(txn: _Txn) -> WalletStatus:
+            now = self.clock()
+            costs = self._wallet_costs(txn, name, period_start(wallet.period, now))
+            result = txn.state.add_wallet(wallet, costs, now=now)
+            txn.changed()
+            return result
+        return self._run(op)
+
+    def update_wallet(self, name: str, **changes: Any) -> WalletStatus:
+        """Change a wallet: any of ``budget``, ``add`` (top-up), ``period``, ``rpm``, ``tpm``,
+        ``expires``, ``secret_hash`` (``None`` clears the optional ones)."""
+        unknown = set(changes) - {"budget", "add", "period", "rpm", "tpm", "expires", "secret_hash"}
+        if unknown:
+            raise TypeError(f"unknown wallet fields {sorted(unknown)}")
+        def op(txn: _Txn) -> WalletStatus:
+            now = self.clock()
+            w = txn.state._wallet(name)
+            budget = changes.get("budget", w.budget)
+            if "add" in changes:
+                budget += changes["add"]
+            rpm, tpm = changes.get("rpm", w.rpm), changes.get("tpm", w.tpm)
+            _check_wallet_numbers(budget, rpm, tpm)
+            if "period" in changes:
+                period = parse_period(changes["period"])
+                txn.state.set_wallet_period(name, period, self._wallet_costs(txn, name, period_start(period, now)),
+                                            now=now)
+            w.budget, w.rpm, w.tpm = budget, rpm, tpm
+            if "expires" in changes:
+                w.expires = changes["expires"]
+            if "secret_hash" in changes:
+                w.secret_hash = changes["secret_hash"]
+            txn.changed()
+            return txn.state.wallet_status(name, now)
+        return self._run(op)
+
+    def remove_wallet(self, name: str) -> None:
+        """Delete a wallet; its history stays (re-adding it recomputes its spend from history)."""
+        def op(txn: _Txn) -> None:
+            txn.state._wallet(name)
+            del txn.state.wallets[name]
+            txn.changed()
+        self._run(op)
+
+    def wallets(self) -> list[WalletStatus]:
+        st, now = self.snapshot(), self.clock()
+        return [st.wallet_status(n, now) for n in sorted(st.wallets)]
+
     def recover_orphans(self, is_alive: Callable[[Owner], bool] = owner_alive) -> list[dict[str, Any]]:
         """Settle reservations left open by dead processes (run at proxy start and by the CLI)."""
         def op(txn: _Txn) -> list[dict[str, Any]]:
-            entries = txn.state.orphan_entries(is_alive, now=time.time())
+            entries = txn.state.orphan_entries(is_alive, now=self.clock())
             txn.entries.extend(entries)
             if entries:
                 txn.changed()
@@ -630,6 +904,11 @@ class Ledger:
             problems.append(f"spent {st.spent} != sum of settled history {total}")
         if len(settled) != st.requests:
             problems.append(f"requests {st.requests} != settled history entries {len(settled)}")
+        for w in st.wallets.values():
+            in_window = sum((Decimal(e["cost"]) for e in settled
+                             if e.get("wallet") == w.name and period_key(w.period, e["ts"]) == w.window), ZERO)
+            if in_window != w.spent:
+                problems.append(f"wallet {w.name}: spent {w.spent} != settled history in {w.window} {in_window}")
         return problems
 
     def restore_backup(self) -> Path:

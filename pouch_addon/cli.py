@@ -1,4 +1,5 @@
-"""The ``pouch`` command: budget, status, history, prices, token estimates, the proxy and the TUI.
+"""The ``pouch`` command: budget, status, history, prices, token estimates, the proxy and the TUI;
+wallets, keys and the audit log live in ``admin.py``.
 
 Every command takes ``--home DIR`` (default ``$POUCH_HOME`` or ``~/.pouch``), so the CLI, the
 proxy and the TUI share one ledger. Errors are one clear line on stderr and a non-zero exit.
@@ -15,12 +16,13 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
 
+from . import admin
 from .budget import Ledger, LedgerCorrupt, NotOpen
 from .money import MoneyError, format_usd, parse_usd, usd_str
 
 HISTORY_COLUMNS = [
     "time", "kind", "status", "model", "endpoint", "stream", "input_tokens", "cached_tokens",
-    "output_tokens", "reasoning_tokens", "reserved", "cost", "duration_s", "client", "flags", "id",
+    "output_tokens", "reasoning_tokens", "reserved", "cost", "duration_s", "wallet", "via", "client", "flags", "id",
 ]
 
 
@@ -40,8 +42,12 @@ def _parse_since(text: str) -> float:
 
 def _print_status(ledger: Ledger, as_json: bool) -> None:
     st = ledger.status()
+    wallets = ledger.wallets()
     if as_json:
-        print(json.dumps(st.to_json()))
+        out = st.to_json()
+        if wallets:
+            out["wallets"] = [w.to_json() for w in wallets]
+        print(json.dumps(out))
         return
     print(f"budget     {format_usd(st.budget)}")
     print(f"spent      {format_usd(st.spent)}")
@@ -50,6 +56,9 @@ def _print_status(ledger: Ledger, as_json: bool) -> None:
     print(f"requests   {st.requests} settled, {st.blocked} blocked, {st.flagged} flagged for review")
     if st.paused:
         print("PAUSED: every LLM request is answered 402 until `pouch resume`")
+    if wallets:
+        print()
+        admin.print_wallets(wallets)
 
 
 def cmd_status(args: argparse.Namespace) -> None:
@@ -72,11 +81,14 @@ def cmd_budget(args: argparse.Namespace) -> None:
             st = ledger.add_budget(amount)
         except ValueError as exc:
             raise CliError(str(exc)) from None
+    admin.audit(ledger.home, f"budget.{args.action}", {"amount": amount, "budget": st.budget})
     print(f"budget {format_usd(st.budget)}, remaining {format_usd(st.remaining)}")
 
 
 def cmd_pause(args: argparse.Namespace) -> None:
-    st = Ledger(args.home).set_paused(args.command == "pause")
+    ledger = Ledger(args.home)
+    st = ledger.set_paused(args.command == "pause")
+    admin.audit(ledger.home, args.command, {})
     print("paused: LLM requests are refused with 402" if st.paused else "resumed")
 
 
@@ -99,8 +111,8 @@ def cmd_history(args: argparse.Namespace) -> None:
             tokens = f"{e.get('input_tokens', '?')}/{e.get('output_tokens', '?')} tok"
             flags = f" [{', '.join(e['flags'])}]" if e.get("flags") else ""
             print(
-                f"{e['time']}  {e.get('status', ''):<10} {e.get('model', '-'):<24} {tokens:<16}"
-                f" {format_usd(Decimal(e['cost'])):>12}{flags}"
+                f"{e['time']}  {e.get('status', ''):<10} {e.get('wallet', '-'):<16} {e.get('model', '-'):<24}"
+                f" {tokens:<16} {format_usd(Decimal(e['cost'])):>12}{flags}"
             )
 
 
@@ -215,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["verify", "restore", "recover"])
     p.set_defaults(func=cmd_ledger)
 
+    admin.add_commands(sub, common)
     _add_runtime_commands(sub, common)
     return parser
 
@@ -235,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.home = None
     try:
         args.func(args)
-    except (CliError, LedgerCorrupt, NotOpen) as exc:
+    except (CliError, admin.AdminError, LedgerCorrupt, NotOpen) as exc:
         print(f"pouch: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

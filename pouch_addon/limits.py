@@ -15,7 +15,7 @@ it outright rather than ask the client to retry.
 
 API: ``RateWindow(rpm=None, tpm=None, window=60.0)`` with :meth:`~RateWindow.check`,
 :meth:`~RateWindow.record`, :meth:`~RateWindow.admit` (check and record in one step) and
-:meth:`~RateWindow.usage`.
+:meth:`~RateWindow.usage`; :class:`RateBook` keeps one window per wallet.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from collections import deque
 
-__all__ = ["NEVER", "RateWindow"]
+__all__ = ["NEVER", "RateBook", "RateWindow"]
 
 NEVER = math.inf  # returned by check() when the request is larger than the whole tpm
 
@@ -102,3 +102,28 @@ class RateWindow:
 
     def __len__(self) -> int:
         return len(self._events)
+
+
+class RateBook:
+    """One :class:`RateWindow` per wallet, following the wallet's current ``rpm``/``tpm``.
+
+    When a wallet's limits change, its window is rebuilt with the new limits and keeps the
+    events it had already counted (so lowering a limit takes effect at once).
+    """
+
+    def __init__(self, window: float = 60.0) -> None:
+        self.window = window
+        self._windows: dict[str, RateWindow] = {}
+
+    def admit(self, wallet: str, rpm: int | None, tpm: int | None, now: float, tokens: int = 0) -> float | None:
+        """:meth:`RateWindow.admit` on ``wallet``'s window; no limits: always ``None`` (and not kept)."""
+        if rpm is None and tpm is None:
+            self._windows.pop(wallet, None)
+            return None
+        win = self._windows.get(wallet)
+        if win is None or (win.rpm, win.tpm) != (rpm, tpm):
+            new = RateWindow(rpm, tpm, self.window)
+            if win is not None:
+                new._events, new._tokens = win._events, win._tokens
+            self._windows[wallet] = win = new
+        return win.admit(now, tokens)

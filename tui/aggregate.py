@@ -70,6 +70,12 @@ def client_key(client: Any) -> str:
     return text
 
 
+def caller_key(entry: dict[str, Any]) -> str:
+    """Who made a call: its wallet (app) when the proxy identified one, else the client's host."""
+    wallet = entry.get("wallet")
+    return str(wallet) if wallet else client_key(entry.get("client"))
+
+
 @dataclass
 class Bucket:
     """Requests and cost of one model or client."""
@@ -107,7 +113,10 @@ class Periods:
 
 @dataclass
 class Aggregates:
-    """Spend of today / this week / this month, per hour and per day, by model and by client."""
+    """Spend of today / this week / this month, per hour and per day, by model and by caller.
+
+    ``by_client`` is keyed by :func:`caller_key`: the wallet (app) the proxy charged, or the
+    client's host for entries written before wallets existed."""
 
     periods: Periods
     today: Decimal = ZERO
@@ -150,7 +159,7 @@ class Aggregates:
                     del self.blocks[:-BLOCKS_KEPT]
                 model = str(entry.get("model") or "(unknown)")
                 self.by_model.setdefault(model, Bucket()).blocked += 1
-                self.by_client.setdefault(client_key(entry.get("client")), Bucket()).blocked += 1
+                self.by_client.setdefault(caller_key(entry), Bucket()).blocked += 1
             return
         if kind != "settle":
             return
@@ -170,7 +179,7 @@ class Aggregates:
             if 0 <= day < len(self.per_day):
                 self.per_day[day] += cost
             for key, table in ((str(entry.get("model") or "(unknown)"), self.by_model),
-                               (client_key(entry.get("client")), self.by_client)):
+                               (caller_key(entry), self.by_client)):
                 b = table.setdefault(key, Bucket())
                 b.requests += 1
                 b.cost += cost

@@ -23,6 +23,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.widgets import DataTable, Footer, Header, TabbedContent, TabPane
 
+from pouch_addon.audit import AUDIT_FILE, AuditLog
 from pouch_addon.budget import Ledger, LedgerCorrupt
 from pouch_addon.money import format_usd
 
@@ -313,6 +314,13 @@ class PouchApp(App[None]):
             else:
                 status = ledger.set_paused(bool(value))
                 text = "LLM traffic is paused." if status.paused else "LLM traffic resumed."
+            try:  # the change stands either way; a refused audit append is reported
+                action = {"add": "budget.add", "set": "budget.set"}.get(what) or ("pause" if value else "resume")
+                details = {"amount": value, "budget": status.budget} if what != "pause" else {}
+                AuditLog(ledger.home / AUDIT_FILE).append(action, {**details, "via": "tui"})
+            except Exception as exc:  # noqa: BLE001
+                self.call_from_thread(self.notify, f"The audit log refused the change: {exc}",
+                                      title="Not audited", severity="warning", timeout=10)
         except (LedgerCorrupt, ValueError, OSError) as exc:
             self.call_from_thread(self.notify, str(exc), title="Nothing was changed", severity="error", timeout=10)
             return

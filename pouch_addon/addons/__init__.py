@@ -2,14 +2,23 @@
 
 1. ``Route``: optional address override for provider hosts (``server_connect``).
 2. ``Scope``: which hosts and endpoints are pouch's; fail closed on unknown POSTs.
-3. ``BudgetGate``: plan, reserve or answer 402, rewrite the body (``request``).
-4. ``Metering``: stream metering, cut-off, settlement, checkpoints (``responseheaders`` on).
+3. ``Identify``: which wallet (app) a request is charged to: proxy auth, a pouch virtual key
+   (refused with 401 when unknown/revoked/expired), the local process, else ``default``.
+4. ``BudgetGate``: plan, per-wallet rate limits (429), reserve against the wallet and the
+   global budget or answer 402, rewrite the body (``request``).
+5. ``KeySwap``: put the real provider key in place of a virtual one (only for requests that
+   are forwarded).
+6. ``Metering``: stream metering, cut-off, settlement, checkpoints (``responseheaders`` on).
+7. ``AuditBlocks``: every request pouch answered itself goes to the hash-chained audit log.
 """
 
 from __future__ import annotations
 
+from .audit_trail import AuditBlocks
 from .core import Core
 from .gate import BudgetGate
+from .identity import Identify
+from .keys import KeySwap
 from .meter import Metering
 from .route import Route
 from .scope import Scope
@@ -17,4 +26,4 @@ from .scope import Scope
 
 def make_addons() -> list[object]:
     core = Core()
-    return [Route(), Scope(), BudgetGate(core), Metering(core)]
+    return [Route(), Scope(), Identify(core), BudgetGate(core), KeySwap(core), Metering(core), AuditBlocks(core)]

@@ -8,11 +8,14 @@ from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from ..budget import Ledger, Reservation
+from ..keystore import KeyStore
+from ..limits import RateBook
 from ..plan import CallPlan, PlanSettings
 from ..pricing import PriceTable
 
 if TYPE_CHECKING:
     from ..metering import StreamMeter
+    from ..vault import Vault
 
 CALL = "pouch_call"  # flow.metadata key holding the FlowCall
 
@@ -24,6 +27,7 @@ class FlowCall:
     plan: CallPlan
     reservation: Reservation
     client: str
+    wallet: str = "default"
     started: float = field(default_factory=time.time)
     meter: StreamMeter | None = None
     response_started: bool = False
@@ -43,6 +47,10 @@ class Core:
         self.table: PriceTable | None = None
         self.settings = PlanSettings()
         self.active: set[FlowCall] = set()
+        self.keys: KeyStore | None = None  # virtual keys (set with the ledger)
+        self.vault: Vault | None = None  # real provider keys, opened at start (addons/keys.py)
+        self.vault_problem: str | None = None  # why the vault is not open, for clear 503s
+        self.limits = RateBook()  # per-wallet rpm/tpm, in memory per proxy process
 
     def require(self) -> tuple[Ledger, PriceTable]:
         if self.ledger is None or self.table is None:

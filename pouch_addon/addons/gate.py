@@ -1,7 +1,16 @@
-"""The budget gate: reserve the worst case before a billed request leaves, or answer 402.
+"""The budget gate: reserve the worst case before a billed request leaves, or answer 402/429.
 
 Runs in the ``request`` hook as a coroutine: reading the body, estimating tokens and the
 ledger transaction happen in a worker thread, so mitmproxy's event loop never waits on them.
+
+The request is charged to the wallet ``Identify`` found (``flow.metadata["pouch_identity"]``)
+and to the global budget, in one atomic reservation. Before reserving, the wallet's rpm/tpm
+limits are applied in memory (``Core.limits``, one sliding window per wallet *per proxy
+process*): a request over the limit is answered 429 with ``retry-after`` (whole seconds) and
+``x-should-retry: true``, so the OpenAI SDKs wait and retry by themselves; a request whose
+worst-case tokens (estimated input with margin + output cap x n) exceed the whole tpm can never
+fit and is answered 429 with ``x-should-retry: false``. A request counts toward rpm/tpm once
+admitted, even if the budget then refuses it (as the providers count failed requests).
 """
 
 from __future__ import annotations
@@ -9,17 +18,21 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
+import time
 import zlib
 from decimal import Decimal, InvalidOperation
 from typing import Any, Optional
 
 from mitmproxy import ctx, exceptions, http
 
-from ..budget import Ledger, Refusal
-from ..money import format_usd
+from ..budget import Ledger, LedgerState, Refusal
+from ..keystore import KeyStore
+from ..money import ZERO, format_usd
 from ..plan import BudgetTooSmall, CallPlan, PlanError, PlanSettings, make_plan, parse_body
 from ..pricing import PriceTable
 from .core import CALL, Core, FlowCall
+from .identity import IDENTITY, Identity
 from .replies import reply
 from .scope import SCOPE
 
@@ -118,6 +131,7 @@ class BudgetGate:
             except Exception as exc:
                 raise exceptions.OptionsError(f"pouch_home: {exc}") from None
             self.core.ledger = ledger
+            self.core.keys = KeyStore(ledger.home)
 
     async def running(self) -> None:
         ledger, table = self.core.require()
@@ -146,9 +160,11 @@ class BudgetGate:
 
     async def _gate(self, flow: http.HTTPFlow) -> None:
         ledger, table = self.core.require()
-        meta = {"endpoint": flow.request.path.split("?", 1)[0], "client": client_label(flow)}
+        ident: Identity = flow.metadata.get(IDENTITY) or Identity("default", "default")
+        meta = {"endpoint": flow.request.path.split("?", 1)[0], "client": client_label(flow), **ident.meta()}
+        wallet = ident.wallet
         try:
-            plan, body = await asyncio.to_thread(self._plan, flow, ledger, table)
+            plan, body, st = await asyncio.to_thread(self._plan, flow, ledger, table, wallet)
         except BodyTooLarge as exc:
             reply(flow, 413, f"pouch: {exc}; nothing was sent", code="pouch_body_too_large")
             return
@@ -158,18 +174,23 @@ class BudgetGate:
                                     {**meta, "why": exc.code, "detail": str(exc)})
             return
         except BudgetTooSmall as exc:
-            refusal = Refusal("insufficient", exc.needed, exc.remaining)
+            state: LedgerState | None = getattr(exc, "state", None)
+            glob, wrem = state.remaining_for(wallet, time.time()) if state is not None else (exc.remaining, None)
+            by_wallet = wallet if wrem is not None and wrem < glob else None
+            refusal = Refusal("insufficient", exc.needed, exc.remaining, wallet=by_wallet)
             await asyncio.to_thread(ledger.record_block, refusal, {**meta, "why": "budget"})
             reply(flow, 402, refusal.message, code="budget_exceeded", type_="insufficient_quota")
             return
         meta.update(model=plan.model, stream=plan.stream, estimated_input_tokens=plan.input_tokens,
                     output_cap=plan.output_cap)
-        result = await asyncio.to_thread(ledger.reserve, plan.worst_case, meta)
+        if await self._rate_limited(flow, ledger, st, wallet, plan, meta):
+            return
+        result = await asyncio.to_thread(ledger.reserve, plan.worst_case, meta, wallet=wallet)
         if isinstance(result, Refusal):
-            code = "pouch_paused" if result.reason == "paused" else "budget_exceeded"
+            code = {"paused": "pouch_paused", "expired": "pouch_wallet_expired"}.get(result.reason, "budget_exceeded")
             reply(flow, 402, result.message, code=code, type_="insufficient_quota")
             return
-        call = FlowCall(plan=plan, reservation=result, client=meta["client"])
+        call = FlowCall(plan=plan, reservation=result, client=meta["client"], wallet=wallet)
         flow.metadata[CALL] = call
         self.core.active.add(call)
         if plan.rewrites:
@@ -178,16 +199,47 @@ class BudgetGate:
         # SSE must reach the meter uncompressed
         flow.request.headers["accept-encoding"] = "identity"
 
-    def _plan(self, flow: http.HTTPFlow, ledger: Ledger, table: PriceTable) -> tuple[CallPlan, dict[str, Any]]:
-        """Worker thread: decode, parse, estimate and price the request."""
+    async def _rate_limited(self, flow: http.HTTPFlow, ledger: Ledger, st: LedgerState, wallet: str,
+                            plan: CallPlan, meta: dict[str, Any]) -> bool:
+        """Apply the wallet's rpm/tpm (in memory, on the loop: check and record are one step)."""
+        w = st.wallets.get(wallet)
+        if w is None or (w.rpm is None and w.tpm is None):
+            return False
+        tokens = plan.reserved_input_tokens + plan.output_cap * plan.choices
+        retry = self.core.limits.admit(wallet, w.rpm, w.tpm, time.monotonic(), tokens)
+        if retry is None:
+            return False
+        refusal = Refusal("rate_limited", plan.worst_case, ZERO, wallet=wallet)
+        await asyncio.to_thread(ledger.record_block, refusal, {**meta, "why": "rate_limit"})
+        if math.isinf(retry):
+            reply(flow, 429, f"pouch: this request may use up to {tokens} tokens, more than wallet {wallet!r} "
+                  f"allows per minute (tpm {w.tpm}); nothing was sent", code="pouch_request_exceeds_tpm",
+                  type_="tokens")
+        else:
+            limits = ", ".join(f"{k} {v}" for k, v in (("rpm", w.rpm), ("tpm", w.tpm)) if v is not None)
+            reply(flow, 429, f"{refusal.message} ({limits}); retry after {int(retry)} s",
+                  code="rate_limit_exceeded", type_="requests",
+                  headers={"retry-after": str(int(retry)), "x-should-retry": "true"})
+        return True
+
+    def _plan(self, flow: http.HTTPFlow, ledger: Ledger, table: PriceTable,
+              wallet: str) -> tuple[CallPlan, dict[str, Any], LedgerState | None]:
+        """Worker thread: decode, parse, estimate and price the request against the tighter of
+        the global and the wallet's remaining budget."""
         body = parse_body(decode_body(flow.request, ctx.options.pouch_max_body_mb * 1048576))
         if body.get("background") is True:
             raise PlanError("pouch: background responses are billed outside this request, so pouch cannot "
                             "meter them; nothing was sent", code="pouch_unsupported")
-        remaining = ledger.status().remaining
-        plan = make_plan(flow.request.method, flow.request.path, body, table=table, remaining=remaining,
-                         settings=self.core.settings)
-        return plan, body
+        st = ledger.snapshot()
+        glob, wrem = st.remaining_for(wallet, time.time())
+        remaining = glob if wrem is None else min(glob, wrem)
+        try:
+            plan = make_plan(flow.request.method, flow.request.path, body, table=table, remaining=remaining,
+                             settings=self.core.settings)
+        except BudgetTooSmall as exc:
+            exc.state = st  # type: ignore[attr-defined]
+            raise
+        return plan, body, st
 
 
 def client_label(flow: http.HTTPFlow) -> str:

@@ -230,3 +230,17 @@ def test_partition_follower_in_slices_matches_whole(tmp_path: Path):
         if done:
             break
     assert sliced == whole and calls > 5
+
+
+def test_calls_are_grouped_by_wallet_when_the_proxy_named_one():
+    from pouch_tui.aggregate import caller_key
+
+    entries = [
+        settle(1, NOW - 60, "gpt-4o", "0.5", client="127.0.0.1:1000"),
+        {**settle(2, NOW - 50, "gpt-4o", "0.25", client="127.0.0.1:1001"), "wallet": "billing"},
+        {**block(3, NOW - 40, "insufficient", model=None, client="127.0.0.1:1002"), "wallet": "billing"},
+    ]
+    callers = spend_by(entries, NOW, "client")
+    assert set(callers) == {"127.0.0.1", "billing"}
+    assert (callers["billing"].requests, callers["billing"].blocked, callers["billing"].cost) == (1, 1, D("0.25"))
+    assert caller_key({"client": "10.0.0.1:5"}) == "10.0.0.1"

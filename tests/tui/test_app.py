@@ -49,6 +49,11 @@ def test_top_up_changes_budget_exactly(home: Path):
 
     run(app, scenario)
     assert isinstance(Ledger(home).status().budget, Decimal)
+    from pouch_addon.audit import AUDIT_FILE, AuditLog
+
+    [entry] = AuditLog(home / AUDIT_FILE).entries()  # the top-up is audited
+    assert (entry["action"], entry["details"]) == ("budget.add", {"amount": "2.345678", "budget": "12.345678",
+                                                                  "via": "tui"})
 
 
 def test_set_budget(home: Path):
@@ -125,6 +130,9 @@ def test_pause_and_resume_with_confirmation(home: Path):
         await wait_for(pilot, lambda: "● live" in gauge_text(app))
 
     run(app, scenario)
+    from pouch_addon.audit import AUDIT_FILE, AuditLog
+
+    assert [e["action"] for e in AuditLog(home / AUDIT_FILE).entries()] == ["pause", "resume"]
 
 
 def test_detail_view_opens_with_the_right_entry(fixed_home: Path):

@@ -1,6 +1,6 @@
 """A ledger writer run as a separate process by the ledger tests (concurrency, SIGKILL loops).
 
-Usage: python ledger_worker.py HOME ITERATIONS SEED [--report FILE]
+Usage: python ledger_worker.py HOME ITERATIONS SEED [--report FILE] [--wallet NAME]
 Each iteration reserves a random amount and, if granted, settles it at a random cost no larger
 than the reservation (sometimes checkpointing first). It appends what it settled to the report
 file so the test can compare the workers' own account with the ledger's.
@@ -16,13 +16,14 @@ from pouch_addon.budget import Ledger, Refusal
 
 def main() -> None:
     home, iterations, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    report = sys.argv[5] if len(sys.argv) > 5 and sys.argv[4] == "--report" else None
+    opts = dict(zip(sys.argv[4::2], sys.argv[5::2]))
+    report, wallet = opts.get("--report"), opts.get("--wallet")
     rng = random.Random(seed)
     ledger = Ledger(home)
     settled, refused = [], 0
     for _ in range(iterations):
         amount = Decimal(rng.randint(1, 50)) / Decimal(1000)
-        res = ledger.reserve(amount, {"model": "gpt-4o", "worker": seed})
+        res = ledger.reserve(amount, {"model": "gpt-4o", "worker": seed}, wallet=wallet)
         if isinstance(res, Refusal):
             refused += 1
             continue

@@ -108,3 +108,36 @@ def test_env_prints_proxy_and_a_ca_bundle_with_pouchs_ca(tmp_path):
 def test_run_passes_the_environment_to_the_command(tmp_path):
     r = pouch(tmp_path, "run", "--", sys.executable, "-c", "import os; print(os.environ['HTTPS_PROXY'])")
     assert r.stdout.strip() == "http://127.0.0.1:8080"
+
+
+def test_wallets_keys_and_the_audit_trail(tmp_path):
+    assert pouch(tmp_path, "budget", "set", "5").returncode == 0
+    r = pouch(tmp_path, "wallet", "add", "app", "--budget", "1", "--period", "weekly", "--rpm", "10", "--secret")
+    assert r.returncode == 0 and "proxy secret for app (shown once)" in r.stdout
+    secret = r.stdout.split("(shown once): ")[1].split()[0]
+    assert pouch(tmp_path, "wallet", "set", "app", "--add", "0.5", "--rpm", "none").returncode == 0
+    [w] = json.loads(pouch(tmp_path, "wallet", "list", "--json").stdout)
+    assert (w["budget_usd"], w["period"], w["rpm"], w["has_secret"]) == ("1.5", "weekly", None, True)
+    assert json.loads(pouch(tmp_path, "status", "--json").stdout)["wallets"][0]["name"] == "app"
+    bad = pouch(tmp_path, "wallet", "set", "nope", "--add", "1")
+    assert bad.returncode == 2 and "no wallet named 'nope'" in bad.stderr
+    real = "sk-proj-" + "R" * 40
+    r = pouch(tmp_path, "key", "add", "openai", "--no-passphrase", stdin=real + "\n")
+    assert r.returncode == 0 and real not in r.stdout and "sk-proj-…RRRR" in r.stdout
+    assert (tmp_path / "vault.key").stat().st_mode & 0o777 == 0o600
+    r = pouch(tmp_path, "key", "issue", "--wallet", "app", "--expires", "2099-01-01")
+    vkey = r.stdout.strip()
+    assert r.returncode == 0 and vkey.startswith("pk-pouch-")
+    [rec] = json.loads(pouch(tmp_path, "key", "list", "--json").stdout)["virtual_keys"]
+    assert rec["state"] == "active" and rec["wallet"] == "app"
+    assert pouch(tmp_path, "key", "revoke", rec["id"]).returncode == 0
+    assert json.loads(pouch(tmp_path, "key", "list", "--json").stdout)["virtual_keys"][0]["state"] == "revoked"
+    assert pouch(tmp_path, "wallet", "rm", "app").returncode == 0
+    shown = pouch(tmp_path, "audit", "show", "--json")
+    actions = [e["action"] for e in json.loads(shown.stdout)]
+    assert actions == ["budget.set", "wallet.add", "wallet.set", "key.add", "key.issue", "key.revoke", "wallet.rm"]
+    for secret_text in (real, vkey, secret):
+        assert secret_text not in shown.stdout
+        assert all(secret_text not in p.read_text(errors="replace") for p in tmp_path.rglob("*") if p.is_file()
+                   and p.name not in ("vault.key",))
+    assert pouch(tmp_path, "audit", "verify").returncode == 0

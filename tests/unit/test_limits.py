@@ -124,3 +124,16 @@ def test_negative_tokens_are_refused():
         w.check(0.0, -1)
     with pytest.raises(ValueError):
         w.record(0.0, -1)
+
+
+def test_rate_book_keeps_one_window_per_wallet_and_follows_limit_changes():
+    from pouch_addon.limits import RateBook
+
+    book = RateBook()
+    assert book.admit("a", 2, None, 0.0) is None and book.admit("a", 2, None, 1.0) is None
+    assert book.admit("a", 2, None, 2.0) == 58.0  # a's third request within the minute
+    assert book.admit("b", 2, None, 2.0) is None  # b has its own window
+    assert book.admit("a", 3, None, 3.0) is None  # raised: the two counted events are kept
+    assert book.admit("a", 1, None, 4.0) == 59.0  # lowered: takes effect at once (events at 0, 1, 3)
+    assert book.admit("a", None, None, 5.0) is None  # no limits at all
+    assert book.admit("c", None, 10, 0.0, tokens=11) == float("inf")

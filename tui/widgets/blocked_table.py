@@ -9,7 +9,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import DataTable, Static
 
-from ..aggregate import Aggregates, block_reason, client_key
+from ..aggregate import Aggregates, block_reason, caller_key
 from ..format import clock, money, short_endpoint, theme_style
 from .history_table import entry_key
 
@@ -37,7 +37,7 @@ class BlockedTable(DataTable):
             self.add_row(
                 Text(clock(e.get("ts"), now)),
                 Text(str(e.get("model") or "—")),
-                Text(client_key(e.get("client"))),
+                Text(caller_key(e)),
                 Text(short_endpoint(e.get("endpoint"))),
                 Text(why, style=theme_style(variables, "warning" if why == "paused" else "error")),
                 Text(money(e.get("needed")) if e.get("reason") == "insufficient" else "—", justify="right"),

@@ -1,0 +1,224 @@
+"""Who is calling: the wallet (app) a request on an LLM host is charged to.
+
+First match wins:
+
+1. **proxy authentication**: ``HTTPS_PROXY=http://APP:SECRET@127.0.0.1:8080``. The client
+   sends ``Proxy-Authorization: Basic ...`` on its CONNECT (``http_connect`` hook); pouch
+   remembers it for that client connection. If wallet ``APP`` has a secret (``pouch wallet add
+   APP --secret``), the password must match, else the request is answered 401
+   (``pouch_proxy_auth_failed``). Without a secret the name is a label the app chooses.
+2. **a pouch virtual key** (``Authorization: Bearer pk-pouch-...``): unknown, revoked or
+   expired keys are answered 401 in OpenAI's shape; a valid key names its wallet and the
+   provider whose real key ``KeySwap`` (``addons/keys.py``) puts in its place.
+3. **the local process** that opened the connection (``pouch_identify_process``): the
+   client's port is mapped to its pid and executable name with psutil, off the event loop,
+   once per client connection (cached on the connection).
+4. otherwise ``default``.
+
+The result is ``flow.metadata["pouch_identity"]`` (:class:`Identity`); the gate charges
+``identity.wallet`` and the ledger records ``wallet`` and ``via`` on every entry.
+Secrets (proxy passwords, keys) are never logged; messages show at most a fingerprint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hmac
+import logging
+import os
+import re
+import time
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+from mitmproxy import connection, ctx, http
+
+from ..budget import DEFAULT_WALLET, check_wallet_name
+from ..keystore import check_key
+from ..vault import VIRTUAL_KEY_PREFIX, fingerprint, hash_virtual_key
+from .core import Core
+from .replies import reply
+from .scope import SCOPE
+
+log = logging.getLogger(__name__)
+
+IDENTITY = "pouch_identity"  # flow.metadata key
+
+
+@dataclass(frozen=True)
+class Identity:
+    wallet: str
+    via: str  # "proxy_auth" | "key" | "process" | "default"
+    key_id: str | None = None  # the virtual key's public id
+    provider: str | None = None  # vault entry whose real key replaces the virtual one
+    pid: int | None = None
+
+    def meta(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"wallet": self.wallet, "via": self.via}
+        if self.key_id:
+            out["key_id"] = self.key_id
+        if self.pid is not None:
+            out["pid"] = self.pid
+        return out
+
+
+def parse_basic(value: str) -> tuple[str, str] | None:
+    """``(user, password)`` from a ``Basic`` header value, or None."""
+    scheme, _, token = value.strip().partition(" ")
+    if scheme.lower() != "basic" or not token:
+        return None
+    try:
+        user, sep, password = base64.b64decode(token.strip(), validate=True).decode("utf-8").partition(":")
+    except (binascii.Error, ValueError):
+        return None
+    return (user, password) if sep else None
+
+
+def app_label(name: str) -> str:
+    """An executable name as a wallet name (``python3.11``; odd characters become ``_``)."""
+    return re.sub(r"[^A-Za-z0-9._\-+@]", "_", name)[:64] or DEFAULT_WALLET
+
+
+def local_process(client_port: int, proxy_port: int) -> tuple[int, str] | None:
+    """The pid and executable name of the local process whose socket ``:client_port`` talks to
+    ``:proxy_port`` (blocking, can take tens of ms: call it off the event loop)."""
+    import psutil
+
+    me = os.getpid()
+    try:
+        conns = psutil.net_connections(kind="tcp")
+    except (psutil.Error, OSError):
+        return None
+    for c in conns:
+        if (c.pid and c.pid != me and c.laddr and c.raddr and c.laddr.port == client_port
+                and c.raddr.port == proxy_port):
+            try:
+                proc = psutil.Process(c.pid)
+                try:
+                    name = os.path.basename(proc.exe()) or proc.name()
+                except (psutil.Error, OSError):
+                    name = proc.name()
+            except (psutil.Error, OSError):
+                return None
+            return c.pid, app_label(name)
+    return None
+
+
+def _is_loopback(addr: Any) -> bool:
+    host = str(addr[0]) if addr else ""
+    return host.startswith("127.") or host in ("::1", "localhost") or host.startswith("::ffff:127.")
+
+
+class Identify:
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self._auth: weakref.WeakKeyDictionary[connection.Client, tuple[str, str]] = weakref.WeakKeyDictionary()
+        self._checked: weakref.WeakKeyDictionary[connection.Client, str | None] = weakref.WeakKeyDictionary()
+        self._procs: weakref.WeakKeyDictionary[connection.Client, asyncio.Future] = weakref.WeakKeyDictionary()
+
+    def load(self, loader) -> None:
+        loader.add_option(
+            name="pouch_identify_process", typespec=bool, default=True,
+            help="Charge requests that carry neither proxy credentials nor a pouch virtual key to the "
+                 "local program that opened the connection (its executable name, found with psutil).",
+        )
+
+    # -- proxy authentication ------------------------------------------------------------------
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        creds = flow.metadata.get("proxyauth")  # mitmproxy's own proxyauth option, if set
+        if creds is None:
+            creds = parse_basic(flow.request.headers.get("proxy-authorization", ""))
+        if creds is not None:
+            self._auth[flow.client_conn] = (str(creds[0]), str(creds[1]))
+
+    def _credentials(self, flow: http.HTTPFlow) -> tuple[str, str] | None:
+        creds = self._auth.get(flow.client_conn)
+        if "proxy-authorization" in flow.request.headers:  # plain-HTTP proxying: never forward it
+            header = parse_basic(flow.request.headers.pop("proxy-authorization"))
+            creds = creds or header
+        return creds
+
+    async def _check_secret(self, flow: http.HTTPFlow, user: str, password: str) -> str | None:
+        """Why these credentials are refused (cached per connection), or None."""
+        if flow.client_conn in self._checked:
+            return self._checked[flow.client_conn]
+        try:
+            check_wallet_name(user)
+        except ValueError as exc:
+            problem: str | None = f"pouch: proxy user name: {exc}"
+        else:
+            ledger = self.core.ledger
+            wallet = (await asyncio.to_thread(ledger.snapshot)).wallets.get(user) if ledger else None
+            problem = None
+            if wallet is not None and wallet.secret_hash is not None:
+                if not hmac.compare_digest(hash_virtual_key(password), wallet.secret_hash):
+                    problem = f"pouch: wrong or missing proxy secret for wallet {user!r}"
+        self._checked[flow.client_conn] = problem
+        return problem
+
+    # -- process attribution -------------------------------------------------------------------
+    async def _process(self, client: connection.Client) -> tuple[int, str] | None:
+        if not ctx.options.pouch_identify_process or not _is_loopback(client.peername) or not client.sockname:
+            return None
+        fut = self._procs.get(client)
+        if fut is None:
+            fut = asyncio.ensure_future(asyncio.to_thread(local_process, client.peername[1], client.sockname[1]))
+            self._procs[client] = fut
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), timeout=5.0)
+        except Exception:
+            log.warning("pouch: could not find the local process of a client connection")
+            return None
+
+    # -- the hook --------------------------------------------------------------------------------
+    async def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None or flow.metadata.get(SCOPE) is None:
+            return
+        try:
+            await self._identify(flow)
+        except Exception as exc:  # fail closed: never charge an unidentified call to the wrong wallet
+            log.exception("pouch: internal error while identifying a request")
+            reply(flow, 500, f"pouch: internal error, the request was not sent ({type(exc).__name__})",
+                  code="pouch_internal_error", type_="server_error")
+
+    async def _identify(self, flow: http.HTTPFlow) -> None:
+        creds = self._credentials(flow)
+        wallet = via = None
+        if creds is not None and creds[0]:
+            problem = await self._check_secret(flow, *creds)
+            if problem is not None:
+                reply(flow, 401, problem, code="pouch_proxy_auth_failed")
+                return
+            wallet, via = creds[0], "proxy_auth"
+        key_id = provider = None
+        auth = flow.request.headers.get("authorization", "")
+        token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+        if token.startswith(VIRTUAL_KEY_PREFIX):
+            keys = self.core.keys
+            records = await asyncio.to_thread(keys.by_hash) if keys is not None else {}
+            rec, state = check_key(records, token, time.time())
+            if rec is None or state != "active":
+                what = "is not a key pouch issued" if rec is None else f"has been {state}"
+                reply(flow, 401, f"pouch: the virtual key {fingerprint(token)} {what}",
+                      code="invalid_api_key")
+                return
+            if self.core.vault is None or rec.provider not in self.core.vault:
+                why = self.core.vault_problem or f"the vault holds no {rec.provider!r} key (`pouch key add {rec.provider}`)"
+                reply(flow, 503, f"pouch: cannot use virtual key {rec.id}: {why}", code="pouch_vault_unavailable",
+                      type_="server_error")
+                return
+            key_id, provider = rec.id, rec.provider
+            if wallet is None:
+                wallet, via = rec.wallet, "key"
+        pid = None
+        if wallet is None:
+            found = await self._process(flow.client_conn)
+            if found is not None:
+                pid, wallet = found
+                via = "process"
+        if wallet is None:
+            wallet, via = DEFAULT_WALLET, "default"
+        flow.metadata[IDENTITY] = Identity(wallet, via, key_id, provider, pid)
