@@ -51,6 +51,10 @@ _DIGEST_END = len(_PREFIX) + 64
 _TABLES_AT = _DIGEST_END + len(_MIDDLE)
 
 
+def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 def _canonical(tables: dict[str, Any]) -> bytes:
     return json.dumps(tables, sort_keys=True, separators=(",", ":")).encode()
 
@@ -87,12 +91,30 @@ class AtomicJSONStorage(Storage):
     def __init__(self, path: str | os.PathLike[str], *, durable: bool = True) -> None:
         self.path = Path(path)
         self.durable = durable
+        # the last tables read or written, keyed by the file's identity: every write replaces the
+        # file (a new inode), so an unchanged key means unchanged content and the parse is skipped
+        self._seen: tuple[tuple[int, int, int, int], dict[str, dict[str, Any]]] | None = None
 
     def read(self) -> dict[str, dict[str, Any]] | None:
+        """The tables; callers must not mutate them (they may be shared with other threads)."""
         try:
-            raw = self.path.read_bytes()
+            fd = os.open(self.path, os.O_RDONLY)
         except FileNotFoundError:
             return None
+        try:
+            key = _identity(os.fstat(fd))
+            seen = self._seen
+            if seen is not None and seen[0] == key:
+                return seen[1]
+            with os.fdopen(os.dup(fd), "rb") as fh:
+                raw = fh.read()
+        finally:
+            os.close(fd)
+        tables = self._parse(raw)
+        self._seen = (key, tables)
+        return tables
+
+    def _parse(self, raw: bytes) -> dict[str, dict[str, Any]]:
         # fast path: the layout write() produces, checked without re-serialising the tables
         if raw.startswith(_PREFIX) and raw[_DIGEST_END:_TABLES_AT] == _MIDDLE and raw.endswith(b"}"):
             canonical = raw[_TABLES_AT:-1]
@@ -128,6 +150,7 @@ class AtomicJSONStorage(Storage):
             os.write(fd, payload)
             if durable:
                 os.fsync(fd)
+            key = _identity(os.fstat(fd))
         finally:
             os.close(fd)
         if self.path.exists():
@@ -139,6 +162,7 @@ class AtomicJSONStorage(Storage):
             os.link(self.path, link_tmp)
             os.replace(link_tmp, backup)
         os.replace(tmp, self.path)
+        self._seen = (key, data)
         if durable:
             _fsync_dir(self.path.parent)
 
