@@ -100,6 +100,11 @@ class StreamMeter:
         self._parser = SSEParser(max_event_bytes)
         self._counters: dict[tuple, StreamTokenCounter] = {}
         self._output = 0                       # sum of the counters
+        # text not yet tokenised, per stream; a token is at least one byte, so
+        # _output + _pending_bytes bounds the true count from above and tiktoken runs only
+        # when that bound reaches the cut threshold or someone reads the count
+        self._pending: dict[tuple, list[str]] = {}
+        self._pending_bytes = 0
         self._usage: Usage | None = None       # the provider's usage (latest seen)
         self._usage_final = False              # ... and it is the final one
         self._seq: int | None = None           # last Responses sequence_number
@@ -140,6 +145,7 @@ class StreamMeter:
     # -- results ---------------------------------------------------------------------------------
     @property
     def output_tokens_counted(self) -> int:
+        self._flush()
         return self._output
 
     @property
@@ -155,7 +161,7 @@ class StreamMeter:
         """The provider's usage when seen (authoritative), else estimated input + counted output."""
         if self._usage is not None:
             return self._usage
-        return Usage(input_tokens=self.input_tokens, output_tokens=self._output)
+        return Usage(input_tokens=self.input_tokens, output_tokens=self.output_tokens_counted)
 
     @property
     def running_cost(self) -> Decimal:
@@ -166,7 +172,7 @@ class StreamMeter:
     def checkpoint(self) -> dict[str, Any]:
         """A small snapshot for the ledger (O(1)). ``final_cost`` once the final usage is known."""
         snap: dict[str, Any] = {
-            "output_tokens": self._output,
+            "output_tokens": self.output_tokens_counted,
             "running_cost": usd_str(self.running_cost),
             "events": self.events,
             "usage_source": self.usage_source,
@@ -314,11 +320,21 @@ class StreamMeter:
     def _count(self, key: tuple, text: Any) -> None:
         if not isinstance(text, str) or not text:
             return
-        counter = self._counters.get(key)
-        if counter is None:
-            counter = self._counters[key] = StreamTokenCounter(self.model)
-        before = counter.count
-        self._output += counter.feed(text) - before
+        self._pending.setdefault(key, []).append(text)
+        self._pending_bytes += len(text.encode("utf-8", "surrogatepass"))
+
+    def _flush(self) -> None:
+        """Tokenise the pending text (one tiktoken call per stream instead of one per event)."""
+        if not self._pending:
+            return
+        for key, texts in self._pending.items():
+            counter = self._counters.get(key)
+            if counter is None:
+                counter = self._counters[key] = StreamTokenCounter(self.model)
+            before = counter.count
+            self._output += counter.feed("".join(texts)) - before
+        self._pending.clear()
+        self._pending_bytes = 0
 
     def _record_error(self, err: dict[str, Any]) -> None:
         if self.provider_error is None:
@@ -366,7 +382,10 @@ class StreamMeter:
             return False
         if self._usage is not None:  # a running (non-final) provider usage
             return self.running_cost >= self.reservation
-        return self._cut_at is not None and self._output >= self._cut_at
+        if self._cut_at is None or self._output + self._pending_bytes < self._cut_at:
+            return False  # even if every pending byte were a token
+        self._flush()
+        return self._output >= self._cut_at
 
     def _cut_event(self, code: str, message: str) -> bytes:
         error = {"message": message, "type": code, "code": code}
