@@ -42,7 +42,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -223,7 +223,7 @@ def chat_request(*, stream: bool, chunks: int, delay_ms: int = 0, max_tokens: in
     if stream:
         body["stream"] = True
     data = json.dumps(body).encode()
-    headers = [f"POST /v1/chat/completions HTTP/1.1", f"Host: {HOST}", "Authorization: Bearer sk-bench",
+    headers = ["POST /v1/chat/completions HTTP/1.1", f"Host: {HOST}", "Authorization: Bearer sk-bench",
                "Content-Type: application/json", "Accept: application/json", f"Content-Length: {len(data)}",
                f"x-fake-chunks: {chunks}"]
     if delay_ms:

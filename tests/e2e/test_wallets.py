@@ -15,15 +15,14 @@ import time
 from decimal import Decimal as D
 from pathlib import Path
 
-import pytest
 
-from harness import wait_until
 from pouch_addon.audit import AUDIT_FILE, AuditLog
 from pouch_addon.budget import Ledger
 from pouch_addon.keystore import KeyStore
 from pouch_addon.plan import PlanSettings, make_plan
 from pouch_addon.pricing import PriceTable
 from pouch_addon.vault import Vault, hash_virtual_key
+from test_firewall import settled
 
 TABLE = PriceTable.load()
 CLIENTS = Path(__file__).with_name("clients")
@@ -31,14 +30,6 @@ URL = "https://api.openai.com/v1/chat/completions"
 REAL_KEY = "sk-proj-REALkey0123456789abcdefghijklmnopqrstuv"
 PASSPHRASE = "correct horse battery staple"
 CHAT = {"model": "gpt-4o-mini", "max_tokens": 20, "extra_headers": {"x-fake-prompt-tokens": "10", "x-fake-chunks": "4"}}
-
-
-def settled(home: Path, n: int = 1, timeout: float = 10.0) -> list[dict]:
-    ledger = Ledger(home)
-    wait_until(lambda: ledger.status().in_flight == 0 and len(ledger.history(kinds=("settle",))) >= n,
-               timeout, f"{n} settled call(s) in {home}")
-    assert ledger.verify() == []
-    return ledger.history(kinds=("settle",))
 
 
 def as_app(env: dict, proxy, app: str, secret: str = "x") -> dict:

@@ -5,11 +5,11 @@ from __future__ import annotations
 from decimal import Decimal
 from pathlib import Path
 
-from textual.widgets import Input, Markdown, Static, TabbedContent
+from textual.widgets import Input, Markdown, Static
 
 from pouch_addon.budget import Ledger
 from pouch_tui.screens import ConfirmScreen, DetailScreen, HelpScreen, MoneyDialog
-from pouch_tui.widgets import BudgetGauge, HistoryTable, InFlightTable, SpendChart, StateBanner
+from pouch_tui.widgets import HistoryTable, StateBanner
 from pouch_tui.widgets.blocked_table import BlockedTable
 from pouch_tui.widgets.breakdown import BreakdownTable
 
