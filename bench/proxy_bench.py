@@ -22,6 +22,7 @@ are printed. pouch runs use a fresh ledger with a $1,000,000 budget and ``gpt-4o
 
     .venv/bin/python bench/proxy_bench.py [--quick] [--duration S] [--rounds N]
         [--conns N] [--only throughput,probe,memory] [--bare-vs-bare] [--no-pin]
+        [--pouch-set OPTION=VALUE ...]
 
 ``--bare-vs-bare`` runs the bare configuration on both sides (an A/A run: the noise floor,
 and usable while the pouch addon does not import).
@@ -496,7 +497,8 @@ class Bench:
     def start(self, cfg: Config) -> H.Proxy:
         if cfg.pouch:
             cfg.home = self.new_home()
-            proxy = self.pin.start_proxy(self.h, home=cfg.home, pouch=True, fake=self.fake)
+            proxy = self.pin.start_proxy(self.h, home=cfg.home, pouch=True, fake=self.fake,
+                                         sets=self.args.pouch_set)
         else:
             proxy = self.pin.start_proxy(self.h, pouch=False, fake=self.fake)
         cfg.proxy = proxy
@@ -857,6 +859,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="profile pouch's throughput runs with py-spy (PATH or $POUCH_PYSPY) even when the "
                          "ratio meets its target (a ratio below target always triggers it)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, ledgers)")
+    ap.add_argument("--pouch-set", action="append", default=[], metavar="OPTION=VALUE",
+                    help="an extra mitmproxy option for the pouch proxy (repeatable), e.g. "
+                         "pouch_identify_process=false, to see what one feature costs")
     args = ap.parse_args(argv)
     q = args.quick
     args.duration = args.duration or (2.5 if q else 6.0)

@@ -41,6 +41,7 @@ import socket
 import threading
 import time
 import uuid
+from concurrent.futures import Future
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -76,6 +77,8 @@ __all__ = [
 ]
 
 DEFAULT_WALLET = "default"
+#: a ledger that committed less than this long ago (s) is busy: its committer waits ``commit_delay``
+BUSY_WINDOW = 0.02
 _WALLET_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-+@")
 
 
@@ -593,20 +596,34 @@ class _Txn:
 
 
 class _Slot:
-    """An operation waiting for a group commit, and its outcome."""
+    """An operation waiting for a group commit, and its outcome (also set on ``future``, if any)."""
 
-    __slots__ = ("op", "done", "result", "error")
+    __slots__ = ("op", "done", "result", "error", "future")
 
-    def __init__(self, op: Callable[[_Txn], Any]) -> None:
+    def __init__(self, op: Callable[[_Txn], Any], future: Future | None = None) -> None:
         self.op = op
         self.done = False
         self.result: Any = None
         self.error: BaseException | None = None
+        self.future = future
 
     def outcome(self) -> Any:
         if self.error is not None:
             raise self.error
         return self.result
+
+    def finish(self) -> None:
+        self.done = True
+        if self.future is not None:
+            if self.error is not None:
+                self.future.set_exception(self.error)
+            else:
+                self.future.set_result(self.result)
+
+
+#: Amount to reserve, or a callable deciding it inside the transaction from the current state and
+#: time (it may return a :class:`Refusal` instead; see :meth:`Ledger.reserve`)
+Amount = Decimal | Callable[["LedgerState", float], "Decimal | Refusal"]
 
 
 class Ledger:
@@ -614,7 +631,7 @@ class Ledger:
 
     def __init__(
         self, home: str | os.PathLike[str] | None = None, *, durable: bool = True,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.time, commit_delay: float = 0.0,
     ) -> None:
         self.home = resolve_home(home)
         self.clock = clock  # wall clock (tests inject one to cross period boundaries)
@@ -622,8 +639,13 @@ class Ledger:
         self._storage = AtomicJSONStorage(self.state_path, durable=durable)
         self._history = HistoryLog(self.home / HISTORY_DIR, durable=durable)
         self._lock = FileLock(self.home / LOCK_FILE)
+        self._committed: tuple[Any, LedgerState] | None = None  # (file identity, state) after our last commit
         self._pending: list[_Slot] = []
         self._pending_lock = threading.Lock()
+        self._wake = threading.Condition(self._pending_lock)
+        self._committer: threading.Thread | None = None
+        self._last_commit = 0.0  # time.monotonic() at the end of the last group commit
+        self.commit_delay = commit_delay
         self.owner = Owner.current()
 
     # -- transactions ------------------------------------------------------------------------
@@ -667,12 +689,20 @@ class Ledger:
             self._commit(txn)
 
     def _begin(self) -> _Txn:
-        txn = _Txn(self._load())
+        """Open a transaction (the caller holds the lock). The state this process committed last
+        is reused as it is when the file is still the one it wrote (same inode, size and
+        mtime: every write replaces the file), so a busy proxy does not re-parse every open
+        reservation per transaction; any other writer's change shows as a new file and is read."""
+        cached = self._committed
+        state = cached[1] if cached is not None and cached[0] == self._storage.identity() else self._load()
+        self._committed = None  # the transaction mutates it: valid again only once committed
+        txn = _Txn(state)
         self._replay(txn)
         return txn
 
     def _commit(self, txn: _Txn) -> None:
         if not txn.dirty:
+            self._committed = (self._storage.identity(), txn.state)
             return
         st = txn.state
         by_partition: dict[str, list[dict[str, Any]]] = {}
@@ -683,6 +713,7 @@ class Ledger:
             st.history_size = self._history.append(name, by_partition[name])
             st.history_file = name
         self._storage.write(st.to_tables(), durable=txn.durable or None)
+        self._committed = (self._storage.identity(), st)
 
     def _run(self, op: Callable[[_Txn], Any]) -> Any:
         """Run ``op`` in a transaction, sharing it with the operations other threads submit meanwhile.
@@ -696,50 +727,104 @@ class Ledger:
         with self._pending_lock:
             self._pending.append(slot)
         with self._lock.thread_lock:
-            if slot.done:
-                return slot.outcome()
-            with self._pending_lock:
-                batch, self._pending = self._pending, []
-            try:
-                with self._lock.hold_file():
-                    txn = self._begin()
-                    for s in batch:
-                        try:
-                            s.result = s.op(txn)
-                        except Exception as exc:  # one bad operation does not fail the others
-                            s.error = exc
-                    self._commit(txn)
-            except Exception as exc:  # the load or the commit failed: nothing of the batch happened
-                for s in batch:
-                    s.error = exc
-            finally:
-                for s in batch:
-                    s.done = True
+            if not slot.done:
+                self._drain()
         return slot.outcome()
 
+    def submit(self, op: Callable[[_Txn], Any]) -> Future:
+        """Queue ``op`` for this ledger's committer thread; its outcome arrives on the future.
+
+        For callers that must not block (mitmproxy's event loop: ``asyncio.wrap_future``). No
+        worker thread waits per operation; the committer runs whatever is queued in one group
+        commit. When the last commit ended less than ``BUSY_WINDOW`` ago (the proxy is under
+        load), it first waits ``commit_delay`` seconds for more operations to join, so one disk
+        round trip serves many calls (as PostgreSQL's ``commit_delay``); an idle ledger commits
+        at once.
+        """
+        slot = _Slot(op, Future())
+        with self._wake:
+            self._pending.append(slot)
+            if self._committer is None:
+                self._committer = threading.Thread(target=self._commit_loop, name="pouch-ledger", daemon=True)
+                self._committer.start()
+            self._wake.notify()
+        return slot.future  # type: ignore[return-value]
+
+    def _commit_loop(self) -> None:
+        while True:
+            with self._wake:
+                while not self._pending:
+                    self._wake.wait()
+            if self.commit_delay > 0 and time.monotonic() - self._last_commit < BUSY_WINDOW:
+                time.sleep(self.commit_delay)
+            with self._lock.thread_lock:
+                self._drain()
+
+    def _drain(self) -> None:
+        """Run every pending operation in one transaction; the caller holds the thread lock."""
+        with self._pending_lock:
+            batch, self._pending = self._pending, []
+        if not batch:
+            return
+        try:
+            with self._lock.hold_file():
+                txn = self._begin()
+                for s in batch:
+                    try:
+                        s.result = s.op(txn)
+                    except Exception as exc:  # one bad operation does not fail the others
+                        s.error = exc
+                self._commit(txn)
+        except Exception as exc:  # the load or the commit failed: nothing of the batch happened
+            for s in batch:
+                s.error = exc
+        finally:
+            self._last_commit = time.monotonic()
+            for s in batch:
+                s.finish()
+
     # -- operations (each one atomic; concurrent ones share a group commit) --------------------
-    def reserve(
-        self, amount: Decimal, meta: dict[str, Any] | None = None, *, wallet: str | None = None
-    ) -> Reservation | Refusal:
-        """Check (wallet and global) and reserve in one atomic step; a refusal is counted as a block."""
+    def reserve(self, amount: Amount, meta: dict[str, Any] | None = None, *,
+                wallet: str | None = None) -> Reservation | Refusal:
+        """Check (wallet and global) and reserve in one atomic step; a refusal is counted as a block.
+
+        ``amount`` may be a callable ``(state, now) -> Decimal | Refusal``: it runs inside the
+        transaction (so what it decides from the balance cannot go stale) and may refuse by
+        itself; it may add to ``meta`` (recorded with the reservation or the block)."""
+        return self._run(self.reserve_op(amount, meta, wallet=wallet))
+
+    def reserve_op(self, amount: Amount, meta: dict[str, Any] | None = None, *,
+                   wallet: str | None = None) -> Callable[[_Txn], Reservation | Refusal]:
+        """:meth:`reserve` as an operation for :meth:`submit`."""
+        meta = meta if meta is not None else {}
+
         def op(txn: _Txn) -> Reservation | Refusal:
             now = self.clock()
-            result = txn.state.reserve(amount, res_id=uuid.uuid4().hex[:16], owner=self.owner, now=now, meta=meta,
-                                       wallet=wallet)
+            decided = amount(txn.state, now) if callable(amount) else amount
+            if isinstance(decided, Refusal):
+                result: Reservation | Refusal = decided
+            else:
+                result = txn.state.reserve(decided, res_id=uuid.uuid4().hex[:16], owner=self.owner, now=now,
+                                           meta=meta, wallet=wallet)
             if isinstance(result, Refusal):
-                block_meta = {**(meta or {}), **({"wallet": wallet} if wallet is not None else {})}
+                block_meta = {**meta, **({"wallet": wallet} if wallet is not None else {})}
                 txn.record(txn.state.block_entry(result, now=now, meta=block_meta))
             else:
                 txn.changed()
             return result
-        return self._run(op)
+        return op
 
     def settle(
         self, res_id: str, cost: Decimal, *, status: str = "ok", details: dict[str, Any] | None = None
     ) -> dict[str, Any]:
         """Settle a reservation at its exact cost and refund the rest. Raises NotOpen if already settled."""
-        return self._run(lambda txn: txn.record(
-            txn.state.settle_entry(res_id, cost, now=self.clock(), status=status, details=dict(details or {}))))
+        return self._run(self.settle_op(res_id, cost, status=status, details=details))
+
+    def settle_op(self, res_id: str, cost: Decimal, *, status: str = "ok",
+                  details: dict[str, Any] | None = None) -> Callable[[_Txn], dict[str, Any]]:
+        """:meth:`settle` as an operation for :meth:`submit`."""
+        return lambda txn: txn.record(
+            txn.state.settle_entry(res_id, cost, now=self.clock(), status=status, details=dict(details or {})))
 
     def release(self, res_id: str, *, status: str = "released", details: dict[str, Any] | None = None) -> dict[str, Any]:
         """Give a reservation back in full (the provider did not bill: 4xx/5xx, never sent)."""
@@ -747,17 +832,25 @@ class Ledger:
 
     def record_block(self, refusal: Refusal, meta: dict[str, Any] | None = None) -> dict[str, Any]:
         """Count a request pouch refused before reserving (bad input, unknown model, …)."""
-        return self._run(lambda txn: txn.record(txn.state.block_entry(refusal, now=self.clock(), meta=meta)))
+        return self._run(self.block_op(refusal, meta))
+
+    def block_op(self, refusal: Refusal, meta: dict[str, Any] | None = None) -> Callable[[_Txn], dict[str, Any]]:
+        """:meth:`record_block` as an operation for :meth:`submit`."""
+        return lambda txn: txn.record(txn.state.block_entry(refusal, now=self.clock(), meta=meta))
 
     def checkpoint(self, updates: dict[str, dict[str, Any]]) -> None:
         """Store in-flight progress of several reservations in one write (for the TUI and crashes)."""
+        self._run(self.checkpoint_op(updates))
+
+    def checkpoint_op(self, updates: dict[str, dict[str, Any]]) -> Callable[[_Txn], None]:
+        """:meth:`checkpoint` as an operation for :meth:`submit`."""
         def op(txn: _Txn) -> None:
             for res_id, data in updates.items():
                 res = txn.state.open.get(res_id)
                 if res is not None:
                     res.checkpoint = data
                     txn.changed(durable=False)
-        self._run(op)
+        return op
 
     def set_budget(self, amount: Decimal) -> Status:
         if amount < 0:

@@ -166,6 +166,13 @@ class AtomicJSONStorage(Storage):
         if durable:
             _fsync_dir(self.path.parent)
 
+    def identity(self) -> tuple[int, int, int, int] | None:
+        """The state file's (device, inode, size, mtime): changes whenever any process writes it."""
+        try:
+            return _identity(os.stat(self.path))
+        except FileNotFoundError:
+            return None
+
     def close(self) -> None:  # nothing held open between calls
         pass
 

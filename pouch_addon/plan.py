@@ -130,6 +130,53 @@ def _output_rate_per_token(price: ModelPrice, input_tokens: int, tier: str | Non
     return price.rates_for(input_tokens, tier).output / PER_MILLION
 
 
+@dataclass
+class DraftPlan:
+    """A billed request read, validated and estimated: everything but what depends on the budget.
+
+    The expensive part (parsing, token estimation) happens once, outside the ledger; only
+    :meth:`finish`, which picks an injected output cap from the remaining budget and prices the
+    worst case, runs inside the reserving transaction, so the cap is fitted to the balance the
+    reservation is checked against (no separate read of the balance, no race with it).
+    """
+
+    api: str
+    path: str
+    model: str
+    price: ModelPrice
+    stream: bool
+    input_tokens: int
+    reserved_input_tokens: int
+    choices: int
+    tier: str | None
+    client_wants_usage: bool
+    cap: int | None  # the request's own cap (or the API's default); None: pouch injects one
+    cap_field: str | None  # where an injected cap goes (when cap is None)
+    rewrites: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def finish(self, remaining: Decimal) -> CallPlan:
+        """The plan against ``remaining``; raises :class:`BudgetTooSmall` when not even one output
+        token of an injected cap can be paid for. Pure and cheap (Decimal arithmetic only)."""
+        rewrites, notes = dict(self.rewrites), list(self.notes)
+        cap = self.cap
+        if cap is None:
+            cap = _inject_cap(self.price, self.reserved_input_tokens, self.choices, self.tier, remaining)
+            rewrites[self.cap_field] = cap
+            notes.append(f"injected {self.cap_field}={cap}")
+        if self.api != "embeddings" and self.price.max_output_tokens is not None:
+            cap = min(cap, self.price.max_output_tokens)
+        worst_usage = Usage(input_tokens=self.reserved_input_tokens, output_tokens=cap * self.choices)
+        # a flex/batch request may still be served (and billed) at the standard price
+        worst = max(cost(self.price, worst_usage, self.tier), cost(self.price, worst_usage, None))
+        return CallPlan(
+            api=self.api, path=self.path, model=self.model, price=self.price, stream=self.stream,
+            input_tokens=self.input_tokens, reserved_input_tokens=self.reserved_input_tokens, output_cap=cap,
+            choices=self.choices, tier=self.tier, client_wants_usage=self.client_wants_usage, worst_case=worst,
+            rewrites=rewrites, notes=notes,
+        )
+
+
 def make_plan(
     method: str,
     path: str,
@@ -140,6 +187,18 @@ def make_plan(
     settings: PlanSettings = PlanSettings(),
 ) -> CallPlan:
     """Price a billed request at its worst case and decide the body rewrites."""
+    return draft_plan(method, path, body, table=table, settings=settings).finish(remaining)
+
+
+def draft_plan(
+    method: str,
+    path: str,
+    body: dict[str, Any],
+    *,
+    table: PriceTable,
+    settings: PlanSettings = PlanSettings(),
+) -> DraftPlan:
+    """Read, validate and estimate a billed request (raises :class:`PlanError`); see :class:`DraftPlan`."""
     path = path.split("?", 1)[0].rstrip("/")
     api = BILLED[path]
     model = body.get("model")
@@ -177,23 +236,26 @@ def make_plan(
         choices = max(_int_field(body, "n", 1) or 1, _int_field(body, "best_of", 1) or 1)
 
     rewrites: dict[str, Any] = {}
+    cap: int | None
+    cap_field: str | None = None
     if api == "embeddings":
         cap = 0
     else:
-        cap_field = {"chat": ("max_completion_tokens", "max_tokens"), "responses": ("max_output_tokens",),
-                     "completions": ("max_tokens",)}[api]
-        caps = [c for c in (_int_field(body, f, 0) for f in cap_field) if c is not None]
+        fields = {"chat": ("max_completion_tokens", "max_tokens"), "responses": ("max_output_tokens",),
+                  "completions": ("max_tokens",)}[api]
+        caps = [c for c in (_int_field(body, f, 0) for f in fields) if c is not None]
         if caps:
             cap = min(caps)
         elif api == "completions":
             cap = COMPLETIONS_DEFAULT_MAX_TOKENS
+        elif not settings.inject_max_tokens:
+            if price.max_output_tokens is None:
+                raise PlanError(
+                    f"pouch: the request sets no output cap and {model}'s max output is unknown, so its "
+                    "cost cannot be bounded; set max_completion_tokens/max_output_tokens", code="pouch_unbounded")
+            cap = price.max_output_tokens
         else:
-            cap = _inject_cap(price, model, reserved_input, choices, tier, remaining, settings)
-            if settings.inject_max_tokens:
-                rewrites[cap_field[0]] = cap
-                notes.append(f"injected {cap_field[0]}={cap}")
-        if price.max_output_tokens is not None:
-            cap = min(cap, price.max_output_tokens)
+            cap, cap_field = None, fields[0]
 
     client_wants_usage = False
     if stream and api in ("chat", "completions"):
@@ -202,27 +264,15 @@ def make_plan(
         if not client_wants_usage and settings.inject_usage:
             rewrites["stream_options"] = {**(opts if isinstance(opts, dict) else {}), "include_usage": True}
 
-    worst_usage = Usage(input_tokens=reserved_input, output_tokens=cap * choices)
-    # a flex/batch request may still be served (and billed) at the standard price
-    worst = max(cost(price, worst_usage, tier), cost(price, worst_usage, None))
-    return CallPlan(
+    return DraftPlan(
         api=api, path=path, model=model, price=price, stream=stream, input_tokens=estimate,
-        reserved_input_tokens=reserved_input, output_cap=cap, choices=choices, tier=tier,
-        client_wants_usage=client_wants_usage, worst_case=worst, rewrites=rewrites, notes=notes,
+        reserved_input_tokens=reserved_input, choices=choices, tier=tier, client_wants_usage=client_wants_usage,
+        cap=cap, cap_field=cap_field, rewrites=rewrites, notes=notes,
     )
 
 
-def _inject_cap(
-    price: ModelPrice, model: str, input_tokens: int, choices: int, tier: str | None,
-    remaining: Decimal, settings: PlanSettings,
-) -> int:
+def _inject_cap(price: ModelPrice, input_tokens: int, choices: int, tier: str | None, remaining: Decimal) -> int:
     """The output cap pouch adds: min(model max output, what the remaining budget can pay)."""
-    if not settings.inject_max_tokens:
-        if price.max_output_tokens is None:
-            raise PlanError(
-                f"pouch: the request sets no output cap and {model}'s max output is unknown, so its "
-                "cost cannot be bounded; set max_completion_tokens/max_output_tokens", code="pouch_unbounded")
-        return price.max_output_tokens
     input_cost = cost(price, Usage(input_tokens=input_tokens), tier)
     rate = _output_rate_per_token(price, input_tokens, tier)
     affordable = int((remaining - input_cost) / (rate * choices)) if rate > 0 else 0

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..budget import Ledger, Reservation
 from ..keystore import KeyStore
@@ -51,6 +53,12 @@ class Core:
         self.vault: Vault | None = None  # real provider keys, opened at start (addons/keys.py)
         self.vault_problem: str | None = None  # why the vault is not open, for clear 503s
         self.limits = RateBook()  # per-wallet rpm/tpm, in memory per proxy process
+
+    async def commit(self, op: Callable[..., Any]) -> Any:
+        """Run a ledger operation (``Ledger.*_op``) on the ledger's committer thread and await
+        its outcome without blocking the event loop."""
+        ledger, _ = self.require()
+        return await asyncio.wrap_future(ledger.submit(op))
 
     def require(self) -> tuple[Ledger, PriceTable]:
         if self.ledger is None or self.table is None:

@@ -1,16 +1,21 @@
 """The budget gate: reserve the worst case before a billed request leaves, or answer 402/429.
 
-Runs in the ``request`` hook as a coroutine: reading the body, estimating tokens and the
-ledger transaction happen in a worker thread, so mitmproxy's event loop never waits on them.
+Runs in the ``request`` hook as a coroutine. Reading the body and estimating its tokens happen
+on the event loop for small plain bodies (``INLINE_PLAN_BYTES``: tens of microseconds, less
+than a thread hop) and in a worker thread otherwise; the reservation is one operation of the
+ledger's committer thread (``Ledger.submit``), so mitmproxy's event loop never waits on a disk.
 
 The request is charged to the wallet ``Identify`` found (``flow.metadata["pouch_identity"]``)
-and to the global budget, in one atomic reservation. Before reserving, the wallet's rpm/tpm
-limits are applied in memory (``Core.limits``, one sliding window per wallet *per proxy
-process*): a request over the limit is answered 429 with ``retry-after`` (whole seconds) and
+and to the global budget, in one atomic reservation whose amount is decided inside the ledger
+transaction (:class:`Admission`): the injected output cap is fitted to the balance the
+reservation is checked against, with no separate read. Then the wallet's rpm/tpm limits are
+applied in memory (``Core.limits``, one sliding window per wallet *per proxy process*): a
+request over the limit is answered 429 with ``retry-after`` (whole seconds) and
 ``x-should-retry: true``, so the OpenAI SDKs wait and retry by themselves; a request whose
 worst-case tokens (estimated input with margin + output cap x n) exceed the whole tpm can never
 fit and is answered 429 with ``x-should-retry: false``. A request counts toward rpm/tpm once
-admitted, even if the budget then refuses it (as the providers count failed requests).
+it fits the budget, even if the reservation then refuses it (as the providers count failed
+requests).
 """
 
 from __future__ import annotations
@@ -26,10 +31,11 @@ from typing import Any, Optional
 
 from mitmproxy import ctx, exceptions, http
 
-from ..budget import Ledger, LedgerState, Refusal
+from ..budget import Ledger, LedgerState, Refusal, Wallet
 from ..keystore import KeyStore
 from ..money import ZERO, format_usd
-from ..plan import BudgetTooSmall, CallPlan, PlanError, PlanSettings, make_plan, parse_body
+from ..limits import RateBook
+from ..plan import BudgetTooSmall, CallPlan, DraftPlan, PlanError, PlanSettings, draft_plan, parse_body
 from ..pricing import PriceTable
 from .core import CALL, Core, FlowCall
 from .identity import IDENTITY, Identity
@@ -37,6 +43,10 @@ from .replies import reply
 from .scope import SCOPE
 
 log = logging.getLogger(__name__)
+
+
+#: request bodies up to this size (bytes, uncompressed) are planned on the event loop
+INLINE_PLAN_BYTES = 2048
 
 
 class BodyTooLarge(Exception):
@@ -101,6 +111,11 @@ class BudgetGate:
                  "and what the remaining budget can pay. Off: reserve the model's max output.",
         )
         loader.add_option(
+            name="pouch_commit_delay_ms", typespec=int, default=3,
+            help="Under load, how long (ms) a ledger write waits for other requests' reservations and "
+                 "settles to share its durable write (group commit). An idle proxy writes at once. 0: never wait.",
+        )
+        loader.add_option(
             name="pouch_inject_usage", typespec=bool, default=True,
             help="Ask for stream_options.include_usage on streamed chat/completions requests so the "
                  "provider reports exact usage; the extra chunk is hidden from clients that did not ask.",
@@ -124,14 +139,18 @@ class BudgetGate:
                 self.core.table = PriceTable.load(ctx.options.pouch_prices)
             except (OSError, ValueError) as exc:
                 raise exceptions.OptionsError(f"pouch_prices: cannot load the price table: {exc}") from None
+        if "pouch_commit_delay_ms" in updated and not 0 <= ctx.options.pouch_commit_delay_ms <= 100:
+            raise exceptions.OptionsError(
+                f"pouch_commit_delay_ms: expected 0 to 100 ms, got {ctx.options.pouch_commit_delay_ms}")
         if "pouch_home" in updated or self.core.ledger is None:
             try:
-                ledger = Ledger(ctx.options.pouch_home)
+                ledger = Ledger(ctx.options.pouch_home, commit_delay=ctx.options.pouch_commit_delay_ms / 1000)
                 ledger.snapshot()  # a corrupt ledger stops the proxy at start, with the way out
             except Exception as exc:
                 raise exceptions.OptionsError(f"pouch_home: {exc}") from None
             self.core.ledger = ledger
             self.core.keys = KeyStore(ledger.home)
+        self.core.ledger.commit_delay = ctx.options.pouch_commit_delay_ms / 1000
 
     async def running(self) -> None:
         ledger, table = self.core.require()
@@ -154,7 +173,7 @@ class BudgetGate:
             if call is not None:
                 self.core.active.discard(call)
                 call.settled = True
-                await asyncio.to_thread(self.core.ledger.release, call.reservation.id, status="pouch_error")
+                await self.core.commit(self.core.ledger.settle_op(call.reservation.id, ZERO, status="pouch_error"))
             reply(flow, 500, f"pouch: internal error, the request was not sent ({type(exc).__name__}: {exc})",
                   code="pouch_internal_error", type_="server_error")
 
@@ -164,82 +183,112 @@ class BudgetGate:
         meta = {"endpoint": flow.request.path.split("?", 1)[0], "client": client_label(flow), **ident.meta()}
         wallet = ident.wallet
         try:
-            plan, body, st = await asyncio.to_thread(self._plan, flow, ledger, table, wallet)
+            if inline_ok(flow.request):
+                draft, body = self._draft(flow, table)
+            else:
+                draft, body = await asyncio.to_thread(self._draft, flow, table)
         except BodyTooLarge as exc:
             reply(flow, 413, f"pouch: {exc}; nothing was sent", code="pouch_body_too_large")
             return
         except PlanError as exc:
             reply(flow, exc.status, str(exc), code=exc.code)
-            await asyncio.to_thread(ledger.record_block, Refusal("invalid", Decimal(0), Decimal(0)),
-                                    {**meta, "why": exc.code, "detail": str(exc)})
+            await self.core.commit(ledger.block_op(Refusal("invalid", Decimal(0), Decimal(0)),
+                                                   {**meta, "why": exc.code, "detail": str(exc)}))
             return
-        except BudgetTooSmall as exc:
-            state: LedgerState | None = getattr(exc, "state", None)
-            glob, wrem = state.remaining_for(wallet, time.time()) if state is not None else (exc.remaining, None)
-            by_wallet = wallet if wrem is not None and wrem < glob else None
-            refusal = Refusal("insufficient", exc.needed, exc.remaining, wallet=by_wallet)
-            await asyncio.to_thread(ledger.record_block, refusal, {**meta, "why": "budget"})
-            reply(flow, 402, refusal.message, code="budget_exceeded", type_="insufficient_quota")
-            return
-        meta.update(model=plan.model, stream=plan.stream, estimated_input_tokens=plan.input_tokens,
-                    output_cap=plan.output_cap)
-        if await self._rate_limited(flow, ledger, st, wallet, plan, meta):
-            return
-        result = await asyncio.to_thread(ledger.reserve, plan.worst_case, meta, wallet=wallet)
+        admission = Admission(draft, wallet, meta, self.core.limits)
+        result = await self.core.commit(ledger.reserve_op(admission.decide, meta, wallet=wallet))
         if isinstance(result, Refusal):
-            code = {"paused": "pouch_paused", "expired": "pouch_wallet_expired"}.get(result.reason, "budget_exceeded")
-            reply(flow, 402, result.message, code=code, type_="insufficient_quota")
+            self._refuse(flow, result, admission)
             return
+        plan = admission.plan
+        assert plan is not None
         call = FlowCall(plan=plan, reservation=result, client=meta["client"], wallet=wallet)
         flow.metadata[CALL] = call
         self.core.active.add(call)
         if plan.rewrites:
             body.update(plan.rewrites)
-            await asyncio.to_thread(set_body, flow.request, body)
+            if inline_ok(flow.request):
+                set_body(flow.request, body)
+            else:
+                await asyncio.to_thread(set_body, flow.request, body)
         # SSE must reach the meter uncompressed
         flow.request.headers["accept-encoding"] = "identity"
 
-    async def _rate_limited(self, flow: http.HTTPFlow, ledger: Ledger, st: LedgerState, wallet: str,
-                            plan: CallPlan, meta: dict[str, Any]) -> bool:
-        """Apply the wallet's rpm/tpm (in memory, on the loop: check and record are one step)."""
-        w = st.wallets.get(wallet)
-        if w is None or (w.rpm is None and w.tpm is None):
-            return False
-        tokens = plan.reserved_input_tokens + plan.output_cap * plan.choices
-        retry = self.core.limits.admit(wallet, w.rpm, w.tpm, time.monotonic(), tokens)
-        if retry is None:
-            return False
-        refusal = Refusal("rate_limited", plan.worst_case, ZERO, wallet=wallet)
-        await asyncio.to_thread(ledger.record_block, refusal, {**meta, "why": "rate_limit"})
+    def _refuse(self, flow: http.HTTPFlow, refusal: Refusal, admission: Admission) -> None:
+        """Answer a refused admission: 429 for rate limits, 402 for everything the budget refused."""
+        if refusal.reason != "rate_limited":
+            code = {"paused": "pouch_paused", "expired": "pouch_wallet_expired"}.get(refusal.reason, "budget_exceeded")
+            reply(flow, 402, refusal.message, code=code, type_="insufficient_quota")
+            return
+        retry, w = admission.retry, admission.limited_by
+        assert retry is not None and w is not None
         if math.isinf(retry):
-            reply(flow, 429, f"pouch: this request may use up to {tokens} tokens, more than wallet {wallet!r} "
-                  f"allows per minute (tpm {w.tpm}); nothing was sent", code="pouch_request_exceeds_tpm",
+            reply(flow, 429, f"pouch: this request may use up to {admission.tokens} tokens, more than wallet "
+                  f"{w.name!r} allows per minute (tpm {w.tpm}); nothing was sent", code="pouch_request_exceeds_tpm",
                   type_="tokens")
         else:
             limits = ", ".join(f"{k} {v}" for k, v in (("rpm", w.rpm), ("tpm", w.tpm)) if v is not None)
             reply(flow, 429, f"{refusal.message} ({limits}); retry after {int(retry)} s",
                   code="rate_limit_exceeded", type_="requests",
                   headers={"retry-after": str(int(retry)), "x-should-retry": "true"})
-        return True
 
-    def _plan(self, flow: http.HTTPFlow, ledger: Ledger, table: PriceTable,
-              wallet: str) -> tuple[CallPlan, dict[str, Any], LedgerState | None]:
-        """Worker thread: decode, parse, estimate and price the request against the tighter of
-        the global and the wallet's remaining budget."""
+    def _draft(self, flow: http.HTTPFlow, table: PriceTable) -> tuple[DraftPlan, dict[str, Any]]:
+        """Decode, parse and estimate the request (in a worker thread unless the body is small)."""
         body = parse_body(decode_body(flow.request, ctx.options.pouch_max_body_mb * 1048576))
         if body.get("background") is True:
             raise PlanError("pouch: background responses are billed outside this request, so pouch cannot "
                             "meter them; nothing was sent", code="pouch_unsupported")
-        st = ledger.snapshot()
-        glob, wrem = st.remaining_for(wallet, time.time())
+        draft = draft_plan(flow.request.method, flow.request.path, body, table=table, settings=self.core.settings)
+        return draft, body
+
+
+class Admission:
+    """The admission decision, made inside the reserving ledger transaction (``decide``).
+
+    Fits the draft plan to the tighter of the global and the wallet's remaining budget, then
+    applies the wallet's rpm/tpm (in memory, ``Core.limits``; the ledger runs operations one
+    at a time, so check and record are one step). A request counts toward rpm/tpm once it
+    passes the budget fit, even if the reservation then refuses it (as providers count failed
+    requests). What it decided is left on the object for the reply.
+    """
+
+    def __init__(self, draft: DraftPlan, wallet: str, meta: dict[str, Any], limits: RateBook) -> None:
+        self.draft, self.wallet, self.meta, self.limits = draft, wallet, meta, limits
+        self.plan: CallPlan | None = None
+        self.retry: float | None = None  # seconds until a rate-limited request may retry (inf: never)
+        self.limited_by: Wallet | None = None
+        self.tokens = 0
+
+    def decide(self, state: LedgerState, now: float) -> Decimal | Refusal:
+        glob, wrem = state.remaining_for(self.wallet, now)
         remaining = glob if wrem is None else min(glob, wrem)
         try:
-            plan = make_plan(flow.request.method, flow.request.path, body, table=table, remaining=remaining,
-                             settings=self.core.settings)
+            plan = self.draft.finish(remaining)
         except BudgetTooSmall as exc:
-            exc.state = st  # type: ignore[attr-defined]
-            raise
-        return plan, body, st
+            self.meta["why"] = "budget"
+            by_wallet = self.wallet if wrem is not None and wrem < glob else None
+            return Refusal("insufficient", exc.needed, exc.remaining, wallet=by_wallet)
+        self.plan = plan
+        self.meta.update(model=plan.model, stream=plan.stream, estimated_input_tokens=plan.input_tokens,
+                         output_cap=plan.output_cap)
+        w = state.wallets.get(self.wallet)
+        if w is None or (w.rpm is None and w.tpm is None):
+            return plan.worst_case
+        self.tokens = plan.reserved_input_tokens + plan.output_cap * plan.choices
+        retry = self.limits.admit(self.wallet, w.rpm, w.tpm, time.monotonic(), self.tokens)
+        if retry is None:
+            return plan.worst_case
+        self.retry, self.limited_by = retry, w
+        self.meta["why"] = "rate_limit"
+        return Refusal("rate_limited", plan.worst_case, ZERO, wallet=self.wallet)
+
+
+def inline_ok(request: http.Request) -> bool:
+    """Small plain bodies are planned on the event loop (~60-200 µs, cheaper than a thread hop);
+    larger or compressed ones in a worker thread."""
+    raw = request.raw_content
+    return (raw is not None and len(raw) <= INLINE_PLAN_BYTES
+            and request.headers.get("content-encoding", "identity").strip().lower() in ("", "identity"))
 
 
 def client_label(flow: http.HTTPFlow) -> str:

@@ -1,7 +1,8 @@
 """Metering: stream every budgeted response through a ``StreamMeter`` and settle each call once.
 
 The per-chunk callable runs on mitmproxy's event loop, so it only does in-memory work; every
-ledger write (settle, the batched checkpoint of streams in flight) goes to a worker thread.
+ledger write (settle, the batched checkpoint of streams in flight) goes to the ledger's committer
+thread, and a finished response is not held back for its settle (``done`` waits for them).
 Settling happens on whichever path a call ends by (response, error, cut-off, shutdown) and
 exactly once: ``FlowCall.settled`` is flipped before the write is scheduled.
 """
@@ -23,6 +24,8 @@ from .core import CALL, Core, FlowCall
 log = logging.getLogger(__name__)
 
 CLIENT_GONE = "Client disconnected."
+#: non-streamed response bodies up to this size (bytes) are priced on the event loop
+INLINE_PARSE_BYTES = 16384
 
 
 def close_connection(flow: http.HTTPFlow, which: str) -> bool:
@@ -117,7 +120,8 @@ class Metering:
         except Exception:  # never leave a reservation open: bill it in full, flagged
             log.exception("pouch: could not price a finished call; settling at its reservation")
             result, status = settlement.unanswered(call.reserved, sent=True), flow.response.status_code
-        await self._settle(call, result, http_status=status)
+        # the client need not wait for the ledger write: settle in the background (``done`` waits)
+        self._settle_soon(call, result, http_status=status)
 
     async def _outcome(self, flow: http.HTTPFlow, call: FlowCall) -> tuple[settlement.Settlement, int]:
         _, table = self.core.require()
@@ -133,7 +137,10 @@ class Metering:
                 status="ok" if m.done else "incomplete")
         else:
             raw = flow.response.get_content(strict=False)
-            result = await asyncio.to_thread(settlement.from_response_body, table, call.plan, raw)
+            if raw is not None and len(raw) <= INLINE_PARSE_BYTES:
+                result = settlement.from_response_body(table, call.plan, raw)
+            else:
+                result = await asyncio.to_thread(settlement.from_response_body, table, call.plan, raw)
         return result, status
 
     async def error(self, flow: http.HTTPFlow) -> None:
@@ -147,7 +154,7 @@ class Metering:
             log.exception("pouch: could not price an interrupted call; settling at its reservation")
             result = settlement.unanswered(call.reserved, sent=True)
         log.info(f"pouch: {call.plan.model} call ended early ({msg}); settling as {result.status}")
-        await self._settle(call, result)
+        self._settle_soon(call, result)
 
     def _early_end(self, flow: http.HTTPFlow, call: FlowCall, msg: str) -> settlement.Settlement:
         m = call.meter
@@ -164,8 +171,13 @@ class Metering:
         return result
 
     # -- settling --------------------------------------------------------------------------------
-    def _settle_soon(self, call: FlowCall, result: settlement.Settlement) -> None:
-        task = asyncio.get_running_loop().create_task(self._settle(call, result))
+    def _settle_soon(self, call: FlowCall, result: settlement.Settlement, http_status: int | None = None) -> None:
+        """Settle in the background (the flow goes on at once); ``done`` waits for these."""
+        if call.settled:
+            return
+        call.settled = True
+        self.core.active.discard(call)
+        task = asyncio.get_running_loop().create_task(self._write_settle(call, result, http_status))
         self._settles.add(task)
         task.add_done_callback(self._settles.discard)
 
@@ -174,19 +186,23 @@ class Metering:
             return
         call.settled = True
         self.core.active.discard(call)
+        await self._write_settle(call, result, http_status)
+
+    async def _write_settle(self, call: FlowCall, result: settlement.Settlement, http_status: int | None) -> None:
         ledger, _ = self.core.require()
         details = {**result.details(), "http_status": http_status, "estimated_cost": str(call.plan.worst_case)}
         try:
-            await asyncio.to_thread(ledger.settle, call.reservation.id, result.cost,
-                                    status=result.status, details=details)
+            await self.core.commit(ledger.settle_op(call.reservation.id, result.cost,
+                                                    status=result.status, details=details))
         except NotOpen:
             log.error(f"pouch: reservation {call.reservation.id} was already settled")
         except Exception:
             # the reservation stays open and is settled conservatively by the orphan rule at restart
             log.exception(f"pouch: could not settle reservation {call.reservation.id}")
         else:
-            log.info(f"pouch: {call.plan.model} {result.status}: {format_usd(result.cost)} "
-                     f"(reserved {format_usd(call.reserved)})")
+            if log.isEnabledFor(logging.INFO):
+                log.info(f"pouch: {call.plan.model} {result.status}: {format_usd(result.cost)} "
+                         f"(reserved {format_usd(call.reserved)})")
 
     # -- checkpoints ----------------------------------------------------------------------------
     async def _checkpoint_loop(self) -> None:
@@ -201,7 +217,7 @@ class Metering:
                     updates[call.reservation.id] = m.checkpoint()
             if updates and self.core.ledger is not None:
                 try:
-                    await asyncio.to_thread(self.core.ledger.checkpoint, updates)
+                    await self.core.commit(self.core.ledger.checkpoint_op(updates))
                 except Exception:
                     log.exception("pouch: checkpoint write failed")
 

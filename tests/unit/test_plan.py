@@ -7,7 +7,7 @@ import pytest
 
 from pouch_addon import tokens
 from pouch_addon.plan import (
-    BudgetTooSmall, PlanError, PlanSettings, classify, estimate_input_tokens, make_plan, parse_body,
+    BudgetTooSmall, PlanError, PlanSettings, classify, draft_plan, estimate_input_tokens, make_plan, parse_body,
 )
 from pouch_addon.pricing import PriceTable
 
@@ -161,3 +161,30 @@ def test_estimate_input_tokens_for_the_cli():
     assert estimate_input_tokens(body, endpoint="/v1/chat/completions") == tokens.estimate_chat_prompt(body, "gpt-4o")
     with pytest.raises(PlanError, match="unknown endpoint"):
         estimate_input_tokens(body, endpoint="/v1/nope")
+
+
+def test_a_draft_finishes_to_the_same_plan_at_any_balance():
+    """draft_plan does the reading and estimating once; finish(remaining) is make_plan's result."""
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hello there " * 40}], "stream": True}
+    draft = draft_plan("POST", "/v1/chat/completions", body, table=TABLE)
+    for remaining in ("100", "0.5", "0.02"):
+        direct = make_plan("POST", "/v1/chat/completions", body, table=TABLE, remaining=D(remaining))
+        assert draft.finish(D(remaining)) == direct
+    # finishing never changes the draft (it is reused inside a ledger transaction)
+    assert draft.cap is None and draft.rewrites == {"stream_options": {"include_usage": True}}
+    with pytest.raises(BudgetTooSmall):
+        draft.finish(D("0.00001"))
+
+
+def test_a_draft_raises_every_input_error_before_the_ledger_is_touched():
+    for body in ({"messages": []}, {"model": "no-such-model", "messages": []}):
+        with pytest.raises(PlanError):
+            draft_plan("POST", "/v1/chat/completions", body, table=TABLE)
+    # no cap, injection off and an unknown max output: unbounded, refused while drafting
+    from pouch_addon.pricing import ModelPrice
+    entry = TABLE.resolve("gpt-4o")
+    no_max = ModelPrice(**{**entry.__dict__, "max_output_tokens": None})
+    table = type("T", (), {"resolve": staticmethod(lambda m: no_max)})()
+    with pytest.raises(PlanError, match="cannot be bounded"):
+        draft_plan("POST", "/v1/chat/completions", {"model": "gpt-4o", "messages": []}, table=table,
+                   settings=PlanSettings(inject_max_tokens=False))

@@ -1,0 +1,132 @@
+"""The ledger's committer thread, decided reservations and the committed-state cache."""
+
+from __future__ import annotations
+
+import threading
+from decimal import Decimal as D
+
+import pytest
+
+from pouch_addon.budget import Ledger, LedgerState, NotOpen, Refusal, Reservation
+
+
+def _count_commits(ledger: Ledger) -> list[int]:
+    """Wrap ``_commit`` to record how many history entries + state changes each commit carried."""
+    sizes: list[int] = []
+    real = ledger._commit
+
+    def counting(txn):
+        sizes.append(1)
+        return real(txn)
+
+    ledger._commit = counting  # type: ignore[method-assign]
+    return sizes
+
+
+def test_submitted_operations_resolve_their_futures_in_order(tmp_path):
+    ledger = Ledger(tmp_path)
+    ledger.set_budget(D("1"))
+    futs = [ledger.submit(ledger.reserve_op(D("0.1"), {"n": i})) for i in range(12)]
+    results = [f.result(timeout=10) for f in futs]
+    assert [type(r) for r in results[:10]] == [Reservation] * 10
+    assert all(isinstance(r, Refusal) and r.reason == "insufficient" for r in results[10:])
+    settles = [ledger.submit(ledger.settle_op(r.id, D("0.05"))) for r in results[:10]]
+    assert [f.result(timeout=10)["cost"] for f in settles] == ["0.05"] * 10
+    st = ledger.status()
+    assert (st.spent, st.in_flight, st.remaining, st.blocked) == (D("0.5"), 0, D("0.5"), 2)
+    assert ledger.verify() == []
+
+
+def test_an_operation_error_reaches_its_future_only(tmp_path):
+    ledger = Ledger(tmp_path)
+    ledger.set_budget(D("1"))
+    bad = ledger.submit(ledger.settle_op("nope", D("0.1")))
+    good = ledger.submit(ledger.reserve_op(D("0.1")))
+    with pytest.raises(NotOpen):
+        bad.result(timeout=10)
+    assert isinstance(good.result(timeout=10), Reservation)
+
+
+def test_a_busy_ledger_groups_operations_into_fewer_commits(tmp_path):
+    """With a commit delay, operations arriving while the ledger is busy share commits."""
+    ledger = Ledger(tmp_path, commit_delay=0.02)
+    ledger.set_budget(D("100"))
+    commits = _count_commits(ledger)
+    start = threading.Barrier(8)
+    futs: list = []
+    lock = threading.Lock()
+
+    def client() -> None:
+        start.wait()
+        for _ in range(10):
+            f = ledger.submit(ledger.reserve_op(D("0.01")))
+            with lock:
+                futs.append(f)
+            f.result(timeout=10)
+
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(futs) == 80 and all(isinstance(f.result(), Reservation) for f in futs)
+    assert len(commits) < 40, f"80 operations took {len(commits)} commits"
+    assert ledger.status().in_flight == 80
+
+
+def test_decided_amount_is_fitted_inside_the_transaction(tmp_path):
+    """A callable amount sees the balance it is reserved against, may refuse, and may add to meta."""
+    ledger = Ledger(tmp_path)
+    ledger.set_budget(D("1"))
+    seen: list[D] = []
+
+    def half_of_remaining(state: LedgerState, now: float):
+        seen.append(state.remaining)
+        if state.remaining < D("0.2"):
+            meta["why"] = "budget"
+            return Refusal("insufficient", D("0.2"), state.remaining)
+        meta["fitted"] = str(state.remaining / 2)
+        return state.remaining / 2
+
+    results = []
+    for _ in range(4):
+        meta = {"endpoint": "/v1/chat/completions"}
+        results.append(ledger.reserve(half_of_remaining, meta))
+    assert seen == [D("1"), D("0.5"), D("0.25"), D("0.125")]
+    assert [r.amount for r in results[:3]] == [D("0.5"), D("0.25"), D("0.125")]
+    assert results[0].meta["fitted"] == "0.5"
+    assert isinstance(results[3], Refusal)
+    block = ledger.history(kinds=("block",))[0]
+    assert block["why"] == "budget" and block["endpoint"] == "/v1/chat/completions"
+
+
+def test_another_writer_is_seen_despite_the_cached_state(tmp_path):
+    mine, other = Ledger(tmp_path), Ledger(tmp_path)
+    mine.set_budget(D("1"))
+    r = mine.reserve(D("0.6"))
+    assert isinstance(r, Reservation)
+    other.add_budget(D("1"))  # another process tops up between two of my transactions
+    r2 = mine.reserve(D("1.2"))
+    assert isinstance(r2, Reservation), r2
+    other.settle(r.id, D("0.1"))
+    with pytest.raises(NotOpen):
+        mine.settle(r.id, D("0.1"))
+    assert mine.status().spent == D("0.1") and mine.verify() == []
+
+
+def test_a_failed_commit_leaves_no_trace_in_the_cached_state(tmp_path):
+    ledger = Ledger(tmp_path)
+    ledger.set_budget(D("1"))
+    real = ledger._storage.write
+
+    def fail_once(*a, **kw):
+        ledger._storage.write = real
+        raise OSError("disk full")
+
+    ledger._storage.write = fail_once
+    with pytest.raises(OSError):
+        ledger.reserve(D("0.9"))
+    # the failed reservation is not in the state the next transaction starts from
+    r = ledger.reserve(D("1"))
+    assert isinstance(r, Reservation), r
+    assert ledger.status().in_flight == 1 and ledger.verify() == []
