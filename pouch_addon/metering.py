@@ -17,7 +17,12 @@ returns; :meth:`StreamMeter.finish` ends the stream. The meter
 
 Per chunk the work is O(len(chunk)): no accumulated text is re-tokenised, and the cut-off test
 is an integer comparison against a token threshold computed once (exactly equivalent to
-``running_cost >= reservation``).
+``running_cost >= reservation``). ``feed`` runs on mitmproxy's event loop for every chunk, so the
+per-event path is kept lean (``bench/meter_bench.py``: close to the bare cost of splitting the
+chunk and ``json.loads`` of each payload): the SSE parser's fast path for the usual framing, the
+C scanner behind ``json.loads`` called directly, the ``[DONE]`` test only when the data is not a
+JSON object, exact-type tests (the values come from json), and the rare branches (tool calls,
+tier changes, usage, errors) out of line.
 
 Forwarded bytes: ``feed`` / ``finish`` return ``[]`` (send nothing now) or ONE non-empty
 ``bytes`` (every forwarded event of the chunk joined, so mitmproxy writes one HTTP chunk). They
@@ -63,6 +68,28 @@ _CTX = decimal.Context(prec=50, rounding=decimal.ROUND_CEILING)
 _MILLION = Decimal(1_000_000)
 
 
+#: the scanner ``json.loads`` runs (a decoder with the same default settings), called directly
+_scan_json = json.JSONDecoder().scan_once
+
+
+def _json_object(data: str) -> dict[str, Any] | None:
+    """``json.loads(data)`` when that is a JSON object, else None (not JSON, or another value).
+
+    The common case calls the C scanner behind ``json.loads`` directly, without the two
+    whitespace regex matches around it; whenever it does not consume exactly the whole string
+    (leading or trailing whitespace, extra data, an error) ``json.loads`` decides."""
+    try:
+        obj, end = _scan_json(data, 0)
+    except (StopIteration, ValueError):
+        end = -1
+    if end != len(data):
+        try:
+            obj = json.loads(data)
+        except ValueError:
+            return None
+    return obj if obj.__class__ is dict else None
+
+
 def _key_part(value: Any) -> str | int | None:
     """A JSON value usable in a dict key (ints and strings only; anything else -> None)."""
     return value if isinstance(value, (str, int)) and not isinstance(value, bool) else None
@@ -79,6 +106,8 @@ class StreamMeter:
         if isinstance(input_tokens, bool) or not isinstance(input_tokens, int) or input_tokens < 0:
             raise ValueError(f"StreamMeter: input_tokens must be a non-negative int, got {input_tokens!r}")
         self.api: Api = api
+        self._responses = api == "responses"
+        self._completions = api == "completions"
         self.price = price
         self.model = model
         self.input_tokens = input_tokens
@@ -124,7 +153,10 @@ class StreamMeter:
                 out.append(self._cut_event("stream_error", f"pouch: {exc}; stream cut off"))
                 self.cut = True
             return self._join(out)
-        return self._join(self._process(events, may_cut=True))
+        out = self._process(events, may_cut=True)
+        if len(out) == 1 and out[0]:
+            return out  # one event (or an error event): nothing to join
+        return self._join(out)
 
     def finish(self) -> list[bytes]:
         """End of stream: forward the held tail (a final event without its blank line too).
@@ -182,12 +214,21 @@ class StreamMeter:
         return snap
 
     # -- per event -------------------------------------------------------------------------------
+    # The hot path: this runs for every event of every metered stream on mitmproxy's event loop.
+    # Values come from json, so a JSON object is exactly a dict, a string exactly a str, etc.:
+    # ``x.__class__ is str`` is ``isinstance(x, str)`` here, only cheaper.
     def _process(self, events: list[SSEEvent], *, may_cut: bool) -> list[bytes]:
+        """Update the state from each event; return the raw bytes to forward (and the cut-off)."""
         out: list[bytes] = []
         for ev in events:
-            if self._on_event(ev):
+            if not ev.has_data or self._on_event(ev):  # no data: comments, keep-alives, blank lines
                 out.append(ev.raw)
-            if may_cut and self._over():
+            # _over, with its cheap part inline: most events cannot reach the reservation
+            if (may_cut and not self.done and not self._usage_final
+                    and (self._usage is not None
+                         or (self._cut_at is not None
+                             and self._output + self._pending_bytes >= self._cut_at))
+                    and self._over()):
                 msg = (f"pouch: budget reservation of {format_usd(self.reservation)} reached after "
                        f"{self._output} output tokens; stream cut off")
                 out.append(self._cut_event(BUDGET_EXCEEDED, msg))
@@ -196,59 +237,76 @@ class StreamMeter:
         return out
 
     def _on_event(self, ev: SSEEvent) -> bool:
-        """Update the state from one event; True to forward it."""
-        if not ev.has_data:
-            return True  # comments / keep-alives / stray blank lines
+        """Update the state from one event with data; True to forward it."""
         self.events += 1
         data = ev.data
-        if data.startswith("[DONE]"):
-            self.done = True
+        try:  # _json_object, inline
+            obj, end = _scan_json(data, 0)
+        except (StopIteration, ValueError):
+            end = -1
+        if end != len(data):
+            # "[DONE]" is never a JSON object: test for it here, not for every event
+            obj = None if data.startswith("[DONE]") else _json_object(data)
+        elif obj.__class__ is not dict:
+            obj = None
+        if obj is None:
+            if data.startswith("[DONE]"):
+                self.done = True
+            else:
+                self.parse_errors += 1  # not JSON, or not an object
             return True
-        try:
-            obj = json.loads(data)
-        except ValueError:
-            self.parse_errors += 1
-            return True
-        if not isinstance(obj, dict):
-            self.parse_errors += 1
-            return True
-        if ev.event == "error" or obj.get("type") == "error":
+        typ = obj.get("type")
+        if typ == "error" or ev.event == "error":
             err = obj.get("error")
-            self._record_error(err if isinstance(err, dict) else obj)
+            self._record_error(err if err.__class__ is dict else obj)
             return True
         err = obj.get("error")
         if err:
-            self._record_error(err if isinstance(err, dict) else {"message": str(err)})
+            self._record_error(err if err.__class__ is dict else {"message": str(err)})
             return True
-        if self.api == "responses":
-            self._responses_event(obj, ev.event)
+        if self._responses:
+            self._responses_event(obj, typ if typ.__class__ is str else (ev.event or ""))
             return True
         return self._chat_chunk(obj)
 
     def _chat_chunk(self, obj: dict[str, Any]) -> bool:
         """Chat Completions / legacy Completions chunk; False to drop it."""
-        model = obj.get("model")
-        if isinstance(model, str) and model:
+        get = obj.get
+        model = get("model")
+        if model.__class__ is str and model:
             self.model_reported = model
-        tier = obj.get("service_tier")
-        if isinstance(tier, str) and tier:
+        tier = get("service_tier")
+        if tier != self.service_tier and tier.__class__ is str and tier:  # every chunk repeats it
             self._set_tier(tier)
-        choices = obj.get("choices")
-        finished = True  # every choice in this chunk carries a finish_reason
-        if isinstance(choices, list):
+        choices = get("choices")
+        if choices.__class__ is list:
+            pending = self._pending
             for choice in choices:
-                if not isinstance(choice, dict):
+                if choice.__class__ is not dict:
                     continue
-                if choice.get("finish_reason") is None:
-                    finished = False
-                idx = _key_part(choice.get("index", 0))
-                if self.api == "completions":
+                idx = choice.get("index", 0)
+                if idx.__class__ is not int and idx.__class__ is not str:
+                    idx = None  # see _key_part
+                if self._completions:
                     self._count((idx, "text"), choice.get("text"))
                 delta = choice.get("delta")
-                if isinstance(delta, dict):
-                    self._chat_delta(idx, delta)
-        usage = obj.get("usage")
-        if not isinstance(usage, dict):
+                if delta.__class__ is not dict:
+                    continue
+                for field, value in delta.items():  # usually a single key
+                    if field in _CHAT_TEXT_FIELDS:
+                        if value.__class__ is str and value:  # _count, inline
+                            key = (idx, field)
+                            texts = pending.get(key)
+                            if texts is None:
+                                pending[key] = [value]
+                            else:
+                                texts.append(value)
+                            self._pending_bytes += (len(value) if value.isascii()
+                                                    else len(value.encode("utf-8", "surrogatepass")))
+                    elif field == "tool_calls" or field == "function_call":
+                        self._chat_call_delta(idx, field, value)
+        usage = get("usage")
+        if usage.__class__ is not dict:
             return True
         try:
             self._usage = Usage.from_openai(usage)
@@ -257,50 +315,56 @@ class StreamMeter:
         else:
             # OpenAI sends usage once, in a chunk with choices == []; some compatible servers send
             # a running usage in every chunk: only a chunk that ends every choice is final
-            self._usage_final = finished
+            self._usage_final = not isinstance(choices, list) or all(
+                choice.get("finish_reason") is not None for choice in choices if isinstance(choice, dict))
         if self.hide_usage_chunk and not choices:
             self.usage_hidden = True
             return False
         return True
 
-    def _chat_delta(self, idx: str | int | None, delta: dict[str, Any]) -> None:
-        for field, value in delta.items():  # usually a single key
-            if field in _CHAT_TEXT_FIELDS:
-                self._count((idx, field), value)
-            elif field == "tool_calls":
-                if isinstance(value, list):
-                    for call in value:
-                        if isinstance(call, dict):
-                            fn = call.get("function")
-                            if isinstance(fn, dict):
-                                t = _key_part(call.get("index", 0))
-                                self._count((idx, "tool", t, "name"), fn.get("name"))
-                                self._count((idx, "tool", t, "arguments"), fn.get("arguments"))
-            elif field == "function_call":  # deprecated, still streamed by some servers
-                if isinstance(value, dict):
-                    self._count((idx, "function_call", "name"), value.get("name"))
-                    self._count((idx, "function_call", "arguments"), value.get("arguments"))
+    def _chat_call_delta(self, idx: str | int | None, field: str, value: Any) -> None:
+        if field == "tool_calls":
+            if isinstance(value, list):
+                for call in value:
+                    if isinstance(call, dict):
+                        fn = call.get("function")
+                        if isinstance(fn, dict):
+                            t = _key_part(call.get("index", 0))
+                            self._count((idx, "tool", t, "name"), fn.get("name"))
+                            self._count((idx, "tool", t, "arguments"), fn.get("arguments"))
+        elif isinstance(value, dict):  # function_call: deprecated, still streamed by some servers
+            self._count((idx, "function_call", "name"), value.get("name"))
+            self._count((idx, "function_call", "arguments"), value.get("arguments"))
 
-    def _responses_event(self, obj: dict[str, Any], event: str | None) -> None:
-        typ = obj.get("type")
-        if not isinstance(typ, str):
-            typ = event or ""
-        seq = obj.get("sequence_number")
-        if isinstance(seq, int) and not isinstance(seq, bool):
+    def _responses_event(self, obj: dict[str, Any], typ: str) -> None:
+        get = obj.get
+        seq = get("sequence_number")
+        if seq.__class__ is int:
             self._seq = seq
         if typ in _RESPONSES_TEXT_DELTAS:
-            key = (typ, _key_part(obj.get("item_id")), _key_part(obj.get("output_index")),
-                   _key_part(obj.get("content_index")), _key_part(obj.get("summary_index")))
-            self._count(key, obj.get("delta"))
+            # _key_part of each, inline
+            item = get("item_id")
+            if item.__class__ is not str and item.__class__ is not int:
+                item = None
+            out = get("output_index")
+            if out.__class__ is not int and out.__class__ is not str:
+                out = None
+            content = get("content_index")
+            if content.__class__ is not int and content.__class__ is not str:
+                content = None
+            summary = get("summary_index")
+            if summary.__class__ is not int and summary.__class__ is not str:
+                summary = None
+            self._count((typ, item, out, content, summary), get("delta"))
             return
-        resp = obj.get("response")
-        if not isinstance(resp, dict):
+        resp = get("response")
+        if resp.__class__ is not dict:
             return
         model = resp.get("model")
-        if isinstance(model, str) and model:
+        if model.__class__ is str and model:
             self.model_reported = model
         tier = resp.get("service_tier")
-        if isinstance(tier, str) and tier:
+        if tier != self.service_tier and tier.__class__ is str and tier:
             self._set_tier(tier)
         if typ in _RESPONSES_TERMINAL:
             self.done = True
@@ -318,10 +382,10 @@ class StreamMeter:
 
     # -- helpers ---------------------------------------------------------------------------------
     def _count(self, key: tuple, text: Any) -> None:
-        if not isinstance(text, str) or not text:
+        if text.__class__ is not str or not text:
             return
         self._pending.setdefault(key, []).append(text)
-        self._pending_bytes += len(text.encode("utf-8", "surrogatepass"))
+        self._pending_bytes += len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
     def _flush(self) -> None:
         """Tokenise the pending text (one tiktoken call per stream instead of one per event)."""

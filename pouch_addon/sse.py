@@ -23,6 +23,14 @@ Cost: a ``feed`` looks for line ends only in the bytes that arrived since the la
 scanned and copied a bounded number of times, so a ``feed`` is O(len(chunk)) however the stream
 is cut (a long line arriving in many small chunks is not rescanned), and UTF-8 is decoded once per
 complete event (so a character split across chunks is never decoded in halves).
+
+Fast path: ``feed`` runs for every chunk of every metered stream, and LLM APIs send "\n" line
+ends and events of one ``data:`` line (``event:`` + ``data:`` for Responses). A chunk without
+"\r" is cut at its blank lines with one ``bytes.split`` (a chunk of exactly one event with a
+few ``find`` calls, no split at all), an event begun in earlier chunks is framed again from its
+held bytes when it ends, and a partial tail is only stored. Any other shape (several lines,
+other fields, a "\r", a byte-order mark, an oversize event) falls back to the general path
+above, which gives the same events however the stream is cut -- so the result is identical.
 """
 
 from __future__ import annotations
@@ -80,24 +88,33 @@ class SSEParser:
         """Add bytes; return the events they complete (the partial tail is kept)."""
         if not chunk:
             return []
-        self._buf += chunk
+        if type(chunk) is not bytes:
+            chunk = bytes(chunk)
+        if self._buf:
+            if self._bom_checked and 13 not in chunk:
+                return self._feed_lf(chunk)
+            return self._feed(chunk)
         if not self._bom_checked:
-            if len(self._buf) < len(_BOM) and _BOM.startswith(bytes(self._buf)):
-                return []  # could still be a split byte-order mark
-            self._skip_bom()
-        events: list[SSEEvent] = []
-        try:
-            self._lines(events, final=False)
-        finally:
-            # drop the bytes of the events already returned (one move per feed, not per event)
-            if self._start:
-                del self._buf[: self._start]
-                self._pos -= self._start
-                self._scan -= self._start
-                self._start = 0
-        if len(self._buf) > self.max_event_bytes:
-            raise SSEError(self._too_big(len(self._buf), complete=False), events)
-        return events
+            if chunk[0] == 0xEF:
+                return self._feed(chunk)  # perhaps a byte-order mark
+            self._bom_checked = True  # what _skip_bom decides for a stream not starting with 0xEF
+        if 13 in chunk:  # "\r"
+            return self._feed(chunk)
+        # The usual chunk: the parser is empty and the chunk is ONE event, "data:<line>\n\n" or
+        # "event:<line>\ndata:<line>\n\n" (what _lines + _line + _make give for it, inline)
+        end = len(chunk) - 2
+        nl = chunk.find(10)  # "\n"
+        if nl == end:
+            if chunk[-1] == 10 and chunk.startswith(b"data:") and end + 2 <= self.max_event_bytes:
+                data = chunk[6:end] if chunk[5] == 32 else chunk[5:end]
+                return [SSEEvent(None, data.decode("utf-8", "replace"), chunk)]
+        elif (0 < nl < end and chunk[-1] == 10 and chunk.startswith(b"event:")
+              and chunk.startswith(b"data:", nl + 1) and chunk.find(10, nl + 1) == end
+              and end + 2 <= self.max_event_bytes):
+            name = chunk[7:nl] if chunk[6] == 32 else chunk[6:nl]
+            data = chunk[nl + 7:end] if chunk[nl + 6] == 32 else chunk[nl + 6:end]
+            return [SSEEvent(name.decode("utf-8", "replace"), data.decode("utf-8", "replace"), chunk)]
+        return self._feed_lf(chunk)
 
     def flush(self) -> tuple[list[SSEEvent], bytes]:
         """End of stream: the remaining events (a final one without its blank line included) and
@@ -120,6 +137,106 @@ class SSEParser:
         self._reset()
         self._bom_checked = False
         return events, leftover
+
+    # -- the fast path: no "\r" in the chunk -------------------------------------------------------
+    def _feed_lf(self, chunk: bytes) -> list[SSEEvent]:
+        """``feed`` of a chunk without "\r" (the byte-order mark already handled).
+
+        The events that end in the chunk are cut out with ``bytes.split(b"\n\n")`` by
+        ``_whole_events`` when each is one of the usual shapes; any other shape goes through the
+        general ``_feed``. An unfinished event held from earlier chunks (without "\r") is parsed
+        again from its bytes together with the chunk that ends it (each byte at most once more),
+        and an unfinished tail is only stored (its lines are parsed when it ends, or by the
+        general path). The general parser gives the same events however the stream is cut, and
+        wherever the stream so far ends in a blank line the parser is empty (the last line is
+        blank, no "\r" can pair with its "\n"), so the pieces can be framed separately.
+        """
+        buf = self._buf
+        if buf:
+            if chunk.find(b"\n\n") < 0 and not (chunk[0] == 10 and buf[-1] == 10):
+                return self._feed(chunk)  # the held event goes on
+            if buf[0] == 0xEF or 13 in buf:  # a byte-order mark's bytes (as data), a "\r"
+                return self._feed(chunk)
+            chunk = bytes(buf) + chunk
+            buf.clear()  # _reset
+            self._start = self._pos = self._scan = 0
+            self._event = None
+            if self._data:
+                self._data = []
+        end = chunk.rfind(b"\n\n") + 2
+        if end == len(chunk):  # the common case: whole events only
+            events = self._whole_events(chunk)
+            return self._feed(chunk) if events is None else events
+        events = []
+        if end > 1:
+            whole = chunk[:end]
+            fast = self._whole_events(whole)
+            if fast is None:
+                events = self._feed(whole)  # may raise: nothing earlier to add
+            else:
+                events = fast
+        tail = chunk[end:] if end > 1 else chunk
+        if len(tail) > self.max_event_bytes:  # the general path raises the error
+            try:
+                return events + self._feed(tail)
+            except SSEError as exc:
+                exc.events[:0] = events  # the events completed earlier in this feed
+                raise
+        # the parser is empty: store the tail with its lines unparsed (_pos == _scan == 0)
+        self._buf += tail
+        return events
+
+    def _whole_events(self, seg: bytes) -> list[SSEEvent] | None:
+        """The events of ``seg`` -- whole events ending in a blank line, "\n" line ends only, the
+        parser empty -- when every one is ``data:<line>``, ``event:<line>`` + ``data:<line>`` or
+        a one-line ``:comment``; None otherwise (nothing consumed; the caller uses ``_feed``)."""
+        if len(seg) > self.max_event_bytes:
+            return None  # the general path reports which event is too big
+        parts = seg.split(b"\n\n")
+        if parts.pop():  # "\n\n\n": a blank line more
+            return None
+        single = len(parts) == 1
+        events: list[SSEEvent] = []
+        for part in parts:
+            if 10 not in part:  # one line
+                if part.startswith(b"data:"):
+                    name = None
+                    data = part[6:] if part[5:6] == b" " else part[5:]
+                elif part.startswith(b":"):  # a keep-alive comment
+                    events.append(SSEEvent(None, "", seg if single else part + b"\n\n", False))
+                    continue
+                else:
+                    return None
+            else:
+                nl = part.find(10)
+                if not part.startswith(b"event:") or not part.startswith(b"data:", nl + 1) \
+                        or part.find(10, nl + 1) >= 0:
+                    return None
+                name = (part[7:nl] if part[6:7] == b" " else part[6:nl]).decode("utf-8", "replace")
+                data = part[nl + 7:] if part[nl + 6:nl + 7] == b" " else part[nl + 6:]
+            events.append(SSEEvent(name, data.decode("utf-8", "replace"), seg if single else part + b"\n\n"))
+        return events
+
+    # -- the general path ------------------------------------------------------------------------
+    def _feed(self, chunk: bytes) -> list[SSEEvent]:
+        self._buf += chunk
+        if not self._bom_checked:
+            if len(self._buf) < len(_BOM) and _BOM.startswith(bytes(self._buf)):
+                return []  # could still be a split byte-order mark
+            self._skip_bom()
+        events: list[SSEEvent] = []
+        try:
+            self._lines(events, final=False)
+        finally:
+            # drop the bytes of the events already returned (one move per feed, not per event)
+            if self._start:
+                del self._buf[: self._start]
+                self._pos -= self._start
+                self._scan -= self._start
+                self._start = 0
+        if len(self._buf) > self.max_event_bytes:
+            raise SSEError(self._too_big(len(self._buf), complete=False), events)
+        return events
 
     # -- internals -------------------------------------------------------------------------------
     def _skip_bom(self) -> None:

@@ -444,3 +444,181 @@ def test_constructor_validation():
         meter(tier="platinum")
     with pytest.raises(ValueError, match="input_tokens"):
         meter(input_tokens=-1)
+
+
+# -- the fast paths: same bytes and state however the stream is cut --------------------------------
+
+import random  # noqa: E402
+
+from pouch_addon.sse import SSEEvent, SSEParser  # noqa: E402
+
+
+class GeneralParser(SSEParser):
+    """Every chunk through the SSE parser's general path only."""
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        return self._feed(bytes(chunk)) if chunk else []
+
+
+def state(m: StreamMeter) -> dict:
+    """Everything observable about a meter (read after the stream: reading the count tokenises)."""
+    return {
+        "cut": m.cut, "cut_reason": m.cut_reason, "done": m.done, "events": m.events,
+        "parse_errors": m.parse_errors, "model_reported": m.model_reported,
+        "service_tier": m.service_tier, "provider_error": m.provider_error,
+        "usage_hidden": m.usage_hidden, "usage_source": m.usage_source, "usage_final": m.usage_final,
+        "final_usage": m.final_usage(), "running_cost": m.running_cost,
+        "output_tokens": m.output_tokens_counted, "checkpoint": m.checkpoint(),
+    }
+
+
+def metered(make, chunks: list[bytes], *, general: bool = False) -> tuple[bytes, dict]:
+    m = make()
+    if general:
+        m._parser = GeneralParser(m._parser.max_event_bytes)
+    out = []
+    for chunk in chunks:
+        got = m.feed(chunk)
+        assert len(got) <= 1 and b"" not in got
+        out += got
+    end = m.finish()
+    assert len(end) <= 1 and b"" not in end
+    return b"".join(out + end), state(m)
+
+
+def by_event(stream: bytes, crlf: bool = False) -> list[bytes]:
+    sep = b"\r\n\r\n" if crlf else b"\n\n"
+    parts = stream.split(sep)
+    return [p + sep for p in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
+
+
+def assert_same_however_cut(make, stream: bytes, seeds=range(30), crlf: bool = False) -> tuple[bytes, dict]:
+    expected = metered(make, [stream[i:i + 1] for i in range(len(stream))], general=True)
+    assert metered(make, [stream]) == expected
+    assert metered(make, by_event(stream, crlf)) == expected
+    for seed in seeds:
+        rng = random.Random(seed)
+        events = by_event(stream, crlf)
+        # several events per chunk
+        grouped, i = [], 0
+        while i < len(events):
+            k = rng.randint(1, 4)
+            grouped.append(b"".join(events[i:i + k]))
+            i += k
+        assert metered(make, grouped) == expected, seed
+        # random cuts
+        cuts = sorted(rng.sample(range(1, len(stream)), min(len(stream) - 1, rng.randint(1, 25))))
+        assert metered(make, split_at(stream, cuts)) == expected, (seed, cuts)
+    return expected
+
+
+def split_at(data: bytes, cuts: list[int]) -> list[bytes]:
+    bounds = [0, *cuts, len(data)]
+    return [data[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+N2 = [chat({"content": w}, index=i % 2) for i, w in enumerate(WORDS)] + [
+    chat({}, index=0, finish="stop"), chat({}, index=1, finish="stop")]
+TOOLS = [
+    chat({"role": "assistant", "content": None, "tool_calls": [
+        {"index": 0, "id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": ""}}]}),
+    chat({"tool_calls": [{"index": 0, "function": {"arguments": '{"city":'}}]}),
+    chat({"function_call": {"name": "lookup", "arguments": '{"q":"x"}'}}),
+    chat({"refusal": "I cannot help with that."}),
+    chat({"reasoning_content": "Let me think \u4f60\u597d \U0001F600."}),
+]
+
+
+@pytest.mark.parametrize("hide", [True, False])
+def test_same_however_cut_chat(hide):
+    stream = b"".join(CONTENT + N2 + TOOLS) + chat({"content": "caf\u00e9"}, tier="priority") + USAGE_CHUNK + DONE
+    out, st = assert_same_however_cut(lambda: meter(hide=hide, tier="auto"), stream)
+    assert (out == stream) is (not hide)
+    assert st["usage_hidden"] is hide and st["done"] and st["service_tier"] == "default"
+
+
+def test_same_however_cut_completions():
+    chunks = [sse({"id": "cmpl-1", "object": "text_completion", "created": 1, "model": "gpt-3.5-turbo-instruct",
+                   "choices": [{"text": t, "index": 0, "logprobs": None, "finish_reason": None}]})
+              for t in ("Hi", " there", " \U0001F600")]
+    chunks.append(sse({"id": "cmpl-1", "object": "text_completion", "created": 1, "model": "gpt-3.5-turbo-instruct",
+                       "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}}))
+    out, st = assert_same_however_cut(lambda: meter("completions", hide=True), b"".join(chunks) + DONE)
+    assert out == b"".join(chunks[:3]) + DONE and st["usage_hidden"]
+
+
+def test_same_however_cut_responses():
+    stream = (b"".join(R_HEAD) + b": keep-alive\n\n"
+              + rev(9, "response.completed", response=resp_obj("completed", R_USAGE)))
+    out, st = assert_same_however_cut(lambda: meter("responses"), stream)
+    assert out == stream and st["output_tokens"] == 16 and st["usage_source"] == "provider"
+
+
+def test_same_however_cut_crlf_stream():
+    lf = b"".join(CONTENT) + USAGE_CHUNK + DONE
+    stream = lf.replace(b"\n", b"\r\n")
+    out, st = assert_same_however_cut(lambda: meter(hide=True), stream, crlf=True)
+    assert out == b"".join(CONTENT).replace(b"\n", b"\r\n") + b"data: [DONE]\r\n\r\n"
+    responses = (b"".join(R_HEAD)).replace(b"\n", b"\r\n")
+    assert_same_however_cut(lambda: meter("responses"), responses, seeds=range(10), crlf=True)
+
+
+def test_same_however_cut_comments_multiline_data_and_odd_events():
+    multi = b"data: " + json.dumps({"choices": [{"index": 0, "delta": {"content": " multi line"}}]}).encode()
+    multi = multi.replace(b'"delta": ', b'"delta":\ndata: ')  # the JSON split over two data lines
+    stream = b"".join([
+        b": keep-alive\n\n", CONTENT[0], b":\n\n", multi + b"\n\n", b"\n",
+        b"id: 3\nevent: message\ndata: " + json.dumps({"choices": [{"delta": {"content": " x"}}]}).encode() + b"\n\n",
+        b"data: {not json\n\n", b'data:  {"choices": []}\n\n', b"event: ping\n\n",
+        b'data: {"choices":[{"delta":{"content":"\\"usage\\": 5"}}], "usage": null}\n\n',
+        b'data: {"error": "overloaded"}\n\n', CONTENT[1], DONE, b": trailing",
+    ])
+    out, st = assert_same_however_cut(lambda: meter(), stream)
+    assert out == stream
+    assert st["parse_errors"] == 1 and st["provider_error"] == {"message": "overloaded"}
+    assert st["output_tokens"] == count_text(" multi line", "gpt-4o") + 1 + count_text('"usage": 5', "gpt-4o") + 1
+
+
+@pytest.mark.parametrize("reservation", ["0.0003", "0.00027", "0.0001"])
+def test_same_however_cut_with_a_cut_off(reservation):
+    words = [chat({"content": w}) for w in WORDS]
+    stream = CONTENT[0] + b"".join(words) + USAGE_CHUNK + DONE
+    out, st = assert_same_however_cut(lambda: meter(reservation=reservation, hide=True), stream)
+    assert st["cut"] and st["cut_reason"] == "budget_exceeded"
+    assert out.endswith(b"data: [DONE]\n\n") and b"budget reservation" in out
+    deltas = [rev(4 + i, "response.output_text.delta", item_id="msg_1", output_index=0, content_index=0,
+                  delta=w, logprobs=[]) for i, w in enumerate(WORDS)]
+    out, st = assert_same_however_cut(lambda: meter("responses", reservation=reservation),
+                                      R_HEAD[0] + b"".join(deltas), seeds=range(10))
+    assert st["cut"] and out.endswith(b"}}\n\n") and b"event: error\n" in out
+
+
+def test_same_however_cut_oversize_event():
+    # the error message depends on where the stream was cut (an unfinished event of at least N
+    # bytes, or a complete event of M bytes), as it always did; everything else does not
+    stream = CONTENT[1] + CONTENT[2] + b"data: " + b"x" * 500 + b"\n\n" + CONTENT[3]
+    make = lambda: meter(max_event_bytes=400)  # noqa: E731
+    ref_out, ref_state = metered(make, [stream[i:i + 1] for i in range(len(stream))], general=True)
+    assert ref_state["cut_reason"] == "stream_error"
+    head = CONTENT[1] + CONTENT[2] + b'data: {"error": {"message": "pouch: an '
+    assert ref_out.startswith(head)
+    rng = random.Random(5)
+    for chunks in ([stream], by_event(stream), *(
+            split_at(stream, sorted(rng.sample(range(1, len(stream)), rng.randint(1, 20)))) for _ in range(30))):
+        out, st = metered(make, chunks)
+        assert st == ref_state and out.startswith(head) and out.endswith(b"data: [DONE]\n\n"), chunks
+
+
+def test_escaped_usage_in_content_is_text_not_usage():
+    tricky = chat({"content": '{"usage": {"prompt_tokens": 1}}, "choices": []'})
+    m = meter(hide=True)
+    assert pump(m, [tricky + DONE]) == tricky + DONE
+    assert m.usage_source == "counted" and m.usage_hidden is False
+
+
+def test_reservation_below_input_cost_cuts_even_after_a_keep_alive():
+    # the cut-off test runs after every event, a comment too (not only after events with data)
+    m = meter(reservation="0.0001")
+    out = m.feed(b": ping\n\n" + CONTENT[0])
+    assert m.cut is True and m.events == 0
+    assert out[0].startswith(b': ping\n\ndata: {"error": {"message": "pouch: budget reservation of $0.000100')

@@ -206,3 +206,159 @@ def test_many_events_in_one_chunk():
     events = SSEParser().feed(data)
     assert [e.data for e in events] == [str(i) for i in range(5000)]
     assert b"".join(e.raw for e in events) == data
+
+
+# -- the fast path gives exactly what the general path gives --------------------------------------
+
+class GeneralParser(SSEParser):
+    """Every chunk through the general path only (as before the fast path existed)."""
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        return self._feed(bytes(chunk)) if chunk else []
+
+
+def reference(stream: bytes) -> tuple[list[SSEEvent], bytes]:
+    """The general path, byte by byte."""
+    return run([stream[i:i + 1] for i in range(len(stream))], GeneralParser())
+
+
+def random_stream(rng: random.Random, crlf: bool = False) -> bytes:
+    """Events of every shape the fast path handles, and a few it hands to the general path."""
+    shapes = [
+        lambda: b'data: {"choices":[{"delta":{"content":"%d"}}]}\n\n' % rng.randint(0, 99),
+        lambda: b"data:" + ("caf\u00e9 " + EMOJI).encode() + b"\n\n",
+        lambda: b"event: response.output_text.delta\ndata: {\"delta\":\"x\"}\n\n",
+        lambda: b"event:e\ndata:\n\n",
+        lambda: b": keep-alive\n\n",
+        lambda: b":\n\n",
+        lambda: b"data: line one\ndata: line two\n\n",          # multi-line data
+        lambda: b"event: a\nid: 7\ndata: x\n\n",                 # another field
+        lambda: b"id: 1\n\n",                                    # no data
+        lambda: b"event: only-a-name\n\n",
+        lambda: b"\n",                                           # a stray blank line
+        lambda: b"data: [DONE]\n\n",
+        lambda: b"data\n\n",
+        lambda: b"data: \xff\xfe bad utf-8\n\n",
+        lambda: b"data: a\r\n\r\n",                              # CRLF inside an LF stream
+        lambda: b"data: b\r\r",
+        lambda: b"data: c\r\n\n",                                # mixed line ends
+        lambda: b"event: e\rdata: d\n\n",
+        lambda: b"\xef\xbb\xbfdata: bom in the middle\n\n",
+    ]
+    weights = [30, 5, 15, 2, 4, 1, 3, 2, 1, 1, 2, 1, 1, 1, 1, 1, 1, 1, 1]
+    out = b"".join(rng.choices(shapes, weights)[0]() for _ in range(rng.randint(1, 40)))
+    if crlf:
+        out = out.replace(b"\r", b"").replace(b"\n", b"\r\n")
+    if rng.random() < 0.1:
+        out = _BOM_BYTES + out
+    if rng.random() < 0.3:
+        out += rng.choice([b"data: unterminated", b"data: x\n", b": trailing comment", b"event: e\ndata: y\r"])
+    return out
+
+
+_BOM_BYTES = b"\xef\xbb\xbf"
+
+
+def random_chunks(rng: random.Random, stream: bytes) -> list[bytes]:
+    mode = rng.randrange(3)
+    if mode == 0:  # random cuts
+        k = rng.randint(0, min(30, len(stream) - 1))
+        return split(stream, rng.sample(range(1, len(stream)), k))
+    # at event ends (one or several events per chunk), sometimes cut inside an event too
+    ends = [i + 2 for i in range(len(stream) - 1) if stream[i:i + 2] == b"\n\n"]
+    cuts = [e for e in ends if e < len(stream) and (mode == 1 or rng.random() < 0.4)]
+    if rng.random() < 0.3 and len(stream) > 1:
+        cuts.append(rng.randrange(1, len(stream)))
+    return split(stream, sorted(set(cuts)))
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_fast_path_equals_general_path_on_random_streams_and_splits(seed):
+    rng = random.Random(seed)
+    for _ in range(25):
+        stream = random_stream(rng, crlf=rng.random() < 0.15)
+        expected = reference(stream)
+        assert b"".join(e.raw for e in expected[0]) + expected[1] == stream
+        for _ in range(4):
+            chunks = random_chunks(rng, stream)
+            assert run(chunks) == expected, (stream, chunks)
+
+
+def test_held_event_with_a_cr_completed_by_a_chunk_without_one():
+    for stream in (b"data: a\r\n\ndata: b\n\n", b"data: a\r\rdata: b\n\n", b"data: a\rdata: c\n\ndata: b\n\n",
+                   b"event: e\r\ndata: a\n\n", b": c\r\n\ndata: a\n\n", b"data: a\n\r\ndata: b\n\n"):
+        expected = reference(stream)
+        for cut in range(1, len(stream)):
+            assert run(split(stream, [cut])) == expected, (stream, cut)
+            for cut2 in range(cut + 1, len(stream)):
+                assert run(split(stream, [cut, cut2])) == expected, (stream, cut, cut2)
+
+
+def test_fast_path_is_taken_for_usual_streams(monkeypatch):
+    calls = []
+    general = SSEParser._feed
+    monkeypatch.setattr(SSEParser, "_feed", lambda self, chunk: calls.append(chunk) or general(self, chunk))
+    chat = [b'data: {"n":%d}\n\n' % i for i in range(20)] + [b"data: [DONE]\n\n"]
+    responses = [b'event: response.output_text.delta\ndata: {"n":%d}\n\n' % i for i in range(20)]
+    for chunks in (chat, responses, [b"".join(chat)], [b": ping\n\n" + b"".join(responses)]):
+        parser = SSEParser()
+        events = [e for c in chunks for e in parser.feed(c)]
+        assert b"".join(e.raw for e in events) == b"".join(chunks)
+        assert all(e.raw is c for e, c in zip(events, chunks)) or len(chunks) == 1  # no copy
+    assert calls == []
+    # a chunk ending inside an event: the tail is stored, then framed with the chunk that ends it
+    parser = SSEParser()
+    assert parser.feed(chat[0] + chat[1][:5]) == [SSEEvent(None, '{"n":0}', chat[0])]
+    assert parser.feed(chat[1][5:] + chat[2]) == [SSEEvent(None, '{"n":1}', chat[1]),
+                                                  SSEEvent(None, '{"n":2}', chat[2])]
+    assert calls == []
+
+
+def test_fast_path_single_event_shapes():
+    for raw, expected in [
+        (b"data:x\n\n", SSEEvent(None, "x", b"data:x\n\n")),
+        (b"data:\n\n", SSEEvent(None, "", b"data:\n\n")),
+        (b"data:  x\n\n", SSEEvent(None, " x", b"data:  x\n\n")),
+        (b"event:\ndata:\n\n", SSEEvent("", "", b"event:\ndata:\n\n")),
+        (b"event:  e\ndata:  d\n\n", SSEEvent(" e", " d", b"event:  e\ndata:  d\n\n")),
+        (b"event: e\ndata: d\ndata: f\n\n", SSEEvent("e", "d\nf", b"event: e\ndata: d\ndata: f\n\n")),
+        (b"event: e\n\n", SSEEvent("e", "", b"event: e\n\n", has_data=False)),
+        (b"data: x\n\n\n", None),  # an event and a stray blank line
+        (b"\n\n", None),
+        (b"dat: x\n\n", SSEEvent(None, "", b"dat: x\n\n", has_data=False)),
+    ]:
+        got = SSEParser().feed(raw)
+        assert got == GeneralParser().feed(raw)
+        if expected is not None:
+            assert got == [expected]
+
+
+def test_fast_path_respects_the_size_limit():
+    ok = b"data: " + b"x" * 56 + b"\n\n"  # 64 bytes
+    assert SSEParser(max_event_bytes=64).feed(ok) == [SSEEvent(None, "x" * 56, ok)]
+    with pytest.raises(SSEError, match="an SSE event of 65 bytes exceeds"):
+        SSEParser(max_event_bytes=64).feed(b"data: " + b"x" * 57 + b"\n\n")
+    with pytest.raises(SSEError, match="an SSE event of 65 bytes exceeds") as info:
+        SSEParser(max_event_bytes=64).feed(b"event: e\ndata: " + b"x" * 48 + b"\n\n")
+    # several events in a chunk: the ones before the big one come with the error
+    with pytest.raises(SSEError, match="an SSE event of 108 bytes") as info:
+        SSEParser(max_event_bytes=64).feed(b"data: a\n\ndata: b\n\n" + b"data: " + b"x" * 100 + b"\n\ndata: c\n\n")
+    assert [e.data for e in info.value.events] == ["a", "b"]
+    # whole events, then an unfinished tail over the limit
+    with pytest.raises(SSEError, match="unfinished SSE event of at least 106 bytes") as info:
+        SSEParser(max_event_bytes=64).feed(b"data: a\n\ndata: " + b"x" * 100)
+    assert [e.data for e in info.value.events] == ["a"]
+    # a held event completed by a later chunk
+    parser = SSEParser(max_event_bytes=64)
+    parser.feed(b"data: a\n\ndata: " + b"x" * 50)
+    with pytest.raises(SSEError, match="an SSE event of 68 bytes") as info:
+        parser.feed(b"y" * 10 + b"\n\ndata: b\n\n")
+    assert info.value.events == []
+
+
+def test_bytearray_and_memoryview_chunks():
+    data = b"data: a\n\nevent: e\ndata: b\n\n"
+    for kind in (bytearray, memoryview):
+        events, leftover = run([kind(data[:12]), kind(data[12:])])
+        assert events == reference(data)[0] and leftover == b""
+        assert all(type(e.raw) is bytes for e in events)
