@@ -6,6 +6,8 @@
   (``--quick``: 200,000 vs 1,000);
 - ``proxy_bench.py``: pouch vs bare mitmdump, same run: throughput and latency, latency of a
   small request under streaming load, peak memory of long streams (``--quick``: ~1-2 min);
+- ``meter_bench.py``: the per-chunk cost of metering an SSE stream vs splitting + ``json.loads``;
+- ``identity_bench.py``: attributing a connection to its local process, pouch's lookup vs psutil;
 - ``tui_bench.py``: if present.
 
 Each benchmark runs as a subprocess with this interpreter, its output shown as it comes.
@@ -98,6 +100,11 @@ def main() -> int:
         ("ledger_bench", [py, str(BENCH / "ledger_bench.py")] + (["--big", "200000"] if args.quick else []), 1200),
         ("proxy_bench", [py, str(BENCH / "proxy_bench.py")] + (["--quick"] if args.quick else []), 1200),
     ]
+    for name in ("meter_bench", "identity_bench"):
+        script = BENCH / f"{name}.py"
+        if script.exists():
+            plan.append((name, [py, str(script)] + (["--quick"] if args.quick and supports(script, "--quick") else []),
+                         600))
     tui = BENCH / "tui_bench.py"
     if tui.exists():
         plan.append(("tui_bench", [py, str(tui)] + (["--quick"] if args.quick and supports(tui, "--quick") else []),

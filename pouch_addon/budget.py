@@ -646,6 +646,8 @@ class Ledger:
         self._committer: threading.Thread | None = None
         self._last_commit = 0.0  # time.monotonic() at the end of the last group commit
         self.commit_delay = commit_delay
+        self.commits = 0  # group commits written by this object, and the operations they carried
+        self.operations = 0
         self.owner = Owner.current()
 
     # -- transactions ------------------------------------------------------------------------
@@ -775,6 +777,8 @@ class Ledger:
                     except Exception as exc:  # one bad operation does not fail the others
                         s.error = exc
                 self._commit(txn)
+            self.commits += 1
+            self.operations += len(batch)
         except Exception as exc:  # the load or the commit failed: nothing of the batch happened
             for s in batch:
                 s.error = exc

@@ -234,3 +234,6 @@ class Metering:
             await self._settle(call, result)
         if self._settles:
             await asyncio.gather(*self._settles, return_exceptions=True)
+        ledger = self.core.ledger
+        if ledger is not None and ledger.commits:
+            log.info(f"pouch: ledger: {ledger.operations} operations in {ledger.commits} group commits")
