@@ -131,8 +131,10 @@ class Metering:
         elif call.meter is not None:
             m = call.meter
             usage = m.final_usage() if m.usage_source == "provider" else None
+            # the provider's usage is authoritative: tokenise our copy of the text only without it
+            counted = m.output_tokens_counted if usage is None else 0
             result = settlement.completed(
-                table, call.plan, usage, m.output_tokens_counted,
+                table, call.plan, usage, counted,
                 model_reported=m.model_reported, tier_reported=m.service_tier,
                 status="ok" if m.done else "incomplete")
         else:
@@ -161,7 +163,8 @@ class Metering:
         if m is not None:
             who = "client_disconnect" if msg == CLIENT_GONE else "upstream_disconnect"
             usage = m.final_usage() if m.usage_source == "provider" else None
-            result = settlement.partial(call.plan, call.reserved, m.output_tokens_counted, who, usage)
+            counted = m.output_tokens_counted if usage is None else 0
+            result = settlement.partial(call.plan, call.reserved, counted, who, usage)
         elif call.response_started:
             # a non-streamed body that broke off: the provider had finished generating
             result = settlement.unanswered(call.reserved, sent=True)
