@@ -58,6 +58,7 @@ from .ledger_store import (
     FileLock,
     HistoryLog,
     LedgerCorrupt,
+    canonical_json,
     corrupt_message,
 )
 from .money import ZERO, format_usd, usd_str
@@ -155,6 +156,16 @@ class Reservation:
     owner: Owner
     meta: dict[str, Any] = field(default_factory=dict)
     checkpoint: dict[str, Any] | None = None
+    # (the checkpoint it was made with, canonical JSON): a reservation is written with every
+    # state write while it is open, and only its checkpoint ever changes (replaced, not mutated)
+    _json: tuple[Any, bytes] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def canonical_json(self) -> bytes:
+        """``to_dict()`` as canonical JSON (sorted keys, no spaces), cached until the checkpoint changes."""
+        cached = self._json
+        if cached is None or cached[0] is not self.checkpoint:
+            cached = self._json = (self.checkpoint, canonical_json(self.to_dict()))
+        return cached[1]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -531,6 +542,10 @@ class LedgerState:
 
     # -- (de)serialisation as TinyDB tables --------------------------------------------------
     def to_tables(self) -> dict[str, dict[str, Any]]:
+        return {**self.to_tables_without_open(),
+                "open": {str(i): r.to_dict() for i, r in enumerate(self.open.values(), start=1)}}
+
+    def to_tables_without_open(self) -> dict[str, dict[str, Any]]:
         ledger = {
             "budget": usd_str(self.budget),
             "spent": usd_str(self.spent),
@@ -542,11 +557,16 @@ class LedgerState:
             "history_file": self.history_file,
             "history_size": self.history_size,
         }
-        return {
-            "ledger": {"1": ledger},
-            "open": {str(i): r.to_dict() for i, r in enumerate(self.open.values(), start=1)},
-            "wallets": {w.name: w.to_dict() for w in self.wallets.values()},
-        }
+        return {"ledger": {"1": ledger}, "wallets": {w.name: w.to_dict() for w in self.wallets.values()}}
+
+    def canonical_tables(self) -> bytes:
+        """Exactly ``canonical_json(self.to_tables())``, built from each open reservation's cached
+        JSON: a busy proxy writes the state per group commit with every reservation in flight."""
+        tables = self.to_tables_without_open()
+        opens = {str(i): r for i, r in enumerate(self.open.values(), start=1)}
+        open_json = b",".join(b'"%s":%s' % (k.encode(), opens[k].canonical_json()) for k in sorted(opens))
+        return b'{"ledger":%s,"open":{%s},"wallets":%s}' % (
+            canonical_json(tables["ledger"]), open_json, canonical_json(tables["wallets"]))
 
     @classmethod
     def from_tables(cls, tables: dict[str, dict[str, Any]]) -> LedgerState:
@@ -714,7 +734,7 @@ class Ledger:
         for name in sorted(by_partition):
             st.history_size = self._history.append(name, by_partition[name])
             st.history_file = name
-        self._storage.write(st.to_tables(), durable=txn.durable or None)
+        self._storage.write_canonical(st.canonical_tables(), durable=txn.durable or None)
         self._committed = (self._storage.identity(), st)
 
     def _run(self, op: Callable[[_Txn], Any]) -> Any:

@@ -55,8 +55,10 @@ def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def _canonical(tables: dict[str, Any]) -> bytes:
-    return json.dumps(tables, sort_keys=True, separators=(",", ":")).encode()
+def canonical_json(value: Any) -> bytes:
+    """The one serialisation the state file's checksum covers: sorted keys, no spaces."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+
 
 
 def _fsync_dir(path: Path) -> None:
@@ -134,15 +136,21 @@ class AtomicJSONStorage(Storage):
             raise LedgerCorrupt(corrupt_message(self.path, f"not a pouch ledger ({exc})")) from None
         if fmt != FORMAT:
             raise LedgerCorrupt(corrupt_message(self.path, f"unknown format {fmt!r}"))
-        if hashlib.sha256(_canonical(tables)).hexdigest() != digest:
+        if hashlib.sha256(canonical_json(tables)).hexdigest() != digest:
             raise LedgerCorrupt(
                 corrupt_message(self.path, "its checksum does not match (edited by hand or damaged)")
             )
         return tables
 
     def write(self, data: dict[str, dict[str, Any]], *, durable: bool | None = None) -> None:
+        self._write(canonical_json(data), data, durable)
+
+    def write_canonical(self, canonical: bytes, *, durable: bool | None = None) -> None:
+        """Write tables already serialised by :func:`canonical_json` (the next read parses them)."""
+        self._write(canonical, None, durable)
+
+    def _write(self, canonical: bytes, data: dict[str, dict[str, Any]] | None, durable: bool | None) -> None:
         durable = self.durable if durable is None else durable
-        canonical = _canonical(data)
         payload = b"".join((_PREFIX, hashlib.sha256(canonical).hexdigest().encode(), _MIDDLE, canonical, b"}"))
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -162,7 +170,7 @@ class AtomicJSONStorage(Storage):
             os.link(self.path, link_tmp)
             os.replace(link_tmp, backup)
         os.replace(tmp, self.path)
-        self._seen = (key, data)
+        self._seen = (key, data) if data is not None else None
         if durable:
             _fsync_dir(self.path.parent)
 
@@ -190,7 +198,7 @@ class HistoryLog:
 
     def partitions(self) -> list[str]:
         """Partition file names, oldest first (names sort by date)."""
-        return sorted(p.name for p in self.dir.glob("*.jsonl"))
+        return sorted(n for n in os.listdir(self.dir) if n.endswith(".jsonl") and not n.startswith("."))
 
     def append(self, name: str, lines: list[dict[str, Any]]) -> int:
         """Append entries to partition ``name`` in one write and one fsync; return its new size."""
@@ -206,7 +214,7 @@ class HistoryLog:
 
     def size(self, name: str) -> int:
         try:
-            return self.path(name).stat().st_size
+            return os.stat(os.path.join(self.dir, name)).st_size
         except FileNotFoundError:
             return 0
 

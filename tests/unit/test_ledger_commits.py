@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from decimal import Decimal as D
 
@@ -117,16 +118,45 @@ def test_another_writer_is_seen_despite_the_cached_state(tmp_path):
 def test_a_failed_commit_leaves_no_trace_in_the_cached_state(tmp_path):
     ledger = Ledger(tmp_path)
     ledger.set_budget(D("1"))
-    real = ledger._storage.write
+    real = ledger._storage.write_canonical
 
     def fail_once(*a, **kw):
-        ledger._storage.write = real
+        ledger._storage.write_canonical = real
         raise OSError("disk full")
 
-    ledger._storage.write = fail_once
+    ledger._storage.write_canonical = fail_once
     with pytest.raises(OSError):
         ledger.reserve(D("0.9"))
     # the failed reservation is not in the state the next transaction starts from
     r = ledger.reserve(D("1"))
     assert isinstance(r, Reservation), r
     assert ledger.status().in_flight == 1 and ledger.verify() == []
+
+
+def test_the_state_written_is_the_canonical_serialisation(tmp_path):
+    """canonical_tables (cached per reservation) == canonical_json(to_tables()), byte for byte,
+    through reservations opening, checkpoints changing, settles and wallets."""
+    from pouch_addon.ledger_store import canonical_json
+
+    ledger = Ledger(tmp_path)
+    ledger.set_budget(D("10"))
+    ledger.add_wallet("app", D("5"), period="daily")
+    ids = [ledger.reserve(D("0.01") * (i + 1), {"endpoint": "/v1/x", "n": i, "ü": "é"}, wallet="app").id
+           for i in range(12)]
+    state = ledger.snapshot()
+    assert state.canonical_tables() == canonical_json(state.to_tables())
+    for round_ in range(3):
+        ledger.checkpoint({i: {"output_tokens": round_ * 10 + k, "running_cost": "0.001"} for k, i in enumerate(ids[::2])})
+        ledger.settle(ids.pop(), D("0.001"))
+        state = ledger.snapshot()
+        assert state.canonical_tables() == canonical_json(state.to_tables())
+        # what the committer wrote is canonical JSON of its tables (the checksum covers those bytes)
+        raw = (tmp_path / "state.json").read_bytes()
+        written = raw[raw.index(b'"tables":') + len(b'"tables":'):-1]
+        assert written == canonical_json(json.loads(written))
+        assert Ledger(tmp_path).verify() == []
+    # a cached fragment follows a checkpoint replaced on the live object
+    res = next(iter(state.open.values()))
+    before = res.canonical_json()
+    res.checkpoint = {"output_tokens": 999}
+    assert res.canonical_json() != before and b"999" in res.canonical_json()
