@@ -80,6 +80,8 @@ __all__ = [
 DEFAULT_WALLET = "default"
 #: a ledger that committed less than this long ago (s) is busy: its committer waits ``commit_delay``
 BUSY_WINDOW = 0.02
+#: a lazy ledger operation (see ``Ledger.submit``) is committed at the latest this long after it came (s)
+LAZY_DELAY = 0.025
 _WALLET_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-+@")
 
 
@@ -665,7 +667,10 @@ class Ledger:
         self._wake = threading.Condition(self._pending_lock)
         self._committer: threading.Thread | None = None
         self._last_commit = 0.0  # time.monotonic() at the end of the last group commit
+        self._urgent = 0  # pending operations someone waits on
+        self._lazy_since: float | None = None  # when the oldest pending lazy operation came
         self.commit_delay = commit_delay
+        self.lazy_delay = LAZY_DELAY
         self.commits = 0  # group commits written by this object, and the operations they carried
         self.operations = 0
         self.owner = Owner.current()
@@ -753,7 +758,7 @@ class Ledger:
                 self._drain()
         return slot.outcome()
 
-    def submit(self, op: Callable[[_Txn], Any]) -> Future:
+    def submit(self, op: Callable[[_Txn], Any], *, lazy: bool = False) -> Future:
         """Queue ``op`` for this ledger's committer thread; its outcome arrives on the future.
 
         For callers that must not block (mitmproxy's event loop: ``asyncio.wrap_future``). No
@@ -762,10 +767,20 @@ class Ledger:
         load), it first waits ``commit_delay`` seconds for more operations to join, so one disk
         round trip serves many calls (as PostgreSQL's ``commit_delay``); an idle ledger commits
         at once.
+
+        A ``lazy`` operation (a settle nobody waits for, a checkpoint) does not start a commit
+        by itself: it rides along with the next one, or is committed ``lazy_delay`` seconds
+        after it came. Under load this roughly halves the commits (each admission's commit
+        carries the settles finished meanwhile); a crash inside that window leaves the
+        reservation open, and the orphan rule settles it conservatively.
         """
         slot = _Slot(op, Future())
         with self._wake:
             self._pending.append(slot)
+            if not lazy:
+                self._urgent += 1
+            elif self._lazy_since is None:
+                self._lazy_since = time.monotonic()
             if self._committer is None:
                 self._committer = threading.Thread(target=self._commit_loop, name="pouch-ledger", daemon=True)
                 self._committer.start()
@@ -775,8 +790,14 @@ class Ledger:
     def _commit_loop(self) -> None:
         while True:
             with self._wake:
-                while not self._pending:
-                    self._wake.wait()
+                while not self._urgent:
+                    if self._lazy_since is None:
+                        self._wake.wait()
+                        continue
+                    left = self._lazy_since + self.lazy_delay - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._wake.wait(left)
             if self.commit_delay > 0 and time.monotonic() - self._last_commit < BUSY_WINDOW:
                 time.sleep(self.commit_delay)
             with self._lock.thread_lock:
@@ -786,6 +807,7 @@ class Ledger:
         """Run every pending operation in one transaction; the caller holds the thread lock."""
         with self._pending_lock:
             batch, self._pending = self._pending, []
+            self._urgent, self._lazy_since = 0, None
         if not batch:
             return
         try:

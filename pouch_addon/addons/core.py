@@ -54,11 +54,11 @@ class Core:
         self.vault_problem: str | None = None  # why the vault is not open, for clear 503s
         self.limits = RateBook()  # per-wallet rpm/tpm, in memory per proxy process
 
-    async def commit(self, op: Callable[..., Any]) -> Any:
+    async def commit(self, op: Callable[..., Any], *, lazy: bool = False) -> Any:
         """Run a ledger operation (``Ledger.*_op``) on the ledger's committer thread and await
-        its outcome without blocking the event loop."""
+        its outcome without blocking the event loop (``lazy``: see ``Ledger.submit``)."""
         ledger, _ = self.require()
-        return await asyncio.wrap_future(ledger.submit(op))
+        return await asyncio.wrap_future(ledger.submit(op, lazy=lazy))
 
     def require(self) -> tuple[Ledger, PriceTable]:
         if self.ledger is None or self.table is None:

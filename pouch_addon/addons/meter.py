@@ -195,8 +195,9 @@ class Metering:
         ledger, _ = self.core.require()
         details = {**result.details(), "http_status": http_status, "estimated_cost": str(call.plan.worst_case)}
         try:
+            # nobody waits for a settle: it rides with the next admission's commit (see Ledger.submit)
             await self.core.commit(ledger.settle_op(call.reservation.id, result.cost,
-                                                    status=result.status, details=details))
+                                                    status=result.status, details=details), lazy=True)
         except NotOpen:
             log.error(f"pouch: reservation {call.reservation.id} was already settled")
         except Exception:
@@ -220,7 +221,7 @@ class Metering:
                     updates[call.reservation.id] = m.checkpoint()
             if updates and self.core.ledger is not None:
                 try:
-                    await self.core.commit(self.core.ledger.checkpoint_op(updates))
+                    await self.core.commit(self.core.ledger.checkpoint_op(updates), lazy=True)
                 except Exception:
                     log.exception("pouch: checkpoint write failed")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from decimal import Decimal as D
 
 import pytest
@@ -160,3 +161,24 @@ def test_the_state_written_is_the_canonical_serialisation(tmp_path):
     before = res.canonical_json()
     res.checkpoint = {"output_tokens": 999}
     assert res.canonical_json() != before and b"999" in res.canonical_json()
+
+
+def test_lazy_operations_ride_with_the_next_commit_or_wait_at_most_lazy_delay(tmp_path):
+    ledger = Ledger(tmp_path)
+    ledger.set_budget(D("1"))
+    ledger.lazy_delay = 0.3
+    commits = _count_commits(ledger)
+    r = ledger.submit(ledger.reserve_op(D("0.1"))).result(timeout=10)
+    assert len(commits) == 1
+    settle = ledger.submit(ledger.settle_op(r.id, D("0.05")), lazy=True)
+    time.sleep(0.1)
+    assert not settle.done() and len(commits) == 1  # a lazy settle alone does not commit yet
+    r2 = ledger.submit(ledger.reserve_op(D("0.1"))).result(timeout=10)  # ...it rides with this one
+    assert settle.done() and settle.result()["cost"] == "0.05"
+    assert isinstance(r2, Reservation) and len(commits) == 2
+    t0 = time.monotonic()
+    late = ledger.submit(ledger.settle_op(r2.id, D("0.01")), lazy=True)
+    assert late.result(timeout=10)["cost"] == "0.01"
+    waited = time.monotonic() - t0
+    assert 0.25 <= waited < 5, waited  # committed on its own after about lazy_delay
+    assert len(commits) == 3 and ledger.status().spent == D("0.06") and ledger.verify() == []
