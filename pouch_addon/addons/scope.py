@@ -64,6 +64,13 @@ class Scope:
             # mitmproxy shows `choices` in --options but never enforces them
             raise exceptions.OptionsError(
                 f"pouch_unknown_endpoints: expected block or pass, got {ctx.options.pouch_unknown_endpoints!r}")
+        if "stream_large_bodies" in updated and ctx.options.stream_large_bodies:
+            # mitmproxy sends a streamed request body upstream before the ``request`` hook runs,
+            # so such a call would leave before pouch could price it (fail open): refuse instead
+            raise exceptions.OptionsError(
+                "stream_large_bodies cannot be used with pouch: mitmproxy would send large request bodies "
+                "upstream before pouch can read and price them. Unset it; pouch_max_body_mb bounds request "
+                "bodies, and pouch streams SSE responses by itself.")
         if "pouch_max_body_mb" in updated and ctx.options.pouch_max_body_mb < 1:
             raise exceptions.OptionsError("pouch_max_body_mb must be at least 1")
 

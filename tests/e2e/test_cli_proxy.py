@@ -62,6 +62,8 @@ def run_mitmdump(home: Path, *sets: str) -> subprocess.CompletedProcess:
     ("pouch_route=nonsense", "pouch_route 'nonsense': expected HOST=ADDRESS:PORT"),
     ("pouch_input_margin=lots", "pouch_input_margin: expected a fraction"),
     ("pouch_unknown_endpoints=maybe", "pouch_unknown_endpoints"),
+    # mitmproxy would send a streamed request body upstream before pouch could price it
+    ("stream_large_bodies=1", "stream_large_bodies cannot be used with pouch"),
 ])
 def test_bad_pouch_options_stop_the_proxy_at_start(tmp_path, setting, message):
     r = run_mitmdump(tmp_path / "home", setting)
