@@ -191,6 +191,8 @@ class Identify:
         if fut is None:
             fut = asyncio.ensure_future(asyncio.to_thread(local_process, client.peername[1], client.sockname[1]))
             self._procs[client] = fut
+        elif fut.done() and not fut.cancelled() and fut.exception() is None:
+            return fut.result()  # every later request on the connection: no timer, no task
         try:
             return await asyncio.wait_for(asyncio.shield(fut), timeout=5.0)
         except Exception:
