@@ -20,6 +20,7 @@ import os
 import secrets
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -265,17 +266,21 @@ def cmd_key(args: argparse.Namespace) -> None:
                   f"expires {iso(r.expires)}")
 
 
+def report_problems(problems: list[str], ok: Callable[[], str]) -> None:
+    """What `verify` commands print: each problem and exit status 1, or the ``ok`` line."""
+    for p in problems:
+        print(f"problem: {p}")
+    if problems:
+        raise SystemExit(1)
+    print(ok())
+
+
 # -- audit --------------------------------------------------------------------------------------------
 def cmd_audit(args: argparse.Namespace) -> None:
     home = resolve_home(args.home)
     log = AuditLog(home / AUDIT_FILE)
     if args.action == "verify":
-        problems = log.verify()
-        for p in problems:
-            print(f"problem: {p}")
-        if problems:
-            raise SystemExit(1)
-        print(f"audit log {log.path} is intact ({len(log.entries())} entries)")
+        report_problems(log.verify(), lambda: f"audit log {log.path} is intact ({len(log.entries())} entries)")
         return
     entries = log.entries()[-args.limit:] if args.limit else log.entries()
     if args.json:

@@ -155,12 +155,7 @@ def cmd_tokens(args: argparse.Namespace) -> None:
 def cmd_ledger(args: argparse.Namespace) -> None:
     ledger = Ledger(args.home)
     if args.action == "verify":
-        problems = ledger.verify()
-        for p in problems:
-            print(f"problem: {p}")
-        if problems:
-            raise SystemExit(1)
-        print(f"ledger {ledger.state_path} is consistent")
+        admin.report_problems(ledger.verify(), lambda: f"ledger {ledger.state_path} is consistent")
     elif args.action == "restore":
         print(f"restored the last good copy to {ledger.restore_backup()}")
     elif args.action == "recover":
