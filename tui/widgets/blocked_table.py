@@ -7,25 +7,20 @@ from typing import Any
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
-from textual.widgets import DataTable, Static
+from textual.widgets import Static
 
 from ..aggregate import Aggregates, block_reason, caller_key
 from ..format import clock, money, short_endpoint, theme_style
-from .history_table import entry_key
+from .history_table import EntryTable, entry_key
 
 COLUMNS = (("time", "time (UTC)"), ("model", "model"), ("client", "client"), ("endpoint", "endpoint"),
            ("reason", "reason"), ("needed", "needed"), ("remaining", "remaining"), ("message", "message"))
 
 
-class BlockedTable(DataTable):
-    def __init__(self, *, id: str | None = None) -> None:
-        super().__init__(id=id, cursor_type="row", zebra_stripes=True)
-        self.entries: dict[str, dict[str, Any]] = {}
-        self.keys: list[str] = []
+class BlockedTable(EntryTable):
+    """Blocks of the month, newest first; rebuilt on each update."""
 
-    def on_mount(self) -> None:
-        for key, label in COLUMNS:
-            self.add_column(label, key=key)
+    COLUMNS = COLUMNS
 
     def show(self, blocks: list[dict[str, Any]], now: float, variables: dict[str, str]) -> None:
         self.clear()
@@ -45,11 +40,6 @@ class BlockedTable(DataTable):
                 Text(message, no_wrap=True, overflow="ellipsis"),
                 key=key,
             )
-
-    def current_entry(self) -> dict[str, Any] | None:
-        if not self.keys or not (0 <= self.cursor_row < len(self.keys)):
-            return None
-        return self.entries.get(self.keys[self.cursor_row])
 
 
 class BlockedPanel(Vertical):

@@ -20,8 +20,10 @@ def entry_key(entry: dict[str, Any]) -> str:
     return f"seq-{entry.get('seq', id(entry))}"
 
 
-class HistoryTable(DataTable):
-    """Entries are replaced wholesale on each update; the cursor stays on the same entry."""
+class EntryTable(DataTable):
+    """A table of ledger entries (history, blocks), one row per entry keyed by :func:`entry_key`."""
+
+    COLUMNS: tuple[tuple[str, str], ...] = ()
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id, cursor_type="row", zebra_stripes=True)
@@ -29,8 +31,23 @@ class HistoryTable(DataTable):
         self.keys: list[str] = []
 
     def on_mount(self) -> None:
-        for key, label in COLUMNS:
+        for key, label in self.COLUMNS:
             self.add_column(label, key=key)
+
+    def current_key(self) -> str | None:
+        if not self.keys or not (0 <= self.cursor_row < len(self.keys)):
+            return None
+        return self.keys[self.cursor_row]
+
+    def current_entry(self) -> dict[str, Any] | None:
+        key = self.current_key()
+        return self.entries.get(key) if key else None
+
+
+class HistoryTable(EntryTable):
+    """Entries are replaced wholesale on each update; the cursor stays on the same entry."""
+
+    COLUMNS = COLUMNS
 
     def show(self, entries: list[dict[str, Any]], now: float, variables: dict[str, str]) -> None:
         keys = [entry_key(e) for e in entries]
@@ -45,15 +62,6 @@ class HistoryTable(DataTable):
             self.add_row(*self.cells(entry, now, variables), key=key)
         if current in self.entries and not at_top:
             self.move_cursor(row=keys.index(current), animate=False)
-
-    def current_key(self) -> str | None:
-        if not self.keys or not (0 <= self.cursor_row < len(self.keys)):
-            return None
-        return self.keys[self.cursor_row]
-
-    def current_entry(self) -> dict[str, Any] | None:
-        key = self.current_key()
-        return self.entries.get(key) if key else None
 
     @staticmethod
     def cells(entry: dict[str, Any], now: float, variables: dict[str, str]) -> list[Any]:
