@@ -342,20 +342,9 @@ class StreamMeter:
         if seq.__class__ is int:
             self._seq = seq
         if typ in _RESPONSES_TEXT_DELTAS:
-            # _key_part of each, inline
-            item = get("item_id")
-            if item.__class__ is not str and item.__class__ is not int:
-                item = None
-            out = get("output_index")
-            if out.__class__ is not int and out.__class__ is not str:
-                out = None
-            content = get("content_index")
-            if content.__class__ is not int and content.__class__ is not str:
-                content = None
-            summary = get("summary_index")
-            if summary.__class__ is not int and summary.__class__ is not str:
-                summary = None
-            self._count((typ, item, out, content, summary), get("delta"))
+            key = (typ, _key_part(get("item_id")), _key_part(get("output_index")),
+                   _key_part(get("content_index")), _key_part(get("summary_index")))
+            self._count(key, get("delta"))
             return
         resp = get("response")
         if resp.__class__ is not dict:
