@@ -739,8 +739,7 @@ class Ledger:
         for name in sorted(by_partition):
             st.history_size = self._history.append(name, by_partition[name])
             st.history_file = name
-        self._storage.write_canonical(st.canonical_tables(), durable=txn.durable or None)
-        self._committed = (self._storage.identity(), st)
+        self._committed = (self._storage.write_canonical(st.canonical_tables(), durable=txn.durable or None), st)
 
     def _run(self, op: Callable[[_Txn], Any]) -> Any:
         """Run ``op`` in a transaction, sharing it with the operations other threads submit meanwhile.

@@ -145,11 +145,13 @@ class AtomicJSONStorage(Storage):
     def write(self, data: dict[str, dict[str, Any]], *, durable: bool | None = None) -> None:
         self._write(canonical_json(data), data, durable)
 
-    def write_canonical(self, canonical: bytes, *, durable: bool | None = None) -> None:
-        """Write tables already serialised by :func:`canonical_json` (the next read parses them)."""
-        self._write(canonical, None, durable)
+    def write_canonical(self, canonical: bytes, *, durable: bool | None = None) -> tuple[int, int, int, int]:
+        """Write tables already serialised by :func:`canonical_json` (the next read parses them);
+        returns the new file's :meth:`identity`."""
+        return self._write(canonical, None, durable)
 
-    def _write(self, canonical: bytes, data: dict[str, dict[str, Any]] | None, durable: bool | None) -> None:
+    def _write(self, canonical: bytes, data: dict[str, dict[str, Any]] | None,
+               durable: bool | None) -> tuple[int, int, int, int]:
         durable = self.durable if durable is None else durable
         payload = b"".join((_PREFIX, hashlib.sha256(canonical).hexdigest().encode(), _MIDDLE, canonical, b"}"))
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
@@ -173,6 +175,7 @@ class AtomicJSONStorage(Storage):
         self._seen = (key, data) if data is not None else None
         if durable:
             _fsync_dir(self.path.parent)
+        return key
 
     def identity(self) -> tuple[int, int, int, int] | None:
         """The state file's (device, inode, size, mtime): changes whenever any process writes it."""

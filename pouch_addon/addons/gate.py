@@ -182,8 +182,9 @@ class BudgetGate:
         ident: Identity = flow.metadata.get(IDENTITY) or Identity("default", "default")
         meta = {"endpoint": flow.request.path.split("?", 1)[0], "client": client_label(flow), **ident.meta()}
         wallet = ident.wallet
+        inline = inline_ok(flow.request)
         try:
-            if inline_ok(flow.request):
+            if inline:
                 draft, body = self._draft(flow, table)
             else:
                 draft, body = await asyncio.to_thread(self._draft, flow, table)
@@ -207,7 +208,7 @@ class BudgetGate:
         self.core.active.add(call)
         if plan.rewrites:
             body.update(plan.rewrites)
-            if inline_ok(flow.request):
+            if inline:  # a small body stays small with a cap and stream_options added
                 set_body(flow.request, body)
             else:
                 await asyncio.to_thread(set_body, flow.request, body)
