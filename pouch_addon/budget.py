@@ -35,12 +35,13 @@ write was lost), in which case that cost is used.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import random
 import socket
 import threading
 import time
-import uuid
 from concurrent.futures import Future
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -597,6 +598,17 @@ def _check_wallet_numbers(budget: Decimal | None, rpm: int | None, tpm: int | No
             raise ValueError(f"{label} must be a positive whole number")
 
 
+#: where reservation ids come from: seeded from os.urandom at import and again in a forked child
+#: (``uuid.uuid4`` asks the kernel for 16 random bytes per id: a system call inside every commit)
+_ids = random.Random()
+os.register_at_fork(after_in_child=_ids.seed)
+
+
+def new_reservation_id() -> str:
+    """16 random hex digits: unique across the processes sharing a ledger."""
+    return f"{_ids.getrandbits(64):016x}"
+
+
 class _Txn:
     """One open transaction: the state plus history entries to write ahead of it."""
 
@@ -618,16 +630,19 @@ class _Txn:
 
 
 class _Slot:
-    """An operation waiting for a group commit, and its outcome (also set on ``future``, if any)."""
+    """An operation waiting for a group commit, and its outcome (also set on ``future``, if any:
+    a ``concurrent.futures.Future``, or an asyncio future of ``loop``)."""
 
-    __slots__ = ("op", "done", "result", "error", "future")
+    __slots__ = ("op", "done", "result", "error", "future", "loop")
 
-    def __init__(self, op: Callable[[_Txn], Any], future: Future | None = None) -> None:
+    def __init__(self, op: Callable[[_Txn], Any], future: Future | asyncio.Future | None = None,
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.op = op
         self.done = False
         self.result: Any = None
         self.error: BaseException | None = None
         self.future = future
+        self.loop = loop
 
     def outcome(self) -> Any:
         if self.error is not None:
@@ -635,12 +650,28 @@ class _Slot:
         return self.result
 
     def finish(self) -> None:
+        """Mark done and complete a thread future; an asyncio future is completed on its loop."""
         self.done = True
-        if self.future is not None:
+        if self.future is not None and self.loop is None:
             if self.error is not None:
                 self.future.set_exception(self.error)
             else:
                 self.future.set_result(self.result)
+
+    def deliver(self) -> None:
+        """Complete the asyncio future (on its loop's thread); a cancelled waiter is skipped."""
+        fut = self.future
+        if fut is None or fut.done():
+            return
+        if self.error is not None:
+            fut.set_exception(self.error)
+        else:
+            fut.set_result(self.result)
+
+
+def _deliver_all(slots: list[_Slot]) -> None:
+    for s in slots:
+        s.deliver()
 
 
 #: Amount to reserve, or a callable deciding it inside the transaction from the current state and
@@ -760,7 +791,7 @@ class Ledger:
     def submit(self, op: Callable[[_Txn], Any], *, lazy: bool = False) -> Future:
         """Queue ``op`` for this ledger's committer thread; its outcome arrives on the future.
 
-        For callers that must not block (mitmproxy's event loop: ``asyncio.wrap_future``). No
+        For callers that must not block (an event loop uses :meth:`submit_async`). No
         worker thread waits per operation; the committer runs whatever is queued in one group
         commit. When the last commit ended less than ``BUSY_WINDOW`` ago (the proxy is under
         load), it first waits ``commit_delay`` seconds for more operations to join, so one disk
@@ -774,17 +805,33 @@ class Ledger:
         reservation open, and the orphan rule settles it conservatively.
         """
         slot = _Slot(op, Future())
+        self._enqueue(slot, lazy)
+        return slot.future  # type: ignore[return-value]
+
+    def submit_async(self, op: Callable[[_Txn], Any], *, lazy: bool = False) -> asyncio.Future:
+        """:meth:`submit` for a coroutine on the running event loop; await the returned future.
+
+        The committer wakes the loop once per group commit for all of that commit's operations
+        (``call_soon_threadsafe``), instead of once per operation: every wake-up is a write to
+        the loop's self-pipe, and on a busy proxy a thread switch."""
+        loop = asyncio.get_running_loop()
+        slot = _Slot(op, loop.create_future(), loop)
+        self._enqueue(slot, lazy)
+        return slot.future  # type: ignore[return-value]
+
+    def _enqueue(self, slot: _Slot, lazy: bool) -> None:
         with self._wake:
             self._pending.append(slot)
             if not lazy:
                 self._urgent += 1
             elif self._lazy_since is None:
                 self._lazy_since = time.monotonic()
+            else:
+                return  # the committer already waits for the first lazy one: no need to wake it
             if self._committer is None:
                 self._committer = threading.Thread(target=self._commit_loop, name="pouch-ledger", daemon=True)
                 self._committer.start()
             self._wake.notify()
-        return slot.future  # type: ignore[return-value]
 
     def _commit_loop(self) -> None:
         while True:
@@ -825,8 +872,14 @@ class Ledger:
                 s.error = exc
         finally:
             self._last_commit = time.monotonic()
+            by_loop: dict[asyncio.AbstractEventLoop, list[_Slot]] = {}
             for s in batch:
                 s.finish()
+                if s.loop is not None:
+                    by_loop.setdefault(s.loop, []).append(s)
+            for loop, slots in by_loop.items():
+                with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
+                    loop.call_soon_threadsafe(_deliver_all, slots)
 
     # -- operations (each one atomic; concurrent ones share a group commit) --------------------
     def reserve(self, amount: Amount, meta: dict[str, Any] | None = None, *,
@@ -849,7 +902,7 @@ class Ledger:
             if isinstance(decided, Refusal):
                 result: Reservation | Refusal = decided
             else:
-                result = txn.state.reserve(decided, res_id=uuid.uuid4().hex[:16], owner=self.owner, now=now,
+                result = txn.state.reserve(decided, res_id=new_reservation_id(), owner=self.owner, now=now,
                                            meta=meta, wallet=wallet)
             if isinstance(result, Refusal):
                 block_meta = {**meta, **({"wallet": wallet} if wallet is not None else {})}

@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,8 @@ BACKUP_SUFFIX = ".bak"
 LOCK_FILE = "ledger.lock"
 HISTORY_DIR = "history"
 FORMAT = 1
+#: a folder mtime younger than this may still change within its clock tick (see partitions)
+_RACY_NS = 1_000_000_000
 
 
 class LedgerCorrupt(RuntimeError):
@@ -59,6 +62,27 @@ def canonical_json(value: Any) -> bytes:
     """The one serialisation the state file's checksum covers: sorted keys, no spaces."""
     return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
 
+
+
+#: this process's id, for temporary file names (``os.getpid`` is a system call each time)
+_pid = os.getpid()
+
+
+def _new_pid() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_new_pid)
+
+
+def _link(src: Path, dst: Path) -> None:
+    """Hard-link ``src`` as ``dst``, replacing a ``dst`` left behind by a killed writer."""
+    try:
+        os.link(src, dst)
+    except FileExistsError:
+        os.unlink(dst)
+        os.link(src, dst)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -154,7 +178,7 @@ class AtomicJSONStorage(Storage):
                durable: bool | None) -> tuple[int, int, int, int]:
         durable = self.durable if durable is None else durable
         payload = b"".join((_PREFIX, hashlib.sha256(canonical).hexdigest().encode(), _MIDDLE, canonical, b"}"))
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp = self.path.with_name(f".{self.path.name}.{_pid}.{threading.get_ident()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.write(fd, payload)
@@ -163,14 +187,14 @@ class AtomicJSONStorage(Storage):
             key = _identity(os.fstat(fd))
         finally:
             os.close(fd)
-        if self.path.exists():
-            # keep the previous (already verified) version as the last good copy
-            backup = self.path.with_name(self.path.name + BACKUP_SUFFIX)
-            link_tmp = tmp.with_suffix(".bak.tmp")
-            with contextlib.suppress(FileNotFoundError):
-                link_tmp.unlink()
-            os.link(self.path, link_tmp)
-            os.replace(link_tmp, backup)
+        # keep the previous (already verified) version as the last good copy
+        link_tmp = tmp.with_suffix(".bak.tmp")
+        try:
+            _link(self.path, link_tmp)
+        except FileNotFoundError:  # the first write: nothing to keep
+            pass
+        else:
+            os.replace(link_tmp, self.path.with_name(self.path.name + BACKUP_SUFFIX))
         os.replace(tmp, self.path)
         self._seen = (key, data) if data is not None else None
         if durable:
@@ -195,13 +219,30 @@ class HistoryLog:
         self.dir = directory
         self.durable = durable
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._listing: tuple[int, tuple[str, ...]] | None = None  # (folder mtime, partitions)
 
     def path(self, name: str) -> Path:
         return self.dir / name
 
     def partitions(self) -> list[str]:
-        """Partition file names, oldest first (names sort by date)."""
-        return sorted(n for n in os.listdir(self.dir) if n.endswith(".jsonl") and not n.startswith("."))
+        """Partition file names, oldest first (names sort by date).
+
+        Every transaction asks (for history written ahead of a state that never landed), so
+        the listing is reused while the folder's mtime is unchanged: adding or removing a file
+        changes it. As in git's "racy" check, a listing is only reused once the mtime is
+        older than the clock's coarse granularity, since two changes within one tick of it
+        can leave it equal."""
+        try:
+            mtime = os.stat(self.dir).st_mtime_ns
+        except FileNotFoundError:
+            return []
+        cached = self._listing
+        if cached is not None and cached[0] == mtime:
+            return list(cached[1])
+        names = sorted(n for n in os.listdir(self.dir) if n.endswith(".jsonl") and not n.startswith("."))
+        if time.time_ns() - mtime > _RACY_NS:
+            self._listing = (mtime, tuple(names))
+        return names
 
     def append(self, name: str, lines: list[dict[str, Any]]) -> int:
         """Append entries to partition ``name`` in one write and one fsync; return its new size."""

@@ -58,7 +58,7 @@ class Core:
         """Run a ledger operation (``Ledger.*_op``) on the ledger's committer thread and await
         its outcome without blocking the event loop (``lazy``: see ``Ledger.submit``)."""
         ledger, _ = self.require()
-        return await asyncio.wrap_future(ledger.submit(op, lazy=lazy))
+        return await ledger.submit_async(op, lazy=lazy)
 
     def require(self) -> tuple[Ledger, PriceTable]:
         if self.ledger is None or self.table is None:

@@ -10,6 +10,7 @@ exactly once: ``FlowCall.settled`` is flipped before the write is scheduled.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import Iterable
 
@@ -68,6 +69,12 @@ class Metering:
         )
 
     def running(self) -> None:
+        # Everything loaded so far (mitmproxy, its addons, the price table, the tokeniser) lives
+        # as long as the proxy: move it out of the cyclic GC's reach, so a full collection scans
+        # only what the flows allocate (on a busy proxy, tens of ms per collection otherwise).
+        # (``running`` runs addon by addon in chain order: the gate has loaded them by now.)
+        gc.collect()
+        gc.freeze()
         if ctx.options.pouch_checkpoint_ms > 0:
             self._checkpointer = asyncio.get_running_loop().create_task(self._checkpoint_loop())
 

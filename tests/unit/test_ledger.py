@@ -162,6 +162,46 @@ def test_history_written_ahead_of_a_lost_state_write_is_replayed(tmp_path):
     assert_consistent(ledger)
 
 
+def test_history_partition_listing_sees_other_writers_new_files(tmp_path):
+    """The listing is reused while the folder is unchanged, never after another writer added a day."""
+    from pouch_addon.ledger_store import HistoryLog
+
+    mine, other = HistoryLog(tmp_path / "h"), HistoryLog(tmp_path / "h")
+    mine.append("2026-01-01.jsonl", [{"n": 1}])
+    assert mine.partitions() == ["2026-01-01.jsonl"]
+    long_ago = time.time_ns() - 60 * 10**9
+    os.utime(mine.dir, ns=(long_ago, long_ago))  # the folder settled: its listing may be reused
+    assert mine.partitions() == ["2026-01-01.jsonl"]
+    assert mine._listing is not None
+    other.append("2026-01-02.jsonl", [{"n": 2}])  # another process starts a new day
+    assert mine.partitions() == ["2026-01-01.jsonl", "2026-01-02.jsonl"]
+    (mine.dir / "2026-01-01.jsonl").unlink()
+    assert mine.partitions() == ["2026-01-02.jsonl"]
+
+
+def test_history_ahead_of_state_in_a_new_partition_is_replayed_after_a_quiet_spell(tmp_path):
+    """A writer died after starting a new day's partition: the next transaction replays it,
+    although this process had listed the (then quiet) history folder before."""
+    ledger = Ledger(tmp_path)
+    ledger.set_budget(D("1"))
+    r = ledger.reserve(D("0.2"))
+    hist = tmp_path / "history"
+    long_ago = time.time_ns() - 60 * 10**9
+    os.utime(hist, ns=(long_ago, long_ago))
+    with ledger.transaction():
+        pass  # lists the quiet folder and keeps the listing
+    before = ledger.state_path.read_bytes()
+    Ledger(tmp_path).settle(r.id, D("0.15"))  # another process settles ...
+    ledger.state_path.write_bytes(before)  # ... and its state write is lost
+    (today,) = hist.iterdir()
+    (today.rename(hist / "2999-01-01.jsonl"))  # its line was the first of a new day's partition
+    with ledger.transaction():
+        pass
+    st = ledger.status()
+    assert (st.in_flight, st.spent, st.requests) == (0, D("0.15"), 1)
+    assert_consistent(ledger)
+
+
 def test_hand_edited_ledger_is_refused_with_a_way_out(tmp_path):
     ledger = Ledger(tmp_path)
     ledger.set_budget(D("1"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -182,3 +183,56 @@ def test_lazy_operations_ride_with_the_next_commit_or_wait_at_most_lazy_delay(tm
     waited = time.monotonic() - t0
     assert 0.25 <= waited < 5, waited  # committed on its own after about lazy_delay
     assert len(commits) == 3 and ledger.status().spent == D("0.06") and ledger.verify() == []
+
+
+class _CountingLoop(asyncio.SelectorEventLoop):
+    """A real event loop that counts the wake-ups other threads ask of it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.wakeups = 0
+
+    def call_soon_threadsafe(self, *args, **kwargs):
+        self.wakeups += 1
+        return super().call_soon_threadsafe(*args, **kwargs)
+
+
+def test_async_submissions_are_delivered_with_one_loop_wakeup_per_commit(tmp_path):
+    ledger = Ledger(tmp_path, commit_delay=0.02)
+    ledger.set_budget(D("1"))
+    commits = _count_commits(ledger)
+
+    async def main():
+        # the first commit starts at once; the other 11 wait out the commit delay together
+        futs = [ledger.submit_async(ledger.reserve_op(D("0.1"), {"n": i})) for i in range(12)]
+        bad = ledger.submit_async(ledger.settle_op("nope", D("0.1")))
+        results = await asyncio.gather(*futs)
+        with pytest.raises(NotOpen):  # an error reaches its own future only
+            await bad
+        return results
+
+    loop = _CountingLoop()
+    try:
+        results = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert [type(r) for r in results[:10]] == [Reservation] * 10
+    assert all(isinstance(r, Refusal) for r in results[10:])
+    assert len(commits) <= 3
+    assert loop.wakeups == len(commits)  # not one per operation (13)
+
+
+def test_an_async_waiter_that_gave_up_does_not_break_the_commit(tmp_path):
+    ledger = Ledger(tmp_path)
+    ledger.set_budget(D("1"))
+
+    async def main():
+        gone = ledger.submit_async(ledger.reserve_op(D("0.1"), {"n": "gone"}))
+        gone.cancel()  # its flow was killed while the commit ran
+        kept = await ledger.submit_async(ledger.reserve_op(D("0.2")))
+        return kept
+
+    kept = asyncio.run(main())
+    assert isinstance(kept, Reservation)
+    # the cancelled waiter's reservation was still made: the orphan rule or its owner settles it
+    assert ledger.status().in_flight == 2
