@@ -631,35 +631,24 @@ class _Txn:
 
 class _Slot:
     """An operation waiting for a group commit, and its outcome (also set on ``future``, if any:
-    a ``concurrent.futures.Future``, or an asyncio future of ``loop``)."""
+    a ``concurrent.futures.Future``, or an asyncio future completed on its own loop)."""
 
-    __slots__ = ("op", "done", "result", "error", "future", "loop")
+    __slots__ = ("op", "done", "result", "error", "future")
 
-    def __init__(self, op: Callable[[_Txn], Any], future: Future | asyncio.Future | None = None,
-                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+    def __init__(self, op: Callable[[_Txn], Any], future: Future | asyncio.Future | None = None) -> None:
         self.op = op
         self.done = False
         self.result: Any = None
         self.error: BaseException | None = None
         self.future = future
-        self.loop = loop
 
     def outcome(self) -> Any:
         if self.error is not None:
             raise self.error
         return self.result
 
-    def finish(self) -> None:
-        """Mark done and complete a thread future; an asyncio future is completed on its loop."""
-        self.done = True
-        if self.future is not None and self.loop is None:
-            if self.error is not None:
-                self.future.set_exception(self.error)
-            else:
-                self.future.set_result(self.result)
-
     def deliver(self) -> None:
-        """Complete the asyncio future (on its loop's thread); a cancelled waiter is skipped."""
+        """Complete the future (an asyncio one on its loop's thread); a waiter that gave up is skipped."""
         fut = self.future
         if fut is None or fut.done():
             return
@@ -815,7 +804,7 @@ class Ledger:
         (``call_soon_threadsafe``), instead of once per operation: every wake-up is a write to
         the loop's self-pipe, and on a busy proxy a thread switch."""
         loop = asyncio.get_running_loop()
-        slot = _Slot(op, loop.create_future(), loop)
+        slot = _Slot(op, loop.create_future())
         self._enqueue(slot, lazy)
         return slot.future  # type: ignore[return-value]
 
@@ -874,9 +863,11 @@ class Ledger:
             self._last_commit = time.monotonic()
             by_loop: dict[asyncio.AbstractEventLoop, list[_Slot]] = {}
             for s in batch:
-                s.finish()
-                if s.loop is not None:
-                    by_loop.setdefault(s.loop, []).append(s)
+                s.done = True
+                if isinstance(s.future, asyncio.Future):
+                    by_loop.setdefault(s.future.get_loop(), []).append(s)
+                else:
+                    s.deliver()
             for loop, slots in by_loop.items():
                 with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
                     loop.call_soon_threadsafe(_deliver_all, slots)

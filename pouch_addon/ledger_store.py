@@ -63,7 +63,6 @@ def canonical_json(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
 
 
-
 #: this process's id, for temporary file names (``os.getpid`` is a system call each time)
 _pid = os.getpid()
 
