@@ -144,13 +144,13 @@ class BudgetGate:
                 f"pouch_commit_delay_ms: expected 0 to 100 ms, got {ctx.options.pouch_commit_delay_ms}")
         if "pouch_home" in updated or self.core.ledger is None:
             try:
-                ledger = Ledger(ctx.options.pouch_home, commit_delay=ctx.options.pouch_commit_delay_ms / 1000)
+                ledger = Ledger(ctx.options.pouch_home)
                 ledger.snapshot()  # a corrupt ledger stops the proxy at start, with the way out
             except Exception as exc:
                 raise exceptions.OptionsError(f"pouch_home: {exc}") from None
             self.core.ledger = ledger
             self.core.keys = KeyStore(ledger.home)
-        self.core.ledger.commit_delay = ctx.options.pouch_commit_delay_ms / 1000
+        self.core.ledger.commit_delay = ctx.options.pouch_commit_delay_ms / 1000  # a new ledger's, or a changed delay
 
     async def running(self) -> None:
         ledger, table = self.core.require()

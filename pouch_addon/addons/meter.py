@@ -191,13 +191,6 @@ class Metering:
         self._settles.add(task)
         task.add_done_callback(self._settles.discard)
 
-    async def _settle(self, call: FlowCall, result: settlement.Settlement, http_status: int | None = None) -> None:
-        if call.settled:
-            return
-        call.settled = True
-        self.core.active.discard(call)
-        await self._write_settle(call, result, http_status)
-
     async def _write_settle(self, call: FlowCall, result: settlement.Settlement, http_status: int | None) -> None:
         ledger, _ = self.core.require()
         details = {**result.details(), "http_status": http_status, "estimated_cost": str(call.plan.worst_case)}
@@ -233,7 +226,8 @@ class Metering:
                     log.exception("pouch: checkpoint write failed")
 
     async def done(self) -> None:
-        """Shutdown: settle what is still in flight (connections close, providers stop)."""
+        """Shutdown: settle what is still in flight (connections close, providers stop) and wait
+        for every settle still being written."""
         if self._checkpointer is not None:
             self._checkpointer.cancel()
         for call in list(self.core.active):
@@ -242,7 +236,7 @@ class Metering:
                 result = settlement.partial(call.plan, call.reserved, m.output_tokens_counted, "shutdown")
             else:
                 result = settlement.unanswered(call.reserved, sent=True)
-            await self._settle(call, result)
+            self._settle_soon(call, result)
         if self._settles:
             await asyncio.gather(*self._settles, return_exceptions=True)
         ledger = self.core.ledger
