@@ -83,6 +83,8 @@ DEFAULT_WALLET = "default"
 BUSY_WINDOW = 0.02
 #: a lazy ledger operation (see ``Ledger.submit``) is committed at the latest this long after it came (s)
 LAZY_DELAY = 0.025
+#: a committer thread with nothing to do for this long ends; the next submission starts a new one (s)
+IDLE_EXIT = 30.0
 _WALLET_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-+@")
 
 
@@ -691,6 +693,7 @@ class Ledger:
         self._lazy_since: float | None = None  # when the oldest pending lazy operation came
         self.commit_delay = commit_delay
         self.lazy_delay = LAZY_DELAY
+        self.idle_exit = IDLE_EXIT
         self.commits = 0  # group commits written by this object, and the operations they carried
         self.operations = 0
         self.owner = Owner.current()
@@ -827,7 +830,11 @@ class Ledger:
             with self._wake:
                 while not self._urgent:
                     if self._lazy_since is None:
-                        self._wake.wait()
+                        if not self._wake.wait(self.idle_exit) and not self._urgent and self._lazy_since is None:
+                            # idle: end the thread (the next submission starts another), so a
+                            # ledger dropped by its owner (pouch_home changed) leaves none behind
+                            self._committer = None
+                            return
                         continue
                     left = self._lazy_since + self.lazy_delay - time.monotonic()
                     if left <= 0:
