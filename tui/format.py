@@ -23,6 +23,7 @@ STATUS_COLOUR = {
     "upstream_disconnect": "warning",
     "pouch_error": "error",
     "released": "text-muted",
+    "abandoned": "text-muted",  # reserved, then the request was cancelled before it was sent
 }
 
 

@@ -7,9 +7,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from ..budget import Ledger, Reservation
+from ..budget import Ledger, Refusal, Reservation
 from ..keystore import KeyStore
 from ..limits import RateBook
 from ..plan import CallPlan, PlanSettings
@@ -29,6 +30,7 @@ class FlowCall:
     plan: CallPlan
     reservation: Reservation
     client: str
+    ledger: Ledger  # the ledger holding the reservation (pouch_home may change while it runs)
     wallet: str = "default"
     started: float = field(default_factory=time.time)
     meter: StreamMeter | None = None
@@ -54,13 +56,37 @@ class Core:
         self.vault_problem: str | None = None  # why the vault is not open, for clear 503s
         self.limits = RateBook()  # per-wallet rpm/tpm, in memory per proxy process
 
-    async def commit(self, op: Callable[..., Any], *, lazy: bool = False) -> Any:
+    async def commit(self, op: Callable[..., Any], *, lazy: bool = False, ledger: Ledger | None = None) -> Any:
         """Run a ledger operation (``Ledger.*_op``) on the ledger's committer thread and await
-        its outcome without blocking the event loop (``lazy``: see ``Ledger.submit``)."""
-        ledger, _ = self.require()
+        its outcome without blocking the event loop (``lazy``: see ``Ledger.submit``).
+        ``ledger``: a call's own ledger; the current one by default."""
+        if ledger is None:
+            ledger, _ = self.require()
         return await ledger.submit_async(op, lazy=lazy)
+
+    async def reserve(self, ledger: Ledger, op: Callable[..., Reservation | Refusal]) -> Reservation | Refusal:
+        """Run a ``Ledger.reserve_op`` and await it. If the waiting hook is cancelled meanwhile
+        (its flow killed, the proxy stopping), the operation still runs, being queued: the
+        reservation it makes is given back as soon as it exists (the request was never sent),
+        instead of holding budget until the orphan rule finds it at the next start."""
+        fut = ledger.submit_async(op)
+        try:
+            return await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            fut.add_done_callback(partial(_give_back, ledger))
+            raise
 
     def require(self) -> tuple[Ledger, PriceTable]:
         if self.ledger is None or self.table is None:
             raise RuntimeError("pouch is not configured yet")
         return self.ledger, self.table
+
+
+def _give_back(ledger: Ledger, fut: asyncio.Future) -> None:
+    """Done callback of a reservation nobody waits for any more: release it in full."""
+    if fut.cancelled() or fut.exception() is not None:
+        return
+    res = fut.result()
+    if isinstance(res, Reservation):
+        ledger.submit(ledger.settle_op(res.id, Decimal(0), status="abandoned",
+                                       details={"why": "the request was cancelled before it was sent"}))

@@ -173,7 +173,8 @@ class BudgetGate:
             if call is not None:
                 self.core.active.discard(call)
                 call.settled = True
-                await self.core.commit(self.core.ledger.settle_op(call.reservation.id, ZERO, status="pouch_error"))
+                await self.core.commit(call.ledger.settle_op(call.reservation.id, ZERO, status="pouch_error"),
+                                       ledger=call.ledger)
             reply(flow, 500, f"pouch: internal error, the request was not sent ({type(exc).__name__}: {exc})",
                   code="pouch_internal_error", type_="server_error")
 
@@ -194,16 +195,16 @@ class BudgetGate:
         except PlanError as exc:
             reply(flow, exc.status, str(exc), code=exc.code)
             await self.core.commit(ledger.block_op(Refusal("invalid", Decimal(0), Decimal(0)),
-                                                   {**meta, "why": exc.code, "detail": str(exc)}))
+                                                   {**meta, "why": exc.code, "detail": str(exc)}), ledger=ledger)
             return
         admission = Admission(draft, wallet, meta, self.core.limits)
-        result = await self.core.commit(ledger.reserve_op(admission.decide, meta, wallet=wallet))
+        result = await self.core.reserve(ledger, ledger.reserve_op(admission.decide, meta, wallet=wallet))
         if isinstance(result, Refusal):
             self._refuse(flow, result, admission)
             return
         plan = admission.plan
         assert plan is not None
-        call = FlowCall(plan=plan, reservation=result, client=meta["client"], wallet=wallet)
+        call = FlowCall(plan=plan, reservation=result, client=meta["client"], ledger=ledger, wallet=wallet)
         flow.metadata[CALL] = call
         self.core.active.add(call)
         if plan.rewrites:

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from mitmproxy import ctx, http
 
 from .. import settlement
-from ..budget import NotOpen
+from ..budget import Ledger, NotOpen
 from ..metering import StreamMeter
 from ..money import format_usd
 from .core import CALL, Core, FlowCall
@@ -192,12 +192,12 @@ class Metering:
         task.add_done_callback(self._settles.discard)
 
     async def _write_settle(self, call: FlowCall, result: settlement.Settlement, http_status: int | None) -> None:
-        ledger, _ = self.core.require()
+        ledger = call.ledger
         details = {**result.details(), "http_status": http_status, "estimated_cost": str(call.plan.worst_case)}
         try:
             # nobody waits for a settle: it rides with the next admission's commit (see Ledger.submit)
             await self.core.commit(ledger.settle_op(call.reservation.id, result.cost,
-                                                    status=result.status, details=details), lazy=True)
+                                                    status=result.status, details=details), lazy=True, ledger=ledger)
         except NotOpen:
             log.error(f"pouch: reservation {call.reservation.id} was already settled")
         except Exception:
@@ -213,15 +213,15 @@ class Metering:
         interval = ctx.options.pouch_checkpoint_ms / 1000
         while True:
             await asyncio.sleep(interval)
-            updates = {}
+            updates: dict[Ledger, dict[str, dict]] = {}  # one write per ledger (one, unless pouch_home changed)
             for call in list(self.core.active):
                 m = call.meter
                 if m is not None and m.events != call.last_checkpoint_events and not call.settled:
                     call.last_checkpoint_events = m.events
-                    updates[call.reservation.id] = m.checkpoint()
-            if updates and self.core.ledger is not None:
+                    updates.setdefault(call.ledger, {})[call.reservation.id] = m.checkpoint()
+            for ledger, batch in updates.items():
                 try:
-                    await self.core.commit(self.core.ledger.checkpoint_op(updates), lazy=True)
+                    await self.core.commit(ledger.checkpoint_op(batch), lazy=True, ledger=ledger)
                 except Exception:
                     log.exception("pouch: checkpoint write failed")
 

@@ -205,6 +205,36 @@ def test_client_disconnect_mid_stream_bills_input_plus_output_so_far(e2e, fake, 
     assert entry["output_tokens"] > 0 and entry["usage_source"] == "counted"
 
 
+def test_a_call_in_flight_settles_in_its_own_ledger_when_pouch_home_changes(e2e, fake, tmp_path):
+    """pouch_home changed while a stream runs (mitmweb's option editor can): the stream's
+    reservation is settled in the ledger that holds it; new calls go to the new ledger."""
+    home, new_home, trigger = tmp_path / "home", tmp_path / "home2", tmp_path / "set-options"
+    Ledger(home).set_budget(D("1"))
+    Ledger(new_home).set_budget(D("2"))
+    proxy = e2e.start_proxy(home, {}, extra_args=[
+        "-s", Path(__file__).with_name("options_addon.py"), "--set", f"options_file={trigger}"])
+    env = e2e.client_env(proxy)
+    client = e2e.start_sdk("chat_stream", {"model": "gpt-4o", "max_tokens": 100, "extra_headers": headers(
+        prompt_tokens=5, chunks=20, delay_ms=100)}, env)
+    fake.wait_for(lambda e: e["ev"] == "chunk_sent" and e.get("i", 0) >= 3, timeout=15)
+    assert Ledger(home).status().in_flight == 1
+    trigger.write_text(f"pouch_home={new_home}\n")
+    done = trigger.with_name(trigger.name + ".done")
+    wait_until(done.exists, 10, "the option change")
+    assert done.read_text() == "ok"
+    r = client.result(timeout=30)
+    assert r["ok"] and r["content"] == fake_text(20), r
+    [entry] = settled(home)
+    assert entry["status"] == "ok" and entry["output_tokens"] == 20
+    assert Ledger(home).status().spent == D(entry["cost"]) > 0
+    # the next call is budgeted by the new ledger; the old one is left as it was
+    r = e2e.run_sdk("chat", {"model": "gpt-4o-mini", "max_tokens": 50, "extra_headers": headers(chunks=5)}, env)
+    assert r["ok"], r
+    [entry2] = settled(new_home)
+    assert Ledger(new_home).status().spent == D(entry2["cost"]) > 0
+    assert len(Ledger(home).history()) == 1 and proxy.alive()
+
+
 def test_provider_death_mid_stream_bills_input_plus_output_so_far(e2e, fake, tmp_path):
     home, proxy, env = start(e2e, tmp_path)
     r = e2e.run_sdk("chat_stream", {"model": "gpt-4o", "max_tokens": 100, "extra_headers": headers(

@@ -236,3 +236,47 @@ def test_an_async_waiter_that_gave_up_does_not_break_the_commit(tmp_path):
     assert isinstance(kept, Reservation)
     # the cancelled waiter's reservation was still made: the orphan rule or its owner settles it
     assert ledger.status().in_flight == 2
+
+
+def test_an_idle_committer_thread_ends_and_the_next_submission_starts_another(tmp_path):
+    ledger = Ledger(tmp_path)
+    ledger.idle_exit = 0.05
+    ledger.set_budget(D("1"))
+    first = ledger.submit(ledger.reserve_op(D("0.1"))).result(timeout=5)
+    thread = ledger._committer
+    assert thread is not None and isinstance(first, Reservation)
+    thread.join(timeout=5)  # nothing more to do: it ends by itself
+    assert not thread.is_alive() and ledger._committer is None
+    # a lazy operation alone (nobody waits) still gets a committer, and is committed
+    ledger.submit(ledger.settle_op(first.id, D("0.05")), lazy=True).result(timeout=5)
+    assert ledger._committer is not None and ledger._committer is not thread
+    st = ledger.status()
+    assert (st.in_flight, st.spent) == (0, D("0.05"))
+
+
+def test_a_cancelled_admission_gives_its_reservation_back(tmp_path):
+    from pouch_addon.addons.core import Core  # the shell's wrapper around reserve_op
+
+    ledger = Ledger(tmp_path)
+    ledger.set_budget(D("1"))
+    core = Core()
+
+    async def main():
+        waiter = asyncio.ensure_future(core.reserve(ledger, ledger.reserve_op(D("0.3"), {"n": "gone"})))
+        await asyncio.sleep(0)  # the operation is queued for the committer
+        waiter.cancel()  # its flow was killed before the commit came back
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        kept = await core.reserve(ledger, ledger.reserve_op(D("0.2"), {"n": "kept"}))
+        deadline = time.monotonic() + 5
+        while ledger.status().in_flight > 1 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        return kept
+
+    kept = asyncio.run(main())
+    st = ledger.status()
+    assert isinstance(kept, Reservation)
+    assert [r.id for r in ledger.open_reservations()] == [kept.id]  # the cancelled one is not held
+    assert (st.spent, st.reserved) == (D("0"), D("0.2"))
+    (entry,) = ledger.history(kinds=("settle",))
+    assert entry["n"] == "gone" and entry["status"] == "abandoned" and entry["cost"] == "0"
