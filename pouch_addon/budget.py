@@ -1061,9 +1061,11 @@ class Ledger:
         return sorted(self.snapshot().open.values(), key=lambda r: r.created)
 
     def history(
-        self, *, since: float | None = None, limit: int | None = None, kinds: Iterable[str] | None = None
+        self, *, since: float | None = None, limit: int | None = None, kinds: Iterable[str] | None = None,
+        wallet: str | None = None,
     ) -> list[dict[str, Any]]:
-        """Applied history entries, newest first, reading only the partitions needed."""
+        """Applied history entries, newest first, reading only the partitions needed
+        (``wallet``: only entries of calls charged to, or blocked for, that wallet)."""
         st = self.snapshot()
         wanted = set(kinds) if kinds else None
         first = partition_for(since) if since is not None else ""
@@ -1077,7 +1079,7 @@ class Ledger:
             for entry in reversed(self._history.read_partition(name, limit_size)):
                 if since is not None and entry["ts"] < since:
                     continue
-                if wanted is None or entry["kind"] in wanted:
+                if (wanted is None or entry["kind"] in wanted) and (wallet is None or entry.get("wallet") == wallet):
                     out.append(entry)
                     if limit is not None and len(out) >= limit:
                         return out

@@ -95,7 +95,7 @@ def cmd_pause(args: argparse.Namespace) -> None:
 def cmd_history(args: argparse.Namespace) -> None:
     since = _parse_since(args.since) if args.since else None
     kinds = None if args.blocked else ("settle",)
-    entries = Ledger(args.home).history(since=since, limit=args.limit, kinds=kinds)
+    entries = Ledger(args.home).history(since=since, limit=args.limit, kinds=kinds, wallet=args.wallet)
     entries.reverse()  # oldest first, like a statement
     if args.json:
         print(json.dumps(entries, indent=1))
@@ -106,7 +106,7 @@ def cmd_history(args: argparse.Namespace) -> None:
             writer.writerow({**e, "flags": " ".join(e.get("flags") or [])})
     else:
         if not entries:
-            print("no settled requests yet")
+            print("no settled requests yet" if args.wallet is None else f"no settled requests for wallet {args.wallet!r}")
         for e in entries:
             tokens = f"{e.get('input_tokens', '?')}/{e.get('output_tokens', '?')} tok"
             flags = f" [{', '.join(e['flags'])}]" if e.get("flags") else ""
@@ -197,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--since", metavar="ISO", help="only entries at or after this UTC date/time")
     p.add_argument("--limit", type=int, default=None, help="at most N most recent entries")
     p.add_argument("--blocked", action="store_true", help="include blocked requests")
+    p.add_argument("--wallet", metavar="NAME", help="only requests charged to (or blocked for) this wallet")
     p.set_defaults(func=cmd_history)
 
     p = sub.add_parser("cost", parents=[common], help="exact USD cost of a usage, to check a bill")

@@ -10,7 +10,7 @@ from decimal import Decimal as D
 
 import pytest
 
-from pouch_addon.budget import Ledger
+from pouch_addon.budget import Ledger, Refusal
 
 
 def pouch(home, *args, stdin=None):
@@ -74,6 +74,23 @@ def test_history_csv_json_and_since(tmp_path):
     assert [(x["model"], x["cost"], x["input_tokens"], x["status"]) for x in rows] == [("gpt-4o", "0.01", "3", "ok")]
     assert json.loads(pouch(tmp_path, "history", "--json").stdout)[0]["cost"] == "0.01"
     assert json.loads(pouch(tmp_path, "history", "--json", "--since", "2999-01-01").stdout) == []
+
+
+def test_history_of_one_wallet(tmp_path):
+    ledger = Ledger(tmp_path)
+    ledger.set_budget(D(1))
+    for wallet, cost in (("ci", "0.01"), ("notebook", "0.02"), ("ci", "0.03")):
+        r = ledger.reserve(D("0.1"), {"model": "gpt-4o"}, wallet=wallet)
+        ledger.settle(r.id, D(cost))
+    ledger.record_block(Refusal("insufficient", D(5), D("0.94")), {"wallet": "ci"})
+    ci = json.loads(pouch(tmp_path, "history", "--json", "--wallet", "ci").stdout)
+    assert [(e["wallet"], e["cost"]) for e in ci] == [("ci", "0.01"), ("ci", "0.03")]
+    with_blocks = json.loads(pouch(tmp_path, "history", "--json", "--wallet", "ci", "--blocked").stdout)
+    assert [e["kind"] for e in with_blocks] == ["settle", "settle", "block"]
+    # --limit counts the wallet's entries, not everyone's
+    assert [e["cost"] for e in json.loads(pouch(tmp_path, "history", "--json", "--wallet", "ci", "--limit", "1").stdout)] == ["0.03"]
+    r = pouch(tmp_path, "history", "--wallet", "nobody")
+    assert r.returncode == 0 and "no settled requests for wallet 'nobody'" in r.stdout
 
 
 def test_corrupt_ledger_is_reported_with_the_way_out(tmp_path):
