@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..budget import Ledger, Refusal, Reservation
 from ..keystore import KeyStore
 from ..limits import RateBook
+from ..money import ZERO
 from ..plan import CallPlan, PlanSettings
 from ..pricing import PriceTable
 
 if TYPE_CHECKING:
     from ..metering import StreamMeter
     from ..vault import Vault
+
+log = logging.getLogger(__name__)
 
 CALL = "pouch_call"  # flow.metadata key holding the FlowCall
 
@@ -56,30 +61,23 @@ class Core:
         self.vault_problem: str | None = None  # why the vault is not open, for clear 503s
         self.limits = RateBook()  # per-wallet rpm/tpm, in memory per proxy process
 
-    async def commit(self, op: Callable[..., Any], *, lazy: bool = False, ledger: Ledger | None = None) -> Any:
-        """Run a ledger operation (``Ledger.*_op``) on the ledger's committer thread and await
-        its outcome without blocking the event loop (``lazy``: see ``Ledger.submit``).
-        ``ledger``: a call's own ledger; the current one by default."""
-        if ledger is None:
-            ledger, _ = self.require()
-        return await ledger.submit_async(op, lazy=lazy)
-
-    async def reserve(self, ledger: Ledger, op: Callable[..., Reservation | Refusal]) -> Reservation | Refusal:
-        """Run a ``Ledger.reserve_op`` and await it. If the waiting hook is cancelled meanwhile
-        (its flow killed, the proxy stopping), the operation still runs, being queued: the
-        reservation it makes is given back as soon as it exists (the request was never sent),
-        instead of holding budget until the orphan rule finds it at the next start."""
-        fut = ledger.submit_async(op)
-        try:
-            return await asyncio.shield(fut)
-        except asyncio.CancelledError:
-            fut.add_done_callback(partial(_give_back, ledger))
-            raise
-
     def require(self) -> tuple[Ledger, PriceTable]:
         if self.ledger is None or self.table is None:
             raise RuntimeError("pouch is not configured yet")
         return self.ledger, self.table
+
+
+async def reserve(ledger: Ledger, op: Callable[..., Reservation | Refusal]) -> Reservation | Refusal:
+    """Run a ``Ledger.reserve_op`` on the committer thread and await it. If the waiting hook is
+    cancelled meanwhile (its flow killed, the proxy stopping), the operation still runs, being
+    queued: the reservation it makes is given back as soon as it exists (the request was never
+    sent), instead of holding budget until the orphan rule finds it at the next start."""
+    fut = ledger.submit_async(op)
+    try:
+        return await asyncio.shield(fut)
+    except asyncio.CancelledError:
+        fut.add_done_callback(partial(_give_back, ledger))
+        raise
 
 
 def _give_back(ledger: Ledger, fut: asyncio.Future) -> None:
@@ -88,5 +86,11 @@ def _give_back(ledger: Ledger, fut: asyncio.Future) -> None:
         return
     res = fut.result()
     if isinstance(res, Reservation):
-        ledger.submit(ledger.settle_op(res.id, Decimal(0), status="abandoned",
-                                       details={"why": "the request was cancelled before it was sent"}))
+        done = ledger.submit(ledger.settle_op(res.id, ZERO, status="abandoned",
+                                              details={"why": "the request was cancelled before it was sent"}))
+        done.add_done_callback(partial(_log_failed_give_back, res.id))
+
+
+def _log_failed_give_back(res_id: str, done: Future) -> None:
+    if done.exception() is not None:  # left open: the orphan rule settles it at the next start
+        log.error(f"pouch: could not give back abandoned reservation {res_id}: {done.exception()!r}")

@@ -37,7 +37,7 @@ from ..money import ZERO, format_usd
 from ..limits import RateBook
 from ..plan import BudgetTooSmall, CallPlan, DraftPlan, PlanError, PlanSettings, draft_plan, parse_body
 from ..pricing import PriceTable
-from .core import CALL, Core, FlowCall
+from .core import CALL, Core, FlowCall, reserve
 from .identity import IDENTITY, Identity
 from .replies import reply
 from .scope import SCOPE
@@ -173,8 +173,7 @@ class BudgetGate:
             if call is not None:
                 self.core.active.discard(call)
                 call.settled = True
-                await self.core.commit(call.ledger.settle_op(call.reservation.id, ZERO, status="pouch_error"),
-                                       ledger=call.ledger)
+                await call.ledger.submit_async(call.ledger.settle_op(call.reservation.id, ZERO, status="pouch_error"))
             reply(flow, 500, f"pouch: internal error, the request was not sent ({type(exc).__name__}: {exc})",
                   code="pouch_internal_error", type_="server_error")
 
@@ -194,11 +193,11 @@ class BudgetGate:
             return
         except PlanError as exc:
             reply(flow, exc.status, str(exc), code=exc.code)
-            await self.core.commit(ledger.block_op(Refusal("invalid", Decimal(0), Decimal(0)),
-                                                   {**meta, "why": exc.code, "detail": str(exc)}), ledger=ledger)
+            await ledger.submit_async(ledger.block_op(Refusal("invalid", Decimal(0), Decimal(0)),
+                                                      {**meta, "why": exc.code, "detail": str(exc)}))
             return
         admission = Admission(draft, wallet, meta, self.core.limits)
-        result = await self.core.reserve(ledger, ledger.reserve_op(admission.decide, meta, wallet=wallet))
+        result = await reserve(ledger, ledger.reserve_op(admission.decide, meta, wallet=wallet))
         if isinstance(result, Refusal):
             self._refuse(flow, result, admission)
             return

@@ -192,12 +192,11 @@ class Metering:
         task.add_done_callback(self._settles.discard)
 
     async def _write_settle(self, call: FlowCall, result: settlement.Settlement, http_status: int | None) -> None:
-        ledger = call.ledger
         details = {**result.details(), "http_status": http_status, "estimated_cost": str(call.plan.worst_case)}
         try:
             # nobody waits for a settle: it rides with the next admission's commit (see Ledger.submit)
-            await self.core.commit(ledger.settle_op(call.reservation.id, result.cost,
-                                                    status=result.status, details=details), lazy=True, ledger=ledger)
+            await call.ledger.submit_async(call.ledger.settle_op(call.reservation.id, result.cost, status=result.status,
+                                                                 details=details), lazy=True)
         except NotOpen:
             log.error(f"pouch: reservation {call.reservation.id} was already settled")
         except Exception:
@@ -221,7 +220,7 @@ class Metering:
                     updates.setdefault(call.ledger, {})[call.reservation.id] = m.checkpoint()
             for ledger, batch in updates.items():
                 try:
-                    await self.core.commit(ledger.checkpoint_op(batch), lazy=True, ledger=ledger)
+                    await ledger.submit_async(ledger.checkpoint_op(batch), lazy=True)
                 except Exception:
                     log.exception("pouch: checkpoint write failed")
 

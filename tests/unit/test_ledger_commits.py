@@ -255,19 +255,18 @@ def test_an_idle_committer_thread_ends_and_the_next_submission_starts_another(tm
 
 
 def test_a_cancelled_admission_gives_its_reservation_back(tmp_path):
-    from pouch_addon.addons.core import Core  # the shell's wrapper around reserve_op
+    from pouch_addon.addons.core import reserve  # the shell's wrapper around reserve_op
 
     ledger = Ledger(tmp_path)
     ledger.set_budget(D("1"))
-    core = Core()
 
     async def main():
-        waiter = asyncio.ensure_future(core.reserve(ledger, ledger.reserve_op(D("0.3"), {"n": "gone"})))
+        waiter = asyncio.ensure_future(reserve(ledger, ledger.reserve_op(D("0.3"), {"n": "gone"})))
         await asyncio.sleep(0)  # the operation is queued for the committer
         waiter.cancel()  # its flow was killed before the commit came back
         with pytest.raises(asyncio.CancelledError):
             await waiter
-        kept = await core.reserve(ledger, ledger.reserve_op(D("0.2"), {"n": "kept"}))
+        kept = await reserve(ledger, ledger.reserve_op(D("0.2"), {"n": "kept"}))
         deadline = time.monotonic() + 5
         while ledger.status().in_flight > 1 and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
