@@ -245,7 +245,7 @@ class HistoryLog:
 
     def append(self, name: str, lines: list[dict[str, Any]]) -> int:
         """Append entries to partition ``name`` in one write and one fsync; return its new size."""
-        data = b"".join((json.dumps(line, sort_keys=True, separators=(",", ":")) + "\n").encode() for line in lines)
+        data = b"".join(canonical_json(line) + b"\n" for line in lines)
         fd = os.open(self.path(name), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             os.write(fd, data)
