@@ -11,7 +11,9 @@ fake + load generator to cpu1, so the proxy is what saturates.
    non-streaming chat completions (``max_tokens``) and 50-chunk SSE streams (no delay):
    req/s, p50/p95 latency, mitmdump CPU per request (``/proc/<pid>/stat``, split into the
    event-loop thread and the other threads). Configurations alternate A/B/A/B for
-   ``--rounds`` rounds; medians are reported.
+   ``--rounds`` rounds; medians are reported. With pouch, each workload also prints the floor
+   of ``bench/floor.py`` (pouch's own mandatory work per request, measured in this process)
+   next to the CPU per request the 0.9x target leaves pouch.
 2. **probe latency under streaming load**: while 20 SSE streams (200 chunks, 10 ms apart) are
    metered, sequential ``GET /v1/models`` probes on their own connection: p50/p95.
 3. **memory**: peak RSS (``VmHWM``, plus ``VmRSS`` sampled every 50 ms) of a fresh mitmdump
@@ -230,6 +232,11 @@ def chat_request(*, stream: bool, chunks: int, delay_ms: int = 0, max_tokens: in
     if delay_ms:
         headers.append(f"x-fake-delay-ms: {delay_ms}")
     return ("\r\n".join(headers) + "\r\n\r\n").encode() + data
+
+
+def request_body(raw: bytes) -> bytes:
+    """The body of a raw request built by :func:`chat_request`."""
+    return raw.split(b"\r\n\r\n", 1)[1]
 
 
 MODELS_REQUEST = (f"GET /v1/models HTTP/1.1\r\nHost: {HOST}\r\nAuthorization: Bearer sk-bench\r\n"
@@ -631,6 +638,10 @@ def run_throughput(b: Bench, ratios: list[str]) -> None:
           f"rounds per configuration, alternating {'/'.join(c.name for c in b.configs)}")
     for cfg in b.configs:
         b.start(cfg)
+    floor_mod, ledger_floor = None, None
+    if b.configs[1].pouch:  # imported here: an A/A run must work while pouch does not import
+        import floor as floor_mod  # bench/floor.py: pouch's own work per request, in this process
+        ledger_floor = floor_mod.measure_ledger()
     workloads = [
         ("nonstream", "non-streaming chat completion (max_tokens, 50 tokens)",
          chat_request(stream=False, chunks=50), False),
@@ -688,6 +699,12 @@ def run_throughput(b: Bench, ratios: list[str]) -> None:
                 s = b.ledger_status(cfg)
                 if s:
                     print(f"   ledger after runs ({cfg.name}): {s}")
+            if floor_mod is not None and ledger_floor is not None:
+                f = floor_mod.measure(request_body(raw), stream, ledger_floor)
+                room = med[base]["cpu"] * (1 / 0.9 - 1)
+                print(f"   floor (bench/floor.py, in this process, no mitmproxy): pouch's own work per request is "
+                      f"{f.describe()}; the 0.9x target leaves pouch {room:.3f} ms of CPU per request "
+                      f"(bare {med[base]['cpu']:.3f} ms x (1/0.9 - 1))")
             flag = "" if ratio >= 0.9 else "  BELOW TARGET"
             flag += noisy(busy_other)
             errs = sum(med[c.name]["errors"] for c in b.configs)
@@ -814,23 +831,6 @@ def run_memory(b: Bench, ratios: list[str]) -> None:
           f"long x{statistics.median(peaks[(test, 'long')]) / statistics.median(peaks[(base, 'long')]):.2f}")
 
 
-def ledger_cost(b: Bench) -> None:
-    """The ledger's own cost per call on this disk (what a worker thread waits on per request)."""
-    from pouch_addon.budget import Ledger
-    home = b.new_home()
-    ledger = Ledger(home)
-    n, times = 60, []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        ledger.status()
-        res = ledger.reserve(Decimal("0.01"), {"model": MODEL})
-        ledger.settle(res.id, Decimal("0.004"), details={"input_tokens": 10, "output_tokens": 5})
-        times.append(time.perf_counter() - t0)
-    med = statistics.median(times)
-    print(f"\n   ledger status+reserve+settle in this process (fsync on): median {med * 1e3:.2f} ms, "
-          f"p95 {pct(times, 95) * 1e3:.2f} ms -> if serialised by the ledger lock, at most ~{1 / med:.0f} calls/s")
-
-
 # --------------------------------------------------------------------------- main
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -907,8 +907,6 @@ def main(argv: list[str] | None = None) -> int:
             run_probe(b, ratios)
         if "memory" in only:
             run_memory(b, ratios)
-        if any(c.pouch for c in b.configs):
-            ledger_cost(b)
     finally:
         if b is not None:
             b.close()

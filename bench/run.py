@@ -4,7 +4,8 @@
 
 - ``ledger_bench.py``: ledger reserve+settle at 1,000,000 vs 1,000 history entries
   (``--quick``: 200,000 vs 1,000);
-- ``proxy_bench.py``: pouch vs bare mitmdump, same run: throughput and latency, latency of a
+- ``proxy_bench.py``: pouch vs bare mitmdump, same run: throughput and latency (with the floor of
+  ``floor.py``, pouch's own mandatory work per request), latency of a
   small request under streaming load, peak memory of long streams (``--quick``: ~1-2 min);
 - ``meter_bench.py``: the per-chunk cost of metering an SSE stream vs splitting + ``json.loads``;
 - ``identity_bench.py``: attributing a connection to its local process, pouch's lookup vs psutil;

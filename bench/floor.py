@@ -1,0 +1,164 @@
+"""The floor under pouch's proxy overhead: the work pouch must do per request, measured in-process.
+
+``proxy_bench`` compares mitmdump with pouch against bare mitmdump. Whatever mitmproxy adds for
+pouch's hooks, pouch itself must, for every billed request,
+
+- **plan** it: parse the JSON body, estimate the input tokens, fit the output cap, rewrite the
+  body (``plan.parse_body`` + ``plan.draft_plan`` + ``DraftPlan.finish`` + the JSON dump);
+- **price** the answer: the usage of a non-streamed body (``settlement.from_response_body``),
+  or every event of a stream through the meter (``StreamMeter.feed`` / ``finish``);
+- **reserve durably and settle** in the ledger before the request leaves and after it ends (the
+  promise survives a crash only if the reservation is on disk first): the CPU of the calling
+  thread and the committer thread together, per request, when k admissions share a group commit
+  and each group's settles ride along with the next group's commit, with 20 other reservations
+  open, as under the bench's load.
+
+Measured here with the bench's own request bodies and a 50-chunk stream, no mitmproxy, no
+sockets. ``proxy_bench`` prints this floor next to the CPU that its target leaves pouch per
+request (``bare CPU x (1 / 0.9 - 1)``): when the floor alone is larger, no tuning of the hooks
+can reach the target on this machine.
+
+    .venv/bin/python bench/floor.py
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+for p in (str(BENCH), str(BENCH.parent)):
+    if p not in sys.path:
+        sys.path.insert(0, p)
+
+from meter_bench import MODEL, chat_stream  # noqa: E402
+
+from pouch_addon import settlement  # noqa: E402
+from pouch_addon.budget import Ledger  # noqa: E402
+from pouch_addon.metering import StreamMeter  # noqa: E402
+from pouch_addon.plan import CallPlan, PlanSettings, draft_plan, parse_body  # noqa: E402
+from pouch_addon.pricing import PriceTable  # noqa: E402
+
+GROUPS = (1, 2, 4, 8)  # admissions per group commit
+OPEN = 20  # reservations in flight meanwhile (the bench's 20 connections)
+
+
+@dataclass
+class Floor:
+    plan_us: float  # plan one request (parse, estimate, fit, rewrite)
+    price_us: float  # price its answer (usage body, or the whole metered stream)
+    ledger_us: dict[int, float]  # ledger CPU per request by admissions per group commit
+
+    def total_ms(self, group: int) -> float:
+        return (self.plan_us + self.price_us + self.ledger_us[group]) / 1e3
+
+    def describe(self) -> str:
+        ledger = "/".join(f"{self.ledger_us[g]:.0f}" for g in GROUPS)
+        per = "/".join(str(g) for g in GROUPS)
+        return (f"plan {self.plan_us:.0f} us + price {self.price_us:.0f} us + ledger {ledger} us CPU at "
+                f"{per} admissions per group commit = {'/'.join(f'{self.total_ms(g):.3f}' for g in GROUPS)} ms")
+
+
+def median_us(fn: Callable[[], object], n: int) -> float:
+    fn()  # warm (encodings, caches)
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e6
+
+
+def plan_request(body_bytes: bytes, table: PriceTable) -> CallPlan:
+    body = parse_body(body_bytes)
+    plan = draft_plan("POST", "/v1/chat/completions", body, table=table, settings=PlanSettings()).finish(
+        Decimal("1000000"))
+    if plan.rewrites:
+        body.update(plan.rewrites)
+        json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+    return plan
+
+
+def completion_body(completion_tokens: int) -> bytes:
+    """A non-streamed chat completion as OpenAI (and the bench's fake) answers it."""
+    return json.dumps({
+        "id": "chatcmpl-floor", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini-2024-07-18",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": " ".join(
+            f"tok{i}" for i in range(completion_tokens)), "refusal": None}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 30, "completion_tokens": completion_tokens,
+                  "total_tokens": 30 + completion_tokens,
+                  "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+                  "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0}},
+        "service_tier": "default", "system_fingerprint": "fp_floor",
+    }).encode()
+
+
+def ledger_cpu_us(group: int, rounds: int) -> float:
+    """User + system CPU of this process (caller and committer thread) per admitted request."""
+    with tempfile.TemporaryDirectory(prefix="pouch-floor-") as home:
+        ledger = Ledger(home)
+        ledger.set_budget(Decimal("1000000"))
+        ledger.commit_delay = 0  # the groups are formed here
+        for _ in range(OPEN):
+            ledger.reserve(Decimal("0.01"), {"model": MODEL})
+        meta = {"model": MODEL, "endpoint": "/v1/chat/completions", "client": "127.0.0.1:50000", "wallet": "default"}
+        details = {"input_tokens": 30, "output_tokens": 50, "cached_tokens": 0, "reasoning_tokens": 0}
+        prev: list[str] = []
+        r0 = resource.getrusage(resource.RUSAGE_SELF)
+        for _ in range(rounds):
+            for rid in prev:
+                ledger.submit(ledger.settle_op(rid, Decimal("0.0001"), details=dict(details)), lazy=True)
+            futures = [ledger.submit(ledger.reserve_op(Decimal("0.01"), dict(meta))) for _ in range(group)]
+            prev = [f.result().id for f in futures]
+        r1 = resource.getrusage(resource.RUSAGE_SELF)
+    return ((r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)) / (rounds * group) * 1e6
+
+
+def measure_ledger(rounds: int = 150) -> dict[int, float]:
+    return {g: ledger_cpu_us(g, rounds) for g in GROUPS}
+
+
+def measure(request_body: bytes, stream: bool, ledger: dict[int, float], reps: int = 400) -> Floor:
+    table = PriceTable.load()
+    price = table.resolve(MODEL)
+    plan = plan_request(request_body, table)
+    if stream:
+        chunks = chat_stream(50)
+
+        def price_answer() -> None:
+            m = StreamMeter("chat", price, MODEL, plan.input_tokens, plan.worst_case, hide_usage_chunk=True)
+            for c in chunks:
+                m.feed(c)
+            m.finish()
+            settlement.completed(table, plan, m.final_usage(), 0, model_reported=m.model_reported,
+                                 tier_reported=m.service_tier, status="ok")
+    else:
+        body = completion_body(50)
+
+        def price_answer() -> None:
+            settlement.from_response_body(table, plan, body)
+
+    return Floor(plan_us=median_us(lambda: plan_request(request_body, table), reps),
+                 price_us=median_us(price_answer, reps), ledger_us=ledger)
+
+
+def main() -> int:
+    import proxy_bench as PB
+
+    ledger = measure_ledger()
+    for stream in (False, True):
+        f = measure(PB.request_body(PB.chat_request(stream=stream, chunks=50)), stream, ledger)
+        print(f"{'sse50' if stream else 'nonstream'}: {f.describe()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""bench/floor.py, the floor the proxy bench prints next to its throughput ratios, still runs and
+measures what it says (a broken floor would end a long proxy bench half-way)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+sys.path.insert(0, str(BENCH))
+
+import floor  # noqa: E402
+import proxy_bench  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def ledger_floor() -> dict[int, float]:
+    return floor.measure_ledger(rounds=4)
+
+
+def test_ledger_floor_has_every_group_size(ledger_floor):
+    assert set(ledger_floor) == set(floor.GROUPS)
+    assert all(v > 0 for v in ledger_floor.values())
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_floor_prices_the_bench_request(ledger_floor, stream):
+    body = proxy_bench.request_body(proxy_bench.chat_request(stream=stream, chunks=50))
+    assert body.startswith(b"{") and b'"model"' in body
+    f = floor.measure(body, stream, ledger_floor, reps=3)
+    assert f.plan_us > 0 and f.price_us > 0
+    assert f.total_ms(2) == pytest.approx((f.plan_us + f.price_us + ledger_floor[2]) / 1e3)
+    text = f.describe()
+    assert "1/2/4/8 admissions per group commit" in text
+
+
+def test_floor_completion_body_is_priced_from_its_usage():
+    from decimal import Decimal
+
+    from pouch_addon import settlement
+    from pouch_addon.pricing import PriceTable
+
+    table = PriceTable.load()
+    plan = floor.plan_request(proxy_bench.request_body(proxy_bench.chat_request(stream=False, chunks=50)), table)
+    result = settlement.from_response_body(table, plan, floor.completion_body(50))
+    assert result.status == "ok"
+    assert Decimal(0) < result.cost <= plan.worst_case
