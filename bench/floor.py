@@ -4,7 +4,8 @@
 pouch's hooks, pouch itself must, for every billed request,
 
 - **plan** it: parse the JSON body, estimate the input tokens, fit the output cap, rewrite the
-  body (``plan.parse_body`` + ``plan.draft_plan`` + ``DraftPlan.finish`` + the JSON dump);
+  body (the gate's own ``decode_body`` + ``plan.parse_body`` + ``plan.draft_plan`` +
+  ``DraftPlan.finish`` + ``set_body``, on a mitmproxy request);
 - **price** the answer: the usage of a non-streamed body (``settlement.from_response_body``),
   or every event of a stream through the meter (``StreamMeter.feed`` / ``finish``);
 - **reserve durably and settle** in the ledger before the request leaves and after it ends (the
@@ -41,7 +42,10 @@ for p in (str(BENCH), str(BENCH.parent)):
 
 from meter_bench import MODEL, chat_stream  # noqa: E402
 
+from mitmproxy import http  # noqa: E402
+
 from pouch_addon import settlement  # noqa: E402
+from pouch_addon.addons.gate import decode_body, set_body  # noqa: E402
 from pouch_addon.budget import Ledger  # noqa: E402
 from pouch_addon.metering import StreamMeter  # noqa: E402
 from pouch_addon.plan import CallPlan, PlanSettings, draft_plan, parse_body  # noqa: E402
@@ -77,13 +81,22 @@ def median_us(fn: Callable[[], object], n: int) -> float:
     return statistics.median(times) * 1e6
 
 
-def plan_request(body_bytes: bytes, table: PriceTable) -> CallPlan:
-    body = parse_body(body_bytes)
-    plan = draft_plan("POST", "/v1/chat/completions", body, table=table, settings=PlanSettings()).finish(
-        Decimal("1000000"))
+MAX_BODY = 32 * 1048576  # pouch_max_body_mb's default
+
+
+def bench_request(body_bytes: bytes) -> http.Request:
+    return http.Request.make("POST", "https://api.openai.com/v1/chat/completions", body_bytes,
+                             {"content-type": "application/json"})
+
+
+def plan_request(request: http.Request, table: PriceTable) -> CallPlan:
+    """What the gate does to a small request on the event loop (``BudgetGate._gate``, inline);
+    ``request`` is rewritten."""
+    body = parse_body(decode_body(request, MAX_BODY))
+    plan = draft_plan("POST", request.path, body, table=table, settings=PlanSettings()).finish(Decimal("1000000"))
     if plan.rewrites:
         body.update(plan.rewrites)
-        json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+        set_body(request, body)
     return plan
 
 
@@ -129,7 +142,8 @@ def measure_ledger(rounds: int = 150) -> dict[int, float]:
 def measure(request_body: bytes, stream: bool, ledger: dict[int, float], reps: int = 400) -> Floor:
     table = PriceTable.load()
     price = table.resolve(MODEL)
-    plan = plan_request(request_body, table)
+    request = bench_request(request_body)
+    plan = plan_request(request, table)
     if stream:
         chunks = chat_stream(50)
 
@@ -146,7 +160,11 @@ def measure(request_body: bytes, stream: bool, ledger: dict[int, float], reps: i
         def price_answer() -> None:
             settlement.from_response_body(table, plan, body)
 
-    return Floor(plan_us=median_us(lambda: plan_request(request_body, table), reps),
+    def plan_again() -> None:
+        request.raw_content = request_body  # as mitmproxy read it; set_body replaced it
+        plan_request(request, table)
+
+    return Floor(plan_us=median_us(plan_again, reps),
                  price_us=median_us(price_answer, reps), ledger_us=ledger)
 
 

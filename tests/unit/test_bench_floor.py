@@ -43,7 +43,8 @@ def test_floor_completion_body_is_priced_from_its_usage():
     from pouch_addon.pricing import PriceTable
 
     table = PriceTable.load()
-    plan = floor.plan_request(proxy_bench.request_body(proxy_bench.chat_request(stream=False, chunks=50)), table)
+    request = floor.bench_request(proxy_bench.request_body(proxy_bench.chat_request(stream=False, chunks=50)))
+    plan = floor.plan_request(request, table)
     result = settlement.from_response_body(table, plan, floor.completion_body(50))
     assert result.status == "ok"
     assert Decimal(0) < result.cost <= plan.worst_case
