@@ -762,7 +762,9 @@ class Ledger:
         for name in sorted(by_partition):
             st.history_size = self._history.append(name, by_partition[name])
             st.history_file = name
-        self._committed = (self._storage.write_canonical(st.canonical_tables(), durable=txn.durable or None), st)
+        # a checkpoint-only transaction skips fsync; any other follows the ledger's own setting
+        durable = None if txn.durable else False
+        self._committed = (self._storage.write_canonical(st.canonical_tables(), durable=durable), st)
 
     def _run(self, op: Callable[[_Txn], Any]) -> Any:
         """Run ``op`` in a transaction, sharing it with the operations other threads submit meanwhile.

@@ -270,3 +270,35 @@ def test_a_killed_unreaped_process_counts_as_dead(tmp_path):
 def test_owner_records_process_identity(tmp_path):
     me = Owner.current()
     assert me.pid == os.getpid() and me.started
+
+
+def count_fsyncs(monkeypatch) -> list[int]:
+    calls: list[int] = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(fd), real(fd))[1])
+    return calls
+
+
+def test_durability_follows_the_ledger_setting_and_checkpoints_skip_fsync(tmp_path, monkeypatch):
+    durable = Ledger(tmp_path / "durable")
+    durable.set_budget(D("1"))
+    calls = count_fsyncs(monkeypatch)
+    res = durable.reserve(D("0.1"))
+    assert isinstance(res, Reservation)
+    assert len(calls) >= 2  # the state file and its folder
+    calls.clear()
+    durable.checkpoint({res.id: {"output_tokens": 3}})
+    assert calls == []  # advisory: a lost checkpoint costs nothing
+    durable.settle(res.id, D("0.05"))
+    assert len(calls) >= 3  # the history line, the state file, the folder
+
+    monkeypatch.undo()
+    fast = Ledger(tmp_path / "fast", durable=False)  # tests and tools that trade durability for speed
+    fast.set_budget(D("1"))
+    calls = count_fsyncs(monkeypatch)
+    res = fast.reserve(D("0.1"))
+    fast.checkpoint({res.id: {"output_tokens": 3}})
+    fast.settle(res.id, D("0.05"))
+    assert calls == []
+    assert fast.snapshot().spent == D("0.05")
+    assert_consistent(fast)
