@@ -8,6 +8,8 @@
   ``floor.py``, pouch's own mandatory work per request), latency of a
   small request under streaming load, peak memory of long streams (``--quick``: ~1-2 min);
 - ``meter_bench.py``: the per-chunk cost of metering an SSE stream vs splitting + ``json.loads``;
+- ``checkpoint_bench.py``: the longest event-loop stall of the checkpoint pass over 20 and 100
+  streams, sliced vs one unbroken pass;
 - ``identity_bench.py``: attributing a connection to its local process, pouch's lookup vs psutil;
 - ``tui_bench.py``: if present.
 
@@ -101,7 +103,7 @@ def main() -> int:
         ("ledger_bench", [py, str(BENCH / "ledger_bench.py")] + (["--big", "200000"] if args.quick else []), 1200),
         ("proxy_bench", [py, str(BENCH / "proxy_bench.py")] + (["--quick"] if args.quick else []), 1200),
     ]
-    for name in ("meter_bench", "identity_bench"):
+    for name in ("meter_bench", "checkpoint_bench", "identity_bench"):
         script = BENCH / f"{name}.py"
         if script.exists():
             plan.append((name, [py, str(script)] + (["--quick"] if args.quick and supports(script, "--quick") else []),
