@@ -32,7 +32,6 @@ from .messages import AggregatesUpdated, HistoryUpdated, LedgerProblem, LedgerSn
 from .screens import ConfirmScreen, DetailScreen, HelpScreen, MoneyDialog
 from .watcher import PAGE, LedgerWatcher
 from .widgets import BlockedPanel, Breakdown, BudgetGauge, HistoryTable, InFlightTable, SpendChart, StateBanner
-from .widgets.blocked_table import BlockedTable
 
 
 def default_home(home: str | Path | None) -> Path:
@@ -228,11 +227,7 @@ class PouchApp(App[None]):
 
     def action_tab(self, tab: str) -> None:
         self.tabs.active = tab
-        target = {"recent": HistoryTable, "blocked": BlockedTable}.get(tab)
-        if target is not None:
-            self.tabs.query_one(target).focus()
-        else:
-            self.breakdown.query_one("#by-model", DataTable).focus()
+        {"recent": self.history_table, "blocked": self.blocked.table}.get(tab, self.breakdown.by_model).focus()
 
     def action_toggle_chart(self) -> None:
         self.chart.toggle()
@@ -249,7 +244,7 @@ class PouchApp(App[None]):
     def action_details(self) -> None:
         """Details of the highlighted row of the visible tab (enter or a click does the same)."""
         if self.tabs.active == "blocked":
-            entry = self.blocked.query_one(BlockedTable).current_entry()
+            entry = self.blocked.table.current_entry()
         else:
             entry = self.history_table.current_entry()
         if entry is not None:
@@ -263,7 +258,7 @@ class PouchApp(App[None]):
 
     @on(DataTable.RowSelected, "#blocked-table")
     def open_block_detail(self, event: DataTable.RowSelected) -> None:
-        entry = self.blocked.query_one(BlockedTable).entries.get(str(event.row_key.value))
+        entry = self.blocked.table.entries.get(str(event.row_key.value))
         if entry is not None:
             self.push_screen(DetailScreen(entry))
 

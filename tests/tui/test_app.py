@@ -362,3 +362,51 @@ def test_theme_change_rerenders(fixed_home: Path):
         assert app.history_table.row_count == len(fixed_entries())
 
     run(app, scenario)
+
+
+def test_panels_take_data_before_they_are_mounted():
+    """The watcher's first messages may reach the app before a panel in a tab not yet shown has
+    mounted its children (seen once on a loaded machine: NoMatches for '#by-model'). Every
+    panel the app feeds accepts data from construction on, and shows it once mounted."""
+    import asyncio
+
+    from textual.app import App
+
+    from pouch_addon.budget import Owner, Reservation, Status
+    from pouch_tui.aggregate import Aggregates
+    from pouch_tui.messages import LedgerSnapshot
+    from pouch_tui.widgets import BlockedPanel, Breakdown, InFlightTable
+
+    entries = fixed_entries()
+    aggregates = Aggregates.empty(fixed_now()).add_all(entries)
+    res = Reservation(id="r1", amount=D("0.25"), created=fixed_now() - 3, owner=Owner.current(),
+                      meta={"model": "gpt-4o-mini", "client": "127.0.0.1:40404"})
+    snapshot = LedgerSnapshot(status=Status(budget=D("5"), spent=D("1"), reserved=D("0.25"), requests=1,
+                                            blocked=0, flagged=0, paused=False, in_flight=1), open=[res])
+
+    class Bare(App):
+        def compose(self):
+            variables = self.get_css_variables()
+            breakdown, blocked = Breakdown(), BlockedPanel()
+            inflight, history = InFlightTable(), HistoryTable()
+            breakdown.show(aggregates, variables)  # unmounted: children not composed yet
+            blocked.show(aggregates, fixed_now(), variables)
+            inflight.show(snapshot, fixed_now(), variables)
+            history.show(entries, fixed_now(), variables)
+            self.panels = breakdown, blocked, inflight, history
+            yield from self.panels
+
+    async def main():
+        app = Bare()
+        async with app.run_test(size=(120, 60)) as pilot:
+            await pilot.pause()
+            breakdown, blocked, inflight, history = app.panels
+            assert breakdown.query_one("#by-model", BreakdownTable) is breakdown.by_model
+            assert {str(breakdown.by_model.get_row_at(i)[0]) for i in range(breakdown.by_model.row_count)} == {
+                "gpt-4o", "gpt-4o-mini", "o3-mini"}
+            assert blocked.table.row_count == len(aggregates.recent_blocks()) > 0
+            assert "blocked this month" in str(blocked.summary.render())
+            assert [str(c) for c in inflight.get_row("r1")][:2] == ["gpt-4o-mini", "127.0.0.1"]
+            assert history.row_count == len(entries)
+
+    asyncio.run(main())

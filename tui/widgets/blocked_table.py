@@ -43,20 +43,25 @@ class BlockedTable(EntryTable):
 
 
 class BlockedPanel(Vertical):
+    """Its children exist from the start (not only once composed): the app may show aggregates
+    before this panel, in a tab not yet displayed, has mounted them."""
+
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
+        self.summary = Static("", id="blocked-summary", markup=False)
+        self.table = BlockedTable(id="blocked-table")
 
     def compose(self) -> ComposeResult:
-        yield Static("", id="blocked-summary", markup=False)
-        yield BlockedTable(id="blocked-table")
+        yield self.summary
+        yield self.table
 
     def show(self, aggregates: Aggregates | None, now: float, variables: dict[str, str]) -> None:
         if aggregates is None:
-            self.query_one("#blocked-summary", Static).update("")
-            self.query_one(BlockedTable).show([], now, variables)
+            self.summary.update("")
+            self.table.show([], now, variables)
             return
         reasons = ", ".join(f"{why} {n:,}" for why, n in aggregates.block_reasons.most_common())
         summary = (f"{aggregates.blocked_month:,} blocked this month" + (f": {reasons}" if reasons else "")
                    if aggregates.blocked_month else "Nothing blocked this month.")
-        self.query_one("#blocked-summary", Static).update(summary)
-        self.query_one(BlockedTable).show(aggregates.recent_blocks(), now, variables)
+        self.summary.update(summary)
+        self.table.show(aggregates.recent_blocks(), now, variables)

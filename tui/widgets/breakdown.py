@@ -21,10 +21,8 @@ class BreakdownTable(DataTable):
         super().__init__(id=id, cursor_type="row", zebra_stripes=True)
         self.border_title = title
         self.first = first
-
-    def on_mount(self) -> None:
-        for key, label in COLUMNS:
-            self.add_column(label or self.first, key=key)
+        for key, label in COLUMNS:  # here, not on mount: aggregates may come first
+            self.add_column(label or first, key=key)
 
     def show(self, table: dict[str, Bucket], variables: dict[str, str]) -> None:
         self.clear()
@@ -46,13 +44,18 @@ class BreakdownTable(DataTable):
 
 
 class Breakdown(Horizontal):
+    """Its tables exist from the start (not only once composed): the app may show aggregates
+    before this panel, in a tab not yet displayed, has mounted its children."""
+
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
+        self.by_model = BreakdownTable("By model, this month", "model", id="by-model")
+        self.by_client = BreakdownTable("By client, this month", "client", id="by-client")
 
     def compose(self) -> ComposeResult:
-        yield BreakdownTable("By model, this month", "model", id="by-model")
-        yield BreakdownTable("By client, this month", "client", id="by-client")
+        yield self.by_model
+        yield self.by_client
 
     def show(self, aggregates: Aggregates | None, variables: dict[str, str]) -> None:
-        self.query_one("#by-model", BreakdownTable).show(aggregates.by_model if aggregates else {}, variables)
-        self.query_one("#by-client", BreakdownTable).show(aggregates.by_client if aggregates else {}, variables)
+        self.by_model.show(aggregates.by_model if aggregates else {}, variables)
+        self.by_client.show(aggregates.by_client if aggregates else {}, variables)

@@ -29,9 +29,7 @@ class EntryTable(DataTable):
         super().__init__(id=id, cursor_type="row", zebra_stripes=True)
         self.entries: dict[str, dict[str, Any]] = {}
         self.keys: list[str] = []
-
-    def on_mount(self) -> None:
-        for key, label in self.COLUMNS:
+        for key, label in self.COLUMNS:  # here, not on mount: an update may come first
             self.add_column(label, key=key)
 
     def current_key(self) -> str | None:

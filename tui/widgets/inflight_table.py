@@ -27,9 +27,7 @@ class InFlightTable(DataTable):
         self.border_title = "In flight"
         self.reservations: dict[str, Reservation] = {}
         self.dead: frozenset[str] = frozenset()
-
-    def on_mount(self) -> None:
-        for key, label in COLUMNS:
+        for key, label in COLUMNS:  # here, not on mount: a ledger update may come first
             self.add_column(label, key=key)
 
     def show(self, snapshot: LedgerSnapshot | None, now: float, variables: dict[str, str]) -> None:
