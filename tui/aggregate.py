@@ -115,7 +115,7 @@ class Periods:
 class Aggregates:
     """Spend of today / this week / this month, per hour and per day, by model and by caller.
 
-    ``by_client`` is keyed by :func:`caller_key`: the wallet (app) the proxy charged, or the
+    ``by_app`` is keyed by :func:`caller_key`: the wallet (app) the proxy charged, or the
     client's host for entries written before wallets existed."""
 
     periods: Periods
@@ -128,7 +128,7 @@ class Aggregates:
     per_hour: list[Decimal] = field(default_factory=lambda: [ZERO] * 24)
     per_day: list[Decimal] = field(default_factory=list)
     by_model: dict[str, Bucket] = field(default_factory=dict)
-    by_client: dict[str, Bucket] = field(default_factory=dict)
+    by_app: dict[str, Bucket] = field(default_factory=dict)
     block_reasons: Counter[str] = field(default_factory=Counter)
     blocks: list[dict[str, Any]] = field(default_factory=list)  # oldest first, the newest BLOCKS_KEPT
     entries: int = 0  # entries folded in (any period)
@@ -159,7 +159,7 @@ class Aggregates:
                     del self.blocks[:-BLOCKS_KEPT]
                 model = str(entry.get("model") or "(unknown)")
                 self.by_model.setdefault(model, Bucket()).blocked += 1
-                self.by_client.setdefault(caller_key(entry), Bucket()).blocked += 1
+                self.by_app.setdefault(caller_key(entry), Bucket()).blocked += 1
             return
         if kind != "settle":
             return
@@ -179,7 +179,7 @@ class Aggregates:
             if 0 <= day < len(self.per_day):
                 self.per_day[day] += cost
             for key, table in ((str(entry.get("model") or "(unknown)"), self.by_model),
-                               (caller_key(entry), self.by_client)):
+                               (caller_key(entry), self.by_app)):
                 b = table.setdefault(key, Bucket())
                 b.requests += 1
                 b.cost += cost
@@ -198,7 +198,7 @@ class Aggregates:
             per_hour=list(self.per_hour),
             per_day=list(self.per_day),
             by_model={k: replace(v) for k, v in self.by_model.items()},
-            by_client={k: replace(v) for k, v in self.by_client.items()},
+            by_app={k: replace(v) for k, v in self.by_app.items()},
             block_reasons=Counter(self.block_reasons),
             blocks=list(self.blocks[-BLOCKS_KEPT:]),
         )
@@ -235,6 +235,6 @@ def spend_per_day(entries: list[dict[str, Any]], now: float) -> list[Decimal]:
 
 
 def spend_by(entries: list[dict[str, Any]], now: float, what: str) -> dict[str, Bucket]:
-    """This month's buckets by ``"model"`` or ``"client"``."""
+    """This month's buckets by ``"model"`` or ``"app"`` (see :func:`caller_key`)."""
     agg = Aggregates.empty(now).add_all(entries)
-    return agg.by_model if what == "model" else agg.by_client
+    return agg.by_model if what == "model" else agg.by_app

@@ -100,7 +100,7 @@ def test_breakdown_by_model_and_client():
     assert models["gpt-4o"].requests == 2 and models["gpt-4o"].cost == D("0.75")
     assert models["gpt-4o"].input_tokens == 30 and models["gpt-4o"].output_tokens == 11
     assert models["(unknown)"].blocked == 1 and models["(unknown)"].requests == 0
-    clients = spend_by(entries, NOW, "client")
+    clients = spend_by(entries, NOW, "app")
     assert set(clients) == {"10.0.0.1", "::1", "10.0.0.2"}
     assert clients["10.0.0.1"].requests == 2
     assert [name for name, _ in ranked(models)] == ["gpt-4o", "gpt-4o-mini", "(unknown)"]
@@ -240,7 +240,7 @@ def test_calls_are_grouped_by_wallet_when_the_proxy_named_one():
         {**settle(2, NOW - 50, "gpt-4o", "0.25", client="127.0.0.1:1001"), "wallet": "billing"},
         {**block(3, NOW - 40, "insufficient", model=None, client="127.0.0.1:1002"), "wallet": "billing"},
     ]
-    callers = spend_by(entries, NOW, "client")
+    callers = spend_by(entries, NOW, "app")
     assert set(callers) == {"127.0.0.1", "billing"}
     assert (callers["billing"].requests, callers["billing"].blocked, callers["billing"].cost) == (1, 1, D("0.25"))
     assert caller_key({"client": "10.0.0.1:5"}) == "10.0.0.1"

@@ -338,8 +338,8 @@ def test_breakdown_chart_and_more_history(fixed_home: Path):
         by_model = app.breakdown.query_one("#by-model", BreakdownTable)
         names = [str(by_model.get_row_at(i)[0]) for i in range(by_model.row_count)]
         assert names[0] == "gpt-4o" and set(names) == {"gpt-4o", "gpt-4o-mini", "o3-mini"}
-        by_client = app.breakdown.query_one("#by-client", BreakdownTable)
-        assert {str(by_client.get_row_at(i)[0]) for i in range(by_client.row_count)} == {"127.0.0.1", "10.0.0.7",
+        by_app = app.breakdown.query_one("#by-app", BreakdownTable)
+        assert {str(by_app.get_row_at(i)[0]) for i in range(by_app.row_count)} == {"127.0.0.1", "10.0.0.7",
                                                                                         "10.0.0.9"}
         await pilot.press("m")
         await pilot.press("r")

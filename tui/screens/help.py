@@ -18,7 +18,7 @@ settles the exact cost. This dashboard reads the shared ledger and never slows t
 | `b` | set the budget |
 | `p` | pause all LLM traffic / resume (confirms; paused calls get HTTP 402) |
 | `enter` / `d` / click | details of the selected request |
-| `1` `2` `3` | recent requests, breakdown by model and client, blocked requests |
+| `1` `2` `3` | recent requests, breakdown by model and app, blocked requests |
 | `c` | spend chart: per hour today / per day this month |
 | `m` | load 200 more history entries |
 | `r` | re-read the ledger now |

@@ -13,7 +13,7 @@ from ..aggregate import Aggregates, block_reason, caller_key
 from ..format import clock, money, short_endpoint, theme_style
 from .history_table import EntryTable, entry_key
 
-COLUMNS = (("time", "time (UTC)"), ("model", "model"), ("client", "client"), ("endpoint", "endpoint"),
+COLUMNS = (("time", "time (UTC)"), ("model", "model"), ("app", "app"), ("endpoint", "endpoint"),
            ("reason", "reason"), ("needed", "needed"), ("remaining", "remaining"), ("message", "message"))
 
 

@@ -1,4 +1,4 @@
-"""This month's spend by model and by client (requests, blocks, tokens, cost, share)."""
+"""This month's spend by model and by app (the wallet charged; a host for entries from before wallets)."""
 
 from __future__ import annotations
 
@@ -50,12 +50,12 @@ class Breakdown(Horizontal):
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.by_model = BreakdownTable("By model, this month", "model", id="by-model")
-        self.by_client = BreakdownTable("By client, this month", "client", id="by-client")
+        self.by_app = BreakdownTable("By app, this month", "app", id="by-app")
 
     def compose(self) -> ComposeResult:
         yield self.by_model
-        yield self.by_client
+        yield self.by_app
 
     def show(self, aggregates: Aggregates | None, variables: dict[str, str]) -> None:
         self.by_model.show(aggregates.by_model if aggregates else {}, variables)
-        self.by_client.show(aggregates.by_client if aggregates else {}, variables)
+        self.by_app.show(aggregates.by_app if aggregates else {}, variables)
