@@ -480,13 +480,38 @@ def estimate_embedding_input(body: dict[str, Any], model: str) -> int:
 # ---------------------------------------------------------------------------------------------
 # Streaming
 
+def _last_piece_start(text: str) -> int:
+    """The last index ``i > 0`` where a space follows a letter, digit or ASCII symbol; 0 if none.
+
+    In both shipped pre-tokenizers (o200k_base, cl100k_base) no piece holds such a character
+    followed by a space: a space is only ever a piece's first character or part of a whitespace
+    run. So a piece starts at ``i`` whatever text follows, the pieces before ``i`` end at ``i - 1``
+    without looking past it, and ``count(text) == count(text[:i]) + count(text[i:])``. (Python's
+    ``isspace`` and the regex's whitespace class disagree on rare characters; letters, digits and
+    ASCII symbols are non-space in both.)"""
+    i = text.rfind(" ", 1)
+    while i > 0:
+        prev = text[i - 1]
+        if "!" <= prev <= "~" or prev.isalnum():
+            return i
+        i = text.rfind(" ", 1, i)
+    return 0
+
+
 class StreamTokenCounter:
     """Running token count of streamed text, equal to `count_text(everything fed so far)`.
 
     tiktoken splits text with a regex into pieces and byte-pair-encodes each piece on its own,
     so the count is a sum over pieces. Appending text can only change the last pieces (a word
-    growing, "we'l" + "l" becoming "we'll", trailing spaces regrouping), so every piece but the
-    last `_UNSTABLE_PIECES` is counted once and dropped; each feed re-encodes a short tail only.
+    growing, "we'l" + "l" becoming "we'll", trailing spaces regrouping). Two ways to drop what
+    no later text can change, so each feed re-encodes a short tail only:
+
+    - prose: everything before the last space that follows a letter, digit or ASCII symbol is
+      counted in one tiktoken call (`_last_piece_start`: a piece always starts at such a space,
+      and nothing before it depends on what follows). This needs no Python-side regex, which
+      costs several times tiktoken's own encoding;
+    - a tail still longer than `_SHORT_TAIL` (code, CJK, long runs) is split with the
+      pre-tokenizer's regex, and every piece but the last `_UNSTABLE_PIECES` is counted.
 
     A single huge piece (a degenerate run of spaces or letters) would make that tail grow
     without bound; past `_LONG_TAIL` characters its byte-pair tokens ending more than
@@ -495,6 +520,7 @@ class StreamTokenCounter:
     """
 
     _UNSTABLE_PIECES = 3
+    _SHORT_TAIL = 64
     _LONG_TAIL = 512
     _KEEP_BYTES = 256
 
@@ -517,6 +543,18 @@ class StreamTokenCounter:
         if not text:
             return self.count
         tail = self._tail + text
+        cut = _last_piece_start(tail)
+        if cut:
+            self._settled += _n(self._enc, tail[:cut])
+            tail = tail[cut:]
+        if len(tail) > self._SHORT_TAIL:
+            tail = self._settle_pieces(tail)
+        self._tail = tail
+        self._tail_tokens = _n(self._enc, tail)
+        return self.count
+
+    def _settle_pieces(self, tail: str) -> str:
+        """Count all but the last pieces of ``tail`` by the regex split; return what is left."""
         pieces = [m.group() for m in self._pieces.finditer(tail)]
         if len(pieces) > self._UNSTABLE_PIECES:
             stable = pieces[: -self._UNSTABLE_PIECES]
@@ -525,9 +563,7 @@ class StreamTokenCounter:
             tail = tail[sum(len(piece) for piece in stable):]
         if len(tail) > self._LONG_TAIL:
             tail = self._settle_long_tail(tail)
-        self._tail = tail
-        self._tail_tokens = _n(self._enc, tail)
-        return self.count
+        return tail
 
     def _settle_long_tail(self, tail: str) -> str:
         """Settle the tokens of a long tail that end well before its end; return what is left."""

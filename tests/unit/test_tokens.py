@@ -484,3 +484,32 @@ def test_stream_long_single_pieces_stay_exact_and_bounded(model):
 def test_stream_feed_rejects_non_text():
     with pytest.raises(ValueError):
         StreamTokenCounter("gpt-4o").feed(b"bytes")  # type: ignore[arg-type]
+
+
+def _spaced_text(rng: random.Random) -> str:
+    """Text dense in spaces next to every kind of character, where the counter cuts its tail."""
+    words = ["the", "We'll", "I'M", "naïve", "ÉCOLE", "42", "1234567", "你好", "🙂", "x²", "e\u0301", "(a)",
+             "<|endoftext|>", "def", "—", "...", "'s", "ǅ", "\u0301", "٣", "ⅷ"]
+    gaps = [" ", " ", " ", "  ", "   ", "\n", " \n ", "\t ", "\u00a0 ", "\u3000 ", "\u2003", "\x1c ", "\x1f ",
+            "\u200b ", "\x85 ", "\u2028 ", "\r\n ", " \r", "", "/ ", "- "]
+    return "".join(rng.choice(words) + rng.choice(gaps) for _ in range(rng.randint(0, 60)))
+
+
+@pytest.mark.parametrize("model", ["gpt-4o", "gpt-4"])
+def test_stream_cuts_at_spaces_stay_exact(model):
+    rng = random.Random(20261124)
+    for _ in range(600):
+        text = _spaced_text(rng)
+        counter = StreamTokenCounter(model)
+        _feed_in_random_pieces(counter, text, rng)
+        assert counter.count == count_text(text, model), (model, text)
+
+
+def test_stream_prose_keeps_a_short_tail_without_the_regex(monkeypatch):
+    counter = StreamTokenCounter("gpt-4o")
+    monkeypatch.setattr(counter, "_settle_pieces", None)  # the fast path alone must do for prose
+    text = " ".join(["The quick brown fox jumps over the lazy dog, again and again."] * 40)
+    for i in range(0, len(text), 5):
+        counter.feed(text[i:i + 5])
+        assert len(counter._tail) <= StreamTokenCounter._SHORT_TAIL
+    assert counter.count == count_text(text, "gpt-4o")
