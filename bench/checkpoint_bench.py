@@ -1,9 +1,9 @@
 """How long the checkpoint pass of streams in flight holds mitmproxy's event loop.
 
 Every ``pouch_checkpoint_ms`` (500 ms) the meter addon checkpoints each stream that moved:
-``StreamMeter.checkpoint`` tokenises the text received since the last pass (0.1-0.3 ms per
-stream), then one ledger write carries them all. Over many streams that is milliseconds of
-event-loop work, during which no other flow moves. ``Metering.checkpoint_once`` gives the loop
+``StreamMeter.checkpoint`` counts the tokens of the text received since the last pass (about
+60 µs per stream of prose; 0.1-0.3 ms before the counter cut prose at word starts), then one
+ledger write carries them all. Over many streams that is milliseconds of event-loop work, during which no other flow moves. ``Metering.checkpoint_once`` gives the loop
 back every ``CHECKPOINT_SLICE`` seconds.
 
 This bench runs the addon's own pass (real ledger in a temp dir, real plans and meters, each

@@ -220,9 +220,10 @@ class Metering:
     async def checkpoint_once(self) -> None:
         """Write the progress of every stream that moved since the last pass, one write per ledger.
 
-        A stream's checkpoint tokenises the text it received since the last one (0.1-0.3 ms
-        each), so a pass over many streams is milliseconds of event-loop work: it gives the loop
-        back every ``CHECKPOINT_SLICE`` seconds, so no flow waits behind the whole pass."""
+        A stream's checkpoint counts the tokens of the text it received since the last one
+        (about 60 µs for 50 events of prose, more for code or CJK), so a pass over many streams
+        is milliseconds of event-loop work: it gives the loop back every ``CHECKPOINT_SLICE``
+        seconds, so no flow waits behind the whole pass."""
         updates: dict[Ledger, dict[str, dict]] = {}  # one write per ledger (one, unless pouch_home changed)
         started = time.perf_counter()
         for call in list(self.core.active):
