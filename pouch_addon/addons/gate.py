@@ -169,13 +169,19 @@ class BudgetGate:
             await self._gate(flow)
         except Exception as exc:  # fail closed: an unexpected error never lets a call through unbudgeted
             log.exception("pouch: internal error while budgeting a request")
+            # answer first: the reply is what keeps the request from being sent, even if the
+            # give-back below fails too
+            reply(flow, 500, f"pouch: internal error, the request was not sent ({type(exc).__name__}: {exc})",
+                  code="pouch_internal_error", type_="server_error")
             call = flow.metadata.pop(CALL, None)
             if call is not None:
                 self.core.active.discard(call)
                 call.settled = True
-                await call.ledger.submit_async(call.ledger.settle_op(call.reservation.id, ZERO, status="pouch_error"))
-            reply(flow, 500, f"pouch: internal error, the request was not sent ({type(exc).__name__}: {exc})",
-                  code="pouch_internal_error", type_="server_error")
+                try:
+                    await call.ledger.submit_async(call.ledger.settle_op(call.reservation.id, ZERO,
+                                                                         status="pouch_error"))
+                except Exception:  # left open: it holds its budget until the orphan rule settles it
+                    log.exception(f"pouch: could not give back reservation {call.reservation.id}")
 
     async def _gate(self, flow: http.HTTPFlow) -> None:
         ledger, table = self.core.require()
