@@ -33,7 +33,15 @@ exit status 2 unless --allow-rejects) when:
 - a long-context block cheaper than the standard rates, or a threshold that is not a positive int;
 - several long-context thresholds, or a reasoning-token price that differs from the output price
   (pouch prices one threshold and bills reasoning as output);
-- max_input_tokens / max_output_tokens present but not a positive integer.
+- max_input_tokens / max_output_tokens present but not a positive integer;
+- a tool fee (USD per call) that is not a decimal above 0 and at most $MAX_FEE.
+
+Tool fees (USD per call, see `FEE_KEYS`): a model's `search_context_cost_per_query` becomes
+`fees.web_search_call` by search context size, `file_search_cost_per_1k_calls` / 1000
+`fees.file_search_call`, `code_interpreter_cost_per_session` `fees.code_interpreter_call`. The
+table-level `tool_fees` holds, per provider, the fee for models without their own: the
+`code_interpreter_cost_per_session` of LiteLLM's `PROVIDER/container` entry, and for every other
+kind the dearest fee any selected model of that provider has (an upper bound, not a guess).
 
 Output: a readable diff against the current table (added / removed / changed models, old -> new).
 `--check` prints it and exits 1 if anything would change, writing nothing. Without changes the
@@ -75,6 +83,15 @@ FIELD_KEYS = {
 RATE_FIELDS = tuple(FIELD_KEYS)
 MAX_INPUT_PRICE = Decimal(1000)
 MAX_OTHER_PRICE = Decimal(2000)
+#: the dearest plausible tool fee, USD per call (real ones are cents)
+MAX_FEE = Decimal(5)
+#: LiteLLM key -> (pouch fee kind = Responses output item type, divisor to get USD per call)
+FEE_KEYS = {
+    "search_context_cost_per_query": ("web_search_call", 1),
+    "file_search_cost_per_1k_calls": ("file_search_call", 1000),
+    "code_interpreter_cost_per_session": ("code_interpreter_call", 1),
+}
+_SIZE_PREFIX = "search_context_size_"
 
 _THRESHOLD_KEY = re.compile(r"^(?:input|output)_cost_per_token_above_(\d+)(k?)_tokens$")
 
@@ -220,6 +237,64 @@ def encoding_for(name: str) -> str:
     return "o200k_base"
 
 
+def usd_exact(value: Any) -> str:
+    """LiteLLM's USD float -> exact decimal string (0.025 -> "0.025")."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"not a fee: {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"not a finite fee: {value!r}")
+    try:
+        return _dec_str(Decimal(repr(value) if isinstance(value, float) else str(value)))
+    except InvalidOperation:
+        raise ValueError(f"not a fee: {value!r}") from None
+
+
+def convert_fees(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """A LiteLLM entry's tool fees -> pouch `fees` ({} when it has none); raises ValueError."""
+    fees: dict[str, Any] = {}
+    for key, (kind, divisor) in FEE_KEYS.items():
+        value = raw.get(key)
+        if value is None:
+            continue
+        if isinstance(value, Mapping):
+            sizes = {k.removeprefix(_SIZE_PREFIX): _dec_str(Decimal(usd_exact(v)) / divisor)
+                     for k, v in sorted(value.items()) if v is not None}
+            if sizes:
+                fees[kind] = sizes
+        else:
+            fees[kind] = _dec_str(Decimal(usd_exact(value)) / divisor)
+    return fees
+
+
+def provider_tool_fees(litellm: Mapping[str, Any], models: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Per provider, the fee for models without their own (see the module docstring)."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, raw in litellm.items():
+        if not isinstance(raw, Mapping) or key.partition("/")[2] != "container":
+            continue
+        provider = PROVIDERS.get(str(raw.get("litellm_provider")))
+        if provider is not None and key.partition("/")[0] == raw.get("litellm_provider"):
+            try:
+                fees = convert_fees(raw)
+            except ValueError:
+                continue
+            if "code_interpreter_call" in fees:
+                out.setdefault(provider, {})["code_interpreter_call"] = fees["code_interpreter_call"]
+    # kind -> size ("" for a flat fee) -> the dearest fee, per provider
+    dearest: dict[str, dict[str, dict[str, str]]] = {}
+    for entry in models.values():
+        for kind, fee in (entry.get("fees") or {}).items():
+            sizes = dearest.setdefault(entry["provider"], {}).setdefault(kind, {})
+            for size, value in (fee.items() if isinstance(fee, Mapping) else [("", fee)]):
+                if size not in sizes or Decimal(value) > Decimal(sizes[size]):
+                    sizes[size] = value
+    for provider, kinds in dearest.items():
+        for kind, sizes in kinds.items():
+            fee: Any = sizes[""] if list(sizes) == [""] else {k: v for k, v in sorted(sizes.items()) if k}
+            out.setdefault(provider, {}).setdefault(kind, fee)
+    return {p: {k: out[p][k] for k in sorted(out[p])} for p in sorted(out)}
+
+
 def _rates_block(raw: Mapping[str, Any], key_of: Callable[[str], str]) -> dict[str, str]:
     out = {}
     for f, base_key in FIELD_KEYS.items():
@@ -280,6 +355,9 @@ def convert(name: str, raw: Mapping[str, Any]) -> tuple[dict[str, Any], list[str
         if reasoning is not None and "output" in entry and per_million(reasoning) != entry["output"]:
             problems.append(f"reasoning tokens priced apart from output ({per_million(reasoning)} vs "
                             f"{entry['output']}); pouch bills reasoning as output")
+        fees = convert_fees(raw)
+        if fees:
+            entry["fees"] = fees
     except ValueError as exc:
         problems.append(str(exc))
     for key in ("max_input_tokens", "max_output_tokens"):
@@ -392,6 +470,28 @@ def sanity_problems(entry: Mapping[str, Any]) -> list[str]:
         value = entry.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
             problems.append(f"{key} must be a positive integer or null, got {value!r}")
+    problems += fee_problems(entry.get("fees"), "fees")
+    return problems
+
+
+def fee_problems(fees: Any, where: str) -> list[str]:
+    """What is wrong with a `fees` object (USD per call): each fee must be in (0, MAX_FEE]."""
+    if fees is None:
+        return []
+    if not isinstance(fees, Mapping):
+        return [f"{where} must be an object"]
+    problems = []
+    for kind, fee in fees.items():
+        values = fee.items() if isinstance(fee, Mapping) else [("", fee)]
+        for size, value in values:
+            label = f"{where}.{kind}" + (f".{size}" if size else "")
+            d = _dec(value)
+            if d is None:
+                problems.append(f"{label} is not a decimal fee: {value!r}")
+            elif d <= 0:
+                problems.append(f"{label} is {value}: a free tool call would bypass the budget")
+            elif d > MAX_FEE:
+                problems.append(f"{label} ${d} per call is above the ${MAX_FEE} sanity limit")
     return problems
 
 
@@ -491,18 +591,25 @@ def build_table(litellm: Mapping[str, Any], *, updated: str | None = None,
             continue
         models[name] = entry
     aliases = {a: t for a, t in ALIASES.items() if t in models and a not in models}
+    tool_fees = provider_tool_fees(litellm, models)
+    for provider, fees in list(tool_fees.items()):
+        problems = fee_problems(fees, f"tool_fees.{provider}")
+        if problems:
+            report.rejected[f"tool_fees.{provider}"] = problems
+            del tool_fees[provider]
     return {
         "source": SOURCE,
         "updated": updated or _dt.date.today().isoformat(),
         "generated_from": generated_from,
         "tier_multipliers": dict(TIER_MULTIPLIERS),
+        "tool_fees": tool_fees,
         "aliases": dict(sorted(aliases.items())),
         "models": {name: _ordered(models[name]) for name in sorted(models)},
     }
 
 
 _ORDER = ("provider", "mode", *RATE_FIELDS, "tiers", "long_context", "max_input_tokens",
-          "max_output_tokens", "encoding", "deprecation_date", "source")
+          "max_output_tokens", "encoding", "deprecation_date", "fees", "source")
 
 
 def _ordered(entry: Mapping[str, Any]) -> dict[str, Any]:
@@ -553,7 +660,7 @@ def diff_tables(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[s
     """Readable differences between two tables (the `updated` stamp and prose are ignored)."""
     old = old or {}
     lines: list[str] = []
-    for key in ("tier_multipliers", "aliases"):
+    for key in ("tier_multipliers", "tool_fees", "aliases"):
         a, b = _flatten(old.get(key) or {}), _flatten(new.get(key) or {})
         for k in sorted(set(a) | set(b)):
             if a.get(k) != b.get(k):

@@ -235,6 +235,39 @@ def test_absurd_litellm_entries_are_rejected_and_left_out():
     assert any("several long-context thresholds" in p for p in report.rejected["gpt-two-thresholds"])
 
 
+def test_tool_fees_are_converted_exactly_with_a_per_provider_fallback():
+    data = litellm_sample()
+    sizes = {"search_context_size_high": 0.03, "search_context_size_low": 0.025, "search_context_size_medium": 0.025}
+    data["gpt-4o"]["search_context_cost_per_query"] = sizes
+    data["gpt-4o"]["file_search_cost_per_1k_calls"] = 2.5
+    data["gpt-3.5-turbo-instruct"]["search_context_cost_per_query"] = {"search_context_size_high": 0.05}
+    data["claude-opus-4-7"]["search_context_cost_per_query"] = {"search_context_size_medium": 0.01}
+    data["openai/container"]["code_interpreter_cost_per_session"] = 0.03
+    data["azure/container"] = {"litellm_provider": "azure", "mode": "chat", "code_interpreter_cost_per_session": 0.9}
+    table, report = build(data)
+    assert report.rejected == {}
+    assert table["models"]["gpt-4o"]["fees"] == {
+        "web_search_call": {"high": "0.03", "low": "0.025", "medium": "0.025"}, "file_search_call": "0.0025"}
+    assert "fees" not in table["models"]["text-embedding-3-small"]
+    assert table["tool_fees"] == {
+        "anthropic": {"web_search_call": {"medium": "0.01"}},
+        "openai": {"code_interpreter_call": "0.03", "file_search_call": "0.0025",
+                   "web_search_call": {"high": "0.05", "low": "0.025", "medium": "0.025"}},
+    }
+    loaded = PriceTable(table)
+    assert loaded.call_fee(loaded.resolve("gpt-4o"), "web_search_call", "high") == (D("0.03"), False)
+    assert loaded.call_fee(loaded.resolve("gpt-4o"), "code_interpreter_call") == (D("0.03"), True)
+    assert any(line.startswith("~ tool_fees.openai.code_interpreter_call") for line in up.diff_tables(build(
+        litellm_sample())[0], table))
+
+
+@pytest.mark.parametrize("fee,needle", [("0", "free tool call"), ("6", "sanity limit"), ("x", "not a decimal")])
+def test_tool_fee_sanity(fee, needle):
+    problems = up.sanity_problems(ok_entry(fees={"web_search_call": {"medium": fee}}))
+    assert problems and any(needle in p for p in problems), problems
+    assert up.sanity_problems(ok_entry(fees={"web_search_call": {"medium": "0.01"}, "code_interpreter_call": "0.03"})) == []
+
+
 # ------------------------------------------------------------------------------------------------
 # diff
 
