@@ -25,6 +25,17 @@ Cost rules (``cost``):
 - Components that an explicit tier or long-context block leaves out (e.g. a priority block with no
   cache-read price) are the standard component scaled by that block's input-price ratio, so a
   premium block never silently falls back to the cheaper standard price.
+
+Tool fees (USD per call, not per token): a model's ``fees`` and the table's per-provider
+``tool_fees`` price the Responses output items of server-side tools (``web_search_call`` by
+search context size, ``code_interpreter_call`` per container session, ...). ``count_tool_calls``
+counts the billable items of a response and ``tool_fee_cost`` prices them; ``PriceTable.call_fee``
+says which fee applies. A provider's ``tool_fees`` entry for a kind a model has no fee of its own
+for is the dearest fee LiteLLM lists for any model of that provider (an upper bound, generated).
+
+``PriceTable.resolve_bound`` is what a request is reserved at: an undated name (an alias such as
+``gpt-4o``) may be served by any dated snapshot of it, and the provider's reported model is what
+is billed, so the bound is the component-wise dearest price of the whole family.
 """
 
 from __future__ import annotations
@@ -44,7 +55,7 @@ from typing import Any
 
 __all__ = [
     "UnknownModel", "Usage", "Rates", "ModelPrice", "PriceTable", "normalise_tier", "cost",
-    "DEFAULT_TIER_MULTIPLIERS", "TIERS",
+    "DEFAULT_TIER_MULTIPLIERS", "TIERS", "FEE_CALLS", "FREE_CALLS", "count_tool_calls", "tool_fee_cost",
 ]
 
 _PER_MILLION = Decimal(1_000_000)
@@ -276,6 +287,10 @@ class ModelPrice:
         default_factory=lambda: DEFAULT_TIER_MULTIPLIERS, compare=False, repr=False)
     deprecation_date: str | None = None
     source: str | None = None
+    #: USD per call by Responses output item type; a value is one Decimal or one per search
+    #: context size ("low" / "medium" / "high")
+    fees: Mapping[str, Decimal | Mapping[str, Decimal]] = field(
+        default_factory=lambda: MappingProxyType({}), compare=False, repr=False)
 
     def rates_for(self, input_tokens: int, tier: str | None = None) -> Rates:
         """The rates that apply to a request with this many input tokens, in this service tier.
@@ -357,6 +372,57 @@ def cost(price: ModelPrice, usage: Usage, tier: str | None = None) -> Decimal:
 
 
 # ---------------------------------------------------------------------------------------------
+# Tool calls
+
+#: Responses output items of server-side tools that carry a per-call fee (the keys of a model's
+#: ``fees``); ``code_interpreter_call`` is priced per container session
+FEE_CALLS = ("web_search_call", "file_search_call", "code_interpreter_call", "image_generation_call")
+#: ``*_call`` items with no fee of their own, only their tokens: calls the client executes
+#: (function, custom, computer use, local shell, apply_patch) and remote MCP calls (OpenAI bills
+#: MCP by the tokens of the tool list and results, which the usage includes). Any other ``*_call``
+#: item is a server-side tool call with a fee pouch must find in the table.
+FREE_CALLS = frozenset({"function_call", "custom_tool_call", "computer_call", "local_shell_call",
+                        "shell_call", "apply_patch_call", "mcp_call"})
+
+
+def count_tool_calls(items: Any) -> dict[str, int]:
+    """Billable tool calls among a response's output items, by item type.
+
+    Only ``*_call`` items outside ``FREE_CALLS`` count. A code interpreter call counts once per
+    container (OpenAI bills a container session, however many calls use it); a call without a
+    ``container_id`` counts on its own. Anything that is not a list of objects counts nothing."""
+    counts: dict[str, int] = {}
+    containers: set[str] = set()
+    for item in items if isinstance(items, (list, tuple)) else ():
+        if not isinstance(item, Mapping):
+            continue
+        kind = item.get("type")
+        if not isinstance(kind, str) or not kind.endswith("_call") or kind in FREE_CALLS:
+            continue
+        if kind == "code_interpreter_call":
+            container = item.get("container_id")
+            if isinstance(container, str) and container:
+                if container in containers:
+                    continue
+                containers.add(container)
+        counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
+def tool_fee_cost(fees: Mapping[str, Decimal], calls: Mapping[str, int]) -> tuple[Decimal, list[str]]:
+    """USD of ``calls`` at ``fees`` (USD per call by item type), and the call types with no fee."""
+    total = _ZERO
+    unpriced: list[str] = []
+    for kind, n in calls.items():
+        fee = fees.get(kind)
+        if fee is None:
+            unpriced.append(kind)
+        elif n > 0:
+            total += fee * n
+    return total, sorted(unpriced)
+
+
+# ---------------------------------------------------------------------------------------------
 # Table
 
 
@@ -412,6 +478,32 @@ def _complete(raw: Mapping, base: Rates, fallback: Decimal | None, where: str) -
     return Rates(**values)
 
 
+_FEE_SIZES = ("low", "medium", "high")
+
+
+def _fees(raw: Any, where: str) -> Mapping[str, Decimal | Mapping[str, Decimal]]:
+    """``{item type: fee}`` where a fee is a decimal string or ``{size: decimal string}``."""
+    if raw is None:
+        return MappingProxyType({})
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"{where} must be an object")
+    out: dict[str, Decimal | Mapping[str, Decimal]] = {}
+    for kind, value in raw.items():
+        if isinstance(value, Mapping):
+            sizes = {}
+            for size, fee in value.items():
+                parsed = _price(fee, f"{where}.{kind}.{size}")
+                if parsed is not None:
+                    sizes[str(size)] = parsed
+            if sizes:
+                out[str(kind)] = MappingProxyType(sizes)
+        else:
+            parsed = _price(value, f"{where}.{kind}")
+            if parsed is not None:
+                out[str(kind)] = parsed
+    return MappingProxyType(out)
+
+
 def _model_price(name: str, raw: Mapping, multipliers: Mapping[str, Decimal]) -> ModelPrice:
     where = f"models[{name!r}]"
     if not isinstance(raw, Mapping):
@@ -440,6 +532,61 @@ def _model_price(name: str, raw: Mapping, multipliers: Mapping[str, Decimal]) ->
         max_input_tokens=raw.get("max_input_tokens"), max_output_tokens=raw.get("max_output_tokens"),
         encoding=raw.get("encoding"), tier_multipliers=multipliers,
         deprecation_date=raw.get("deprecation_date"), source=raw.get("source"),
+        fees=_fees(raw.get("fees"), f"{where}.fees"),
+    )
+
+
+def _cmax(rates: list[Rates]) -> Rates:
+    return Rates(*(max(getattr(r, f) for r in rates) for f in _RATE_FIELDS))
+
+
+def _same_price(a: ModelPrice, b: ModelPrice) -> bool:
+    return (a.rates, dict(a.tiers), a.long_context, a.max_input_tokens, a.max_output_tokens, dict(a.fees)) == \
+        (b.rates, dict(b.tiers), b.long_context, b.max_input_tokens, b.max_output_tokens, dict(b.fees))
+
+
+def _max_or_none(values: list[int | None]) -> int | None:
+    return None if any(v is None for v in values) else max(v for v in values if v is not None)
+
+
+def _bound_price(resolved: ModelPrice, members: list[ModelPrice]) -> ModelPrice:
+    """One price at least as dear as every member's, for every usage and tier (component-wise max).
+
+    Below the smallest long-context threshold of any member, the rates are the dearest standard
+    rates; above it, the dearest rates any member charges above its own threshold (or its
+    standard ones, when it has none), so no member is dearer at any input size. Context window
+    and max output are the largest (unknown if any member's is unknown); a fee is kept only when
+    every member has one (the provider's fallback, the dearest of its models, covers the rest)."""
+    if all(_same_price(m, resolved) for m in members):
+        return resolved
+    tiers = set(TIERS).union(*(m.tiers for m in members))
+    thresholds = [m.long_context[0] for m in members if m.long_context is not None]
+    long_context = None
+    if thresholds:
+        above = max(thresholds) + 1
+        long_context = (min(thresholds), _cmax([m.rates_for(above) for m in members]),
+                        MappingProxyType({t: _cmax([m.rates_for(above, t) for m in members]) for t in sorted(tiers)}))
+    fees: dict[str, Decimal | Mapping[str, Decimal]] = {}
+    for kind in set.intersection(*(set(m.fees) for m in members)):
+        values = [m.fees[kind] for m in members]
+        if all(isinstance(v, Decimal) for v in values):
+            fees[kind] = max(values)  # type: ignore[type-var]
+        else:
+            sizes = set().union(*(v.keys() for v in values if isinstance(v, Mapping)))
+            fees[kind] = MappingProxyType({
+                size: max(v if isinstance(v, Decimal) else v.get(size, max(v.values())) for v in values)
+                for size in sorted(sizes)})
+    return ModelPrice(
+        name=resolved.name, provider=resolved.provider, mode=resolved.mode,
+        rates=_cmax([m.rates for m in members]),
+        tiers=MappingProxyType({t: _cmax([m.rates_for(0, t) for m in members]) for t in sorted(tiers)}),
+        long_context=long_context,
+        max_input_tokens=_max_or_none([m.max_input_tokens for m in members]),
+        max_output_tokens=_max_or_none([m.max_output_tokens for m in members]),
+        encoding=resolved.encoding, tier_multipliers=resolved.tier_multipliers,
+        deprecation_date=resolved.deprecation_date,
+        source=f"pouch bound: the dearest of {', '.join(sorted(m.name for m in members))}",
+        fees=MappingProxyType(fees),
     )
 
 
@@ -488,6 +635,17 @@ class PriceTable:
         for alias, target in self._aliases.items():
             if target not in self._models:
                 raise ValueError(f"{path}: alias {alias!r} points to unknown model {target!r}")
+        raw_fees = data.get("tool_fees", {})
+        if not isinstance(raw_fees, Mapping):
+            raise ValueError(f"{path}: tool_fees must be an object")
+        #: per provider: the fee of a tool call for models without their own (see module docstring)
+        self.tool_fees: Mapping[str, Mapping[str, Decimal | Mapping[str, Decimal]]] = MappingProxyType(
+            {str(p): _fees(f, f"tool_fees.{p}") for p, f in raw_fees.items()})
+        self._families: dict[str, list[ModelPrice]] = {}
+        for name, price in self._models.items():
+            low = name.lower()
+            self._families.setdefault(_undated(low) or low, []).append(price)
+        self._bounds: dict[str, ModelPrice] = {}
 
     # -- loading
 
@@ -558,6 +716,46 @@ class PriceTable:
         if found is None:
             raise UnknownModel(model, self.path, self.updated, suggestions=self._suggest(bare))
         return found
+
+    def resolve_bound(self, model: str) -> ModelPrice:
+        """The price to reserve a request for ``model`` at: at least as dear as any model the
+        provider may serve (and report, and bill) for that name. Raises UnknownModel.
+
+        A dated snapshot (``gpt-4o-2024-08-06``) or a fine-tune is served as itself: its own
+        price. An undated name is an alias the provider resolves to one of its dated snapshots
+        (``gpt-4o`` to ``gpt-4o-2024-05-13`` once, ``-08-06`` now), so the bound is the
+        component-wise dearest of the name's entry and every snapshot of it in the table. A
+        snapshot newer than the table resolves (date stripped) to the name's own entry, which
+        is part of the bound."""
+        price = self.resolve(model)
+        bare = _strip_prefixes(model.strip().lower())
+        if bare.startswith("ft:") or _undated(bare) is not None:
+            return price
+        low = price.name.lower()
+        key = _undated(low) or low
+        found = self._bounds.get(key)
+        if found is None:
+            members = self._families.get(key, [])
+            if price not in members:
+                members = [*members, price]
+            found = self._bounds[key] = _bound_price(price, members)
+        return found
+
+    def call_fee(self, price: ModelPrice, kind: str, size: str | None = None) -> tuple[Decimal, bool] | None:
+        """USD per ``kind`` call (a Responses output item type) on ``price``: the model's own fee,
+        else its provider's fallback (then the flag is True); None when the table has neither.
+
+        A fee by search context size uses ``size`` ("medium", the API's default, when None); an
+        unknown size gets the dearest size, so a reservation never undershoots."""
+        for fees, fallback in ((price.fees, False), (self.tool_fees.get(price.provider, {}), True)):
+            fee = fees.get(kind)
+            if fee is None:
+                continue
+            if isinstance(fee, Mapping):
+                size = "medium" if size is None else size
+                fee = fee[size] if size in fee else max(fee.values())
+            return fee, fallback
+        return None
 
     def _resolve_fine_tune(self, model: str, name: str, bare: str) -> ModelPrice:
         # ft:BASE:org:name:id / ft:BASE:org::id / ft:BASE

@@ -12,7 +12,7 @@ from decimal import Decimal as D
 import pytest
 
 from pouch_addon.pricing import (
-    ModelPrice, PriceTable, Rates, UnknownModel, Usage, cost, normalise_tier,
+    ModelPrice, PriceTable, Rates, UnknownModel, Usage, cost, count_tool_calls, normalise_tier, tool_fee_cost,
 )
 
 TABLE = PriceTable.load()
@@ -469,3 +469,85 @@ def test_openai_encodings_agree_with_the_token_counter():
             assert price.encoding == tokens.encoding_for_model(name), name
         else:
             assert price.encoding is None, name
+
+
+# ------------------------------------------------------------------------------------------------
+# Bounds for aliases, tool fees (issue 13: the reservation is an upper bound)
+
+FAMILY = PriceTable({"tool_fees": {"x": {"web_search_call": {"low": "0.02", "medium": "0.03", "high": "0.05"},
+                                         "code_interpreter_call": "0.03"}},
+                     "models": {
+    "m": {"provider": "x", "mode": "chat", "input": "1", "output": "4", "max_input_tokens": 1000,
+          "max_output_tokens": 100, "fees": {"web_search_call": {"low": "0.01", "medium": "0.01", "high": "0.01"}}},
+    "m-2024-01-01": {"provider": "x", "mode": "chat", "input": "3", "cached_input": "0.3", "output": "2",
+                     "max_input_tokens": 2000, "max_output_tokens": 50,
+                     "long_context": {"threshold": 500, "input": "6", "output": "9"}},
+    "m-2025-01-01": {"provider": "x", "mode": "chat", "input": "2", "output": "5", "max_input_tokens": 1000,
+                     "max_output_tokens": 200, "tiers": {"priority": {"input": "9", "output": "11"}},
+                     "long_context": {"threshold": 800, "input": "4", "output": "12"}},
+    "m-mini": {"provider": "x", "mode": "chat", "input": "0.1", "output": "0.4"},
+}})
+
+
+def test_an_alias_is_bounded_by_every_snapshot_it_may_be_served_as():
+    bound = FAMILY.resolve_bound("m")
+    members = [FAMILY.resolve(n) for n in ("m", "m-2024-01-01", "m-2025-01-01")]
+    for tokens_in in (0, 400, 600, 900, 2000):
+        for tier in (None, "batch", "flex", "priority", "ultrafast"):
+            for usage in (Usage(input_tokens=tokens_in, output_tokens=30),
+                          Usage(input_tokens=tokens_in, cached_tokens=tokens_in, output_tokens=7)):
+                assert cost(bound, usage, tier) >= max(cost(m, usage, tier) for m in members), (tokens_in, tier)
+    assert (bound.max_input_tokens, bound.max_output_tokens) == (2000, 200)
+    assert bound.rates.input == D(3) and bound.rates.output == D(5) and bound.long_context[0] == 500
+    # a pinned snapshot and a different model are served as themselves
+    assert FAMILY.resolve_bound("m-2024-01-01") is FAMILY.resolve("m-2024-01-01")
+    assert FAMILY.resolve_bound("m-mini") is FAMILY.resolve("m-mini")
+    assert FAMILY.resolve_bound("openai/m") is bound
+    # the packaged gpt-4o: gpt-4o-2024-05-13 is dearer than the alias's own entry
+    gpt4o = TABLE.resolve_bound("gpt-4o")
+    assert (gpt4o.rates.input, gpt4o.rates.output, gpt4o.max_output_tokens) == (D(5), D(15), 16384)
+    assert TABLE.resolve_bound("gpt-4o-mini") is TABLE.resolve("gpt-4o-mini")
+
+
+def test_tool_fees_come_from_the_model_else_its_providers_dearest():
+    m, mini = FAMILY.resolve("m"), FAMILY.resolve("m-mini")
+    assert FAMILY.call_fee(m, "web_search_call", "high") == (D("0.01"), False)
+    assert FAMILY.call_fee(mini, "web_search_call") == (D("0.03"), True)  # medium: the API's default
+    assert FAMILY.call_fee(mini, "web_search_call", "huge") == (D("0.05"), True)  # unknown size: the dearest
+    assert FAMILY.call_fee(mini, "code_interpreter_call") == (D("0.03"), True)
+    assert FAMILY.call_fee(mini, "file_search_call") is None
+    # the bound of a family keeps a fee only if every member has one: else the provider's applies
+    assert FAMILY.call_fee(FAMILY.resolve_bound("m"), "web_search_call", "high") == (D("0.05"), True)
+    # the packaged table: LiteLLM's fees, and OpenAI's container session fee for code interpreter
+    assert TABLE.call_fee(TABLE.resolve("gpt-4o-mini"), "web_search_call") == (D("0.025"), False)
+    assert TABLE.call_fee(TABLE.resolve("gpt-5"), "web_search_call") == (D("0.01"), False)
+    assert TABLE.call_fee(TABLE.resolve("gpt-5"), "code_interpreter_call") == (D("0.03"), True)
+    assert TABLE.call_fee(TABLE.resolve("gpt-5"), "file_search_call") is None
+
+
+def test_tool_calls_are_counted_per_call_and_code_interpreter_per_container():
+    output = [
+        {"type": "web_search_call", "id": "ws_1", "status": "completed"},
+        {"type": "web_search_call", "id": "ws_2"},
+        {"type": "code_interpreter_call", "id": "ci_1", "container_id": "cntr_a"},
+        {"type": "code_interpreter_call", "id": "ci_2", "container_id": "cntr_a"},
+        {"type": "code_interpreter_call", "id": "ci_3", "container_id": "cntr_b"},
+        {"type": "function_call", "name": "f"}, {"type": "mcp_call"}, {"type": "message"}, {"type": "reasoning"},
+        {"type": "file_search_call"}, "junk", {"type": 3}, None,
+    ]
+    calls = count_tool_calls(output)
+    assert calls == {"web_search_call": 2, "code_interpreter_call": 2, "file_search_call": 1}
+    assert count_tool_calls(None) == {} and count_tool_calls("x") == {}
+    fees = {"web_search_call": D("0.01"), "code_interpreter_call": D("0.03")}
+    assert tool_fee_cost(fees, calls) == (D("0.08"), ["file_search_call"])
+
+
+@pytest.mark.parametrize("bad", [
+    {"models": {}, "tool_fees": []},
+    {"models": {}, "tool_fees": {"x": {"web_search_call": 0.01}}},  # a float fee
+    {"models": {"m": {"mode": "chat", "input": "1", "output": "2", "fees": {"web_search_call": "-1"}}}},
+    {"models": {"m": {"mode": "chat", "input": "1", "output": "2", "fees": ["web_search_call"]}}},
+])
+def test_bad_fees_are_refused(bad):
+    with pytest.raises(ValueError):
+        PriceTable(bad)
