@@ -14,7 +14,7 @@ import math
 import struct
 from dataclasses import dataclass
 
-__all__ = ["bare_model", "image_tokens", "image_size_from_data_url", "image_size_from_bytes"]
+__all__ = ["bare_model", "has_rule", "KNOWN_DETAILS", "image_tokens", "image_size_from_data_url", "image_size_from_bytes"]
 
 # Tile models: low detail = base; high = base + tiles x per_tile (512-px tiles).
 _TILE_RULES: list[tuple[str, int, int]] = [
@@ -80,6 +80,17 @@ def _rule_for(model: str) -> _Rule:
         if name.startswith(prefix):
             return _Rule(base=base, per_tile=per_tile)
     return _Rule(base=_DEFAULT_TILE[0], per_tile=_DEFAULT_TILE[1])
+
+
+def has_rule(model: str) -> bool:
+    """True when one of OpenAI's published vision rules covers `model` (else the gpt-4o tile rule
+    is only a guess, and an image's tokens are not bounded by it)."""
+    name = bare_model(model)
+    return any(name.startswith(prefix) for prefix, *_ in (*_PATCH_RULES, *_TILE_RULES))
+
+
+#: `detail` values the rules price; another value (a newer one) may cost more than `high`
+KNOWN_DETAILS = (None, "auto", "low", "high")
 
 
 def _tile_count(width: int, height: int) -> int:

@@ -1,14 +1,22 @@
 """From an intercepted request to a ``CallPlan``: what it is, what it may cost at worst, what to rewrite.
 
 Pure: the caller passes the decoded body, the price table and the remaining budget. The worst
-case is ``input estimate × (1 + margin) + output cap × choices``, priced exactly. When the
-request carries no output cap (agents rarely send one), pouch injects the smaller of the
-model's max output and what the remaining budget can pay for, so the provider can never run
-past the reservation.
+case is ``input × the dearest input-side rate + output cap × choices × the output rate`` (in the
+requested or the standard tier, whichever is dearer, at the dearest model the name may be served
+as: ``PriceTable.resolve_bound``) plus the tool fees, priced exactly. The input is the estimate
+× (1 + margin), or the model's context window when the body does not show all of it
+(``tokens.hidden_inputs``: a stored prompt, earlier turns, files, ...); each server-side tool call
+(web search, code interpreter, MCP, ...) adds one more model turn of at most a context window of
+input and its fee, for at most ``max_tool_calls`` calls. When the request carries no output cap
+(agents rarely send one), pouch injects the smaller of the model's max output and what the
+remaining budget can pay for, and a request with server-side tools but no ``max_tool_calls``
+gets one too, so the provider can never run past the reservation. What cannot be bounded (a
+tool with no fee in the price table, an unknown tool type) is refused with ``pouch_unbounded``.
 """
 
 from __future__ import annotations
 
+import decimal
 import json
 import math
 from collections.abc import Mapping
@@ -17,8 +25,8 @@ from decimal import Decimal
 from typing import Any
 
 from . import tokens
-from .money import PER_MILLION, format_usd
-from .pricing import ModelPrice, PriceTable, UnknownModel, Usage, cost, normalise_tier
+from .money import PER_MILLION, ZERO, format_usd
+from .pricing import FEE_CALLS, ModelPrice, PriceTable, UnknownModel, normalise_tier
 
 # billed endpoints -> api kind
 BILLED = {
@@ -31,6 +39,21 @@ BILLED = {
 FREE_POSTS = ("/v1/moderations", "/v1/responses/input_tokens")
 FREE_METHODS = ("GET", "HEAD", "OPTIONS")
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # the legacy API's documented default
+#: ``max_tool_calls`` pouch injects into a Responses request with server-side tools that sets
+#: none (fewer when the budget cannot pay for this many): each call may add a model turn of up to
+#: a context window of input, so the bound must be small
+DEFAULT_MAX_TOOL_CALLS = 8
+#: Responses tools the client executes: their calls end the response, no server turn, no fee
+CLIENT_TOOLS = frozenset({"function", "custom", "namespace", "computer", "computer_use_preview",
+                          "local_shell", "apply_patch"})
+#: Responses tools the provider runs -> the output item their calls are billed by (None: tokens
+#: only; OpenAI bills remote MCP calls by the tokens of the tool list and the results)
+SERVER_TOOLS: dict[str, str | None] = {
+    "web_search": "web_search_call", "web_search_2025_08_26": "web_search_call",
+    "web_search_preview": "web_search_call", "web_search_preview_2025_03_11": "web_search_call",
+    "file_search": "file_search_call", "code_interpreter": "code_interpreter_call",
+    "image_generation": "image_generation_call", "mcp": None,
+}
 
 
 class PlanError(ValueError):
@@ -59,10 +82,12 @@ class CallPlan:
     api: str
     path: str
     model: str
-    price: ModelPrice
+    price: ModelPrice  # the bound the call is reserved at (``PriceTable.resolve_bound``)
     stream: bool
-    input_tokens: int  # the estimate, before the margin
-    reserved_input_tokens: int  # with the margin (or the context window when it can't be seen)
+    # the input assumed when the provider reports none: the estimate before the margin, or the
+    # reserved bound when the body does not show all of the input (``input_hidden``, tool turns)
+    input_tokens: int
+    reserved_input_tokens: int  # with the margin, the context window(s) for what can't be seen
     output_cap: int  # per choice
     choices: int
     tier: str | None
@@ -70,9 +95,11 @@ class CallPlan:
     worst_case: Decimal
     rewrites: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-
-    def input_cost(self) -> Decimal:
-        return cost(self.price, Usage(input_tokens=self.input_tokens), self.tier)
+    input_hidden: tuple[str, ...] = ()  # what the input holds that the body does not show
+    max_tool_calls: int = 0  # server-side tool calls reserved for (each: a model turn + its fee)
+    fees: dict[str, Decimal] = field(default_factory=dict)  # USD per billable call, by output item type
+    fixed_fee: Decimal = ZERO  # billed once per call (a Chat Completions web search)
+    fee_bound: Decimal = ZERO  # the fees inside worst_case
 
 
 def classify(method: str, path: str) -> str:
@@ -126,8 +153,22 @@ def estimate_input_tokens(body: Mapping[str, Any], *, endpoint: str, model: str 
         raise PlanError(f"pouch: cannot read the request: {exc}") from None
 
 
-def _output_rate_per_token(price: ModelPrice, input_tokens: int, tier: str | None) -> Decimal:
-    return price.rates_for(input_tokens, tier).output / PER_MILLION
+_CTX = decimal.Context(prec=50, rounding=decimal.ROUND_HALF_EVEN, traps=[decimal.InvalidOperation])
+
+
+def worst_token_cost(price: ModelPrice, tier: str | None, input_tokens: int, output_tokens: int) -> Decimal:
+    """The dearest way a provider may bill this many tokens: every input token at the dearest
+    input-side rate (a cache write costs more than a plain input token on Anthropic and Gemini
+    models), in the requested tier or the standard one (a flex or batch request may be served
+    at the standard price)."""
+    worst = ZERO
+    for t in {tier, None}:
+        rates = price.rates_for(input_tokens, t)
+        with decimal.localcontext(_CTX):
+            total = (Decimal(input_tokens) * max(rates.input, rates.cache_write, rates.cache_write_1h)
+                     + Decimal(output_tokens) * rates.output) / PER_MILLION
+        worst = max(worst, total)
+    return worst
 
 
 @dataclass
@@ -135,8 +176,8 @@ class DraftPlan:
     """A billed request read, validated and estimated: everything but what depends on the budget.
 
     The expensive part (parsing, token estimation) happens once, outside the ledger; only
-    :meth:`finish`, which picks an injected output cap from the remaining budget and prices the
-    worst case, runs inside the reserving transaction, so the cap is fitted to the balance the
+    :meth:`finish`, which picks injected caps from the remaining budget and prices the worst
+    case, runs inside the reserving transaction, so the caps are fitted to the balance the
     reservation is checked against (no separate read of the balance, no race with it).
     """
 
@@ -146,7 +187,7 @@ class DraftPlan:
     price: ModelPrice
     stream: bool
     input_tokens: int
-    reserved_input_tokens: int
+    reserved_input_tokens: int  # of the first model turn
     choices: int
     tier: str | None
     client_wants_usage: bool
@@ -154,26 +195,67 @@ class DraftPlan:
     cap_field: str | None  # where an injected cap goes (when cap is None)
     rewrites: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    input_hidden: tuple[str, ...] = ()
+    server_tools: bool = False  # a server-side tool may run (each call: one more model turn)
+    tool_calls: int | None = None  # the request's max_tool_calls; None with server_tools: injected
+    per_call_fee: Decimal = ZERO  # the dearest fee one server-side tool call can cost
+    fees: dict[str, Decimal] = field(default_factory=dict)
+    fixed_fee: Decimal = ZERO
+
+    def _turns_input(self, calls: int) -> int:
+        """Input of the first turn plus one context window per tool call (each call's result goes
+        back to the model, which reads its whole context again)."""
+        if not calls:
+            return self.reserved_input_tokens
+        assert self.price.max_input_tokens is not None  # draft_plan refused it otherwise
+        return self.reserved_input_tokens + calls * self.price.max_input_tokens
+
+    def _fees(self, calls: int) -> Decimal:
+        return self.fixed_fee + self.per_call_fee * calls
+
+    def _capped(self, cap: int) -> int:
+        if self.api != "embeddings" and self.price.max_output_tokens is not None:
+            return min(cap, self.price.max_output_tokens)
+        return cap
+
+    def _fit_tool_calls(self, remaining: Decimal) -> int:
+        """The most tool calls (up to DEFAULT_MAX_TOOL_CALLS) the budget can pay for next to the
+        request's own output cap (or one output token, when pouch injects the cap after this)."""
+        out = self._capped(self.cap if self.cap is not None else 1) * self.choices
+        need = ZERO
+        for calls in range(DEFAULT_MAX_TOOL_CALLS, 0, -1):
+            need = worst_token_cost(self.price, self.tier, self._turns_input(calls), out) + self._fees(calls)
+            if need <= remaining:
+                return calls
+        raise BudgetTooSmall(need, remaining)
 
     def finish(self, remaining: Decimal) -> CallPlan:
         """The plan against ``remaining``; raises :class:`BudgetTooSmall` when not even one output
-        token of an injected cap can be paid for. Pure and cheap (Decimal arithmetic only)."""
+        token of an injected cap (or one injected tool call) can be paid for. Pure and cheap
+        (Decimal arithmetic only)."""
         rewrites, notes = dict(self.rewrites), list(self.notes)
+        calls = 0
+        if self.server_tools:
+            calls = self.tool_calls if self.tool_calls is not None else self._fit_tool_calls(remaining)
+            if self.tool_calls is None:
+                rewrites["max_tool_calls"] = calls
+                notes.append(f"injected max_tool_calls={calls}")
+        input_total = self._turns_input(calls)
+        fees = self._fees(calls)
         cap = self.cap
         if cap is None:
-            cap = _inject_cap(self.price, self.reserved_input_tokens, self.choices, self.tier, remaining)
+            cap = _inject_cap(self.price, input_total, self.choices, self.tier, remaining - fees, fees)
             rewrites[self.cap_field] = cap
             notes.append(f"injected {self.cap_field}={cap}")
-        if self.api != "embeddings" and self.price.max_output_tokens is not None:
-            cap = min(cap, self.price.max_output_tokens)
-        worst_usage = Usage(input_tokens=self.reserved_input_tokens, output_tokens=cap * self.choices)
-        # a flex/batch request may still be served (and billed) at the standard price
-        worst = max(cost(self.price, worst_usage, self.tier), cost(self.price, worst_usage, None))
+        cap = self._capped(cap)
+        worst = worst_token_cost(self.price, self.tier, input_total, cap * self.choices) + fees
+        assumed = input_total if (self.input_hidden or calls) else self.input_tokens
         return CallPlan(
             api=self.api, path=self.path, model=self.model, price=self.price, stream=self.stream,
-            input_tokens=self.input_tokens, reserved_input_tokens=self.reserved_input_tokens, output_cap=cap,
+            input_tokens=assumed, reserved_input_tokens=input_total, output_cap=cap,
             choices=self.choices, tier=self.tier, client_wants_usage=self.client_wants_usage, worst_case=worst,
-            rewrites=rewrites, notes=notes,
+            rewrites=rewrites, notes=notes, input_hidden=self.input_hidden, max_tool_calls=calls,
+            fees=dict(self.fees), fixed_fee=self.fixed_fee, fee_bound=fees,
         )
 
 
@@ -188,6 +270,90 @@ def make_plan(
 ) -> CallPlan:
     """Price a billed request at its worst case and decide the body rewrites."""
     return draft_plan(method, path, body, table=table, settings=settings).finish(remaining)
+
+
+def _unbounded(message: str) -> PlanError:
+    return PlanError(f"pouch: {message}; nothing was sent", code="pouch_unbounded")
+
+
+@dataclass
+class _Tools:
+    server: bool = False
+    hidden_input: bool = False  # e.g. an MCP server's tool list, read before the first turn
+    per_call_fee: Decimal = ZERO
+    fees: dict[str, Decimal] = field(default_factory=dict)
+    fixed_fee: Decimal = ZERO
+
+    def add_fee(self, kind: str, fee: Decimal) -> None:
+        self.fees[kind] = max(fee, self.fees.get(kind, ZERO))
+        self.per_call_fee = max(self.per_call_fee, fee)
+
+
+def _tool_kind(tool: Mapping[str, Any]) -> str:
+    """``client``, a key of SERVER_TOOLS, or ``unpriced`` (a server-side tool with no fee pouch
+    can look up: a hosted shell container, server-side tool search, programmatic tool calling,
+    or a tool type pouch does not know)."""
+    kind = tool.get("type", "function")
+    if not isinstance(kind, str):
+        return "unpriced"
+    if kind in CLIENT_TOOLS:
+        return "client"
+    if kind in SERVER_TOOLS:
+        return kind
+    if kind == "shell":
+        env = tool.get("environment")
+        return "client" if env is None or (isinstance(env, Mapping) and env.get("type") == "local") else "unpriced"
+    if kind == "tool_search" and tool.get("execution") == "client":
+        return "client"
+    return "unpriced"
+
+
+def _server_tools(api: str, body: Mapping[str, Any], price: ModelPrice, table: PriceTable, model: str) -> _Tools:
+    """What the provider may run for this request, and what one call of it can cost."""
+    out = _Tools()
+    if api == "chat":
+        options = body.get("web_search_options")
+        if isinstance(options, Mapping) or "search" in price.name:
+            # a search model searches before it answers; the results join the input. One search per
+            # request, as LiteLLM bills it (the response does not say how many it made)
+            size = options.get("search_context_size") if isinstance(options, Mapping) else None
+            found = table.call_fee(price, "web_search_call", size if isinstance(size, str) else None)
+            if found is None:
+                raise _unbounded(f"{model} searches the web and the price table has no web search fee for it")
+            out.fixed_fee, out.hidden_input = found[0], True
+        return out
+    if api != "responses":
+        return out
+    tools = body.get("tools")
+    for tool in tools if isinstance(tools, list) else ():
+        if not isinstance(tool, Mapping):
+            continue  # the estimate refuses it
+        kind = _tool_kind(tool)
+        if kind == "client":
+            continue
+        if kind == "unpriced":
+            raise _unbounded(f"the `{tool.get('type')}` tool runs on the provider's side and pouch has no price "
+                             "for its calls, so this request's cost cannot be bounded")
+        out.server = True
+        item = SERVER_TOOLS[kind]
+        if item is None:  # MCP: the server's tool list is read into the first turn
+            out.hidden_input = True
+            continue
+        size = tool.get("search_context_size")
+        found = table.call_fee(price, item, size if isinstance(size, str) else None)
+        if found is None:
+            raise _unbounded(f"the `{kind}` tool is billed per call and the price table has no fee for it on "
+                             f"{model}, so this request's cost cannot be bounded")
+        out.add_fee(item, found[0])
+    if body.get("prompt") is not None:
+        # a stored prompt may carry any tool: reserve for the dearest fee the table knows; a call
+        # of a tool pouch has no fee for is billed at the whole reservation (settlement flags it)
+        out.server = True
+        for item in FEE_CALLS:
+            found = table.call_fee(price, item, "any")
+            if found is not None:
+                out.add_fee(item, found[0])
+    return out
 
 
 def draft_plan(
@@ -205,7 +371,7 @@ def draft_plan(
     if not isinstance(model, str) or not model:
         raise PlanError("pouch: the request has no `model`; nothing was sent", code="pouch_missing_model")
     try:
-        price = table.resolve(model)
+        price = table.resolve_bound(model)
     except UnknownModel as exc:
         raise PlanError(str(exc).strip("\"'"), code="pouch_unknown_model") from None
     try:
@@ -218,22 +384,34 @@ def draft_plan(
     estimate = estimate_input_tokens(body, endpoint=path, model=model)
     reserved_input = math.ceil(estimate * (1 + settings.input_margin))
     if price.max_input_tokens is not None:
-        # the provider cannot bill more input than the context window (longer prompts are rejected)
+        # the provider cannot bill more input than the context window (longer prompts are rejected,
+        # or cut to it with `truncation: auto`) for one model turn
         reserved_input = min(reserved_input, price.max_input_tokens)
-    if api == "responses" and (body.get("previous_response_id") or body.get("conversation")):
-        # the server prepends earlier turns that the body does not show: bound by the context window
+    tools = _server_tools(api, body, price, table, model)
+    hidden = tokens.hidden_inputs(body, api, model)
+    if tools.hidden_input:
+        hidden.append("tool results" if api == "chat" else "mcp tool list")
+    if hidden or tools.server:
         if price.max_input_tokens is None:
-            raise PlanError(
-                f"pouch: cannot bound the input of a continued conversation for {model} "
-                "(its context window is unknown); nothing was sent", code="pouch_unbounded")
-        reserved_input = max(reserved_input, price.max_input_tokens)
-        notes.append("input bounded by the context window (previous_response_id/conversation)")
+            raise _unbounded(f"cannot bound the input of this request for {model}: its context window is "
+                             f"unknown and the body does not show all of it ({', '.join(hidden) or 'tool turns'})")
+    if hidden:
+        # the server adds input the body does not show: bound by the context window
+        reserved_input = max(reserved_input, price.max_input_tokens)  # type: ignore[type-var]
+        notes.append(f"input bounded by the context window ({', '.join(hidden)})")
 
     choices = 1
     if api == "chat":
         choices = _int_field(body, "n", 1) or 1
     elif api == "completions":
         choices = max(_int_field(body, "n", 1) or 1, _int_field(body, "best_of", 1) or 1)
+
+    tool_calls: int | None = None
+    if tools.server:
+        tool_calls = _int_field(body, "max_tool_calls", 0)
+        if tool_calls is None and not settings.inject_max_tokens:
+            raise _unbounded("the request uses server-side tools without `max_tool_calls`, so the number of "
+                             "model turns and tool fees cannot be bounded; set max_tool_calls")
 
     rewrites: dict[str, Any] = {}
     cap: int | None
@@ -267,18 +445,27 @@ def draft_plan(
     return DraftPlan(
         api=api, path=path, model=model, price=price, stream=stream, input_tokens=estimate,
         reserved_input_tokens=reserved_input, choices=choices, tier=tier, client_wants_usage=client_wants_usage,
-        cap=cap, cap_field=cap_field, rewrites=rewrites, notes=notes,
+        cap=cap, cap_field=cap_field, rewrites=rewrites, notes=notes, input_hidden=tuple(hidden),
+        server_tools=tools.server, tool_calls=tool_calls, per_call_fee=tools.per_call_fee, fees=tools.fees,
+        fixed_fee=tools.fixed_fee,
     )
 
 
-def _inject_cap(price: ModelPrice, input_tokens: int, choices: int, tier: str | None, remaining: Decimal) -> int:
-    """The output cap pouch adds: min(model max output, what the remaining budget can pay)."""
-    input_cost = cost(price, Usage(input_tokens=input_tokens), tier)
-    rate = _output_rate_per_token(price, input_tokens, tier)
-    affordable = int((remaining - input_cost) / (rate * choices)) if rate > 0 else 0
+def _inject_cap(price: ModelPrice, input_tokens: int, choices: int, tier: str | None, remaining: Decimal,
+                fees: Decimal = ZERO) -> int:
+    """The output cap pouch adds: min(model max output, what ``remaining`` (the budget left after
+    ``fees``) can pay at the worst-case prices)."""
+    base = worst_token_cost(price, tier, input_tokens, 0)
+    rate = max(price.rates_for(input_tokens, t).output for t in {tier, None}) / PER_MILLION
+    affordable = int((remaining - base) / (rate * choices)) if rate > 0 else 0
+    if price.max_output_tokens:
+        affordable = min(affordable, price.max_output_tokens)
+    # the worst case is at most base + n x the dearest rate; step down on any rounding surprise
+    while affordable >= 1 and worst_token_cost(price, tier, input_tokens, affordable * choices) > remaining:
+        affordable -= 1
     if affordable < 1:
-        raise BudgetTooSmall(input_cost + rate * choices, remaining)
-    return min(affordable, price.max_output_tokens) if price.max_output_tokens else affordable
+        raise BudgetTooSmall(worst_token_cost(price, tier, input_tokens, choices) + fees, remaining + fees)
+    return affordable
 
 
 class BudgetTooSmall(Exception):

@@ -24,12 +24,12 @@ import regex
 import tiktoken
 import tiktoken_ext.openai_public as openai_public
 
-from .images import bare_model, image_size_from_data_url, image_tokens
+from .images import KNOWN_DETAILS, bare_model, has_rule, image_size_from_data_url, image_tokens
 
 __all__ = [
     "SHIPPED_SHA256", "EncodingFileError", "get_encoding", "encoding_for_model", "count_text",
     "estimate_chat_prompt", "estimate_responses_input", "estimate_completion_prompt",
-    "estimate_embedding_input", "audio_tokens_bound", "StreamTokenCounter",
+    "estimate_embedding_input", "audio_tokens_bound", "hidden_inputs", "StreamTokenCounter",
 ]
 
 # tiktoken's published SHA-256 of each file (tiktoken_ext/openai_public.py).
@@ -440,6 +440,56 @@ def estimate_responses_input(body: dict[str, Any], model: str) -> int:
     n += _tools_tokens(enc, body.get("tools"), "tools")
     text = body.get("text")
     return n + (_schema_format_tokens(enc, text.get("format")) if isinstance(text, dict) else 0)
+
+
+def _hidden_parts(content: Any, model: str, found: set[str]) -> None:
+    """Content parts whose tokens the body does not determine (see ``hidden_inputs``)."""
+    if not isinstance(content, list):
+        return
+    for part in content:
+        if not isinstance(part, dict):
+            continue
+        kind = part.get("type")
+        if kind in ("file", "input_file"):
+            found.add("file")
+        elif kind in ("image_url", "input_image"):
+            image = part.get("image_url")
+            detail = image.get("detail") if isinstance(image, dict) else part.get("detail")
+            if not has_rule(model) or detail not in KNOWN_DETAILS:
+                found.add("image")
+
+
+def hidden_inputs(body: dict[str, Any], api: str, model: str) -> list[str]:
+    """What a request's input holds that its body does not show, so no offline count bounds it.
+
+    - Responses ``prompt`` (a stored prompt template: its instructions, messages and tools live
+      on the server), ``previous_response_id`` and ``conversation`` (earlier turns), and
+      ``item_reference`` input items (stored items by id);
+    - files in any form (``input_file`` / chat ``file`` by id, URL or inline data: a PDF is its
+      extracted text plus one image per page, and a compressed PDF's text can be far larger
+      than its bytes);
+    - images on a model no published vision rule covers, or with a ``detail`` the rules do not
+      price (images by URL or file id are otherwise bounded: the rule's most tiles/patches).
+
+    Empty when the body shows everything. The caller bounds such input by the context window."""
+    found: set[str] = set()
+    if api == "responses":
+        for key in ("prompt", "previous_response_id", "conversation"):
+            if body.get(key) is not None:
+                found.add(key)
+        inputs = body.get("input")
+        for item in inputs if isinstance(inputs, list) else ():
+            if not isinstance(item, dict):
+                continue
+            if item.get("type") == "item_reference":
+                found.add("item_reference")
+            _hidden_parts(item.get("content"), model, found)
+            _hidden_parts(item.get("output"), model, found)  # function_call_output parts
+    elif api == "chat":
+        for message in body.get("messages") if isinstance(body.get("messages"), list) else ():
+            if isinstance(message, dict):
+                _hidden_parts(message.get("content"), model, found)
+    return sorted(found)
 
 
 def _token_inputs(enc: tiktoken.Encoding, value: Any, where: str) -> int:
