@@ -9,6 +9,9 @@ returns; :meth:`StreamMeter.finish` ends the stream. The meter
   Responses, so interleaved ``n > 1`` choices do not merge words);
 - keeps the provider's ``usage`` when it arrives (authoritative) and the reported model,
   ``service_tier``, end of stream and provider errors;
+- records the server-side tool calls a Responses stream reports (``response.output_item.*`` and
+  the terminal event's ``output``), whose fees (``fees``, USD per call by item type, plus
+  ``fixed_fee``) are part of the running cost and so of the cut-off;
 - drops the usage-only chunk (``choices: []``) when pouch injected ``include_usage`` for a client
   that did not ask for it, after taking its usage;
 - cuts the stream off when the running cost reaches the reservation before the final usage
@@ -37,7 +40,7 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from .money import format_usd, usd_str
-from .pricing import ModelPrice, Usage, cost, normalise_tier
+from .pricing import FREE_CALLS, ModelPrice, Usage, cost, count_tool_calls, normalise_tier, tool_fee_cost
 from .sse import MAX_EVENT_BYTES, SSEError, SSEEvent, SSEParser
 from .tokens import StreamTokenCounter
 
@@ -63,6 +66,7 @@ _RESPONSES_TEXT_DELTAS = frozenset({
 #: OpenAI-compatible providers (DeepSeek ``reasoning_content``, OpenRouter / vLLM ``reasoning``)
 _CHAT_TEXT_FIELDS = frozenset({"content", "refusal", "reasoning_content", "reasoning"})
 _RESPONSES_TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
+_RESPONSES_ITEM = frozenset({"response.output_item.added", "response.output_item.done"})
 
 _CTX = decimal.Context(prec=50, rounding=decimal.ROUND_CEILING)
 _MILLION = Decimal(1_000_000)
@@ -100,7 +104,8 @@ class StreamMeter:
 
     def __init__(self, api: Api, price: ModelPrice, model: str, input_tokens: int,
                  reservation: Decimal, hide_usage_chunk: bool, tier: str | None = None, *,
-                 max_event_bytes: int = MAX_EVENT_BYTES) -> None:
+                 max_event_bytes: int = MAX_EVENT_BYTES, fees: dict[str, Decimal] | None = None,
+                 fixed_fee: Decimal = Decimal(0)) -> None:
         if api not in ("chat", "responses", "completions"):
             raise ValueError(f"StreamMeter: unknown api {api!r}")
         if isinstance(input_tokens, bool) or not isinstance(input_tokens, int) or input_tokens < 0:
@@ -137,6 +142,11 @@ class StreamMeter:
         self._usage: Usage | None = None       # the provider's usage (latest seen)
         self._usage_final = False              # ... and it is the final one
         self._seq: int | None = None           # last Responses sequence_number
+        self._fees = dict(fees or {})          # USD per server-side tool call, by item type
+        self._fixed_fee = Decimal(fixed_fee)
+        self._fee_cost = self._fixed_fee       # fees of the calls seen so far (+ the fixed fee)
+        self._items: dict[Any, dict[str, Any]] = {}  # billable tool-call items seen, by id
+        self.unpriced_calls = False            # a tool call with no fee was seen
         self._pricing_tier = self.tier
         self._cut_at = self._threshold()
 
@@ -189,6 +199,11 @@ class StreamMeter:
         """The provider's final usage has arrived (no cut-off after that)."""
         return self._usage_final
 
+    @property
+    def tool_calls(self) -> dict[str, int]:
+        """The billable server-side tool calls seen (``pricing.count_tool_calls``)."""
+        return count_tool_calls(list(self._items.values()))
+
     def final_usage(self) -> Usage:
         """The provider's usage when seen (authoritative), else estimated input + counted output."""
         if self._usage is not None:
@@ -198,8 +213,9 @@ class StreamMeter:
     @property
     def running_cost(self) -> Decimal:
         """Exact USD cost so far: of the provider's usage once known, else of the estimated input
-        plus the output counted so far (priced in the reported service tier once known)."""
-        return cost(self.price, self.final_usage(), self._pricing_tier)
+        plus the output counted so far (priced in the reported service tier once known), plus
+        the fees of the tool calls seen."""
+        return cost(self.price, self.final_usage(), self._pricing_tier) + self._fee_cost
 
     def checkpoint(self) -> dict[str, Any]:
         """A small snapshot for the ledger (O(1)). ``final_cost`` once the final usage is known."""
@@ -209,7 +225,7 @@ class StreamMeter:
             "events": self.events,
             "usage_source": self.usage_source,
         }
-        if self._usage_final:
+        if self._usage_final and not self.unpriced_calls:  # else settlement bills the reservation
             snap["final_cost"] = snap["running_cost"]
         return snap
 
@@ -346,6 +362,11 @@ class StreamMeter:
                    _key_part(get("content_index")), _key_part(get("summary_index")))
             self._count(key, get("delta"))
             return
+        if typ in _RESPONSES_ITEM:
+            item = get("item")
+            if item.__class__ is dict:
+                self._record_item(item, get("output_index"))
+            return
         resp = get("response")
         if resp.__class__ is not dict:
             return
@@ -357,6 +378,11 @@ class StreamMeter:
             self._set_tier(tier)
         if typ in _RESPONSES_TERMINAL:
             self.done = True
+            output = resp.get("output")
+            if isinstance(output, list):
+                for index, item in enumerate(output):
+                    if isinstance(item, dict):
+                        self._record_item(item, index)
             if typ == "response.failed":
                 err = resp.get("error")
                 self._record_error(err if isinstance(err, dict) else {"message": "response.failed"})
@@ -389,6 +415,21 @@ class StreamMeter:
         self._pending.clear()
         self._pending_bytes = 0
 
+    def _record_item(self, item: dict[str, Any], index: Any) -> None:
+        """Remember a server-side tool call (once per item id) and reprice the fees seen."""
+        kind = item.get("type")
+        if not isinstance(kind, str) or not kind.endswith("_call") or kind in FREE_CALLS:
+            return
+        item_id = item.get("id")
+        key = item_id if isinstance(item_id, str) and item_id else ("index", _key_part(index))
+        if key in self._items:
+            return
+        self._items[key] = {"type": kind, "container_id": item.get("container_id")}
+        fees, unpriced = tool_fee_cost(self._fees, self.tool_calls)
+        self.unpriced_calls = bool(unpriced)
+        self._fee_cost = self._fixed_fee + fees
+        self._cut_at = self._threshold()
+
     def _record_error(self, err: dict[str, Any]) -> None:
         if self.provider_error is None:
             self.provider_error = err
@@ -409,12 +450,14 @@ class StreamMeter:
         self._cut_at = self._threshold()
 
     def _threshold(self) -> int | None:
-        """The least output-token count n with cost(input estimate, n) >= reservation, in the
-        current pricing tier; None when output is free and the input alone stays below it."""
+        """The least output-token count n with cost(input estimate, n) + fees so far >=
+        reservation, in the current pricing tier; None when output is free and the input alone
+        stays below it."""
         tier = self._pricing_tier
+        fees = self._fee_cost
 
         def at(n: int) -> Decimal:
-            return cost(self.price, Usage(input_tokens=self.input_tokens, output_tokens=n), tier)
+            return cost(self.price, Usage(input_tokens=self.input_tokens, output_tokens=n), tier) + fees
 
         base = at(0)
         if base >= self.reservation:

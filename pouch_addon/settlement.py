@@ -7,6 +7,22 @@
 - no response at all after the request was sent (non-stream timeout, provider died): the
   outcome is unknown, so the whole reservation is billed and flagged for review;
 - never sent (the upstream connection failed): released.
+
+Tool fees: the server-side tool calls a response reports (Responses ``web_search_call``,
+``code_interpreter_call`` items, ...; ``pricing.count_tool_calls``) are billed at the fees the
+plan reserved for (``CallPlan.fees``), plus a Chat Completions search's fixed fee. A call the
+plan has no fee for (a tool a stored prompt carried that pouch cannot price) settles the call at
+no less than its whole reservation, flagged ``unpriced_tool_call``: never $0, and the most pouch
+was allowed to spend.
+
+Which model prices the call: the one the provider reports, since that is what it bills. The plan
+reserved at ``PriceTable.resolve_bound``, the dearest model the requested name may be served as,
+so a reported snapshot of the requested alias is never dearer than the reservation. We chose
+that over capping a dearer reported model at the reservation because the ledger must say what
+was really spent: a cap would hide real spend. A reported model outside that family (the
+provider served another model than the one asked for) is still billed as reported and flagged
+``model_reported_dearer`` when it costs more than the reserved price would; a reported name the
+table does not know is priced at the reserved bound, flagged ``model_reported_unknown``.
 """
 
 from __future__ import annotations
@@ -18,7 +34,7 @@ from typing import Any
 
 from . import tokens
 from .plan import CallPlan
-from .pricing import ModelPrice, PriceTable, UnknownModel, Usage, cost, normalise_tier
+from .pricing import ModelPrice, PriceTable, UnknownModel, Usage, cost, count_tool_calls, normalise_tier, tool_fee_cost
 
 
 @dataclass
@@ -29,6 +45,8 @@ class Settlement:
     usage_source: str = "none"  # provider / counted / none
     model_reported: str | None = None
     flags: list[str] = field(default_factory=list)
+    tool_calls: dict[str, int] = field(default_factory=dict)  # billable tool calls reported
+    fees: Decimal = Decimal(0)  # the part of ``cost`` that is tool fees
 
     def details(self) -> dict[str, Any]:
         out: dict[str, Any] = {"usage_source": self.usage_source, "flags": list(self.flags)}
@@ -36,17 +54,39 @@ class Settlement:
             out.update(self.usage.to_dict())
         if self.model_reported:
             out["model_reported"] = self.model_reported
+        if self.tool_calls:
+            out["tool_calls"] = dict(self.tool_calls)
+        if self.fees:
+            out["tool_fees"] = str(self.fees)
         return out
 
 
-def price_for(table: PriceTable, plan: CallPlan, model_reported: str | None) -> ModelPrice:
-    """Price by the model the provider says it ran; the requested one if that name is unknown."""
-    if model_reported and model_reported != plan.model:
+def price_for(table: PriceTable, plan: CallPlan, model_reported: str | None) -> tuple[ModelPrice, list[str]]:
+    """Price by the model the provider says it ran; the reserved bound if that name is unknown
+    (or the response names none). See the module docstring for why."""
+    if model_reported:
         try:
-            return table.resolve(model_reported)
+            return table.resolve(model_reported), []
         except UnknownModel:
-            pass
-    return plan.price
+            return plan.price, ["model_reported_unknown"]
+    return plan.price, []
+
+
+def fees_for(plan: CallPlan, tool_calls: dict[str, int] | None) -> tuple[Decimal, list[str]]:
+    """The fixed fee plus the reported tool calls at the plan's fees; flags for unpriced calls."""
+    fees, unpriced = tool_fee_cost(plan.fees, tool_calls or {})
+    return plan.fixed_fee + fees, (["unpriced_tool_call"] if unpriced else [])
+
+
+def _with_fees(plan: CallPlan, amount: Decimal, tool_calls: dict[str, int] | None,
+               flags: list[str]) -> tuple[Decimal, Decimal]:
+    """``amount`` plus the fees (and the fees alone)."""
+    fees, fee_flags = fees_for(plan, tool_calls)
+    flags.extend(fee_flags)
+    amount += fees
+    if fee_flags:  # a call pouch cannot price: at least everything it was allowed to spend
+        amount = max(amount, plan.worst_case)
+    return amount, fees
 
 
 def _tier(reported: Any, plan: CallPlan) -> str | None:
@@ -59,32 +99,38 @@ def _tier(reported: Any, plan: CallPlan) -> str | None:
 def completed(
     table: PriceTable, plan: CallPlan, usage: Usage | None, counted_output: int, *,
     model_reported: str | None = None, tier_reported: str | None = None, status: str = "ok",
+    tool_calls: dict[str, int] | None = None,
 ) -> Settlement:
-    """A call the provider finished: its usage if present, else our own count."""
-    price = price_for(table, plan, model_reported)
+    """A call the provider finished: its usage if present, else our own count, plus the fees of
+    the tool calls it reports (``tool_calls``: ``pricing.count_tool_calls`` of its output)."""
+    price, flags = price_for(table, plan, model_reported)
     tier = _tier(tier_reported, plan)
-    flags: list[str] = []
     if usage is not None:
         source = "provider"
     else:
         usage = Usage(input_tokens=plan.input_tokens, output_tokens=counted_output)
         source = "counted"
         flags.append("usage_missing")
-    return Settlement(cost(price, usage, tier), status, usage, source, model_reported, flags)
+    amount = cost(price, usage, tier)
+    if price is not plan.price and amount > cost(plan.price, usage, tier):
+        flags.append("model_reported_dearer")
+    amount, fees = _with_fees(plan, amount, tool_calls, flags)
+    return Settlement(amount, status, usage, source, model_reported, flags, dict(tool_calls or {}), fees)
 
 
 def partial(plan: CallPlan, reservation: Decimal, counted_output: int, status: str,
-            usage: Usage | None = None) -> Settlement:
-    """Disconnect or cut-off mid-stream: input + output so far, capped at the reservation."""
+            usage: Usage | None = None, tool_calls: dict[str, int] | None = None) -> Settlement:
+    """Disconnect or cut-off mid-stream: input + output so far + the fees of the tool calls seen,
+    capped at the reservation."""
     source = "provider" if usage is not None else "counted"
     if usage is None:
         usage = Usage(input_tokens=plan.input_tokens, output_tokens=counted_output)
-    amount = cost(plan.price, usage, plan.tier)
-    flags = []
+    flags: list[str] = []
+    amount, fees = _with_fees(plan, cost(plan.price, usage, plan.tier), tool_calls, flags)
     if amount > reservation:
         amount = reservation
         flags.append("capped_at_reservation")
-    return Settlement(amount, status, usage, source, None, flags)
+    return Settlement(amount, status, usage, source, None, flags, dict(tool_calls or {}), fees)
 
 
 def unanswered(reservation: Decimal, *, sent: bool) -> Settlement:
@@ -115,7 +161,9 @@ def from_response_body(table: PriceTable, plan: CallPlan, raw: bytes | None) -> 
             usage = None
     counted = 0 if usage is not None else count_output(plan, body)
     model = body.get("model") if isinstance(body.get("model"), str) else None
-    return completed(table, plan, usage, counted, model_reported=model, tier_reported=body.get("service_tier"))
+    calls = count_tool_calls(body.get("output")) if plan.api == "responses" else None
+    return completed(table, plan, usage, counted, model_reported=model, tier_reported=body.get("service_tier"),
+                     tool_calls=calls)
 
 
 def count_output(plan: CallPlan, body: dict[str, Any]) -> int:

@@ -93,7 +93,7 @@ class Metering:
             call.meter = StreamMeter(
                 plan.api, plan.price, plan.model, plan.input_tokens, call.reserved,
                 hide_usage_chunk=plan.stream and not plan.client_wants_usage and plan.api in ("chat", "completions"),
-                tier=plan.tier,
+                tier=plan.tier, fees=plan.fees, fixed_fee=plan.fixed_fee,
             )
             flow.response.stream = self._stream_callable(flow, call)
 
@@ -115,7 +115,7 @@ class Metering:
             if meter.cut:
                 cut_connections(flow)
                 self._settle_soon(call, settlement.partial(
-                    call.plan, call.reserved, meter.output_tokens_counted, "cut_off"))
+                    call.plan, call.reserved, meter.output_tokens_counted, "cut_off", tool_calls=meter.tool_calls))
                 return [*out, b""]  # b"" ends an HTTP/1.1 chunked body for the client
             return out
 
@@ -146,7 +146,7 @@ class Metering:
             result = settlement.completed(
                 table, call.plan, usage, counted,
                 model_reported=m.model_reported, tier_reported=m.service_tier,
-                status="ok" if m.done else "incomplete")
+                status="ok" if m.done else "incomplete", tool_calls=m.tool_calls)
         else:
             raw = flow.response.get_content(strict=False)
             if raw is not None and len(raw) <= INLINE_PARSE_BYTES:
@@ -174,7 +174,7 @@ class Metering:
             who = "client_disconnect" if msg == CLIENT_GONE else "upstream_disconnect"
             usage = m.final_usage() if m.usage_source == "provider" else None
             counted = m.output_tokens_counted if usage is None else 0
-            result = settlement.partial(call.plan, call.reserved, counted, who, usage)
+            result = settlement.partial(call.plan, call.reserved, counted, who, usage, m.tool_calls)
         elif call.response_started:
             # a non-streamed body that broke off: the provider had finished generating
             result = settlement.unanswered(call.reserved, sent=True)
@@ -248,7 +248,8 @@ class Metering:
         for call in list(self.core.active):
             m = call.meter
             if m is not None:
-                result = settlement.partial(call.plan, call.reserved, m.output_tokens_counted, "shutdown")
+                result = settlement.partial(call.plan, call.reserved, m.output_tokens_counted, "shutdown",
+                                            tool_calls=m.tool_calls)
             else:
                 result = settlement.unanswered(call.reserved, sent=True)
             self._settle_soon(call, result)

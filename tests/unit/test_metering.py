@@ -622,3 +622,65 @@ def test_reservation_below_input_cost_cuts_even_after_a_keep_alive():
     out = m.feed(b": ping\n\n" + CONTENT[0])
     assert m.cut is True and m.events == 0
     assert out[0].startswith(b': ping\n\ndata: {"error": {"message": "pouch: budget reservation of $0.000100')
+
+
+# -- server-side tool calls (issue 13) -------------------------------------------------------------
+
+WS_FEES = {"web_search_call": D("0.01"), "code_interpreter_call": D("0.03")}
+
+
+def tool_item(seq: int, typ: str, item: dict, index: int) -> bytes:
+    return rev(seq, typ, output_index=index, item=item)
+
+
+def test_responses_tool_calls_are_counted_once_and_their_fees_are_in_the_running_cost():
+    ws1, ws2 = {"id": "ws_1", "type": "web_search_call", "status": "in_progress"}, {"id": "ws_2", "type": "web_search_call"}
+    ci = {"id": "ci_1", "type": "code_interpreter_call", "container_id": "c1"}
+    fn = {"id": "fc_9", "type": "function_call", "name": "f", "arguments": "{}"}
+    stream = b"".join([
+        R_HEAD[0],
+        tool_item(1, "response.output_item.added", ws1, 0), tool_item(2, "response.output_item.done", ws1, 0),
+        tool_item(3, "response.output_item.added", ws2, 1), tool_item(4, "response.output_item.added", ci, 2),
+        tool_item(5, "response.output_item.added", fn, 3),
+    ])
+    m = meter("responses", fees=WS_FEES)
+    assert pump(m, [stream]) == stream
+    assert m.tool_calls == {"web_search_call": 2, "code_interpreter_call": 1}
+    assert m.running_cost == cost(PRICE, Usage(input_tokens=100)) + D("0.05")
+    # the terminal event repeats the items (same ids): still counted once; plus the usage
+    final = rev(6, "response.completed", response=resp_obj("completed", R_USAGE, output=[ws1, ws2, ci, fn]))
+    m.feed(final)
+    assert m.tool_calls == {"web_search_call": 2, "code_interpreter_call": 1}
+    assert m.running_cost == D("0.00013") + D("0.05")
+    assert m.checkpoint()["final_cost"] == "0.05013"
+
+
+def test_tool_fees_bring_the_cut_off_forward():
+    """The reservation pays for tokens and fees: fees seen leave less for output tokens."""
+    deltas = [rev(10 + i, "response.output_text.delta", item_id="msg_1", output_index=1, content_index=0,
+                  delta=w, logprobs=[]) for i, w in enumerate(WORDS)]
+    # 100 input tokens ($0.00025) + one search ($0.01) + 2 output tokens ($0.00002)
+    m = meter("responses", reservation="0.01027", fees=WS_FEES)
+    m.feed(R_HEAD[0] + tool_item(1, "response.output_item.added", {"id": "ws_1", "type": "web_search_call"}, 0))
+    out = m.feed(b"".join(deltas[:4]))
+    assert m.cut is True and b"budget_exceeded" in out[0] and m.output_tokens_counted == 2
+    # without the fee the same stream would have run on
+    m2 = meter("responses", reservation="0.01027", fees=WS_FEES)
+    m2.feed(R_HEAD[0])
+    m2.feed(b"".join(deltas[:4]))
+    assert m2.cut is False
+
+
+def test_a_tool_call_without_a_fee_leaves_no_final_cost_checkpoint():
+    m = meter("responses", fees=WS_FEES)
+    item = {"id": "fs_1", "type": "file_search_call"}
+    m.feed(R_HEAD[0] + tool_item(1, "response.output_item.added", item, 0)
+           + rev(2, "response.completed", response=resp_obj("completed", R_USAGE, output=[item])))
+    assert m.unpriced_calls is True and m.tool_calls == {"file_search_call": 1}
+    assert "final_cost" not in m.checkpoint()  # the orphan rule bills the whole reservation
+
+
+def test_a_fixed_fee_is_part_of_the_running_cost():
+    m = meter(fixed_fee=D("0.025"))
+    pump(m, [CHAT_WITH_USAGE])
+    assert m.running_cost == D("0.0016575") + D("0.025")

@@ -10,7 +10,7 @@ TABLE = PriceTable.load()
 M = D(1_000_000)
 
 
-def chat_plan(model="gpt-4o", cap=100):
+def chat_plan(model="gpt-4o-2024-08-06", cap=100):  # a pinned snapshot: reserved at its own price
     body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": cap}
     return make_plan("POST", "/v1/chat/completions", body, table=TABLE, remaining=D(100), settings=PlanSettings())
 
@@ -31,7 +31,7 @@ def test_completed_without_usage_falls_back_to_the_count_and_flags_it():
 
 
 def test_completed_prices_the_model_the_provider_reports():
-    plan = chat_plan("gpt-4o")
+    plan = chat_plan()
     s = settlement.completed(TABLE, plan, Usage(input_tokens=10, output_tokens=10), 0, model_reported="gpt-4o-mini")
     assert s.cost == D(10) * D("0.15") / M + D(10) * D("0.6") / M
     s = settlement.completed(TABLE, plan, Usage(input_tokens=10, output_tokens=10), 0, model_reported="weird-x")
@@ -39,7 +39,7 @@ def test_completed_prices_the_model_the_provider_reports():
 
 
 def test_completed_prices_the_tier_the_provider_reports():
-    plan = chat_plan("gpt-4o")
+    plan = chat_plan()
     s = settlement.completed(TABLE, plan, Usage(input_tokens=10, output_tokens=10), 0, tier_reported="priority")
     assert s.cost == D(10) * D("4.25") / M + D(10) * D(17) / M
 
@@ -69,3 +69,83 @@ def test_from_response_body():
     assert no_usage.usage.output_tokens == 2 and no_usage.usage_source == "counted"
     garbage = settlement.from_response_body(TABLE, plan, b"<html>")
     assert garbage.cost == plan.worst_case and garbage.status == "unreadable_response"
+
+
+# ------------------------------------------------------------------------------------------------
+# settles within their reservation when the body did not show everything (issue 13)
+
+def responses_plan(body, remaining="100"):
+    return make_plan("POST", "/v1/responses", {"input": "hi", **body}, table=TABLE, remaining=D(remaining),
+                     settings=PlanSettings())
+
+
+def responses_body(usage, output=(), model="gpt-4o-mini"):
+    import json
+    return json.dumps({"model": model, "output": [*output, {"type": "message", "content": []}],
+                       "usage": usage}).encode()
+
+
+def test_a_stored_prompt_billed_far_above_its_visible_input_stays_within_the_reservation():
+    """Seen: estimated at 8 input tokens, the provider reported 100,000 (245x the reservation)."""
+    plan = responses_plan({"model": "gpt-4o-mini", "prompt": {"id": "pmpt_1"}, "max_output_tokens": 20})
+    s = settlement.from_response_body(TABLE, plan, responses_body(
+        {"input_tokens": 100000, "output_tokens": 20, "total_tokens": 100020}))
+    assert s.cost == D(100000) * D("0.15") / M + D(20) * D("0.6") / M
+    assert s.cost <= plan.worst_case and s.flags == []
+
+
+def test_reported_tool_calls_are_billed_and_stay_within_the_reservation():
+    plan = responses_plan({"model": "gpt-4o-mini", "max_output_tokens": 50, "max_tool_calls": 3,
+                           "tools": [{"type": "web_search"}, {"type": "code_interpreter", "container": {"type": "auto"}}]})
+    calls = [{"type": "web_search_call", "id": "ws_1"}, {"type": "web_search_call", "id": "ws_2"},
+             {"type": "code_interpreter_call", "id": "ci_1", "container_id": "c1"}]
+    # three model turns, each reading (at most) the whole context window
+    usage = {"input_tokens": 3 * 128000, "output_tokens": 50, "total_tokens": 3 * 128000 + 50}
+    s = settlement.from_response_body(TABLE, plan, responses_body(usage, calls))
+    tokens = D(3 * 128000) * D("0.15") / M + D(50) * D("0.6") / M
+    assert s.cost == tokens + 2 * D("0.025") + D("0.03")  # two searches, one container session
+    assert s.cost <= plan.worst_case and s.flags == []
+
+
+def test_a_tool_call_pouch_cannot_price_bills_the_whole_reservation_flagged():
+    plan = responses_plan({"model": "gpt-4o-mini", "prompt": {"id": "pmpt_1"}, "max_output_tokens": 5})
+    s = settlement.from_response_body(TABLE, plan, responses_body(
+        {"input_tokens": 10, "output_tokens": 5, "total_tokens": 15}, [{"type": "file_search_call", "id": "fs"}]))
+    assert s.cost == plan.worst_case and "unpriced_tool_call" in s.flags
+
+
+def test_partial_bills_the_tool_calls_seen_capped_at_the_reservation():
+    plan = responses_plan({"model": "gpt-4o-mini", "max_output_tokens": 50, "max_tool_calls": 2,
+                           "tools": [{"type": "web_search"}]})
+    s = settlement.partial(plan, plan.worst_case, 3, "client_disconnect", tool_calls={"web_search_call": 1})
+    assert s.cost == D(plan.input_tokens) * D("0.15") / M + D(3) * D("0.6") / M + D("0.025")
+    capped = settlement.partial(plan, plan.worst_case, 10**9, "cut_off", tool_calls={"web_search_call": 2})
+    assert capped.cost == plan.worst_case and "capped_at_reservation" in capped.flags
+
+
+def test_chat_web_search_bills_its_search():
+    plan = chat_plan("gpt-4o-mini-search-preview")
+    s = settlement.completed(TABLE, plan, Usage(input_tokens=5000, output_tokens=50), 0,
+                             model_reported="gpt-4o-mini-search-preview-2025-03-11")
+    assert s.cost == D(5000) * D("0.15") / M + D(50) * D("0.6") / M + D("0.025") <= plan.worst_case
+
+
+def test_an_alias_served_as_its_dearest_snapshot_settles_within_the_reservation():
+    plan = chat_plan("gpt-4o", cap=100)
+    usage = Usage(input_tokens=plan.reserved_input_tokens, output_tokens=100)
+    s = settlement.completed(TABLE, plan, usage, 0, model_reported="gpt-4o-2024-05-13")
+    assert s.cost == D(plan.reserved_input_tokens) * D(5) / M + D(100) * D(15) / M
+    assert s.cost <= plan.worst_case and s.flags == []
+    # a cheaper snapshot is billed as such
+    cheap = settlement.completed(TABLE, plan, usage, 0, model_reported="gpt-4o-2024-08-06")
+    assert cheap.cost == D(plan.reserved_input_tokens) * D("2.5") / M + D(100) * D(10) / M
+
+
+def test_a_model_outside_the_reservation_is_billed_as_reported_and_flagged():
+    plan = chat_plan("gpt-4o-mini")
+    usage = Usage(input_tokens=10, output_tokens=10)
+    s = settlement.completed(TABLE, plan, usage, 0, model_reported="gpt-4o")
+    assert s.cost == D(10) * D("2.5") / M + D(10) * D(10) / M and "model_reported_dearer" in s.flags
+    unknown = settlement.completed(TABLE, plan, usage, 0, model_reported="weird-x")
+    assert unknown.cost == D(10) * D("0.15") / M + D(10) * D("0.6") / M  # the reserved price
+    assert "model_reported_unknown" in unknown.flags
