@@ -66,6 +66,11 @@ Other control headers
 - ``x-fake-service-tier``: ``service_tier`` reported in the response (default: the
   request's ``service_tier`` mapped like OpenAI: ``auto``/absent -> ``default``,
   ``fast`` -> ``priority``).
+- ``x-fake-model``: the ``model`` reported in the response (default: the request's).
+- ``x-fake-tool-calls``: comma-separated Responses output item types (``web_search_call``,
+  ``code_interpreter_call``, ...) the response reports before its message, as server-side tool
+  calls (streams: an ``output_item.added`` and ``.done`` event each); item ``k`` has id
+  ``{type}_{k}``, a code interpreter call ``container_id`` ``cntr_fake``.
 
 Log events (one JSON object per line; every line has ``t`` (time.time()) and ``ev``)
 --------------------------------------------------------------------------------
@@ -455,7 +460,7 @@ async def chat_completions(c: Conn, req: Request, body: dict) -> None:
     if cap is None:
         cap = body.get("max_tokens")
     p = make_plan(req, body, cap, body.get("n") or 1)
-    model = body.get("model", "gpt-4o-mini")
+    model = req.h("x-fake-model") or body.get("model", "gpt-4o-mini")
     cid = f"chatcmpl-fake{c.req_id}"
     usage = chat_usage(p)
     if not body.get("stream"):
@@ -566,8 +571,12 @@ async def completions(c: Conn, req: Request, body: dict) -> None:
 
 async def responses(c: Conn, req: Request, body: dict) -> None:
     p = make_plan(req, body, body.get("max_output_tokens"), 1)
-    model = body.get("model", "gpt-4o-mini")
+    model = req.h("x-fake-model") or body.get("model", "gpt-4o-mini")
     rid = f"resp_fake{c.req_id}"
+    calls = [t.strip() for t in (req.h("x-fake-tool-calls") or "").split(",") if t.strip()]
+    tool_items = [{"id": f"{t}_{k}", "type": t, "status": "completed",
+                   **({"container_id": "cntr_fake"} if t == "code_interpreter_call" else {})}
+                  for k, t in enumerate(calls)]
     mid = f"msg_fake{c.req_id}"
     usage = responses_usage(p)
     text = "".join(tok(k) for k in range(p.content))
@@ -591,7 +600,7 @@ async def responses(c: Conn, req: Request, body: dict) -> None:
     item_done = {"id": mid, "type": "message", "status": status, "role": "assistant", "content": [part_done]}
     if not body.get("stream"):
         LOG("response", conn=c.id, req=c.req_id, status=200, stream=False, usage=usage, finish_reason=status)
-        await c.send_json(200, resp_obj(status, [item_done], usage))
+        await c.send_json(200, resp_obj(status, [*tool_items, item_done], usage))
         return
     LOG("response", conn=c.id, req=c.req_id, status=200, stream=True, usage=usage, planned_usage=usage,
         finish_reason=status)
@@ -613,6 +622,9 @@ async def responses(c: Conn, req: Request, body: dict) -> None:
     await send("response.in_progress", response=resp_obj("in_progress", [], None))
     if p.die_after == 0:
         c.die(0)
+    for k, item in enumerate(tool_items):
+        await send("response.output_item.added", output_index=k, item={**item, "status": "in_progress"})
+        await send("response.output_item.done", output_index=k, item=item)
     await send("response.output_item.added", output_index=0,
                item={"id": mid, "type": "message", "status": "in_progress", "role": "assistant", "content": []})
     await send("response.content_part.added", item_id=mid, output_index=0, content_index=0,
@@ -627,7 +639,7 @@ async def responses(c: Conn, req: Request, body: dict) -> None:
     await send("response.content_part.done", item_id=mid, output_index=0, content_index=0, part=part_done)
     await send("response.output_item.done", output_index=0, item=item_done)
     await send("response.incomplete" if p.truncated else "response.completed",
-               response=resp_obj(status, [item_done], usage))
+               response=resp_obj(status, [*tool_items, item_done], usage))
     await c.stream_end()
     LOG("stream_done", conn=c.id, req=c.req_id, chunks=i, usage_sent=True)
 
