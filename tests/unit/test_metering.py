@@ -290,7 +290,7 @@ def test_cut_off_chat_exact_bytes_then_nothing():
     assert m.cut is False
     out = m.feed(words[2] + words[3] + words[4] + words[5] + words[6][:20])
     expected_error = (
-        b'data: {"error": {"message": "pouch: budget reservation of $0.000300 reached after 5 output '
+        b'data: {"error": {"message": "pouch: budget reservation of $0.0003 reached after 5 output '
         b'tokens; stream cut off", "type": "budget_exceeded", "code": "budget_exceeded"}}\n\n'
         b"data: [DONE]\n\n")
     assert out == [words[2] + words[3] + words[4] + expected_error]
@@ -317,8 +317,8 @@ def test_cut_off_responses_exact_bytes():
     out = m.feed(R_HEAD[0] + deltas[0] + deltas[1] + deltas[2])
     expected_error = (
         b'event: error\ndata: {"type":"error","code":"budget_exceeded","message":"pouch: budget '
-        b'reservation of $0.000270 reached after 2 output tokens; stream cut off","param":null,'
-        b'"sequence_number":6,"error":{"message":"pouch: budget reservation of $0.000270 reached after '
+        b'reservation of $0.00027 reached after 2 output tokens; stream cut off","param":null,'
+        b'"sequence_number":6,"error":{"message":"pouch: budget reservation of $0.00027 reached after '
         b'2 output tokens; stream cut off","type":"budget_exceeded","code":"budget_exceeded"}}\n\n')
     assert out == [R_HEAD[0] + deltas[0] + deltas[1] + expected_error]
     assert m.cut is True
@@ -345,7 +345,7 @@ def test_reservation_below_input_cost_cuts_at_first_event():
     out = m.feed(CONTENT[0])
     assert m.cut is True
     assert out[0].startswith(CONTENT[0] + b'data: {"error": {"message": "pouch: budget reservation of '
-                                          b'$0.000100 reached after 0 output tokens; stream cut off"')
+                                          b'$0.0001 reached after 0 output tokens; stream cut off"')
 
 
 @pytest.mark.parametrize("reservation", ["0.00025", "0.000250001", "0.00026", "0.0002599999", "0.00033",
@@ -621,4 +621,4 @@ def test_reservation_below_input_cost_cuts_even_after_a_keep_alive():
     m = meter(reservation="0.0001")
     out = m.feed(b": ping\n\n" + CONTENT[0])
     assert m.cut is True and m.events == 0
-    assert out[0].startswith(b': ping\n\ndata: {"error": {"message": "pouch: budget reservation of $0.000100')
+    assert out[0].startswith(b': ping\n\ndata: {"error": {"message": "pouch: budget reservation of $0.0001')
