@@ -112,7 +112,7 @@ def cmd_history(args: argparse.Namespace) -> None:
             flags = f" [{', '.join(e['flags'])}]" if e.get("flags") else ""
             print(
                 f"{e['time']}  {e.get('status', ''):<10} {e.get('wallet', '-'):<16} {e.get('model', '-'):<24}"
-                f" {tokens:<16} {format_usd(Decimal(e['cost'])):>12}{flags}"
+                f" {tokens:<16} {format_usd(Decimal(e['cost'])):>14}{flags}"
             )
 
 
@@ -131,7 +131,7 @@ def cmd_cost(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps({"model": price.name, "usd": usd_str(total), **usage.to_dict()}))
     else:
-        print(f"{price.name}: {usd_str(total)} USD  ({format_usd(total, 8)})")
+        print(f"{price.name}: {format_usd(total)}")
 
 
 def cmd_tokens(args: argparse.Namespace) -> None:

@@ -13,7 +13,9 @@ returns; :meth:`StreamMeter.finish` ends the stream. The meter
   the terminal event's ``output``), whose fees (``fees``, USD per call by item type, plus
   ``fixed_fee``) are part of the running cost and so of the cut-off;
 - drops the usage-only chunk (``choices: []``) when pouch injected ``include_usage`` for a client
-  that did not ask for it, after taking its usage;
+  that did not ask for it, after taking its usage, and takes the ``"usage": null`` that
+  ``include_usage`` adds to every other chunk back out (byte surgery, the rest of the chunk
+  unchanged: see :func:`_strip_null_usage`);
 - cuts the stream off when the running cost reaches the reservation before the final usage
   arrived: the forwarded events, then an error event the openai SDKs raise as ``APIError``, then
   nothing (``cut`` is set; the caller closes the upstream connection and settles).
@@ -99,6 +101,32 @@ def _key_part(value: Any) -> str | int | None:
     return value if isinstance(value, (str, int)) and not isinstance(value, bool) else None
 
 
+def _strip_null_usage(raw: bytes, obj: dict[str, Any]) -> bytes:
+    """The event ``raw`` without the top-level ``"usage": null`` of its chunk ``obj``.
+
+    OpenAI (and the fake) write it near the end, after ``choices``, as ``,"usage":null`` (or
+    ``, "usage": null``); that member is cut out and every other byte kept. A quote inside a
+    JSON string is escaped, so the match is a real member, and it is the top-level one when
+    what follows it closes one object only (one ``}``, no ``]``: a nested member would be
+    followed by at least two closers). Any other layout of a one-line data event is
+    re-serialised compactly without the key; an event of several lines (rare) is forwarded as
+    it came. Per chunk: a search from the end and a copy, well under a microsecond."""
+    i = raw.rfind(b',"usage":null')
+    n = 13
+    if i < 0:
+        i = raw.rfind(b', "usage": null')
+        n = 15
+    if i >= 0:
+        end = i + n
+        if raw.count(b"}", end) == 1 and raw.find(b"]", end) < 0:
+            return raw[:i] + raw[end:]
+    line = raw.rstrip(b"\r\n")
+    if line.startswith(b"data:") and b"\n" not in line and b"\r" not in line:
+        data = json.dumps({k: v for k, v in obj.items() if k != "usage"}, ensure_ascii=False, separators=(",", ":"))
+        return b"data: " + data.encode("utf-8", "surrogatepass") + raw[len(line):]
+    return raw
+
+
 class StreamMeter:
     """Meters one streamed response; see the module docstring."""
 
@@ -130,6 +158,7 @@ class StreamMeter:
         self.service_tier: str | None = None   # as reported by the provider (not normalised)
         self.provider_error: dict[str, Any] | None = None  # first error the provider streamed
         self.usage_hidden = False              # the usage-only chunk was dropped
+        self._null_usage: dict[str, Any] | None = None  # this chunk's "usage": null is to be cut out
 
         self._parser = SSEParser(max_event_bytes)
         self._counters: dict[tuple, StreamTokenCounter] = {}
@@ -238,7 +267,11 @@ class StreamMeter:
         out: list[bytes] = []
         for ev in events:
             if not ev.has_data or self._on_event(ev):  # no data: comments, keep-alives, blank lines
-                out.append(ev.raw)
+                if self._null_usage is None:
+                    out.append(ev.raw)
+                else:
+                    out.append(_strip_null_usage(ev.raw, self._null_usage))
+                    self._null_usage = None
             # _over, with its cheap part inline: most events cannot reach the reservation
             if (may_cut and not self.done and not self._usage_final
                     and (self._usage is not None
@@ -323,6 +356,8 @@ class StreamMeter:
                         self._chat_call_delta(idx, field, value)
         usage = get("usage")
         if usage.__class__ is not dict:
+            if usage is None and self.hide_usage_chunk and "usage" in obj:
+                self._null_usage = obj  # added by the injected include_usage: cut out (see _process)
             return True
         try:
             self._usage = Usage.from_openai(usage)

@@ -40,7 +40,33 @@ def usd_str(value: Decimal) -> str:
     return text
 
 
-def format_usd(value: Decimal, places: int = 6) -> str:
-    """Human display, e.g. ``$0.001250``; rounding happens only here."""
-    quant = Decimal(1).scaleb(-places)
-    return f"${value.quantize(quant):,}" if value >= 0 else f"-${(-value).quantize(quant):,}"
+#: beyond this many decimal places an amount is rounded for display (see :func:`format_usd`)
+MAX_DISPLAY_PLACES = 12
+
+
+def format_usd(value: Decimal) -> str:
+    """The one way pouch shows an amount to a person (CLI, TUI, log lines, error messages).
+
+    The rule: the exact amount, with at least 2 decimals (cents) and no trailing zeros beyond
+    them, thousands separated, never in scientific notation: ``$3.00``, ``$2.999825``,
+    ``$0.000175``, ``$0.0000001``, ``$1,234.50``, ``-$0.25``. Nothing is rounded away, so a
+    non-zero spend never shows as ``$0.00`` and ``remaining`` + ``spent`` visibly add up.
+    Amounts pouch computes have at most ~11 decimals (prices per 1M tokens have at most 4), so
+    the rule shows them exactly; an amount with more than ``MAX_DISPLAY_PLACES`` decimals (only
+    a hand-typed one) is rounded to that many, but never to zero: a tiny amount keeps its first
+    two significant digits. Storage and JSON use :func:`usd_str` instead.
+    """
+    if not value.is_finite():  # never produced by pouch (parse_usd refuses them); shown, not raised
+        return f"${value}"
+    sign = "-" if value < 0 else ""
+    amount = abs(value)
+    exponent = amount.normalize().as_tuple().exponent
+    places = max(2, -exponent) if isinstance(exponent, int) else 2
+    if places > MAX_DISPLAY_PLACES:
+        places = max(MAX_DISPLAY_PLACES, 1 - amount.adjusted())
+    text = format(amount, f",.{places}f")
+    if places > 2:
+        text = text.rstrip("0")
+        whole, _, frac = text.partition(".")
+        text = f"{whole}.{frac:0<2}"
+    return f"{sign}${text}"

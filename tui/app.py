@@ -188,7 +188,7 @@ class PouchApp(App[None]):
         elif not snap.exists or (snap.status.requests == 0 and snap.status.blocked == 0 and not snap.open):
             budget = snap.status.budget
             first = ("The ledger is empty: no budget yet, so every request would be blocked. Press b to set one"
-                     if budget <= 0 else f"No requests yet (budget {format_usd(budget, 2)})")
+                     if budget <= 0 else f"No requests yet (budget {format_usd(budget)})")
             banner.show("info", f"{first}; then point apps at the proxy: eval \"$(pouch env)\".")
         else:
             banner.show("ok", "")
@@ -301,11 +301,11 @@ class PouchApp(App[None]):
             if what == "add":
                 assert isinstance(value, Decimal)
                 status = ledger.add_budget(value)
-                text = f"Added {format_usd(value, 2)}: the budget is now {format_usd(status.budget, 2)}."
+                text = f"Added {format_usd(value)}: the budget is now {format_usd(status.budget)}."
             elif what == "set":
                 assert isinstance(value, Decimal)
                 status = ledger.set_budget(value)
-                text = f"The budget is now {format_usd(status.budget, 2)}."
+                text = f"The budget is now {format_usd(status.budget)}."
             else:
                 status = ledger.set_paused(bool(value))
                 text = "LLM traffic is paused." if status.paused else "LLM traffic resumed."

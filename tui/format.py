@@ -1,17 +1,22 @@
-"""Display helpers: money, tokens, durations, statuses. Rounding happens only here."""
+"""Display helpers: money, tokens, durations, statuses."""
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from rich.style import Style as RichStyle
+    from rich.text import Text
+    from textual.content import Content
 
 from pouch_addon.money import format_usd
 
 from .aggregate import to_decimal
+
+_AMOUNT = re.compile(r"-?\$[0-9,]+\.[0-9]+$")
 
 # status -> semantic colour name (a Textual theme variable, resolved per theme)
 STATUS_COLOUR = {
@@ -35,16 +40,30 @@ def status_colour(status: str) -> str:
     return "text"
 
 
-def money(value: Decimal | str | None, *, places: int | None = None) -> str:
-    """``$12.35`` for dollars, more places for cents and fractions of a cent."""
-    d = to_decimal(value)
-    if places is None:
-        a = abs(d)
-        places = 2 if a >= 1 or a == 0 else 4 if a >= Decimal("0.01") else 6
-    text = format_usd(d, places)
-    if places == 6 and abs(d) < Decimal("0.01"):
-        text = text[:-2] + text[-2:].rstrip("0") if text.endswith("0") else text  # $0.001900 -> $0.0019
-    return text
+def money(value: Decimal | str | None) -> str:
+    """An amount by pouch's one display rule (:func:`pouch_addon.money.format_usd`): exact, at
+    least cents, e.g. ``$12.35``, ``$2.999825``, ``$0.000175``; unreadable amounts show ``$0.00``."""
+    return format_usd(to_decimal(value))
+
+
+def align_points(cells: list["Text"]) -> None:
+    """Pad right-justified amounts of one column with spaces so their decimal points line up
+    (``$0.05`` above ``$0.0873``); other cells (``—``) are left alone. In place."""
+    places = {id(t): len(t.plain) - t.plain.index(".") - 1 for t in cells if _AMOUNT.match(t.plain)}
+    most = max(places.values(), default=0)
+    for t in cells:
+        if id(t) in places and places[id(t)] < most:
+            t.append(" " * (most - places[id(t)]))
+
+
+def fitting(width: int, *variants: "Content") -> "Content":
+    """The first variant that fits ``width`` cells; the last one, cut with ``…``, if none does.
+
+    Lines holding amounts offer shorter wordings so an amount is never the part that is cut."""
+    for line in variants:
+        if line.cell_length <= width:
+            return line
+    return variants[-1].truncate(width, ellipsis=True)
 
 
 def tokens(value: Any) -> str:

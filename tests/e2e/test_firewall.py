@@ -130,7 +130,7 @@ def test_insufficient_budget_gets_402_and_the_provider_sees_nothing(e2e, fake, t
     r = e2e.run_sdk("chat", {"model": "gpt-4o", "max_tokens": 1000}, env)
     err = r["error"]
     assert not r["ok"] and err["status_code"] == 402 and err["code"] == "budget_exceeded"
-    assert "only $0.000100 remains" in err["message"]
+    assert "only $0.0001 remains" in err["message"]
     assert fake.requests() == []
     st = Ledger(home).status()
     assert st.blocked == 1 and st.spent == 0 and st.reserved == 0  # one attempt: the SDK did not retry

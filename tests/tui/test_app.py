@@ -18,6 +18,11 @@ from .conftest import fixed_entries, fixed_now, loaded, make_app, run, wait_for
 D = Decimal
 
 
+def shown(table, key: str) -> dict[str, str]:
+    """A row's cells as shown, by column key (amounts without their alignment padding)."""
+    return {col: str(table.get_cell(key, col)).strip() for col in table.fitted}
+
+
 def gauge_text(app) -> str:
     return app.gauge.render().plain
 
@@ -39,12 +44,11 @@ def test_top_up_changes_budget_exactly(home: Path):
         await pilot.press("enter")
         confirm = await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.screen, what="confirm")
         text = str(confirm.query_one("#confirm-message", Static).render())
-        assert "Add $2.35 to the budget? The budget becomes $12.35." in text
-        assert "exact amount: $2.345678" in text
+        assert "Add $2.345678 to the budget? The budget becomes $12.345678." in text  # exact, one rule
         assert Ledger(home).status().budget == D("10")  # nothing before the confirmation
         await pilot.press("y")
         await wait_for(pilot, lambda: Ledger(home).status().budget == D("12.345678"), what="budget written")
-        await wait_for(pilot, lambda: "of $12.35" in gauge_text(app), what="gauge updated")
+        await wait_for(pilot, lambda: "of $12.345678" in gauge_text(app), what="gauge updated")
         assert not isinstance(app.screen, (MoneyDialog, ConfirmScreen))
 
     run(app, scenario)
@@ -275,15 +279,16 @@ def test_inflight_row_appears_and_disappears(home: Path):
                                           "client": "127.0.0.1:40404", "stream": True,
                                           "estimated_input_tokens": 900, "output_cap": 2000})
         await wait_for(pilot, lambda: table.row_count == 1, what="in-flight row")
-        row = [str(c) for c in table.get_row(res.id)]
-        assert row[0] == "gpt-4o-mini" and row[1] == "127.0.0.1" and row[4] == "—" and row[8] == "waiting"
+        row = shown(table, res.id)
+        assert (row["model"], row["app"], row["tokens"], row["state"]) == ("gpt-4o-mini", "127.0.0.1", "—", "waiting")
         ledger.checkpoint({res.id: {"output_tokens": 1234, "running_cost": "0.0601"}})
-        await wait_for(pilot, lambda: str(table.get_row(res.id)[4]) == "1,234", what="checkpoint shown")
-        row = [str(c) for c in table.get_row(res.id)]
-        assert row[5] == "$0.0601" and row[6] == "$0.2500" and "24%" in row[7] and row[8] == "streaming"
+        await wait_for(pilot, lambda: shown(table, res.id)["tokens"] == "1,234", what="checkpoint shown")
+        row = shown(table, res.id)
+        assert row["cost"] == "$0.0601" and row["reserved"] == "$0.25" and "24%" in row["use"]
+        assert row["state"] == "streaming"
         assert "In flight (1)" in str(table.border_title)
         ledger.checkpoint({res.id: {"output_tokens": "junk"}})  # missing/odd keys are shown as unknown
-        await wait_for(pilot, lambda: str(table.get_row(res.id)[4]) == "—")
+        await wait_for(pilot, lambda: shown(table, res.id)["tokens"] == "—")
         ledger.settle(res.id, D("0.0601"), details={"input_tokens": 900, "output_tokens": 1234})
         await wait_for(pilot, lambda: table.row_count == 0, what="row removed")
         history = app.history_table

@@ -75,3 +75,25 @@ def test_pause_confirmation(fixed_home: Path, snap_compare):
         await pilot.pause()
 
     assert snap_compare(app, terminal_size=SIZE, run_before=ask)
+
+
+# A realistic first week (tests/tui/conftest.py: realistic_entries): long model names, three
+# apps, spends far below a cent. Every amount is shown whole at 80x24 and 120x40; the 120x40
+# one is also the README's screenshot (docs/tui.svg, written by scripts/tui_screenshot.py).
+def test_realistic_80x24(real_home: Path, snap_compare):
+    assert snap_compare(make_app(real_home, now=fixed_now), terminal_size=(80, 24), run_before=loaded)
+
+
+def test_realistic_120x40(real_home: Path, snap_compare):
+    assert snap_compare(make_app(real_home, now=fixed_now), terminal_size=(120, 40), run_before=loaded)
+
+
+def test_realistic_breakdown_140x40(real_home: Path, snap_compare):
+    app = make_app(real_home, now=fixed_now)
+
+    async def breakdown(pilot):
+        await loaded(pilot)
+        await pilot.press("2")
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=(140, 40), run_before=breakdown)

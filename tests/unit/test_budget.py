@@ -46,7 +46,7 @@ def test_paused_refuses_even_with_budget():
 def test_refusal_message_says_needed_and_remaining():
     st = state("0.25")
     msg = reserve(st, "1.5").message
-    assert "$1.500000" in msg and "$0.250000" in msg
+    assert "$1.50" in msg and "$0.25 " in msg
 
 
 def test_settle_refunds_the_difference_exactly():

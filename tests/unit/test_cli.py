@@ -30,7 +30,7 @@ def test_budget_and_status_json(tmp_path):
     assert out == {"budget_usd": "12.5", "spent_usd": "0.125", "reserved_usd": "0.5", "remaining_usd": "11.875",
                    "in_flight": 1, "requests": 1, "blocked": 0, "flagged": 0, "paused": False}
     text = pouch(tmp_path, "status").stdout
-    assert "$11.875000" in text and "1 in flight" in text
+    assert "$11.875" in text and "1 in flight" in text
 
 
 def test_home_flag_overrides_env(tmp_path):
@@ -54,6 +54,22 @@ def test_cost_is_exact(tmp_path):
     r = pouch(tmp_path, "cost", "gpt-4o-2024-08-06", "--input", "1200", "--cached", "1024", "--output", "850",
               "--reasoning", "640", "--json")
     assert json.loads(r.stdout)["usd"] == "0.01022"  # 176*2.5 + 1024*1.25 + 850*10 per 1M
+
+
+def test_status_history_and_cost_show_money_by_the_one_rule(tmp_path):
+    """Every amount as ``format_usd`` shows it: cents at least, every digit of a small spend,
+    never rounded to $0.00 and never in scientific notation (it used to print "($1.5E-7)")."""
+    ledger = Ledger(tmp_path)
+    ledger.set_budget(D(3))
+    r = ledger.reserve(D("0.05"), {"model": "gpt-4o-mini"}, wallet="notebook")
+    ledger.settle(r.id, D("0.0000001"), details={"input_tokens": 1, "output_tokens": 0})
+    lines = pouch(tmp_path, "status").stdout.splitlines()
+    assert lines[:4] == ["budget     $3.00", "spent      $0.0000001", "reserved   $0.00  (0 in flight)",
+                         "remaining  $2.9999999"]
+    [row] = pouch(tmp_path, "history").stdout.splitlines()
+    assert row.split()[-1] == "$0.0000001" and "notebook" in row
+    out = pouch(tmp_path, "cost", "gpt-4o-mini", "--input", "1").stdout.strip()
+    assert out == "gpt-4o-mini: $0.00000015"  # 1 token at $0.15 per 1M
 
 
 def test_tokens_of_a_request_file(tmp_path):

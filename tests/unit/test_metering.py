@@ -43,7 +43,14 @@ CONTENT = [
     chat({}, finish="stop"),
 ]
 CHAT_WITH_USAGE = b"".join(CONTENT) + USAGE_CHUNK + DONE
-CHAT_NO_USAGE = b"".join(CONTENT) + DONE
+
+
+def unasked(stream: bytes) -> bytes:
+    """What OpenAI sends a client that did not ask for usage: no ``"usage": null`` in any chunk."""
+    return stream.replace(b',"usage":null', b"")
+
+
+CHAT_NO_USAGE = unasked(b"".join(CONTENT) + DONE)
 
 
 def meter(api="chat", *, input_tokens=100, reservation="1", hide=False, tier=None, **kw) -> StreamMeter:
@@ -286,14 +293,14 @@ def test_cut_off_chat_exact_bytes_then_nothing():
     # $0.00025 of input + 5 output tokens × $0.00001 = $0.0003: the 5th token reaches it
     m = meter(reservation="0.0003", hide=True)
     words = [chat({"content": w}) for w in WORDS]
-    assert m.feed(CONTENT[0] + words[0] + words[1]) == [CONTENT[0] + words[0] + words[1]]
+    assert m.feed(CONTENT[0] + words[0] + words[1]) == [unasked(CONTENT[0] + words[0] + words[1])]
     assert m.cut is False
     out = m.feed(words[2] + words[3] + words[4] + words[5] + words[6][:20])
     expected_error = (
-        b'data: {"error": {"message": "pouch: budget reservation of $0.000300 reached after 5 output '
+        b'data: {"error": {"message": "pouch: budget reservation of $0.0003 reached after 5 output '
         b'tokens; stream cut off", "type": "budget_exceeded", "code": "budget_exceeded"}}\n\n'
         b"data: [DONE]\n\n")
-    assert out == [words[2] + words[3] + words[4] + expected_error]
+    assert out == [unasked(words[2] + words[3] + words[4]) + expected_error]
     assert (m.cut, m.cut_reason, m.output_tokens_counted) == (True, "budget_exceeded", 5)
     assert m.running_cost == D("0.0003")
     assert m.final_usage() == Usage(input_tokens=100, output_tokens=5)
@@ -317,8 +324,8 @@ def test_cut_off_responses_exact_bytes():
     out = m.feed(R_HEAD[0] + deltas[0] + deltas[1] + deltas[2])
     expected_error = (
         b'event: error\ndata: {"type":"error","code":"budget_exceeded","message":"pouch: budget '
-        b'reservation of $0.000270 reached after 2 output tokens; stream cut off","param":null,'
-        b'"sequence_number":6,"error":{"message":"pouch: budget reservation of $0.000270 reached after '
+        b'reservation of $0.00027 reached after 2 output tokens; stream cut off","param":null,'
+        b'"sequence_number":6,"error":{"message":"pouch: budget reservation of $0.00027 reached after '
         b'2 output tokens; stream cut off","type":"budget_exceeded","code":"budget_exceeded"}}\n\n')
     assert out == [R_HEAD[0] + deltas[0] + deltas[1] + expected_error]
     assert m.cut is True
@@ -329,7 +336,7 @@ def test_no_cut_once_final_usage_arrived():
     # the usage alone costs more than the reservation, but the generation is over
     m = meter(reservation="0.0003", hide=True)
     stream = CONTENT[0] + USAGE_CHUNK + DONE
-    assert pump(m, [stream]) == CONTENT[0] + DONE
+    assert pump(m, [stream]) == unasked(CONTENT[0]) + DONE
     assert m.cut is False
     assert m.running_cost == D("0.0016575")
 
@@ -345,7 +352,7 @@ def test_reservation_below_input_cost_cuts_at_first_event():
     out = m.feed(CONTENT[0])
     assert m.cut is True
     assert out[0].startswith(CONTENT[0] + b'data: {"error": {"message": "pouch: budget reservation of '
-                                          b'$0.000100 reached after 0 output tokens; stream cut off"')
+                                          b'$0.0001 reached after 0 output tokens; stream cut off"')
 
 
 @pytest.mark.parametrize("reservation", ["0.00025", "0.000250001", "0.00026", "0.0002599999", "0.00033",
@@ -558,7 +565,7 @@ def test_same_however_cut_crlf_stream():
     lf = b"".join(CONTENT) + USAGE_CHUNK + DONE
     stream = lf.replace(b"\n", b"\r\n")
     out, st = assert_same_however_cut(lambda: meter(hide=True), stream, crlf=True)
-    assert out == b"".join(CONTENT).replace(b"\n", b"\r\n") + b"data: [DONE]\r\n\r\n"
+    assert out == unasked(b"".join(CONTENT)).replace(b"\n", b"\r\n") + b"data: [DONE]\r\n\r\n"
     responses = (b"".join(R_HEAD)).replace(b"\n", b"\r\n")
     assert_same_however_cut(lambda: meter("responses"), responses, seeds=range(10), crlf=True)
 
@@ -612,7 +619,7 @@ def test_same_however_cut_oversize_event():
 def test_escaped_usage_in_content_is_text_not_usage():
     tricky = chat({"content": '{"usage": {"prompt_tokens": 1}}, "choices": []'})
     m = meter(hide=True)
-    assert pump(m, [tricky + DONE]) == tricky + DONE
+    assert pump(m, [tricky + DONE]) == unasked(tricky) + DONE
     assert m.usage_source == "counted" and m.usage_hidden is False
 
 
@@ -621,7 +628,7 @@ def test_reservation_below_input_cost_cuts_even_after_a_keep_alive():
     m = meter(reservation="0.0001")
     out = m.feed(b": ping\n\n" + CONTENT[0])
     assert m.cut is True and m.events == 0
-    assert out[0].startswith(b': ping\n\ndata: {"error": {"message": "pouch: budget reservation of $0.000100')
+    assert out[0].startswith(b': ping\n\ndata: {"error": {"message": "pouch: budget reservation of $0.0001')
 
 
 # -- server-side tool calls (issue 13) -------------------------------------------------------------
@@ -684,3 +691,39 @@ def test_a_fixed_fee_is_part_of_the_running_cost():
     m = meter(fixed_fee=D("0.025"))
     pump(m, [CHAT_WITH_USAGE])
     assert m.running_cost == D("0.0016575") + D("0.025")
+
+
+# -- "usage": null, added by the injected include_usage, is taken back out -----------------------
+
+def test_null_usage_is_cut_out_byte_for_byte_when_pouch_asked_for_usage():
+    spaced = b'data: {"id": "c", "choices": [{"index": 0, "delta": {"content": "Hi"}}], "usage": null}\n\n'
+    compact = b'data: {"id":"c","choices":[{"index":0,"delta":{"content":" you"}}],"usage":null,"obfuscation":"q"}\n\n'
+    out = pump(meter(hide=True), [spaced, compact, DONE])
+    assert out == (b'data: {"id": "c", "choices": [{"index": 0, "delta": {"content": "Hi"}}]}\n\n'
+                   b'data: {"id":"c","choices":[{"index":0,"delta":{"content":" you"}}],"obfuscation":"q"}\n\n' + DONE)
+    assert pump(meter(hide=False), [spaced, compact, DONE]) == spaced + compact + DONE  # the client asked
+
+
+def test_null_usage_in_other_layouts():
+    # the word "usage" as a string value, braces and brackets in the text: still byte for byte
+    word = chat({"content": '"usage":null}] {[usage'})
+    assert meter(hide=True).feed(word) == [unasked(word)] and b'"usage":null,' not in unasked(word)
+    # a "usage": null nested in a choice is the provider's own: only the top-level one goes
+    nested = b'data: {"usage":null,"choices":[{"delta":{"content":"x"},"usage":null}]}\n\n'
+    [got] = meter(hide=True).feed(nested)
+    assert got == b'data: {"choices":[{"delta":{"content":"x"},"usage":null}]}\n\n'
+    # a brace in a string after the key: re-serialised, same JSON without the key
+    brace = chat({"content": "x"}).replace(b'"obfuscation":"xyz"', b'"obfuscation":"x}z"')
+    [got] = meter(hide=True).feed(brace)
+    expected = json.loads(brace[6:])
+    del expected["usage"]
+    assert json.loads(got[6:]) == expected and got.endswith(b"}\n\n") and b'"usage"' not in got
+    # usage first: re-serialised too
+    [got] = meter(hide=True).feed(b'data: {"usage": null, "choices": [{"delta": {"content": "x"}}]}\r\n\r\n')
+    assert got == b'data: {"choices":[{"delta":{"content":"x"}}]}\r\n\r\n'
+    # JSON over two data lines: forwarded as it came (never seen from a provider)
+    multi = b'data: {"choices": [{"delta": {"content": "x"}}],\ndata: "usage": null}\n\n'
+    assert meter(hide=True).feed(multi) == [multi]
+    # a running usage some compatible servers send in every chunk is theirs, not pouch's: kept
+    running = chat({"content": "x"}, usage={"prompt_tokens": 3, "completion_tokens": 1})
+    assert meter(hide=True).feed(running) == [running]

@@ -29,7 +29,7 @@ class MoneyDialog(ModalScreen[Decimal | None]):
 
     def compose(self) -> ComposeResult:
         title = "Top up the budget" if self.mode == "add" else "Set the budget"
-        now = f"The budget is {format_usd(self.budget, 2)}." if self.budget is not None else ""
+        now = f"The budget is {format_usd(self.budget)}." if self.budget is not None else ""
         hint = "Amount in USD to add" if self.mode == "add" else "New budget in USD"
         with Vertical(id="money-box", classes="dialog-box"):
             yield Label(title, classes="dialog-title")
@@ -55,7 +55,7 @@ class MoneyDialog(ModalScreen[Decimal | None]):
             error.update("A top-up must be more than $0.")
             return None
         if amount > MAX_AMOUNT:
-            error.update(f"That is more than {format_usd(MAX_AMOUNT, 0)}; use `pouch budget` for that.")
+            error.update(f"That is more than {format_usd(MAX_AMOUNT)}; use `pouch budget` for that.")
             return None
         if amount.as_tuple().exponent < -6:  # type: ignore[operator]
             error.update("Use at most 6 decimal places.")
@@ -82,13 +82,11 @@ class MoneyDialog(ModalScreen[Decimal | None]):
         if amount is None:
             return
         if self.mode == "add":
-            after = f" The budget becomes {format_usd(self.budget + amount, 2)}." if self.budget is not None else ""
-            question = f"Add {format_usd(amount, 2)} to the budget?{after}"
-            exact = f"exact amount: ${amount}"
+            after = f" The budget becomes {format_usd(self.budget + amount)}." if self.budget is not None else ""
+            question = f"Add {format_usd(amount)} to the budget?{after}"
         else:
-            before = f" (now {format_usd(self.budget, 2)})" if self.budget is not None else ""
-            question = f"Set the budget to {format_usd(amount, 2)}{before}?"
-            exact = f"exact amount: ${amount}"
+            before = f" (now {format_usd(self.budget)})" if self.budget is not None else ""
+            question = f"Set the budget to {format_usd(amount)}{before}?"
             if amount == 0:
                 question += " Every request will then be blocked."
 
@@ -97,5 +95,5 @@ class MoneyDialog(ModalScreen[Decimal | None]):
                 self.dismiss(amount)
 
         title = "Confirm top-up" if self.mode == "add" else "Confirm new budget"
-        self.app.push_screen(ConfirmScreen(title, f"{question}\n{exact}", yes="Add" if self.mode == "add" else "Set"),
+        self.app.push_screen(ConfirmScreen(title, question, yes="Add" if self.mode == "add" else "Set"),
                              done)

@@ -10,36 +10,41 @@ from textual.containers import Vertical
 from textual.widgets import Static
 
 from ..aggregate import Aggregates, block_reason, caller_key
-from ..format import clock, money, short_endpoint, theme_style
+from ..format import align_points, clock, money, short_endpoint, theme_style
+from .fit import Col
 from .history_table import EntryTable, entry_key
 
-COLUMNS = (("time", "time (UTC)"), ("model", "model"), ("app", "app"), ("endpoint", "endpoint"),
-           ("reason", "reason"), ("needed", "needed"), ("remaining", "remaining"), ("message", "message"))
+COLUMNS = (Col("time", "time (UTC)", 1), Col("model", "model", 5, soft=12, hard=6),
+           Col("app", "app", 4, soft=12, hard=6), Col("endpoint", "endpoint", 7), Col("reason", "reason", 0),
+           Col("needed", "needed", 2), Col("remaining", "remaining", 3),
+           Col("message", "message", 6, soft=20, hard=10))
 
 
 class BlockedTable(EntryTable):
     """Blocks of the month, newest first; rebuilt on each update."""
 
-    COLUMNS = COLUMNS
+    COLS = COLUMNS
 
     def show(self, blocks: list[dict[str, Any]], now: float, variables: dict[str, str]) -> None:
-        self.clear()
         self.keys = [entry_key(e) for e in blocks]
         self.entries = dict(zip(self.keys, blocks))
+        rows = []
         for key, e in zip(self.keys, blocks):
             why = block_reason(e)
-            message = str(e.get("detail") or e.get("message") or "")
-            self.add_row(
-                Text(clock(e.get("ts"), now)),
-                Text(str(e.get("model") or "—")),
-                Text(caller_key(e)),
-                Text(short_endpoint(e.get("endpoint"))),
-                Text(why, style=theme_style(variables, "warning" if why == "paused" else "error")),
-                Text(money(e.get("needed")) if e.get("reason") == "insufficient" else "—", justify="right"),
-                Text(money(e.get("remaining")) if e.get("reason") == "insufficient" else "—", justify="right"),
-                Text(message, no_wrap=True, overflow="ellipsis"),
-                key=key,
-            )
+            insufficient = e.get("reason") == "insufficient"
+            rows.append((key, {
+                "time": Text(clock(e.get("ts"), now)),
+                "model": Text(str(e.get("model") or "—")),
+                "app": Text(caller_key(e)),
+                "endpoint": Text(short_endpoint(e.get("endpoint"))),
+                "reason": Text(why, style=theme_style(variables, "warning" if why == "paused" else "error")),
+                "needed": Text(money(e.get("needed")) if insufficient else "—", justify="right"),
+                "remaining": Text(money(e.get("remaining")) if insufficient else "—", justify="right"),
+                "message": Text(str(e.get("detail") or e.get("message") or ""), no_wrap=True, overflow="ellipsis"),
+            }))
+        for col in ("needed", "remaining"):
+            align_points([cells[col] for _, cells in rows])
+        self.show_rows(rows)
 
 
 class BlockedPanel(Vertical):

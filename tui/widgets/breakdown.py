@@ -7,40 +7,45 @@ from decimal import Decimal
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal
-from textual.widgets import DataTable
 
 from ..aggregate import Aggregates, Bucket, ranked
-from ..format import bar, money, ratio, theme_style, tokens
+from ..format import align_points, bar, money, ratio, theme_style, tokens
+from .fit import Col, FitTable
 
-COLUMNS = (("name", ""), ("requests", "requests"), ("blocked", "blocked"), ("in", "in tok"),
-           ("out", "out tok"), ("cost", "cost"), ("share", "share"))
+COLUMNS = (Col("name", "", 0, soft=14, hard=6), Col("requests", "requests", 2), Col("blocked", "blocked", 5),
+           Col("in", "in tok", 4), Col("out", "out tok", 3), Col("cost", "cost", 0), Col("share", "share", 1))
 
 
-class BreakdownTable(DataTable):
+class BreakdownTable(FitTable):
+    """Narrow panels drop blocked, in and out tokens, requests, then the share bar; the name
+    is cut before the cost is (see :mod:`.fit`)."""
+
+    COLS = COLUMNS
+
     def __init__(self, title: str, first: str, *, id: str | None = None) -> None:
         super().__init__(id=id, cursor_type="row", zebra_stripes=True)
         self.border_title = title
         self.first = first
-        for key, label in COLUMNS:  # here, not on mount: aggregates may come first
-            self.add_column(label or first, key=key)
+        self.labels["name"] = first
 
     def show(self, table: dict[str, Bucket], variables: dict[str, str]) -> None:
-        self.clear()
         total = sum((b.cost for b in table.values()), Decimal(0))
+        rows = []
         for name, b in ranked(table):
             frac = ratio(b.cost, total) if total else 0.0
             filled, empty = bar(frac, 8)
-            self.add_row(
-                Text(name, style="bold"),
-                Text(f"{b.requests:,}", justify="right"),
-                Text(f"{b.blocked:,}" if b.blocked else "", justify="right",
-                     style=theme_style(variables, "error")),
-                Text(tokens(b.input_tokens), justify="right"),
-                Text(tokens(b.output_tokens), justify="right"),
-                Text(money(b.cost), justify="right"),
-                Text.assemble((filled, theme_style(variables, "primary")), empty, f" {frac * 100:3.0f}%"),
-                key=name,
-            )
+            rows.append((name, {
+                "name": Text(name, style="bold"),
+                "requests": Text(f"{b.requests:,}", justify="right"),
+                "blocked": Text(f"{b.blocked:,}" if b.blocked else "", justify="right",
+                                style=theme_style(variables, "error")),
+                "in": Text(tokens(b.input_tokens), justify="right"),
+                "out": Text(tokens(b.output_tokens), justify="right"),
+                "cost": Text(money(b.cost), justify="right"),
+                "share": Text.assemble((filled, theme_style(variables, "primary")), empty, f" {frac * 100:3.0f}%"),
+            }))
+        align_points([cells["cost"] for _, cells in rows])
+        self.show_rows(rows)
 
 
 class Breakdown(Horizontal):

@@ -9,7 +9,7 @@ from textual.content import Content
 from textual.widget import Widget
 
 from ..aggregate import Aggregates
-from ..format import bar, duration, money, ratio
+from ..format import bar, duration, fitting, money, ratio
 from ..messages import LedgerSnapshot
 
 LOW, CRITICAL = 0.25, 0.10
@@ -70,7 +70,10 @@ class BudgetGauge(Widget):
             ("  of ", "$text-muted"), (money(s.budget), "bold"),
         )
         gap = max(1, width - head.cell_length - state.cell_length)
-        lines = [head + Content(" " * gap) + state]
+        short_head = Content.assemble((money(s.remaining), f"bold {colour}"), (" of ", "$text-muted"),
+                                      (money(s.budget), "bold"), (" left", "$text-muted"))
+        lines = [fitting(width, head + Content(" " * gap) + state, short_head + Content("  ") + state,
+                         short_head + Content(" ") + state, short_head)]
 
         frac = ratio(s.remaining, s.budget) if s.budget > 0 else 0.0
         pct = f" {frac * 100:5.1f}%" if s.budget > 0 else "   n/a"
@@ -81,14 +84,32 @@ class BudgetGauge(Widget):
         if agg is None:
             lines.append(Content.styled("today … · week … · month … (UTC)", "$text-muted"))
         else:
-            lines.append(Content.assemble(
-                ("today ", "$text-muted"), (money(agg.today), "bold"),
-                ("  week ", "$text-muted"), (money(agg.week), "bold"),
-                ("  month ", "$text-muted"), (money(agg.month), "bold"), (" (UTC)", "$text-muted"),
-            ))
-        lines.append(Content.assemble(
-            ("reserved ", "$text-muted"), (money(s.reserved), "bold"), (f" ({s.in_flight} in flight)", "$text-muted"),
-            ("  spent ", "$text-muted"), (money(s.spent), "bold"), (" all time", "$text-muted"),
+            today, week, month = ((money(v), "bold") for v in (agg.today, agg.week, agg.month))
+            variants = (
+                Content.assemble(("today ", "$text-muted"), today, ("  week ", "$text-muted"), week,
+                                 ("  month ", "$text-muted"), month, (" (UTC)", "$text-muted")),
+                Content.assemble(("today ", "$text-muted"), today, ("  week ", "$text-muted"), week,
+                                 ("  month ", "$text-muted"), month),
+                Content.assemble(("today ", "$text-muted"), today, (" wk ", "$text-muted"), week,
+                                 (" mo ", "$text-muted"), month),
+            )
+            one_line = next((v for v in variants if v.cell_length <= width), None)
+            if one_line is not None:
+                lines.append(one_line)
+            else:  # two lines (the gauge has a spare one)
+                lines.append(fitting(
+                    width, Content.assemble(("today ", "$text-muted"), today, ("  week ", "$text-muted"), week),
+                    Content.assemble(("today ", "$text-muted"), today, (" wk ", "$text-muted"), week)))
+                lines.append(Content.assemble(("month ", "$text-muted"), month, (" (UTC)", "$text-muted")))
+        reserved, spent = (money(s.reserved), "bold"), (money(s.spent), "bold")
+        lines.append(fitting(
+            width,
+            Content.assemble(("reserved ", "$text-muted"), reserved, (f" ({s.in_flight} in flight)", "$text-muted"),
+                             ("  spent ", "$text-muted"), spent, (" all time", "$text-muted")),
+            Content.assemble(("reserved ", "$text-muted"), reserved, (f" ({s.in_flight} in flight)", "$text-muted"),
+                             ("  spent ", "$text-muted"), spent),
+            Content.assemble(("reserved ", "$text-muted"), reserved, ("  spent ", "$text-muted"), spent),
+            Content.assemble(("rsv ", "$text-muted"), reserved, (" spent ", "$text-muted"), spent),
         ))
         lines.append(Content.styled(
             f"{plural(s.requests, 'request')} · {s.blocked:,} blocked · {s.flagged:,} flagged", "$text-muted"

@@ -1,18 +1,21 @@
-"""Recent requests, newest first: time, model, endpoint, tokens in/cached/out/reasoning, cost, status."""
+"""Recent requests, newest first: time, model, endpoint, tokens in/cached/out/reasoning, cost, status.
+
+Narrow terminals drop endpoint, reasoning, cached, in and out tokens (in that order); the cost
+is always shown in full (see :mod:`.fit`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from rich.text import Text
-from textual.widgets import DataTable
 
 from ..aggregate import block_reason, to_decimal
-from ..format import clock, money, short_endpoint, status_colour, theme_style, tokens
+from ..format import align_points, clock, money, short_endpoint, status_colour, theme_style, tokens
+from .fit import Col, FitTable
 
-COLUMNS = (("time", "time (UTC)"), ("model", "model"), ("endpoint", "endpoint"), ("in", "in"),
-           ("cached", "cached"), ("out", "out"), ("reasoning", "reasoning"), ("cost", "cost"),
-           ("status", "status"))
+COLUMNS = (Col("time", "time (UTC)", 1), Col("model", "model", 0, soft=16, hard=6),
+           Col("endpoint", "endpoint", 8), Col("in", "in", 5), Col("cached", "cached", 6), Col("out", "out", 4),
+           Col("reasoning", "reasoning", 7), Col("cost", "cost", 0), Col("status", "status", 2, soft=12, hard=6))
 
 
 def entry_key(entry: dict[str, Any]) -> str:
@@ -20,17 +23,13 @@ def entry_key(entry: dict[str, Any]) -> str:
     return f"seq-{entry.get('seq', id(entry))}"
 
 
-class EntryTable(DataTable):
+class EntryTable(FitTable):
     """A table of ledger entries (history, blocks), one row per entry keyed by :func:`entry_key`."""
-
-    COLUMNS: tuple[tuple[str, str], ...] = ()
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id, cursor_type="row", zebra_stripes=True)
         self.entries: dict[str, dict[str, Any]] = {}
         self.keys: list[str] = []
-        for key, label in self.COLUMNS:  # here, not on mount: an update may come first
-            self.add_column(label, key=key)
 
     def current_key(self) -> str | None:
         if not self.keys or not (0 <= self.cursor_row < len(self.keys)):
@@ -43,26 +42,24 @@ class EntryTable(DataTable):
 
 
 class HistoryTable(EntryTable):
-    """Entries are replaced wholesale on each update; the cursor stays on the same entry."""
+    """Entries are replaced wholesale on each update; the cursor stays on the same entry (or on
+    the newest one when it was there)."""
 
-    COLUMNS = COLUMNS
+    COLS = COLUMNS
 
     def show(self, entries: list[dict[str, Any]], now: float, variables: dict[str, str]) -> None:
         keys = [entry_key(e) for e in entries]
         if keys == self.keys and all(self.entries.get(k) is e for k, e in zip(keys, entries)):
             return
-        current = self.current_key()
         at_top = self.cursor_row == 0
-        self.clear()
         self.entries = dict(zip(keys, entries))
         self.keys = keys
-        for key, entry in zip(keys, entries):
-            self.add_row(*self.cells(entry, now, variables), key=key)
-        if current in self.entries and not at_top:
-            self.move_cursor(row=keys.index(current), animate=False)
+        rows = [(key, self.cells(entry, now, variables)) for key, entry in zip(keys, entries)]
+        align_points([cells["cost"] for _, cells in rows])
+        self.show_rows(rows, follow_top=at_top)
 
     @staticmethod
-    def cells(entry: dict[str, Any], now: float, variables: dict[str, str]) -> list[Any]:
+    def cells(entry: dict[str, Any], now: float, variables: dict[str, str]) -> dict[str, Text]:
         status = str(entry.get("status") or ("blocked" if entry.get("kind") == "block" else "?"))
         blocked = entry.get("kind") == "block"
         flags = [str(f) for f in entry.get("flags") or [] if f != status]
@@ -72,14 +69,14 @@ class HistoryTable(EntryTable):
         num = (lambda k: Text("", justify="right")) if blocked else (
             lambda k: Text(tokens(entry.get(k)), justify="right"))
         cost = to_decimal(entry.get("cost"))
-        return [
-            Text(clock(entry.get("ts"), now)),
-            Text(str(entry.get("model") or "—"), style="bold" if not blocked else ""),
-            Text(short_endpoint(entry.get("endpoint"))),
-            num("input_tokens"),
-            num("cached_tokens"),
-            num("output_tokens"),
-            num("reasoning_tokens"),
-            Text(money(cost) if not blocked else "—", justify="right"),
-            Text(label, style=theme_style(variables, status_colour(status))),
-        ]
+        return {
+            "time": Text(clock(entry.get("ts"), now)),
+            "model": Text(str(entry.get("model") or "—"), style="bold" if not blocked else ""),
+            "endpoint": Text(short_endpoint(entry.get("endpoint"))),
+            "in": num("input_tokens"),
+            "cached": num("cached_tokens"),
+            "out": num("output_tokens"),
+            "reasoning": num("reasoning_tokens"),
+            "cost": Text(money(cost) if not blocked else "—", justify="right"),
+            "status": Text(label, style=theme_style(variables, status_colour(status))),
+        }

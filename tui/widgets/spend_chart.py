@@ -10,7 +10,7 @@ from textual.reactive import reactive
 from textual.widget import Widget
 
 from ..aggregate import Aggregates
-from ..format import money
+from ..format import fitting, money
 
 EIGHTHS = " ▁▂▃▄▅▆▇█"
 
@@ -76,14 +76,18 @@ class SpendChart(Widget):
         slot = max(1, width // n)  # cells per value
         bar_w = max(1, slot - 1) if slot >= 3 else slot
         peak = max(values, default=Decimal(0))
-        head = Content.assemble(
-            (f"{label} ", "$text-muted"), (money(total), "bold"),
-            ("   peak ", "$text-muted"), (money(peak), "bold"),
-            (" per hour" if self.mode == "hour" else " per day", "$text-muted"),
+        unit = "hour" if self.mode == "hour" else "day"
+        head = fitting(
+            width,
+            Content.assemble((f"{label} ", "$text-muted"), (money(total), "bold"),
+                             ("   peak ", "$text-muted"), (money(peak), "bold"), (f" per {unit}", "$text-muted")),
+            Content.assemble((f"{label} ", "$text-muted"), (money(total), "bold"),
+                             ("  peak ", "$text-muted"), (money(peak), "bold"), (f"/{unit[0]}", "$text-muted")),
+            Content.assemble((f"{label} ", "$text-muted"), (money(total), "bold")),
         )
         rows = height - 2
         grid = bar_rows(values, rows)
-        lines = [head.truncate(width, ellipsis=True)]
+        lines = [head]
         for row in grid:
             parts: list[tuple[str, str] | str] = []
             for x, ch in enumerate(row):
