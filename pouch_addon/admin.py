@@ -27,9 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from .audit import AUDIT_FILE, AuditError, AuditLog
-from .budget import Ledger, WalletStatus
+from .budget import Ledger, LedgerCorrupt, WalletStatus
 from .home import resolve_home
 from .keystore import KeyStore
+from .ledger_audit import has_history
 from .money import MoneyError, format_usd, parse_usd
 from .periods import parse_period
 from .vault import Vault, VaultError, hash_virtual_key
@@ -49,6 +50,26 @@ def audit(home: Path, action: str, details: dict[str, Any]) -> None:
         AuditLog(home / AUDIT_FILE).append(action, details)
     except (AuditError, OSError) as exc:
         raise AdminError(f"the change was made, but the audit log refused it: {exc}") from None
+
+
+def audit_log_problems(home: Path) -> list[str]:
+    """The audit log's own problems, and a log gone missing under a ledger that has history.
+
+    Deleting both ``audit.jsonl`` and its head leaves an empty, valid chain; only the ledger
+    beside it can tell that there was something to audit (every budget change is audited)."""
+    log = AuditLog(home / AUDIT_FILE)
+    problems = log.verify()
+    if problems or log.head() is not None or log.path.exists():
+        return problems
+    try:
+        state = Ledger(home).snapshot()
+    except LedgerCorrupt:
+        return [f"{log.path} and {log.head_path.name} are missing, and the ledger cannot be read to tell "
+                "whether they should exist (`pouch ledger verify`)"]
+    if has_history(state):
+        return [f"{log.path} and {log.head_path.name} are missing but the ledger in {home} has history "
+                f"(budget {format_usd(state.budget)}, {state.requests} requests): the audit log was removed"]
+    return []
 
 
 def parse_time(text: str, what: str) -> float:
@@ -280,7 +301,8 @@ def cmd_audit(args: argparse.Namespace) -> None:
     home = resolve_home(args.home)
     log = AuditLog(home / AUDIT_FILE)
     if args.action == "verify":
-        report_problems(log.verify(), lambda: f"audit log {log.path} is intact ({len(log.entries())} entries)")
+        report_problems(audit_log_problems(home),
+                        lambda: f"audit log {log.path} is intact ({len(log.entries())} entries)")
         return
     entries = log.entries()[-args.limit:] if args.limit else log.entries()
     if args.json:

@@ -17,7 +17,9 @@ from decimal import Decimal
 from typing import Any
 
 from . import admin
+from .audit import AUDIT_FILE, AuditLog
 from .budget import Ledger, LedgerCorrupt, NotOpen
+from .ledger_audit import reconcile, restore_details
 from .money import MoneyError, format_usd, parse_usd, usd_str
 
 HISTORY_COLUMNS = [
@@ -155,9 +157,16 @@ def cmd_tokens(args: argparse.Namespace) -> None:
 def cmd_ledger(args: argparse.Namespace) -> None:
     ledger = Ledger(args.home)
     if args.action == "verify":
-        admin.report_problems(ledger.verify(), lambda: f"ledger {ledger.state_path} is consistent")
+        problems = ledger.verify()
+        audit_problems = admin.audit_log_problems(ledger.home)
+        problems += [f"audit log: {p}" for p in audit_problems]
+        if not audit_problems:  # settings agree with the audited changes (item: unkeyed checksum)
+            problems += reconcile(ledger.snapshot(), AuditLog(ledger.home / AUDIT_FILE).entries())
+        admin.report_problems(problems, lambda: f"ledger {ledger.state_path} is consistent and agrees with "
+                                                "the audit log")
     elif args.action == "restore":
         print(f"restored the last good copy to {ledger.restore_backup()}")
+        admin.audit(ledger.home, "ledger.restore", restore_details(ledger.snapshot()))
     elif args.action == "recover":
         entries = ledger.recover_orphans()
         print(f"settled {len(entries)} reservation(s) left open by dead processes")
