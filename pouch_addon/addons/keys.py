@@ -90,7 +90,9 @@ class KeySwap:
 
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         # keep the in-memory vault in step with `pouch key add` (a stat, off the loop)
-        if "authorization" in flow.request.headers and "pk-pouch-" in flow.request.headers["authorization"]:
+        h = flow.request.headers
+        if any("pk-pouch-" in h.get(name, "") for name in ("authorization", "x-api-key", "x-goog-api-key")) \
+                or "pk-pouch-" in flow.request.path:
             await self._refresh()
 
     def request(self, flow: http.HTTPFlow) -> None:
@@ -105,4 +107,17 @@ class KeySwap:
             reply(flow, 503, f"pouch: cannot use virtual key {ident.key_id}: {exc}",
                   code="pouch_vault_unavailable", type_="server_error")
             return
-        flow.request.headers["authorization"] = f"Bearer {real}"
+        put_key(flow.request, ident.key_at or "authorization", real)
+
+
+def put_key(request: http.Request, where: str, real: str) -> None:
+    """Put the real key where the virtual one was. A key from Gemini's ``?key=`` moves to the
+    ``x-goog-api-key`` header (which Google accepts too), so the real key is never part of a URL
+    that mitmproxy or a log may print."""
+    if where == "authorization":
+        request.headers["authorization"] = f"Bearer {real}"
+    elif where == "query:key":
+        del request.query["key"]
+        request.headers["x-goog-api-key"] = real
+    else:
+        request.headers[where] = real

@@ -2,9 +2,11 @@
 
 Every other host is tunnelled untouched: unless the user set ``allow_hosts``/``ignore_hosts``
 themselves, pouch sets ``allow_hosts`` to its hosts so mitmproxy never opens their TLS.
-On an LLM host, billed endpoints go on to the budget gate, free calls (GET, moderations,
-input-token counts) pass, and any other POST is refused (fail closed) unless
-``pouch_unknown_endpoints=pass``.
+On an LLM host, the host's provider module (``providers.for_host``: OpenAI, Anthropic, Gemini;
+OpenAI's format for any other host in ``pouch_hosts``) classifies the call: billed endpoints go
+on to the budget gate, free calls (GET, moderations, token counts) pass, endpoints pouch
+cannot reserve for (batches, cached contents) are refused with the reason, and any other POST
+is refused (fail closed) unless ``pouch_unknown_endpoints=pass``.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ from collections.abc import Sequence
 
 from mitmproxy import ctx, exceptions, http
 
-from ..plan import classify
-from .replies import reply
+from ..providers import DEFAULT_HOSTS, for_host
+from .replies import PROVIDER, reply
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +36,10 @@ class Scope:
 
     def load(self, loader) -> None:
         loader.add_option(
-            name="pouch_hosts", typespec=Sequence[str], default=["api.openai.com"],
-            help="LLM API hosts pouch decrypts and budgets (OpenAI's wire format). Other hosts "
-                 "are tunnelled untouched.",
+            name="pouch_hosts", typespec=Sequence[str], default=list(DEFAULT_HOSTS),
+            help="LLM API hosts pouch decrypts and budgets: api.openai.com, api.anthropic.com and "
+                 "generativelanguage.googleapis.com speak their own formats, any other host OpenAI's. "
+                 "Other hosts are tunnelled untouched.",
         )
         loader.add_option(
             name="pouch_unknown_endpoints", typespec=str, default="block", choices=("block", "pass"),
@@ -88,7 +91,18 @@ class Scope:
     def request(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None or flow.request.pretty_host.lower() not in self.hosts:
             return
-        kind = classify(flow.request.method, flow.request.path)
+        provider = for_host(flow.request.pretty_host)
+        flow.metadata[PROVIDER] = provider.NAME
+        if provider.NAME == "gemini" and "key" in flow.request.query:
+            # Google takes the key as ?key= or x-goog-api-key: move it to the header at once, so no
+            # key (virtual or real) is ever part of a URL a log prints
+            key = flow.request.query.get("key", "")
+            del flow.request.query["key"]
+            flow.request.headers.setdefault("x-goog-api-key", key)
+        kind = provider.classify(flow.request.method, flow.request.path)
+        if kind == "refused":
+            reply(flow, 403, provider.refusal(flow.request.method, flow.request.path), code="pouch_unpriceable_endpoint")
+            return
         if kind == "unknown":
             if ctx.options.pouch_unknown_endpoints == "pass":
                 flow.metadata[SCOPE] = "passed"

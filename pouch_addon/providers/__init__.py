@@ -1,29 +1,31 @@
 """One module per provider wire format: what it bills, how it bounds, meters and answers.
 
-Each module (``anthropic``, ``gemini``; OpenAI's rules live in ``plan``, ``metering`` and
-``settlement``) offers the same functions: ``classify(method, path)`` (billed / free / refused /
+Each module (``openai``, ``anthropic``, ``gemini``) offers the same functions: ``classify(method, path)`` (billed / free / refused /
 unknown), ``refusal(method, path)``, ``draft(method, path, body, table=, settings=)`` (a
 ``plan.DraftPlan``), ``usage_from_body(body)`` (usage, reported model, tier), ``output_texts(body)``,
-``error_body(status, message, code)`` (pouch's answers in the provider's error shape) and
-``new_meter(plan, reservation, ...)`` (a stream meter with ``metering.StreamMeter``'s interface).
+``tool_calls_from_body(api, body)``, ``error_body(status, message, code)`` (pouch's answers in
+the provider's error shape) and ``new_meter(plan, reservation, sse=)`` (a stream meter with
+``metering.StreamMeter``'s interface). The gate, the meter and settlement ask the module of the
+flow's host (``for_host``); a host in ``pouch_hosts`` that none claims speaks OpenAI's format.
 """
 
 from __future__ import annotations
 
 from types import ModuleType
 
-from . import anthropic, gemini
+from . import anthropic, gemini, openai
 
 #: provider modules by name
-PROVIDERS: dict[str, ModuleType] = {anthropic.NAME: anthropic, gemini.NAME: gemini}
+PROVIDERS: dict[str, ModuleType] = {openai.NAME: openai, anthropic.NAME: anthropic, gemini.NAME: gemini}
+#: the hosts pouch decrypts and budgets by default
+DEFAULT_HOSTS = [host for mod in PROVIDERS.values() for host in mod.HOSTS]
 #: provider name by host
 HOSTS: dict[str, str] = {host: mod.NAME for mod in PROVIDERS.values() for host in mod.HOSTS}
 
 
-def for_host(host: str) -> ModuleType | None:
-    """The provider module answering at ``host`` (None: OpenAI's rules, or not a provider)."""
-    name = HOSTS.get(host.lower().rstrip("."))
-    return PROVIDERS.get(name) if name else None
+def for_host(host: str) -> ModuleType:
+    """The provider module answering at ``host`` (OpenAI's format for any host none claims)."""
+    return PROVIDERS[HOSTS.get(host.lower().rstrip("."), openai.NAME)]
 
 
-__all__ = ["PROVIDERS", "HOSTS", "for_host", "anthropic", "gemini"]
+__all__ = ["PROVIDERS", "HOSTS", "DEFAULT_HOSTS", "for_host", "openai", "anthropic", "gemini"]

@@ -206,6 +206,10 @@ def usage_from_body(body: Mapping[str, Any]) -> tuple[Usage | None, str | None, 
     return usage, model, tier
 
 
+def tool_calls_from_body(api: str, body: Any) -> dict[str, int] | None:
+    return None  # server-side tools are refused (see the module doc)
+
+
 def output_texts(body: Mapping[str, Any]) -> list[str]:
     """The generated text of a response without usage (pouch's fallback count)."""
     texts: list[str] = []
@@ -226,7 +230,7 @@ _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: 
                 415: "invalid_request_error", 500: "api_error", 503: "overloaded_error"}
 
 
-def error_body(status: int, message: str, code: str) -> dict[str, Any]:
+def error_body(status: int, message: str, code: str, type_: str | None = None) -> dict[str, Any]:
     """pouch's own answer in Anthropic's error shape (the SDKs raise their typed error with the
     message; ``pouch_code`` says which pouch rule answered)."""
     return {"type": "error", "error": {"type": _ERROR_TYPES.get(status, "api_error"), "message": message},
@@ -307,5 +311,5 @@ def new_meter(plan: Any, reservation: Decimal) -> AnthropicStreamMeter:
     return AnthropicStreamMeter(plan.price, plan.model, plan.input_tokens, reservation, plan.tier)
 
 
-__all__ = ["NAME", "HOSTS", "classify", "refusal", "draft", "estimate_input_bound", "usage_from_body",
+__all__ = ["NAME", "HOSTS", "classify", "refusal", "draft", "estimate_input_bound", "usage_from_body", "tool_calls_from_body",
            "output_texts", "error_body", "AnthropicStreamMeter", "new_meter"]

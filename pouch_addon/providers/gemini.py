@@ -217,6 +217,10 @@ def usage_from_body(body: Any) -> tuple[Usage | None, str | None, str | None]:
     return usage, model, None
 
 
+def tool_calls_from_body(api: str, body: Any) -> dict[str, int] | None:
+    return None  # server-side tools are refused (see the module doc)
+
+
 def output_texts(body: Any) -> list[str]:
     elements = body if isinstance(body, list) else [body]
     texts: list[str] = []
@@ -237,7 +241,7 @@ _STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 402: "FAILED_PRECOND
            426: "INVALID_ARGUMENT", 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE"}
 
 
-def error_body(status: int, message: str, code: str) -> dict[str, Any]:
+def error_body(status: int, message: str, code: str, type_: str | None = None) -> dict[str, Any]:
     """pouch's own answer in Google's error shape (google-genai raises ClientError/ServerError)."""
     return {"error": {"code": status, "message": message, "status": _STATUS.get(status, "UNKNOWN"),
                       "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": code,
@@ -305,5 +309,5 @@ def new_meter(plan: Any, reservation: Decimal, *, sse: bool) -> GeminiStreamMete
     return cls(plan.price, plan.model, plan.input_tokens, reservation, plan.tier)
 
 
-__all__ = ["NAME", "HOSTS", "split_path", "classify", "refusal", "draft", "usage_from_body", "output_texts",
+__all__ = ["NAME", "HOSTS", "split_path", "classify", "refusal", "draft", "usage_from_body", "tool_calls_from_body", "output_texts",
            "error_body", "GeminiStreamMeter", "GeminiArrayMeter", "new_meter"]

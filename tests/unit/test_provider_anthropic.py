@@ -37,7 +37,7 @@ def test_classify(method, path, kind):
 def test_registry_by_host():
     assert for_host("api.anthropic.com") is anthropic
     assert for_host("API.Anthropic.com.") is anthropic
-    assert for_host("api.openai.com") is None
+    assert for_host("api.openai.com").NAME == "openai" and for_host("llm.internal").NAME == "openai"
 
 
 # Published count_tokens figures (Anthropic's token-counting guide, as quoted in LangChain's
