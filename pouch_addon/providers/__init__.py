@@ -28,4 +28,13 @@ def for_host(host: str) -> ModuleType:
     return PROVIDERS[HOSTS.get(host.lower().rstrip("."), openai.NAME)]
 
 
-__all__ = ["PROVIDERS", "HOSTS", "DEFAULT_HOSTS", "for_host", "openai", "anthropic", "gemini"]
+def model_label(entry: dict) -> str:
+    """How the CLI and the TUI name a call's model: ``provider/model`` when the entry records its
+    provider (entries from before providers show the bare model)."""
+    model, provider = entry.get("model"), entry.get("provider")
+    if not model:
+        return ""
+    return f"{provider}/{model}" if provider else str(model)
+
+
+__all__ = ["PROVIDERS", "HOSTS", "DEFAULT_HOSTS", "for_host", "model_label", "openai", "anthropic", "gemini"]

@@ -210,6 +210,19 @@ def tool_calls_from_body(api: str, body: Any) -> dict[str, int] | None:
     return None  # server-side tools are refused (see the module doc)
 
 
+def usage_from_counts(*, input: int, cached: int = 0, cache_write: int = 0, cache_write_1h: int = 0,
+                      output: int = 0, reasoning: int = 0, thoughts: int = 0) -> Usage:
+    """``pouch cost``: counts as Anthropic reports them (``input`` without the cache reads and
+    writes; ``output`` with the thinking)."""
+    if thoughts or reasoning:
+        raise ValueError("Anthropic reports thinking inside output_tokens: give it in --output")
+    return Usage.from_anthropic({
+        "input_tokens": input, "cache_read_input_tokens": cached,
+        "cache_creation_input_tokens": cache_write + cache_write_1h,
+        "cache_creation": {"ephemeral_5m_input_tokens": cache_write, "ephemeral_1h_input_tokens": cache_write_1h},
+        "output_tokens": output})
+
+
 def output_texts(body: Mapping[str, Any]) -> list[str]:
     """The generated text of a response without usage (pouch's fallback count)."""
     texts: list[str] = []

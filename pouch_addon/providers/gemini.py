@@ -221,6 +221,16 @@ def tool_calls_from_body(api: str, body: Any) -> dict[str, int] | None:
     return None  # server-side tools are refused (see the module doc)
 
 
+def usage_from_counts(*, input: int, cached: int = 0, cache_write: int = 0, cache_write_1h: int = 0,
+                      output: int = 0, reasoning: int = 0, thoughts: int = 0) -> Usage:
+    """``pouch cost``: counts as Gemini reports them (``input`` = promptTokenCount, cached included;
+    ``output`` = candidatesTokenCount; ``thoughts`` = thoughtsTokenCount, billed beside it)."""
+    if cache_write or cache_write_1h or reasoning:
+        raise ValueError("Gemini reports no cache writes or reasoning: use --cached and --thoughts")
+    return Usage.from_gemini({"promptTokenCount": input, "cachedContentTokenCount": cached,
+                              "candidatesTokenCount": output, "thoughtsTokenCount": thoughts})
+
+
 def output_texts(body: Any) -> list[str]:
     elements = body if isinstance(body, list) else [body]
     texts: list[str] = []

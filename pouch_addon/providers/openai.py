@@ -42,6 +42,15 @@ def tool_calls_from_body(api: str, body: Any) -> dict[str, int] | None:
     return count_tool_calls(body.get("output")) if api == "responses" and isinstance(body, Mapping) else None
 
 
+def usage_from_counts(*, input: int, cached: int = 0, cache_write: int = 0, cache_write_1h: int = 0,
+                      output: int = 0, reasoning: int = 0, thoughts: int = 0) -> Usage:
+    """``pouch cost``: counts as OpenAI reports them (input and output include their parts)."""
+    if thoughts:
+        raise ValueError("--thoughts is Gemini's; OpenAI reports reasoning inside the output (--reasoning)")
+    return Usage(input_tokens=input, cached_tokens=cached, cache_write_tokens=cache_write,
+                 cache_write_1h_tokens=cache_write_1h, output_tokens=output, reasoning_tokens=reasoning)
+
+
 def output_texts(body: Any) -> list[str]:
     """The generated text of a response without ``usage`` (pouch's fallback count)."""
     texts: list[str] = []
