@@ -283,23 +283,41 @@ class GeminiStreamMeter(ProviderStreamMeter):
                 self._finished = True
         meta = obj.get("usageMetadata")
         if meta.__class__ is dict:
-            try:
-                self._running = Usage.from_gemini(meta)
-            except ValueError:
-                self.parse_errors += 1
-            else:
-                self._set_running(self._running)
+            self._on_usage(meta)
         return True
 
-    _running: Usage | None = None
+    _last_meta: dict[str, Any] | None = None
+    _input_key: tuple[Any, ...] | None = None
     _finished = False
+
+    def _on_usage(self, meta: dict[str, Any]) -> None:
+        """A running total: the input part is re-read only when it changes (once per stream);
+        the output so far (candidates + thoughts, the larger reading) is two integer reads."""
+        self._last_meta = meta
+        key = (meta.get("promptTokenCount"), meta.get("cachedContentTokenCount"), meta.get("toolUsePromptTokenCount"))
+        if key != self._input_key:
+            self._input_key = key
+            try:
+                self._set_input(Usage.from_gemini({"promptTokenCount": key[0] or 0, "cachedContentTokenCount": key[1],
+                                                   "toolUsePromptTokenCount": key[2]}))
+            except ValueError:
+                self.parse_errors += 1
+        out = meta.get("candidatesTokenCount", 0)
+        thoughts = meta.get("thoughtsTokenCount", 0)
+        if out.__class__ is int and thoughts.__class__ is int:
+            self._reported_output = out + thoughts
+        elif out is not None or thoughts is not None:
+            self.parse_errors += 1
 
     def finish(self) -> list[bytes]:
         out = super().finish()
         if not self.cut:
             self.done = self._finished or self.done
-            if self._running is not None:
-                self._set_final(self._running)  # the stream ended: the last running total is final
+            if self._last_meta is not None:  # the stream ended: the last running total is final
+                try:
+                    self._set_final(Usage.from_gemini(self._last_meta))
+                except ValueError:
+                    self.parse_errors += 1
         return out
 
     def _cut_event(self, code: str, message: str) -> bytes:
