@@ -139,14 +139,7 @@ class Metering:
         if status >= 400:
             result = settlement.provider_error(status)
         elif call.meter is not None:
-            m = call.meter
-            usage = m.final_usage() if m.usage_source == "provider" else None
-            # the provider's usage is authoritative: tokenise our copy of the text only without it
-            counted = m.output_tokens_counted if usage is None else 0
-            result = settlement.completed(
-                table, call.plan, usage, counted,
-                model_reported=m.model_reported, tier_reported=m.service_tier,
-                status="ok" if m.done else "incomplete", tool_calls=m.tool_calls)
+            result = self._finished(call, call.meter, table)
         else:
             raw = flow.response.get_content(strict=False)
             if raw is not None and len(raw) <= INLINE_PARSE_BYTES:
@@ -168,13 +161,35 @@ class Metering:
         log.info(f"pouch: {call.plan.model} call ended early ({msg}); settling as {result.status}")
         self._settle_soon(call, result)
 
+    @staticmethod
+    def _finished(call: FlowCall, m: StreamMeter, table) -> settlement.Settlement:
+        """A stream the provider ended (its body ended, or its ``[DONE]`` / terminal event came)."""
+        usage = m.final_usage() if m.usage_source == "provider" else None
+        # the provider's usage is authoritative: tokenise our copy of the text only without it
+        counted = m.output_tokens_counted if usage is None else 0
+        return settlement.completed(
+            table, call.plan, usage, counted,
+            model_reported=m.model_reported, tier_reported=m.service_tier,
+            status="ok" if m.done else "incomplete", tool_calls=m.tool_calls)
+
+    def _interrupted(self, call: FlowCall, m: StreamMeter, why: str) -> settlement.Settlement:
+        """A metered stream that ended before its body did (disconnect, shutdown).
+
+        Once ``[DONE]`` or the terminal Responses event arrived the call is complete, whatever
+        happens next: the openai SDK hangs up as soon as it reads ``[DONE]``, often before the
+        provider's last HTTP chunk. It is settled like any finished call (the provider's usage,
+        priced by the model it reports, even above the reservation). Before that, the input plus
+        the output received so far, capped at the reservation (``settlement.partial``)."""
+        if m.done and not m.cut:
+            return self._finished(call, m, self.core.require()[1])
+        usage = m.final_usage() if m.usage_source == "provider" else None
+        counted = m.output_tokens_counted if usage is None else 0
+        return settlement.partial(call.plan, call.reserved, counted, why, usage, m.tool_calls)
+
     def _early_end(self, flow: http.HTTPFlow, call: FlowCall, msg: str) -> settlement.Settlement:
         m = call.meter
         if m is not None:
-            who = "client_disconnect" if msg == CLIENT_GONE else "upstream_disconnect"
-            usage = m.final_usage() if m.usage_source == "provider" else None
-            counted = m.output_tokens_counted if usage is None else 0
-            result = settlement.partial(call.plan, call.reserved, counted, who, usage, m.tool_calls)
+            result = self._interrupted(call, m, "client_disconnect" if msg == CLIENT_GONE else "upstream_disconnect")
         elif call.response_started:
             # a non-streamed body that broke off: the provider had finished generating
             result = settlement.unanswered(call.reserved, sent=True)
@@ -248,8 +263,11 @@ class Metering:
         for call in list(self.core.active):
             m = call.meter
             if m is not None:
-                result = settlement.partial(call.plan, call.reserved, m.output_tokens_counted, "shutdown",
-                                            tool_calls=m.tool_calls)
+                try:
+                    result = self._interrupted(call, m, "shutdown")
+                except Exception:
+                    log.exception("pouch: could not price a call at shutdown; settling at its reservation")
+                    result = settlement.unanswered(call.reserved, sent=True)
             else:
                 result = settlement.unanswered(call.reserved, sent=True)
             self._settle_soon(call, result)
