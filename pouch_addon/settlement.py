@@ -6,6 +6,8 @@
   counted so far, never $0 and never more than the reservation, flagged ``usage_missing`` when
   that is pouch's own count rather than the provider's usage (a stream whose ``[DONE]`` or
   terminal event arrived is not mid-stream: it settles as completed, see ``addons/meter.py``);
+- a stream pouch cannot decode (an unknown or unbounded ``content-encoding``): the reservation,
+  flagged ``undecodable_stream``;
 - no response at all after the request was sent (non-stream timeout, provider died): the
   outcome is unknown, so the whole reservation is billed and flagged for review;
 - never sent (the upstream connection failed): released.
@@ -134,6 +136,12 @@ def partial(plan: CallPlan, reservation: Decimal, counted_output: int, status: s
         amount = reservation
         flags.append("capped_at_reservation")
     return Settlement(amount, status, usage, source, None, flags, dict(tool_calls or {}), fees)
+
+
+def undecodable(reservation: Decimal, tool_calls: dict[str, int] | None = None) -> Settlement:
+    """A stream compressed in a way pouch cannot decode (``StreamMeter.undecodable``): cut off at
+    once, and what the provider generated is unknown, so the whole reservation, flagged."""
+    return Settlement(reservation, "cut_off", None, "none", None, ["undecodable_stream"], dict(tool_calls or {}))
 
 
 def unanswered(reservation: Decimal, *, sent: bool) -> Settlement:

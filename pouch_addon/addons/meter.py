@@ -90,11 +90,20 @@ class Metering:
         ctype = flow.response.headers.get("content-type", "")
         if flow.response.status_code < 400 and "text/event-stream" in ctype:
             plan = call.plan
+            headers = flow.response.headers
+            encoding = headers.get("content-encoding")
             call.meter = StreamMeter(
                 plan.api, plan.price, plan.model, plan.input_tokens, call.reserved,
                 hide_usage_chunk=plan.stream and not plan.client_wants_usage and plan.api in ("chat", "completions"),
-                tier=plan.tier, fees=plan.fees, fixed_fee=plan.fixed_fee,
+                tier=plan.tier, fees=plan.fees, fixed_fee=plan.fixed_fee, content_encoding=encoding,
             )
+            if encoding is not None:
+                # the meter forwards decoded events (or only its error event): say so to the client
+                del headers["content-encoding"]
+                if "content-length" in headers:
+                    del headers["content-length"]
+                    if flow.request.http_version == "HTTP/1.1":
+                        headers["transfer-encoding"] = "chunked"
             flow.response.stream = self._stream_callable(flow, call)
 
     def _stream_callable(self, flow: http.HTTPFlow, call: FlowCall):
@@ -114,8 +123,12 @@ class Metering:
                 out = []
             if meter.cut:
                 cut_connections(flow)
-                self._settle_soon(call, settlement.partial(
-                    call.plan, call.reserved, meter.output_tokens_counted, "cut_off", tool_calls=meter.tool_calls))
+                if meter.undecodable is not None:
+                    result = settlement.undecodable(call.reserved, meter.tool_calls)
+                else:
+                    result = settlement.partial(call.plan, call.reserved, meter.output_tokens_counted, "cut_off",
+                                                tool_calls=meter.tool_calls)
+                self._settle_soon(call, result)
                 return [*out, b""]  # b"" ends an HTTP/1.1 chunked body for the client
             return out
 
@@ -164,6 +177,8 @@ class Metering:
     @staticmethod
     def _finished(call: FlowCall, m: StreamMeter, table) -> settlement.Settlement:
         """A stream the provider ended (its body ended, or its ``[DONE]`` / terminal event came)."""
+        if m.undecodable is not None:
+            return settlement.undecodable(call.reserved, m.tool_calls)
         usage = m.final_usage() if m.usage_source == "provider" else None
         # the provider's usage is authoritative: tokenise our copy of the text only without it
         counted = m.output_tokens_counted if usage is None else 0
@@ -180,7 +195,7 @@ class Metering:
         provider's last HTTP chunk. It is settled like any finished call (the provider's usage,
         priced by the model it reports, even above the reservation). Before that, the input plus
         the output received so far, capped at the reservation (``settlement.partial``)."""
-        if m.done and not m.cut:
+        if m.undecodable is not None or (m.done and not m.cut):
             return self._finished(call, m, self.core.require()[1])
         usage = m.final_usage() if m.usage_source == "provider" else None
         counted = m.output_tokens_counted if usage is None else 0
