@@ -185,17 +185,17 @@ class Metering:
         return settlement.completed(
             table, call.plan, usage, counted,
             model_reported=m.model_reported, tier_reported=m.service_tier,
-            status="ok" if m.done else "incomplete", tool_calls=m.tool_calls)
+            status="ok" if m.done or m.usage_final else "incomplete", tool_calls=m.tool_calls)
 
     def _interrupted(self, call: FlowCall, m: StreamMeter, why: str) -> settlement.Settlement:
         """A metered stream that ended before its body did (disconnect, shutdown).
 
-        Once ``[DONE]`` or the terminal Responses event arrived the call is complete, whatever
-        happens next: the openai SDK hangs up as soon as it reads ``[DONE]``, often before the
-        provider's last HTTP chunk. It is settled like any finished call (the provider's usage,
+        Once ``[DONE]``, the terminal Responses event or the final usage arrived the call is
+        complete, whatever happens next: the openai SDK hangs up as soon as it reads ``[DONE]``,
+        often before the provider's last HTTP chunk. It is settled like any finished call (the provider's usage,
         priced by the model it reports, even above the reservation). Before that, the input plus
         the output received so far, capped at the reservation (``settlement.partial``)."""
-        if m.undecodable is not None or (m.done and not m.cut):
+        if m.undecodable is not None or ((m.done or m.usage_final) and not m.cut):
             return self._finished(call, m, self.core.require()[1])
         usage = m.final_usage() if m.usage_source == "provider" else None
         counted = m.output_tokens_counted if usage is None else 0
