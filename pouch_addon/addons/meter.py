@@ -124,6 +124,7 @@ class Metering:
             if meter.cut:
                 cut_connections(flow)
                 if meter.undecodable is not None:
+                    log.warning(f"pouch: {meter.undecodable}; stream cut off, billed at its reservation")
                     result = settlement.undecodable(call.reserved, meter.tool_calls)
                 else:
                     result = settlement.partial(call.plan, call.reserved, meter.output_tokens_counted, "cut_off",

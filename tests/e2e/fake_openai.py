@@ -70,6 +70,8 @@ Other control headers
 - ``x-fake-end-delay-ms``: streams only: sleep this long after the last event (``[DONE]`` or the
   terminal Responses event) before ending the body (the chunked terminator, and the compressor's
   trailer). A client that hangs up on ``[DONE]`` is gone by then.
+- ``x-fake-die-at-end: 1``: streams only: after the last event (and the end delay), abort the
+  TCP connection instead of ending the body (``died`` with ``after: -1``).
 - ``x-fake-content-encoding``: streams only: compress the SSE body with ``gzip``, ``x-gzip``,
   ``deflate``, ``br`` or ``zstd`` (each event flushed, so it decodes at once) and say so in
   ``content-encoding``, whatever ``accept-encoding`` asked; any other value is sent in the header
@@ -450,6 +452,7 @@ class Conn:
         self.nreq = 0
         self._encoder: Encoder | None = None
         self._end_delay = 0.0
+        self._die_at_end = False
 
     # ---- low-level writes
     def _gone(self) -> bool:
@@ -497,6 +500,7 @@ class Conn:
         if enc:
             headers["content-encoding"] = enc
         self._end_delay = ((req.h_int("x-fake-end-delay-ms", 0) if req is not None else 0) or 0) / 1000.0
+        self._die_at_end = req is not None and (req.h("x-fake-die-at-end") or "").strip() in ("1", "true", "yes")
         self.writer.write(self._head(200, headers))
         await self.writer.drain()
 
@@ -520,6 +524,8 @@ class Conn:
     async def stream_end(self) -> None:
         if self._end_delay > 0:  # the last event is out; the end of the body comes later
             await asyncio.sleep(self._end_delay)
+        if self._die_at_end:  # ... or never: the connection drops instead
+            self.die(-1)
         try:
             tail = self._encoder.finish() if self._encoder is not None else b""
             if tail:

@@ -19,7 +19,7 @@ import pytest
 
 from fake_openai import fake_text
 from pouch_addon.pricing import PriceTable, Usage, cost
-from test_firewall import CLIENTS, headers, settled, start
+from test_firewall import CLIENTS, URL, headers, settled, start
 
 pytestmark = pytest.mark.e2e
 
@@ -46,6 +46,21 @@ def test_sdk_hangs_up_on_done_and_the_call_is_booked_as_billed(e2e, fake, tmp_pa
     assert D(entry["cost"]) == billed(fake, "gpt-4o-mini") > D(entry["reserved"])
     assert "over_reservation" in entry["flags"] and "capped_at_reservation" not in entry["flags"]
     assert (entry["input_tokens"], entry["output_tokens"]) == (2000, 5)
+
+
+def test_provider_drops_the_connection_after_done_and_the_call_is_complete(e2e, fake, tmp_path):
+    """The provider's side of the same race: [DONE] arrived, then the connection dropped without
+    the end of the body (mitmproxy: a protocol error). Booked from the provider's usage, not
+    capped, not 'upstream_disconnect'."""
+    home, proxy, env = start(e2e, tmp_path)
+    c = e2e.run_curl(URL, env=env, headers=headers(prompt_tokens=3000, chunks=4, die_at_end=1, end_delay_ms=50),
+                     json_body={"model": "gpt-4o-mini", "stream": True, "max_tokens": 10,
+                                "messages": [{"role": "user", "content": "hi"}]})
+    assert c.sse_data()[-1] == "[DONE]", c.text
+    fake.wait_for("died")
+    [entry] = settled(home)
+    assert entry["status"] == "ok" and entry["usage_source"] == "provider", entry
+    assert D(entry["cost"]) == billed(fake, "gpt-4o-mini") > D(entry["reserved"])
 
 
 def hang_up(e2e, env, body: dict, hdrs: dict, until: str) -> dict:
