@@ -14,6 +14,9 @@ every chunk, a usage-only chunk with ``choices: []`` at the end, hidden from the
   deltas, finish chunk, usage chunk, ``[DONE]``);
 - ``chat 500 multi``: the same 500-event stream cut at random points into chunks of about
   three events (events split across chunks, several per chunk);
+- ``chat 50 gzip``: ``chat 50`` gzipped chunk by chunk (a provider that compresses its SSE
+  anyway): the meter decodes it (``content_encoding``), the baseline decodes with one zlib
+  decompressor before splitting;
 - ``responses 50``: a Responses API stream (``response.created`` ... ``response.output_text
   .delta`` x 42 ... ``response.completed`` with usage), ``event:`` + ``data:`` per event, one
   event per chunk;
@@ -45,6 +48,7 @@ import pstats
 import random
 import statistics
 import time
+import zlib
 from decimal import Decimal
 
 import pouch_addon
@@ -178,12 +182,28 @@ def resplit(chunks: list[bytes], events_per_chunk: float, seed: int) -> list[byt
 
 # -- the two measured workloads ------------------------------------------------------------------
 
-def new_meter(api: str, price) -> StreamMeter:
+def new_meter(api: str, price, encoding: str | None = None) -> StreamMeter:
     if api == "anthropic":
         return anthropic.AnthropicStreamMeter(price, PROVIDER_MODELS[api], 25, Decimal("1"))
     if api == "gemini":
         return gemini.GeminiStreamMeter(price, PROVIDER_MODELS[api], 25, Decimal("1"))
-    return StreamMeter(api, price, MODEL, 25, Decimal("1"), hide_usage_chunk=api == "chat", tier=None)
+    return StreamMeter(api, price, MODEL, 25, Decimal("1"), hide_usage_chunk=api == "chat", tier=None,
+                       content_encoding=encoding)
+
+
+def gzip_chunks(chunks: list[bytes]) -> list[bytes]:
+    """Each chunk gzipped and flushed (``Z_SYNC_FLUSH``), as a server compressing an SSE stream
+    sends it; the gzip trailer rides with the last chunk."""
+    z = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    out = [z.compress(c) + z.flush(zlib.Z_SYNC_FLUSH) for c in chunks]
+    out[-1] += z.flush()
+    return out
+
+
+def run_baseline_gzip(chunks: list[bytes]) -> int:
+    """The baseline after decoding every chunk with one ``zlib`` decompressor."""
+    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    return run_baseline([d.decompress(c) for c in chunks])
 
 
 def run_meter(meter: StreamMeter, chunks: list[bytes]) -> int:
@@ -217,20 +237,25 @@ def run_baseline(chunks: list[bytes]) -> int:
     return n
 
 
-def measure(name: str, api: str, chunks: list[bytes], price, reps: int) -> tuple[float, float]:
-    """Median µs per chunk of (meter, baseline); A/B interleaved per repetition."""
-    expected_out = len(b"".join(chunks))
+def measure(name: str, api: str, chunks: list[bytes], price, reps: int,
+            plain: list[bytes] | None = None) -> tuple[float, float]:
+    """Median µs per chunk of (meter, baseline); A/B interleaved per repetition. With ``plain``,
+    ``chunks`` are its gzipped form: the meter decodes them, the baseline too."""
+    encoding = "gzip" if plain is not None else None
+    baseline = run_baseline_gzip if plain is not None else run_baseline
+    plain = plain or chunks
+    expected_out = len(b"".join(plain))
     meter_ns, base_ns, ctor_ns, count_ns = [], [], [], []
     gc.collect()
     gc.disable()
     try:
         for _ in range(reps):
             t0 = time.perf_counter_ns()
-            run_baseline(chunks)
+            baseline(chunks)
             t1 = time.perf_counter_ns()
             base_ns.append(t1 - t0)
             t0 = time.perf_counter_ns()
-            m = new_meter(api, price)
+            m = new_meter(api, price, encoding)
             t1 = time.perf_counter_ns()
             out = run_meter(m, chunks)
             t2 = time.perf_counter_ns()
@@ -243,7 +268,7 @@ def measure(name: str, api: str, chunks: list[bytes], price, reps: int) -> tuple
         gc.enable()
     assert not m.cut and m.done and m.parse_errors == 0, (m.cut, m.done, m.parse_errors)
     if api == "chat":  # the usage chunk and every '"usage":null' are taken back out
-        expected_out = len(b"".join(chunks).replace(b',"usage":null', b"")) - len(chunks_usage(chunks))
+        expected_out = len(b"".join(plain).replace(b',"usage":null', b"")) - len(chunks_usage(plain))
     assert out == expected_out, (out, expected_out)
     n = len(chunks)
     meter_us = statistics.median(meter_ns) / n / 1e3
@@ -300,6 +325,7 @@ def main() -> None:
         "responses 50": measure("responses 50", "responses", resp50, price, reps),
         "anthropic 50": measure("anthropic 50", "anthropic", anth50, prices["anthropic"], reps),
         "gemini 50": measure("gemini 50", "gemini", gem50, prices["gemini"], reps),
+        "chat 50 gzip": measure("chat 50 gzip", "chat", gzip_chunks(chat50), price, reps, plain=chat50),
     }
     if args.profile:
         profile(price, chat500, max(reps // 10, 5))
@@ -314,6 +340,8 @@ def main() -> None:
         print(f"RATIO meter {provider}/baseline = {m_p / b_p:.2f}  ({m_p:.2f} vs {b_p:.2f} µs/event, {provider} 50)")
         print(f"RATIO meter {provider}/chat = {m_p / m_chat:.2f}  (per event, one event per chunk in both; "
               "target <= 1.2)")
+    m_gz, b_gz = results["chat 50 gzip"]
+    print(f"RATIO meter chat gzip/baseline = {m_gz / b_gz:.2f}  ({m_gz:.2f} vs {b_gz:.2f} µs/chunk, chat 50 gzip)")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,19 @@ C scanner behind ``json.loads`` called directly, the ``[DONE]`` test only when t
 JSON object, exact-type tests (the values come from json), and the rare branches (tool calls,
 tier changes, usage, errors) out of line.
 
+Compressed streams: a provider may compress its SSE although pouch asked for ``identity``. With
+``content_encoding`` set, ``feed`` decodes each chunk first (:mod:`pouch_addon.decoding`: gzip,
+deflate, zstd, in pieces of bounded size, stopping at a cut-off) and meters the decoded events
+exactly as a plain stream's. What it returns is the *decoded* events: the caller forwards them
+without ``content-encoding``. We chose that over forwarding the provider's compressed bytes
+unchanged because pouch must be able to drop the injected usage chunk, take out ``"usage":
+null`` and append its own error event at a cut-off, none of which can be spliced into a
+compressed stream; and ``identity`` is acceptable to every client, whatever it asked for
+(pouch itself asked the provider for it). An encoding that cannot be
+decoded with bounded memory (``br``, unknown names, layered encodings) or corrupt data fails
+closed: nothing of it is forwarded, the error event (``undecodable_stream``) is sent at once,
+``cut`` is set and ``undecodable`` says why; the caller bills the whole reservation.
+
 Forwarded bytes: ``feed`` / ``finish`` return ``[]`` (send nothing now) or ONE non-empty
 ``bytes`` (every forwarded event of the chunk joined, so mitmproxy writes one HTTP chunk). They
 never return ``b""``, which would end an HTTP/1.1 chunked body.
@@ -43,15 +56,18 @@ from typing import Any, Literal
 
 from .money import format_usd, usd_str
 from .pricing import FREE_CALLS, ModelPrice, Usage, cost, count_tool_calls, normalise_tier, tool_fee_cost
+from .decoding import StreamDecoder, UndecodableStream, stream_decoder
 from .sse import MAX_EVENT_BYTES, SSEError, SSEEvent, SSEParser
 from .tokens import StreamTokenCounter
 
-__all__ = ["StreamMeter", "BUDGET_EXCEEDED", "Api"]
+__all__ = ["StreamMeter", "BUDGET_EXCEEDED", "UNDECODABLE", "Api"]
 
 Api = Literal["chat", "responses", "completions"]
 
 #: ``type`` and ``code`` of the error event pouch sends when it cuts a stream off
 BUDGET_EXCEEDED = "budget_exceeded"
+#: ... and when the stream is compressed in a way pouch cannot decode (``cut_reason`` too)
+UNDECODABLE = "undecodable_stream"
 
 #: Responses events whose ``delta`` is model output (billed as output tokens)
 _RESPONSES_TEXT_DELTAS = frozenset({
@@ -133,7 +149,7 @@ class StreamMeter:
     def __init__(self, api: Api, price: ModelPrice, model: str, input_tokens: int,
                  reservation: Decimal, hide_usage_chunk: bool, tier: str | None = None, *,
                  max_event_bytes: int = MAX_EVENT_BYTES, fees: dict[str, Decimal] | None = None,
-                 fixed_fee: Decimal = Decimal(0)) -> None:
+                 fixed_fee: Decimal = Decimal(0), content_encoding: str | None = None) -> None:
         if api not in ("chat", "responses", "completions"):
             raise ValueError(f"StreamMeter: unknown api {api!r}")
         if isinstance(input_tokens, bool) or not isinstance(input_tokens, int) or input_tokens < 0:
@@ -179,6 +195,16 @@ class StreamMeter:
         self._pricing_tier = self.tier
         self._cut_at = self._threshold()
 
+        # a compressed stream (see the module docstring): decoded before it is framed
+        self.undecodable: str | None = None    # why the stream cannot be decoded (fail closed)
+        self._decoder: StreamDecoder | None = None
+        try:
+            self._decoder = stream_decoder(content_encoding)
+        except UndecodableStream as exc:
+            self.undecodable = str(exc)
+        if self._decoder is not None or self.undecodable is not None:
+            self.feed = self._feed_encoded  # type: ignore[method-assign]  # the plain path keeps no test
+
     # -- the stream ------------------------------------------------------------------------------
     def feed(self, chunk: bytes) -> list[bytes]:
         """Meter a chunk; return what to forward now (complete events only)."""
@@ -197,12 +223,38 @@ class StreamMeter:
             return out  # one event (or an error event): nothing to join
         return self._join(out)
 
+    def _feed_encoded(self, chunk: bytes) -> list[bytes]:
+        """``feed`` of a compressed stream: decode it in bounded pieces and meter each as a plain
+        chunk, stopping at a cut-off; fail closed when it cannot be decoded."""
+        if self.cut or not chunk:
+            return []
+        if self.undecodable is not None:
+            return self._fail_undecodable()
+        out: list[bytes] = []
+        try:
+            for piece in self._decoder.decode(chunk):  # type: ignore[union-attr]
+                out += StreamMeter.feed(self, piece)
+                if self.cut:
+                    break
+        except UndecodableStream as exc:
+            self.undecodable = str(exc)
+            out += self._fail_undecodable()
+        return self._join(out)
+
+    def _fail_undecodable(self) -> list[bytes]:
+        self.cut = True
+        return [self._cut_event(UNDECODABLE, f"pouch: {self.undecodable}; the response cannot be metered, "
+                                             "stream cut off")]
+
     def finish(self) -> list[bytes]:
         """End of stream: forward the held tail (a final event without its blank line too).
 
-        The provider has finished generating, so nothing is cut off here."""
+        The provider has finished generating, so nothing is cut off here (except a stream that
+        cannot be decoded, which no byte of has been forwarded)."""
         if self.cut:
             return []
+        if self.undecodable is not None:
+            return self._fail_undecodable()
         try:
             events, leftover = self._parser.flush()
         except SSEError as exc:

@@ -3,7 +3,11 @@
 - completed: the provider's ``usage`` is authoritative; pouch's own count is the fallback;
 - provider error status (4xx/5xx): not billed, released in full;
 - disconnect mid-stream (client or provider) and pouch's own cut-off: the input plus the output
-  counted so far, never $0 and never more than the reservation;
+  counted so far, never $0 and never more than the reservation, flagged ``usage_missing`` when
+  that is pouch's own count rather than the provider's usage (a stream whose ``[DONE]`` or
+  terminal event arrived is not mid-stream: it settles as completed, see ``addons/meter.py``);
+- a stream pouch cannot decode (an unknown or unbounded ``content-encoding``): the reservation,
+  flagged ``undecodable_stream``;
 - no response at all after the request was sent (non-stream timeout, provider died): the
   outcome is unknown, so the whole reservation is billed and flagged for review;
 - never sent (the upstream connection failed): released.
@@ -123,14 +127,21 @@ def partial(plan: CallPlan, reservation: Decimal, counted_output: int, status: s
     """Disconnect or cut-off mid-stream: input + output so far + the fees of the tool calls seen,
     capped at the reservation."""
     source = "provider" if usage is not None else "counted"
-    if usage is None:
-        usage = Usage(input_tokens=plan.input_tokens, output_tokens=counted_output)
     flags: list[str] = []
+    if usage is None:  # pouch's own count of what it forwarded: the provider's bill may differ
+        usage = Usage(input_tokens=plan.input_tokens, output_tokens=counted_output)
+        flags.append("usage_missing")
     amount, fees = _with_fees(plan, cost(plan.price, usage, plan.tier), tool_calls, flags)
     if amount > reservation:
         amount = reservation
         flags.append("capped_at_reservation")
     return Settlement(amount, status, usage, source, None, flags, dict(tool_calls or {}), fees)
+
+
+def undecodable(reservation: Decimal, tool_calls: dict[str, int] | None = None) -> Settlement:
+    """A stream compressed in a way pouch cannot decode (``StreamMeter.undecodable``): cut off at
+    once, and what the provider generated is unknown, so the whole reservation, flagged."""
+    return Settlement(reservation, "cut_off", None, "none", None, ["undecodable_stream"], dict(tool_calls or {}))
 
 
 def unanswered(reservation: Decimal, *, sent: bool) -> Settlement:

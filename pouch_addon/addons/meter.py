@@ -24,6 +24,7 @@ from mitmproxy import ctx, http
 
 from .. import settlement
 from ..budget import Ledger, NotOpen
+from ..metering import StreamMeter
 from ..money import format_usd
 from ..providers import PROVIDERS, openai
 from .core import CALL, Core, FlowCall
@@ -110,8 +111,17 @@ class Metering:
         # a Gemini stream without alt=sse is a JSON array sent piece by piece
         array = not sse and call.plan.stream and call.plan.api == "gemini" and "json" in ctype
         if flow.response.status_code < 400 and (sse or array):
+            headers = flow.response.headers
+            encoding = headers.get("content-encoding")
             provider = PROVIDERS.get(flow.metadata.get(PROVIDER, ""), openai)
-            call.meter = provider.new_meter(call.plan, call.reserved, sse=sse)
+            call.meter = provider.new_meter(call.plan, call.reserved, sse=sse, content_encoding=encoding)
+            if encoding is not None:
+                # the meter forwards decoded events (or only its error event): say so to the client
+                del headers["content-encoding"]
+                if "content-length" in headers:
+                    del headers["content-length"]
+                    if flow.request.http_version == "HTTP/1.1":
+                        headers["transfer-encoding"] = "chunked"
             flow.response.stream = self._stream_callable(flow, call)
 
     def _stream_callable(self, flow: http.HTTPFlow, call: FlowCall):
@@ -131,9 +141,13 @@ class Metering:
                 out = []
             if meter.cut:
                 cut_connections(flow)
-                self._settle_soon(call, settlement.partial(
-                    call.plan, call.reserved, meter.output_tokens_counted, "cut_off", meter_usage(meter)[0],
-                    tool_calls=meter.tool_calls))
+                if meter.undecodable is not None:
+                    log.warning(f"pouch: {meter.undecodable}; stream cut off, billed at its reservation")
+                    result = settlement.undecodable(call.reserved, meter.tool_calls)
+                else:
+                    result = settlement.partial(call.plan, call.reserved, meter.output_tokens_counted, "cut_off",
+                                                meter_usage(meter)[0], tool_calls=meter.tool_calls)
+                self._settle_soon(call, result)
                 return [*out, b""]  # b"" ends an HTTP/1.1 chunked body for the client
             return out
 
@@ -157,13 +171,7 @@ class Metering:
         if status >= 400:
             result = settlement.provider_error(status)
         elif call.meter is not None:
-            m = call.meter
-            # the provider's usage is authoritative: tokenise our copy of the text only without it
-            usage, counted = meter_usage(m)
-            result = settlement.completed(
-                table, call.plan, usage, counted,
-                model_reported=m.model_reported, tier_reported=m.service_tier,
-                status="ok" if m.done else "incomplete", tool_calls=m.tool_calls)
+            result = self._finished(call, call.meter, table)
         else:
             raw = flow.response.get_content(strict=False)
             provider = PROVIDERS.get(flow.metadata.get(PROVIDER, ""), openai)
@@ -186,12 +194,35 @@ class Metering:
         log.info(f"pouch: {call.plan.model} call ended early ({msg}); settling as {result.status}")
         self._settle_soon(call, result)
 
+    @staticmethod
+    def _finished(call: FlowCall, m: StreamMeter, table) -> settlement.Settlement:
+        """A stream the provider ended (its body ended, or its ``[DONE]`` / terminal event came)."""
+        if m.undecodable is not None:
+            return settlement.undecodable(call.reserved, m.tool_calls)
+        # the provider's usage is authoritative: tokenise our copy of the text only without it
+        usage, counted = meter_usage(m)
+        return settlement.completed(
+            table, call.plan, usage, counted,
+            model_reported=m.model_reported, tier_reported=m.service_tier,
+            status="ok" if m.done or m.usage_final else "incomplete", tool_calls=m.tool_calls)
+
+    def _interrupted(self, call: FlowCall, m: StreamMeter, why: str) -> settlement.Settlement:
+        """A metered stream that ended before its body did (disconnect, shutdown).
+
+        Once ``[DONE]``, the terminal Responses event or the final usage arrived the call is
+        complete, whatever happens next: the openai SDK hangs up as soon as it reads ``[DONE]``,
+        often before the provider's last HTTP chunk. It is settled like any finished call (the provider's usage,
+        priced by the model it reports, even above the reservation). Before that, the input plus
+        the output received so far, capped at the reservation (``settlement.partial``)."""
+        if m.undecodable is not None or ((m.done or m.usage_final) and not m.cut):
+            return self._finished(call, m, self.core.require()[1])
+        usage, counted = meter_usage(m)
+        return settlement.partial(call.plan, call.reserved, counted, why, usage, m.tool_calls)
+
     def _early_end(self, flow: http.HTTPFlow, call: FlowCall, msg: str) -> settlement.Settlement:
         m = call.meter
         if m is not None:
-            who = "client_disconnect" if msg == CLIENT_GONE else "upstream_disconnect"
-            usage, counted = meter_usage(m)
-            result = settlement.partial(call.plan, call.reserved, counted, who, usage, m.tool_calls)
+            result = self._interrupted(call, m, "client_disconnect" if msg == CLIENT_GONE else "upstream_disconnect")
         elif call.response_started:
             # a non-streamed body that broke off: the provider had finished generating
             result = settlement.unanswered(call.reserved, sent=True)
@@ -265,9 +296,11 @@ class Metering:
         for call in list(self.core.active):
             m = call.meter
             if m is not None:
-                result = settlement.partial(call.plan, call.reserved, m.output_tokens_counted, "shutdown",
-                                            meter_usage(m)[0],
-                                            tool_calls=m.tool_calls)
+                try:
+                    result = self._interrupted(call, m, "shutdown")
+                except Exception:
+                    log.exception("pouch: could not price a call at shutdown; settling at its reservation")
+                    result = settlement.unanswered(call.reserved, sent=True)
             else:
                 result = settlement.unanswered(call.reserved, sent=True)
             self._settle_soon(call, result)

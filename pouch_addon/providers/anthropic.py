@@ -320,8 +320,10 @@ class AnthropicStreamMeter(ProviderStreamMeter):
         return b"event: error\ndata: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
 
 
-def new_meter(plan: Any, reservation: Decimal) -> AnthropicStreamMeter:
-    return AnthropicStreamMeter(plan.price, plan.model, plan.input_tokens, reservation, plan.tier)
+def new_meter(plan: Any, reservation: Decimal, *, sse: bool = True,
+              content_encoding: str | None = None) -> AnthropicStreamMeter:
+    return AnthropicStreamMeter(plan.price, plan.model, plan.input_tokens, reservation, plan.tier,
+                                content_encoding=content_encoding)
 
 
 __all__ = ["NAME", "HOSTS", "classify", "refusal", "draft", "estimate_input_bound", "usage_from_body", "tool_calls_from_body",

@@ -332,9 +332,10 @@ class GeminiArrayMeter(GeminiStreamMeter):
     json_array = True
 
 
-def new_meter(plan: Any, reservation: Decimal, *, sse: bool) -> GeminiStreamMeter:
+def new_meter(plan: Any, reservation: Decimal, *, sse: bool = True,
+              content_encoding: str | None = None) -> GeminiStreamMeter:
     cls = GeminiStreamMeter if sse else GeminiArrayMeter
-    return cls(plan.price, plan.model, plan.input_tokens, reservation, plan.tier)
+    return cls(plan.price, plan.model, plan.input_tokens, reservation, plan.tier, content_encoding=content_encoding)
 
 
 __all__ = ["NAME", "HOSTS", "split_path", "classify", "refusal", "draft", "usage_from_body", "tool_calls_from_body", "output_texts",

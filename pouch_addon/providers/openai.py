@@ -85,11 +85,11 @@ def error_body(status: int, message: str, code: str, type_: str | None = None) -
                       "param": None, "code": code}}
 
 
-def new_meter(plan: Any, reservation: Decimal, **_: Any) -> StreamMeter:
+def new_meter(plan: Any, reservation: Decimal, *, sse: bool = True, content_encoding: str | None = None) -> StreamMeter:
     return StreamMeter(
         plan.api, plan.price, plan.model, plan.input_tokens, reservation,
         hide_usage_chunk=plan.stream and not plan.client_wants_usage and plan.api in ("chat", "completions"),
-        tier=plan.tier, fees=plan.fees, fixed_fee=plan.fixed_fee,
+        tier=plan.tier, fees=plan.fees, fixed_fee=plan.fixed_fee, content_encoding=content_encoding,
     )
 
 

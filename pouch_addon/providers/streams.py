@@ -22,14 +22,16 @@ import json
 from decimal import Decimal
 from typing import Any, Literal
 
+from ..decoding import StreamDecoder, UndecodableStream, stream_decoder
 from ..money import format_usd, usd_str
 from ..pricing import ModelPrice, Usage, cost, normalise_tier
 from ..sse import MAX_EVENT_BYTES, SSEError, SSEEvent, SSEParser
 from ..tokens import StreamTokenCounter
 
-__all__ = ["ProviderStreamMeter", "JSONArrayFramer", "BUDGET_EXCEEDED"]
+__all__ = ["ProviderStreamMeter", "JSONArrayFramer", "BUDGET_EXCEEDED", "UNDECODABLE"]
 
 BUDGET_EXCEEDED = "budget_exceeded"
+UNDECODABLE = "undecodable_stream"
 _CTX = decimal.Context(prec=50, rounding=decimal.ROUND_CEILING)
 _MILLION = Decimal(1_000_000)
 _decoder = json.JSONDecoder()
@@ -93,7 +95,8 @@ class ProviderStreamMeter:
     json_array = False
 
     def __init__(self, price: ModelPrice, model: str, input_tokens: int, reservation: Decimal,
-                 tier: str | None = None, *, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
+                 tier: str | None = None, *, max_event_bytes: int = MAX_EVENT_BYTES,
+                 content_encoding: str | None = None) -> None:
         self.price = price
         self.model = model
         self.input_tokens = input_tokens
@@ -119,9 +122,42 @@ class ProviderStreamMeter:
         self._usage: Usage | None = None  # final usage
         self._pricing_tier = self.tier
         self._cut_at = self._threshold()
+        # a compressed stream: decoded before it is framed, as ``metering.StreamMeter`` does
+        # (``decoding``); what cannot be decoded fails closed (cut at once, billed the reservation)
+        self.undecodable: str | None = None
+        self._decoder: StreamDecoder | None = None
+        try:
+            self._decoder = stream_decoder(content_encoding)
+        except UndecodableStream as exc:
+            self.undecodable = str(exc)
+        if self._decoder is not None or self.undecodable is not None:
+            self.feed = self._feed_encoded  # type: ignore[method-assign]  # the plain path keeps no test
 
     # -- the stream ------------------------------------------------------------------------------
+    def _feed_encoded(self, chunk: bytes) -> list[bytes]:
+        """``feed`` of a compressed stream: decode in bounded pieces, meter each as a plain chunk."""
+        if self.cut or not chunk:
+            return []
+        out: list[bytes] = []
+        try:
+            if self.undecodable is not None:
+                raise UndecodableStream(self.undecodable)
+            for piece in self._decoder.decode(chunk):  # type: ignore[union-attr]
+                out += ProviderStreamMeter.feed(self, piece)
+                if self.cut:
+                    break
+        except UndecodableStream as exc:
+            self.undecodable = str(exc)
+            out += self._fail_undecodable()
+        return self._join(out)
+
+    def _fail_undecodable(self) -> list[bytes]:
+        self.cut = True
+        return [self._cut_event(UNDECODABLE, f"pouch: {self.undecodable}; the response cannot be metered, "
+                                             "stream cut off")]
+
     def feed(self, chunk: bytes) -> list[bytes]:
+        """Meter a chunk; return what to forward now (complete events only)."""
         if self.cut or not chunk:
             return []
         try:
@@ -137,6 +173,8 @@ class ProviderStreamMeter:
     def finish(self) -> list[bytes]:
         if self.cut:
             return []
+        if self.undecodable is not None:
+            return self._fail_undecodable()
         if self.json_array:
             return self._join([self._parser.flush()])
         try:

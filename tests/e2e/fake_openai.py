@@ -67,6 +67,19 @@ Other control headers
   request's ``service_tier`` mapped like OpenAI: ``auto``/absent -> ``default``,
   ``fast`` -> ``priority``).
 - ``x-fake-model``: the ``model`` reported in the response (default: the request's).
+- ``x-fake-end-delay-ms``: streams only: sleep this long after the last event (``[DONE]`` or the
+  terminal Responses event) before ending the body (the chunked terminator, and the compressor's
+  trailer). A client that hangs up on ``[DONE]`` is gone by then.
+- ``x-fake-die-at-end: 1``: streams only: after the last event (and the end delay), abort the
+  TCP connection instead of ending the body (``died`` with ``after: -1``).
+- ``x-fake-content-encoding``: streams only: compress the SSE body with ``gzip``, ``x-gzip``,
+  ``deflate``, ``br`` or ``zstd`` (each event flushed, so it decodes at once) and say so in
+  ``content-encoding``, whatever ``accept-encoding`` asked; any other value is sent in the header
+  with the body unchanged.
+- ``x-fake-usage: omit``: streams only: no usage (no usage chunk even with ``include_usage``;
+  Responses: ``usage: null`` in the terminal event). ``x-fake-report-completion-tokens: N``:
+  report N completion/output tokens whatever was streamed (a provider that lies, low or high).
+  ``response`` logs ``usage`` as reported and ``planned_usage`` as streamed.
 - ``x-fake-tool-calls``: comma-separated Responses output item types (``web_search_call``,
   ``code_interpreter_call``, ...) the response reports before its message, as server-side tool
   calls (streams: an ``output_item.added`` and ``.done`` event each); item ``k`` has id
@@ -370,6 +383,65 @@ REASONS = {
 }
 
 
+class Encoder:
+    """Compresses a stream event by event (each event flushed, so it can be decoded at once)."""
+
+    def __init__(self, enc: str):
+        self.enc = enc
+        if enc in ("gzip", "x-gzip"):
+            self._z: Any = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+        elif enc == "deflate":
+            self._z = zlib.compressobj(6, zlib.DEFLATED, zlib.MAX_WBITS)
+        elif enc == "br":
+            import brotli  # type: ignore[import-not-found]
+            self._z = brotli.Compressor()
+        elif enc == "zstd":
+            import zstandard  # type: ignore[import-not-found]
+            self._z = zstandard.ZstdCompressor().compressobj()
+        else:
+            self._z = None  # an encoding nobody knows: the bytes are sent as they are
+
+    def compress(self, data: bytes) -> bytes:
+        if self.enc in ("gzip", "x-gzip", "deflate"):
+            return self._z.compress(data) + self._z.flush(zlib.Z_SYNC_FLUSH)
+        if self.enc == "br":
+            return self._z.process(data) + self._z.flush()
+        if self.enc == "zstd":
+            import zstandard  # type: ignore[import-not-found]
+            return self._z.compress(data) + self._z.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
+        return data
+
+    def finish(self) -> bytes:
+        if self.enc in ("gzip", "x-gzip", "deflate", "zstd"):
+            return self._z.flush()
+        if self.enc == "br":
+            return self._z.finish()
+        return b""
+
+
+def make_encoder(enc: str) -> Encoder | None:
+    return Encoder(enc) if enc and enc != "identity" else None
+
+
+def reported_usage(req: Request, usage: dict) -> dict | None:
+    """The usage the fake reports: ``x-fake-usage: omit`` -> none; ``x-fake-report-completion-tokens``
+    -> that many output tokens, whatever was sent (a provider that lies)."""
+    if (req.h("x-fake-usage") or "").strip().lower() == "omit":
+        return None
+    n = req.h_int("x-fake-report-completion-tokens")
+    if n is None:
+        return usage
+    out = json.loads(json.dumps(usage))
+    key = "completion_tokens" if "completion_tokens" in out else "output_tokens"
+    prompt = out.get("prompt_tokens", out.get("input_tokens", 0))
+    out[key] = n
+    out["total_tokens"] = prompt + n
+    details = out.get("completion_tokens_details") or out.get("output_tokens_details")
+    if isinstance(details, dict):
+        details["reasoning_tokens"] = min(details.get("reasoning_tokens", 0), n)
+    return out
+
+
 class Conn:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
         self.reader = reader
@@ -378,6 +450,9 @@ class Conn:
         self.keep_alive = True
         self.req_id = 0
         self.nreq = 0
+        self._encoder: Encoder | None = None
+        self._end_delay = 0.0
+        self._die_at_end = False
 
     # ---- low-level writes
     def _gone(self) -> bool:
@@ -414,29 +489,47 @@ class Conn:
                                                 "code": code if code is not None else dc}})
 
     # ---- streaming
-    async def stream_start(self) -> None:
-        self.writer.write(self._head(200, {
+    async def stream_start(self, req: Request | None = None) -> None:
+        headers = {
             "content-type": "text/event-stream; charset=utf-8",
             "transfer-encoding": "chunked",
             "cache-control": "no-cache",
-        }))
+        }
+        enc = ((req.h("x-fake-content-encoding") if req is not None else None) or "").strip().lower()
+        self._encoder = make_encoder(enc)
+        if enc:
+            headers["content-encoding"] = enc
+        self._end_delay = ((req.h_int("x-fake-end-delay-ms", 0) if req is not None else 0) or 0) / 1000.0
+        self._die_at_end = req is not None and (req.h("x-fake-die-at-end") or "").strip() in ("1", "true", "yes")
+        self.writer.write(self._head(200, headers))
         await self.writer.drain()
 
     async def stream_write(self, data: bytes, i: int, kind: str) -> None:
         if self._gone():
             LOG("client_disconnected", conn=self.id, req=self.req_id, i=i, reason="eof before write")
             raise ClientGone()
+        size = len(data)
+        if self._encoder is not None:
+            data = self._encoder.compress(data)
         try:
-            self.writer.write(b"%x\r\n%s\r\n" % (len(data), data))
+            if data:  # an empty HTTP chunk would end the body
+                self.writer.write(b"%x\r\n%s\r\n" % (len(data), data))
             await self.writer.drain()
         except (ConnectionError, OSError, RuntimeError, ssl.SSLError) as e:
             LOG("write_failed", conn=self.id, req=self.req_id, i=i, kind=kind, error=repr(e))
             LOG("client_disconnected", conn=self.id, req=self.req_id, i=i, reason="write failed")
             raise ClientGone() from e
-        LOG("chunk_sent", conn=self.id, req=self.req_id, i=i, kind=kind, size=len(data))
+        LOG("chunk_sent", conn=self.id, req=self.req_id, i=i, kind=kind, size=size)
 
     async def stream_end(self) -> None:
+        if self._end_delay > 0:  # the last event is out; the end of the body comes later
+            await asyncio.sleep(self._end_delay)
+        if self._die_at_end:  # ... or never: the connection drops instead
+            self.die(-1)
         try:
+            tail = self._encoder.finish() if self._encoder is not None else b""
+            if tail:
+                self.writer.write(b"%x\r\n%s\r\n" % (len(tail), tail))
             self.writer.write(b"0\r\n\r\n")
             await self.writer.drain()
         except (ConnectionError, OSError, RuntimeError, ssl.SSLError) as e:
@@ -475,8 +568,10 @@ async def chat_completions(c: Conn, req: Request, body: dict) -> None:
         })
         return
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+    planned, usage = usage, reported_usage(req, usage)
+    send_usage = include_usage and usage is not None
     LOG("response", conn=c.id, req=c.req_id, status=200, stream=True,
-        usage=usage if include_usage else None, planned_usage=usage, finish_reason=p.finish_reason)
+        usage=usage if include_usage else None, planned_usage=planned, finish_reason=p.finish_reason)
 
     def chunk(choices: list, usage_val: Any = None) -> bytes:
         obj = {"id": cid, "object": "chat.completion.chunk", "created": CREATED, "model": model,
@@ -485,7 +580,7 @@ async def chat_completions(c: Conn, req: Request, body: dict) -> None:
             obj["usage"] = usage_val
         return b"data: " + json.dumps(obj).encode() + b"\n\n"
 
-    await c.stream_start()
+    await c.stream_start(req)
     i = 0
     await c.stream_write(chunk([{"index": j, "delta": {"role": "assistant", "content": "", "refusal": None},
                                  "logprobs": None, "finish_reason": None} for j in range(p.n)]), i, "role")
@@ -506,13 +601,13 @@ async def chat_completions(c: Conn, req: Request, body: dict) -> None:
         await c.stream_write(chunk([{"index": j, "delta": {}, "logprobs": None,
                                      "finish_reason": p.finish_reason}]), i, "final")
         i += 1
-    if include_usage:
+    if send_usage:
         await c.stream_write(chunk([], usage), i, "usage")
         i += 1
     await c.stream_write(b"data: [DONE]\n\n", i, "done")
     i += 1
     await c.stream_end()
-    LOG("stream_done", conn=c.id, req=c.req_id, chunks=i, usage_sent=include_usage)
+    LOG("stream_done", conn=c.id, req=c.req_id, chunks=i, usage_sent=send_usage)
 
 
 async def completions(c: Conn, req: Request, body: dict) -> None:
@@ -534,8 +629,10 @@ async def completions(c: Conn, req: Request, body: dict) -> None:
         })
         return
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+    planned, usage = usage, reported_usage(req, usage)
+    send_usage = include_usage and usage is not None
     LOG("response", conn=c.id, req=c.req_id, status=200, stream=True,
-        usage=usage if include_usage else None, planned_usage=usage, finish_reason=p.finish_reason)
+        usage=usage if include_usage else None, planned_usage=planned, finish_reason=p.finish_reason)
 
     def chunk(choices: list, usage_val: Any = None) -> bytes:
         obj = {"id": cid, "object": "text_completion", "created": CREATED, "model": model, "choices": choices}
@@ -543,7 +640,7 @@ async def completions(c: Conn, req: Request, body: dict) -> None:
             obj["usage"] = usage_val
         return b"data: " + json.dumps(obj).encode() + b"\n\n"
 
-    await c.stream_start()
+    await c.stream_start(req)
     i = written = 0
     if p.die_after == 0:
         c.die(0)
@@ -560,13 +657,13 @@ async def completions(c: Conn, req: Request, body: dict) -> None:
         await c.stream_write(chunk([{"text": "", "index": j, "logprobs": None, "finish_reason": p.finish_reason}]),
                              i, "final")
         i += 1
-    if include_usage:
+    if send_usage:
         await c.stream_write(chunk([], usage), i, "usage")
         i += 1
     await c.stream_write(b"data: [DONE]\n\n", i, "done")
     i += 1
     await c.stream_end()
-    LOG("stream_done", conn=c.id, req=c.req_id, chunks=i, usage_sent=include_usage)
+    LOG("stream_done", conn=c.id, req=c.req_id, chunks=i, usage_sent=send_usage)
 
 
 async def responses(c: Conn, req: Request, body: dict) -> None:
@@ -602,7 +699,8 @@ async def responses(c: Conn, req: Request, body: dict) -> None:
         LOG("response", conn=c.id, req=c.req_id, status=200, stream=False, usage=usage, finish_reason=status)
         await c.send_json(200, resp_obj(status, [*tool_items, item_done], usage))
         return
-    LOG("response", conn=c.id, req=c.req_id, status=200, stream=True, usage=usage, planned_usage=usage,
+    planned, usage = usage, reported_usage(req, usage)
+    LOG("response", conn=c.id, req=c.req_id, status=200, stream=True, usage=usage, planned_usage=planned,
         finish_reason=status)
     seq = itertools.count()
 
@@ -610,7 +708,7 @@ async def responses(c: Conn, req: Request, body: dict) -> None:
         obj = {"type": etype, "sequence_number": next(seq), **data}
         return f"event: {etype}\n".encode() + b"data: " + json.dumps(obj).encode() + b"\n\n"
 
-    await c.stream_start()
+    await c.stream_start(req)
     i = 0
 
     async def send(etype: str, **data: Any) -> None:
@@ -641,7 +739,7 @@ async def responses(c: Conn, req: Request, body: dict) -> None:
     await send("response.incomplete" if p.truncated else "response.completed",
                response=resp_obj(status, [*tool_items, item_done], usage))
     await c.stream_end()
-    LOG("stream_done", conn=c.id, req=c.req_id, chunks=i, usage_sent=True)
+    LOG("stream_done", conn=c.id, req=c.req_id, chunks=i, usage_sent=usage is not None)
 
 
 async def embeddings(c: Conn, req: Request, body: dict) -> None:

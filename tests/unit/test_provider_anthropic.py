@@ -232,3 +232,18 @@ def test_a_provider_error_event_is_recorded():
     m = anthropic.new_meter(plan, plan.worst_case)
     m.feed(sse("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}))
     assert m.provider_error == {"type": "overloaded_error", "message": "Overloaded"}
+
+
+def test_a_gzipped_stream_is_decoded_and_metered_and_an_unknown_encoding_fails_closed():
+    import zlib
+    raw = stream(["Hello", " world"] * 5, output_tokens=12)
+    z = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    gz = z.compress(raw) + z.flush()
+    plan = plan_for()
+    m = anthropic.new_meter(plan, plan.worst_case, content_encoding="gzip")
+    out = b"".join(b"".join(m.feed(gz[i:i + 50])) for i in range(0, len(gz), 50)) + b"".join(m.finish())
+    assert out == raw  # forwarded decoded
+    assert m.usage_final and m.final_usage() == Usage(input_tokens=25, output_tokens=12)
+    m = anthropic.new_meter(plan, plan.worst_case, content_encoding="br")
+    out = b"".join(m.feed(b"\x1b\x00"))
+    assert m.cut and m.undecodable and b"undecodable_stream" in out

@@ -53,6 +53,20 @@ def test_partial_bills_input_plus_counted_output_never_above_reservation():
     assert capped.cost == D("0.00001") and "capped_at_reservation" in capped.flags
 
 
+def test_partial_flags_its_own_count_but_not_the_providers_usage():
+    plan = chat_plan()
+    counted = settlement.partial(plan, D(1), counted_output=5, status="client_disconnect")
+    assert counted.usage_source == "counted" and counted.flags == ["usage_missing"]
+    reported = settlement.partial(plan, D(1), 0, "client_disconnect", usage=Usage(input_tokens=9, output_tokens=5))
+    assert reported.usage_source == "provider" and reported.flags == []
+
+
+def test_an_undecodable_stream_bills_its_whole_reservation_flagged():
+    s = settlement.undecodable(D("0.0042"), {"web_search_call": 1})
+    assert (s.cost, s.status, s.flags, s.usage_source) == (D("0.0042"), "cut_off", ["undecodable_stream"], "none")
+    assert s.details()["flags"] == ["undecodable_stream"] and s.tool_calls == {"web_search_call": 1}
+
+
 def test_unanswered_and_provider_errors():
     assert settlement.unanswered(D("0.5"), sent=True).cost == D("0.5")
     assert settlement.unanswered(D("0.5"), sent=True).flags == ["outcome_unknown"]

@@ -23,7 +23,8 @@ JSON line per call.
 
 Modes: chat, chat_stream, chat_stream_helper (``client.chat.completions.stream()``),
 async_chat, async_chat_stream, responses, responses_stream (``responses.create(stream=True)``),
-responses_stream_helper (``client.responses.stream()``), completions, completions_stream,
+responses_stream_helper (``client.responses.stream()``), responses_stream_until_done (stops
+reading at the terminal event and closes the connection), completions, completions_stream,
 embeddings, models, and ``chat_stream_disconnect_after N`` (also ``..._after:N``): read N
 SDK chunks (the role chunk counts) then ``stream.close()`` the connection.
 
@@ -202,6 +203,13 @@ def run_sync(mode: str, n: int | None, a: dict, client_kw: dict, r: Result) -> N
         elif mode == "responses_stream":
             for ev in client.responses.create(stream=True, **a):
                 r.response_event(ev)
+        elif mode == "responses_stream_until_done":
+            stream = client.responses.create(stream=True, **a)
+            for ev in stream:
+                r.response_event(ev)
+                if ev.type in ("response.completed", "response.incomplete", "response.failed"):
+                    break  # an app that stops reading at the final event and hangs up
+            stream.close()
         elif mode == "responses_stream_helper":
             with client.responses.stream(**a) as stream:
                 for ev in stream:
