@@ -34,6 +34,9 @@ Usage (deterministic; mirrors ``fake_openai.py``'s header names)
   R thought tokens (at most ``thinkingConfig.thinkingBudget`` when that is >= 0), then
   ``x-fake-chunks`` C (default 3) text tokens (``fake_openai.WORDS``), then one
   ``functionCall`` part per name in ``x-fake-tool-calls``, ``TOOL_TOKENS`` tokens each.
+  JSON mode (``responseMimeType: application/json``, as Gemini CLI's model router asks): the
+  text is instead a small JSON value that fits ``responseJsonSchema`` / ``responseSchema``,
+  cut into C pieces and still reported as C tokens.
   ``generationConfig.maxOutputTokens`` caps thoughts + text per candidate (thoughts first), as
   Gemini 2.5 does; ``x-fake-thoughts-outside-cap: 1`` makes it cap the text alone;
   ``x-fake-ignore-cap: 1`` disables it. Cut: ``finishReason: MAX_TOKENS``, else ``STOP``.
@@ -142,6 +145,42 @@ def usage(p: fc.Plan, req: fc.Request, thoughts: int, cand: int, final: bool) ->
     return u
 
 
+def from_schema(schema: Any) -> Any:
+    """A small value that satisfies a JSON schema (Gemini's OBJECT/STRING/... or JSON Schema)."""
+    if not isinstance(schema, dict):
+        return "zero"
+    if schema.get("enum"):
+        return schema["enum"][0]
+    t = str(schema.get("type", "object")).lower()
+    if isinstance(schema.get("type"), list):
+        t = str(next((x for x in schema["type"] if x != "null"), "string")).lower()
+    if t == "object":
+        props = schema.get("properties") or {}
+        return {k: from_schema(v) for k, v in props.items()}
+    if t == "array":
+        return [from_schema(schema.get("items"))]
+    if t in ("integer", "number"):
+        return 1
+    if t == "boolean":
+        return False
+    return "zero"
+
+
+def json_text(body: dict) -> str | None:
+    """The reply text for JSON mode (``responseMimeType: application/json``), else None."""
+    g = gen_config(body)
+    if g.get("responseMimeType") != "application/json":
+        return None
+    return json.dumps(from_schema(g.get("responseJsonSchema") or g.get("responseSchema") or {}))
+
+
+def pieces(text: str, n: int) -> list[str]:
+    """``text`` cut into ``n`` pieces (the last ones may be empty when the text is short)."""
+    n = max(1, n)
+    step = -(-len(text) // n)
+    return [text[k * step:(k + 1) * step] for k in range(n)]
+
+
 def finish_reason(p: fc.Plan) -> str:
     return "MAX_TOKENS" if p.truncated else "STOP"
 
@@ -152,6 +191,8 @@ async def generate(c: GeminiConn, req: fc.Request, body: dict, model: str, strea
     rid = f"resp_fake{c.req_id}"
     include_thoughts = bool(((gen_config(body).get("thinkingConfig") or {}).get("includeThoughts")))
     calls = [{"functionCall": {"name": name, "args": TOOL_ARGS}} for name in p.tools]
+    jtext = json_text(body)
+    texts = [fc.tok(k) for k in range(p.content)] if jtext is None or not p.content else pieces(jtext, p.content)
     final_u = usage(p, req, p.reasoning, p.content + TOOL_TOKENS * len(p.tools), True)
 
     def resp(parts: list[dict], fin: str | None, u: dict | None) -> dict:
@@ -173,7 +214,7 @@ async def generate(c: GeminiConn, req: fc.Request, body: dict, model: str, strea
         if include_thoughts and p.reasoning:
             parts.append({"text": fc.fake_text(p.reasoning).strip(), "thought": True})
         if p.content or not calls:
-            parts.append({"text": fc.fake_text(p.content)})
+            parts.append({"text": "".join(texts)})
         parts += calls
         fc.log("response", conn=c.id, req=c.req_id, status=200, stream=False,
                usage=None if p.omit_usage else final_u, finish_reason=finish_reason(p))
@@ -186,7 +227,7 @@ async def generate(c: GeminiConn, req: fc.Request, body: dict, model: str, strea
         plan += [("thought", [{"text": fc.tok(k), "thought": True}], None, k + 1, 0) for k in range(p.reasoning)]
     for k in range(p.content):
         last = k == p.content - 1 and not calls
-        plan.append(("content", [{"text": fc.tok(k)}], finish_reason(p) if last else None, p.reasoning, k + 1))
+        plan.append(("content", [{"text": texts[k]}], finish_reason(p) if last else None, p.reasoning, k + 1))
     if calls or not p.content:
         plan.append(("final", calls or [{"text": ""}], finish_reason(p), p.reasoning,
                      p.content + TOOL_TOKENS * len(p.tools)))

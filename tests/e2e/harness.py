@@ -438,6 +438,20 @@ class CurlResult:
         return None
 
 
+@dataclass
+class AgentResult:
+    """One run of a coding agent CLI (``Harness.run_claude`` / ``run_gemini``)."""
+    rc: int | None
+    stdout: str
+    stderr: str
+    cmd: list[str]
+    home: Path
+
+    def json(self) -> Any:
+        """stdout as JSON (for ``--output-format json``)."""
+        return json.loads(self.stdout)
+
+
 class ClientProc:
     """A background ``sdk_client.py`` run (see ``Harness.start_sdk``)."""
 
@@ -486,6 +500,7 @@ class Harness:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.certs = certs or make_certs(self.workdir / "certs")
         self._client_python = Path(client_python) if client_python else None
+        self._agent_clis: Path | None = None
         self.procs: list[Proc] = []
         self.fakes: list[Fake] = []
         self.proxies: list[Proxy] = []
@@ -776,6 +791,67 @@ class Harness:
         rec.update(rc=r.returncode, status=status, stderr=r.stderr, body=body[:2000])
         return res
 
+    # ---- coding agents (node CLIs from scripts/make_agent_clis.sh)
+    @property
+    def agent_clis(self) -> Path:
+        if self._agent_clis is None:
+            self._agent_clis = ensure_agent_clis()
+        return self._agent_clis
+
+    def agent_env(self, proxy: Proxy | None = None, *, home: str | Path | None = None,
+                  extra: Mapping[str, str] | None = None, **client_env_kw: Any) -> dict[str, str]:
+        """``client_env()`` plus what the agents need to run offline in a private home:
+        ``HOME`` (and XDG dirs) = ``home`` (default a fresh dir under the work dir), Claude Code's
+        switches for non-essential traffic, auto-update, telemetry and error reporting, and
+        Gemini CLI's for telemetry and update checks (see ``write_gemini_settings``)."""
+        env = self.client_env(proxy, **client_env_kw)
+        h = Path(home) if home is not None else self.workdir / self._name("agent_home")
+        h.mkdir(parents=True, exist_ok=True)
+        env.update({
+            "HOME": str(h), "XDG_CONFIG_HOME": str(h / ".config"), "XDG_CACHE_HOME": str(h / ".cache"),
+            "XDG_DATA_HOME": str(h / ".local" / "share"), "XDG_STATE_HOME": str(h / ".local" / "state"),
+            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "DISABLE_AUTOUPDATER": "1",
+            "DISABLE_TELEMETRY": "1", "DISABLE_ERROR_REPORTING": "1", "DISABLE_BUG_COMMAND": "1",
+            "CLAUDE_CODE_DISABLE_TERMINAL_TITLE": "1", "CI": "1", "NO_COLOR": "1", "TERM": "dumb",
+            "GEMINI_TELEMETRY_ENABLED": "false", "GEMINI_CLI_TRUST_WORKSPACE": "true", "GEMINI_CLI_NO_RELAUNCH": "true", "NO_BROWSER": "true",
+        })
+        write_gemini_settings(h)
+        env.update(extra or {})
+        return env
+
+    def _run_agent(self, name: str, binary: str, args: Sequence[str], env: Mapping[str, str] | None,
+                   timeout: float, cwd: Path | None) -> AgentResult:
+        env = dict(env) if env is not None else self.agent_env()
+        home = Path(env.get("HOME", str(self.workdir)))
+        cmd = [str(self.agent_clis / "node_modules" / ".bin" / binary), *args]
+        wd = cwd or (self.workdir / self._name(f"{name}_cwd"))
+        wd.mkdir(parents=True, exist_ok=True)
+        rec: dict[str, Any] = {"kind": name, "cmd": cmd}
+        self.client_runs.append(rec)
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=wd,
+                             start_new_session=True, stdin=subprocess.DEVNULL)
+        try:
+            out, err = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _killpg(p)
+            out, err = p.communicate()
+            rec.update(stdout=out, stderr=err, rc="timeout")
+            raise HarnessError(f"{name} timed out after {timeout}s\n--- stdout\n{out[-3000:]}\n"
+                               f"--- stderr\n{err[-4000:]}")
+        rec.update(stdout=out, stderr=err, rc=p.returncode)
+        return AgentResult(p.returncode, out, err, cmd, home)
+
+    def run_claude(self, prompt: str, env: Mapping[str, str] | None = None, *, args: Sequence[str] = (),
+                   timeout: float = 120.0, cwd: Path | None = None) -> AgentResult:
+        """``claude -p PROMPT [args]`` (Claude Code, API-key mode) with ``agent_env()`` by default.
+        ``args`` e.g. ``("--output-format", "json")`` or ``("--model", "claude-sonnet-4-5")``."""
+        return self._run_agent("claude", "claude", ["-p", prompt, *args], env, timeout, cwd)
+
+    def run_gemini(self, prompt: str, env: Mapping[str, str] | None = None, *, args: Sequence[str] = (),
+                   timeout: float = 120.0, cwd: Path | None = None) -> AgentResult:
+        """``gemini -p PROMPT [args]`` (Gemini CLI, ``GEMINI_API_KEY`` auth) with ``agent_env()``."""
+        return self._run_agent("gemini", "gemini", ["-p", prompt, *args], env, timeout, cwd)
+
     # ---- teardown / diagnostics
     def stop(self) -> None:
         for p in self._bg_clients:
@@ -805,6 +881,26 @@ class Harness:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def write_gemini_settings(home: Path) -> Path:
+    """``~/.gemini/settings.json`` for an offline Gemini CLI: API-key auth chosen (no prompt),
+    no usage statistics, telemetry, update checks or IDE integration."""
+    d = home / ".gemini"
+    d.mkdir(parents=True, exist_ok=True)
+    p = d / "settings.json"
+    p.write_text(json.dumps(GEMINI_SETTINGS, indent=2))
+    return p
+
+
+GEMINI_SETTINGS: dict[str, Any] = {
+    "security": {"auth": {"selectedType": "gemini-api-key"}},
+    "privacy": {"usageStatisticsEnabled": False},
+    "telemetry": {"enabled": False},
+    "general": {"disableAutoUpdate": True, "disableUpdateNag": True, "enableAutoUpdate": False,
+                "enableAutoUpdateNotification": False},
+    "ide": {"enabled": False},
+}
 
 
 def _parse_header_dump(path: Path) -> tuple[int | None, dict[str, str]]:
