@@ -25,6 +25,9 @@ The key: ``x-goog-api-key`` header or ``?key=`` query; the ``request`` log entry
 ``api_key`` and ``key_in`` (``"header"``, ``"query"``, ``"both"`` or null), so a test can
 assert which key arrived where (a virtual key must have been swapped).
 
+Request fields are read in camelCase or snake_case (the API accepts both, and google-genai
+passes nested config dicts through as written, e.g. ``thinking_config: {include_thoughts}``).
+
 Usage (deterministic; mirrors ``fake_openai.py``'s header names)
 ----------------------------------------------------------------
 - ``promptTokenCount`` P: ``x-fake-prompt-tokens``, else the whitespace words of every ``text``
@@ -105,22 +108,36 @@ def prompt_tokens(req: fc.Request, body: dict) -> int:
     forced = req.h_int("x-fake-prompt-tokens")
     if forced is not None:
         return forced
-    inner = body.get("generateContentRequest") or body
-    return max(1, fo._words(_all_text(inner.get("contents", [])) + _all_text(inner.get("systemInstruction", {}))))
+    inner = field(body, "generateContentRequest") or body
+    return max(1, fo._words(_all_text(inner.get("contents", [])) + _all_text(field(inner, "systemInstruction", {}))))
+
+
+def snake(name: str) -> str:
+    return re.sub(r"(?<!^)([A-Z])", lambda m: "_" + m.group(1).lower(), name)
+
+
+def field(obj: Any, camel: str, default: Any = None) -> Any:
+    """``obj[camel]``, else ``obj[snake_case]``: the API's JSON parser takes both spellings, and
+    google-genai sends nested config dicts as the app wrote them (e.g. ``thinking_config``
+    {``include_thoughts``})."""
+    if not isinstance(obj, dict):
+        return default
+    if camel in obj:
+        return obj[camel]
+    return obj.get(snake(camel), default)
 
 
 def gen_config(body: dict) -> dict:
-    return body.get("generationConfig") or body.get("generation_config") or {}
+    return field(body, "generationConfig") or {}
 
 
 def plan_for(req: fc.Request, body: dict) -> fc.Plan:
     g = gen_config(body)
-    tc = g.get("thinkingConfig") or {}
-    budget = tc.get("thinkingBudget")
-    return fc.base_plan(req, prompt_tokens(req, body), g.get("maxOutputTokens"),
+    budget = field(field(g, "thinkingConfig"), "thinkingBudget")
+    return fc.base_plan(req, prompt_tokens(req, body), field(g, "maxOutputTokens"),
                         reasoning_cap=budget if isinstance(budget, int) else None,
                         reasoning_in_cap=not fc.truthy(req.h("x-fake-thoughts-outside-cap")),
-                        n=int(g.get("candidateCount") or 1), tool_tokens=TOOL_TOKENS)
+                        n=int(field(g, "candidateCount") or 1), tool_tokens=TOOL_TOKENS)
 
 
 def usage(p: fc.Plan, req: fc.Request, thoughts: int, cand: int, final: bool) -> dict:
@@ -169,9 +186,9 @@ def from_schema(schema: Any) -> Any:
 def json_text(body: dict) -> str | None:
     """The reply text for JSON mode (``responseMimeType: application/json``), else None."""
     g = gen_config(body)
-    if g.get("responseMimeType") != "application/json":
+    if field(g, "responseMimeType") != "application/json":
         return None
-    return json.dumps(from_schema(g.get("responseJsonSchema") or g.get("responseSchema") or {}))
+    return json.dumps(from_schema(field(g, "responseJsonSchema") or field(g, "responseSchema") or {}))
 
 
 def pieces(text: str, n: int) -> list[str]:
@@ -189,7 +206,7 @@ async def generate(c: GeminiConn, req: fc.Request, body: dict, model: str, strea
     p = plan_for(req, body)
     model = req.h("x-fake-model") or model
     rid = f"resp_fake{c.req_id}"
-    include_thoughts = bool(((gen_config(body).get("thinkingConfig") or {}).get("includeThoughts")))
+    include_thoughts = bool(field(field(gen_config(body), "thinkingConfig"), "includeThoughts"))
     calls = [{"functionCall": {"name": name, "args": TOOL_ARGS}} for name in p.tools]
     jtext = json_text(body)
     texts = [fc.tok(k) for k in range(p.content)] if jtext is None or not p.content else pieces(jtext, p.content)
