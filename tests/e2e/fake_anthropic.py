@@ -52,8 +52,11 @@ Other controls
 ``x-fake-omit-usage: 1`` (no ``usage`` anywhere), ``x-fake-report-output-tokens: N`` /
 ``x-fake-report-input-tokens: N`` (lie: report N instead of the true count in every usage).
 
-Log: the events of ``fake_openai.py``; ``request`` also has ``api_key`` (the ``x-api-key``
-value, else a bearer token) and ``key_in`` (``"x-api-key"``, ``"authorization"`` or null);
+Log: the events of ``fake_openai.py``; ``request`` also has ``keys`` (``{"x-api-key": ...,
+"authorization": bearer token}``, the places present), ``key_in`` (those places joined by ``+``:
+``"x-api-key"`` (Claude Code, curl), ``"authorization"`` (the anthropic Python SDK 2.x sends
+``ANTHROPIC_API_KEY`` as ``Authorization: Bearer``), or null) and ``api_key`` (the ``x-api-key``
+value, else the bearer token);
 ``response`` has ``usage`` = the final usage reported (null when omitted).
 """
 
@@ -240,10 +243,12 @@ def _model_obj(m: str) -> dict:
 
 async def dispatch(c: AnthropicConn, req: fc.Request) -> None:
     body, raw = fc.parse_body(req)
-    key, key_in = req.h("x-api-key"), "x-api-key" if req.h("x-api-key") is not None else None
-    if key is None and (req.h("authorization") or "").lower().startswith("bearer "):
-        key, key_in = req.h("authorization", "")[7:].strip(), "authorization"
-    fc.log_request(c, req, body, raw, api_key=key, key_in=key_in)
+    auth = req.h("authorization") or ""
+    keys = {"x-api-key": req.h("x-api-key"),
+            "authorization": auth[7:].strip() if auth.lower().startswith("bearer ") else None}
+    keys = {k: v for k, v in keys.items() if v is not None}
+    fc.log_request(c, req, body, raw, api_key=keys.get("x-api-key", keys.get("authorization")),
+                   key_in="+".join(keys) or None, keys=keys)
     forced = req.h_int("x-fake-status")
 
     async def answer(status: int, obj: Any = None, message: str = "") -> None:

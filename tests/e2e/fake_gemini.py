@@ -22,8 +22,12 @@ Endpoints (``/v1beta/``, ``/v1/`` and ``/v1alpha/`` alike; the model comes from 
 - ``GET /ping``  ``pong``. Anything else: 404 in Google's error shape.
 
 The key: ``x-goog-api-key`` header or ``?key=`` query; the ``request`` log entry records
-``api_key`` and ``key_in`` (``"header"``, ``"query"``, ``"both"`` or null), so a test can
-assert which key arrived where (a virtual key must have been swapped).
+``keys`` (``{"authorization": bearer token, "header": x-goog-api-key, "query": ?key=}``, the
+places present), ``key_in`` (those places joined by ``+``, e.g. ``"header"``, ``"query"``,
+``"header+query"``, ``"authorization+header"`` (Gemini CLI with
+``GEMINI_API_KEY_AUTH_MECHANISM=bearer`` sends both), or null), ``api_key`` (the header's, else
+the query's, else the bearer token) and ``query_key``, so a test can assert which key arrived
+where (a virtual key must have been swapped in every place).
 
 Request fields are read in camelCase or snake_case (the API accepts both, and google-genai
 passes nested config dicts through as written, e.g. ``thinking_config: {include_thoughts}``).
@@ -306,11 +310,12 @@ def _model_obj(m: str) -> dict:
 async def dispatch(c: GeminiConn, req: fc.Request) -> None:
     body, raw = fc.parse_body(req)
     query = urllib.parse.parse_qs(req.target.partition("?")[2], keep_blank_values=True)
-    hkey, qkey = req.h("x-goog-api-key"), (query.get("key") or [None])[0]
-    key_in = "both" if (hkey is not None and qkey is not None) else "header" if hkey is not None else \
-        "query" if qkey is not None else None
-    fc.log_request(c, req, body, raw, api_key=hkey if hkey is not None else qkey, key_in=key_in,
-                   query_key=qkey)
+    auth = req.h("authorization") or ""
+    keys = {"authorization": auth[7:].strip() if auth.lower().startswith("bearer ") else None,
+            "header": req.h("x-goog-api-key"), "query": (query.get("key") or [None])[0]}
+    keys = {k: v for k, v in keys.items() if v is not None}
+    fc.log_request(c, req, body, raw, api_key=keys.get("header", keys.get("query", keys.get("authorization"))),
+                   key_in="+".join(keys) or None, keys=keys, query_key=keys.get("query"))
     forced = req.h_int("x-fake-status")
 
     async def answer(status: int, obj: Any = None, message: str = "") -> None:

@@ -269,3 +269,17 @@ def test_gemini_cli_completes_a_prompt(e2e, gemini_fake, agent_clis):
     final = [e["usage"] for e in gemini_fake.responses() if e.get("req") == streams[0]["req"]][0]
     assert by_model[model]["tokens"]["prompt"] == final["promptTokenCount"]
     assert by_model[model]["tokens"]["candidates"] == final["candidatesTokenCount"] == 3
+
+
+def test_gemini_cli_shows_an_api_error_and_can_send_its_key_as_bearer(e2e, gemini_fake, agent_clis):
+    """What a 402 in Google's shape looks like in Gemini CLI, and the other place its key can be."""
+    proxy = e2e.start_proxy(pouch=False)
+    env = e2e.agent_env(proxy, extra={"GEMINI_CLI_CUSTOM_HEADERS": "x-fake-status: 402",
+                                      "GEMINI_API_KEY_AUTH_MECHANISM": "bearer"})
+    r = e2e.run_gemini("say hello", env)
+    assert r.rc != 0
+    assert "402" in r.stdout + r.stderr and "fake error 402" in r.stdout + r.stderr
+    reqs = gemini_fake.requests()
+    # bearer adds Authorization; its SDK still sends x-goog-api-key too: a key to swap in both
+    assert reqs and {q["key_in"] for q in reqs} == {"authorization+header"}
+    assert all(q["keys"] == {"authorization": env["GEMINI_API_KEY"], "header": env["GEMINI_API_KEY"]} for q in reqs)
