@@ -1,4 +1,4 @@
-"""End-to-end harness: real mitmdump, a fake api.openai.com and real clients, loopback only.
+"""End-to-end harness: real mitmdump, fake providers and real clients, loopback only.
 
 Pieces (all started as subprocesses in their own process group, killed on ``stop()``):
 
@@ -8,13 +8,34 @@ Pieces (all started as subprocesses in their own process group, killed on ``stop
   ``x-fake-cached-tokens``, ``x-fake-reasoning-tokens``, ``x-fake-delay-ms``,
   ``x-fake-die-after``, ``x-fake-status``, ``x-fake-ignore-cap``, ``x-fake-service-tier``)
   steer it; its module docstring has the exact token rules. It logs everything to JSONL.
+- **fake Anthropic** (``fake_anthropic.py``) and **fake Gemini** (``fake_gemini.py``): the same
+  kind of server for api.anthropic.com (Messages, SSE) and generativelanguage.googleapis.com
+  (generateContent, streamGenerateContent with and without ``alt=sse``), with the same control
+  header names where they apply and the same log format (so ``Fake``'s helpers read them too);
+  their docstrings have the usage rules. The leaf certificate names all three hosts. Any number
+  of fakes run at once, each on its own port; a proxy routes each provider host to the latest
+  fake of its kind.
 - **proxy**: ``mitmdump`` with either the pouch addon (``pouch=True``) or, for a bare
   baseline, only the test redirect addon (``pouch=False``, plus ``stream_large_bodies=1``).
   Its own CA lives in ``<workdir>/proxyN/mitmconf``, never ``~/.mitmproxy``.
-- **clients**: the openai SDK in a separate venv (``scripts/make_client_venv.sh``) driven by
-  ``clients/sdk_client.py``, and ``curl``. Both are configured purely by the environment
-  from ``client_env()`` (``HTTPS_PROXY``, ``SSL_CERT_FILE``/``CURL_CA_BUNDLE`` = mitmproxy CA,
-  ``OPENAI_API_KEY``), as an unmodified app would be.
+- **clients**: the openai, anthropic and google-genai SDKs in a separate venv
+  (``scripts/make_client_venv.sh``, pinned) driven by ``clients/sdk_client.py``,
+  ``clients/anthropic_client.py`` and ``clients/genai_client.py`` (one JSON line out each), and
+  ``curl``; all configured purely by the environment from ``client_env()`` (``HTTPS_PROXY``,
+  ``SSL_CERT_FILE``/``CURL_CA_BUNDLE``/``NODE_EXTRA_CA_CERTS`` = mitmproxy CA,
+  ``OPENAI_API_KEY``, ``ANTHROPIC_API_KEY``, ``GEMINI_API_KEY``), as an unmodified app would be.
+- **coding agents**: Claude Code (``claude -p``) and Gemini CLI (``gemini -p``) from npm
+  (``scripts/make_agent_clis.sh``, pinned, into ``.agent-clis/`` or ``$POUCH_AGENT_CLIS``), run by
+  ``run_claude``/``run_gemini`` with ``agent_env()``: ``client_env()`` plus a private ``HOME``
+  and the switches that keep them offline. Hosts they contact, seen through the proxy:
+  Claude Code only api.anthropic.com (with ``CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1``:
+  ``GET /api/claude_code/settings``, ``GET /api/claude_code/policy_limits`` (404 tolerated),
+  ``POST /v1/messages?beta=true``; without it also ``/api/eval/...``,
+  ``/api/claude_cli/bootstrap``, ``/api/claude_code_penguin_mode``, ``/api/directory/server-urls``,
+  ``/api/claude_code/organizations/metrics_enabled``, ``/api/event_logging/v2/batch``, all on
+  api.anthropic.com). Gemini CLI only generativelanguage.googleapis.com with the settings
+  ``write_gemini_settings`` writes (a JSON-mode ``generateContent`` for its model router, then
+  ``streamGenerateContent?alt=sse``); without them also play.googleapis.com (usage statistics).
 
 Fixtures (``tests/e2e/conftest.py``)
 ------------------------------------
@@ -25,6 +46,8 @@ Fixtures (``tests/e2e/conftest.py``)
 ``bare_proxy`` ``e2e.start_proxy(pouch=False)`` (uses ``fake``).
 ``client_python`` (session) path of the client venv's python (created lazily; fails loudly).
 ``e2e_certs`` (session) the throwaway :class:`certs.Certs`.
+``anthropic_fake`` / ``gemini_fake``  ``e2e.start_anthropic()`` / ``e2e.start_gemini()``.
+``agent_clis`` (session) the Claude Code + Gemini CLI directory (installed lazily; fails loudly).
 
 Example (a firewall test)::
 
@@ -50,22 +73,36 @@ Example (a firewall test)::
 API summary
 -----------
 ``Harness(workdir, certs=None, client_python=None)``
-``.start_fake() -> Fake``: ``.port``, ``.log_path``, ``.entries(ev=None)``,
+``.start_fake(timeout=10, *, kind="openai") -> Fake`` (kind "openai" | "anthropic" | "gemini";
+    also ``.start_anthropic()``, ``.start_gemini()``, ``.latest_fake(kind)``; ``.fake`` is the
+    latest fake OpenAI): ``.port``, ``.kind``, ``.host``, ``.log_path``, ``.entries(ev=None)``,
     ``.requests(path=None)``, ``.connections()``, ``.responses()``,
     ``.wait_for(pred_or_ev, timeout=5)``, ``.tail()``.
 ``.start_proxy(home=None, sets=None, pouch=True, *, fake=None, allow_hosts=None,
-    extra_args=(), redirect=None, stream_large_bodies=None) -> Proxy``: ``.port``, ``.url``,
-    ``.confdir``, ``.ca`` (mitmproxy CA pem), ``.cmd``, ``.alive()``, ``.stdout()``,
-    ``.stderr()``, ``.stop()``. ``sets`` is a dict (``{"opt": value}``; bools become
-    true/false) or a list of ``"opt=value"`` strings. ``pouch=True`` adds ``-s <pouch
-    mitm_entry> --set pouch_home=<home> --set pouch_route=api.openai.com=127.0.0.1:<fake>``;
-    ``redirect`` (default ``["other.test"]`` with pouch, ``["api.openai.com", "other.test"]``
-    without) is routed to the fake by ``redirect_addon.py``.
-``.client_env(proxy=None, *, ca=None, api_key="sk-test-pouch-e2e", extra=None) -> dict``
-``.run_sdk(mode, args=None, env=None, *, timeout=60, check=True) -> dict`` (the JSON line of
-    ``clients/sdk_client.py``; see its docstring for modes and fields)
-``.run_sdk_batch([(mode, args), ...], env=None) -> list[dict]`` (one process, faster)
-``.start_sdk(mode, args=None, env=None) -> ClientProc`` (background; ``.result(timeout)``)
+    extra_args=(), redirect=None, stream_large_bodies=None, fakes=None) -> Proxy``: ``.port``,
+    ``.url``, ``.confdir``, ``.ca`` (mitmproxy CA pem), ``.cmd``, ``.routes`` (host -> Fake),
+    ``.alive()``, ``.stdout()``, ``.stderr()``, ``.stop()``. ``sets`` is a dict
+    (``{"opt": value}``; bools become true/false) or a list of ``"opt=value"`` strings.
+    ``fake`` is the fake OpenAI (default the latest; one is started only when no fake runs at
+    all), ``fakes`` the other providers' fakes (default the latest of each kind started).
+    ``pouch=True`` adds ``-s <pouch mitm_entry> --set pouch_home=<home>`` and one
+    ``--set pouch_route=<host>=127.0.0.1:<port>`` per routed fake; ``redirect`` (default
+    ``["other.test"]`` with pouch, ``["api.openai.com", "other.test"]`` without) is routed to
+    the fake OpenAI by ``redirect_addon.py``, and without pouch so is each other fake's host.
+``.client_env(proxy=None, *, ca=None, api_key="sk-test-pouch-e2e", extra=None,
+    anthropic_key="sk-ant-test-pouch-e2e", gemini_key="gm-test-pouch-e2e") -> dict``
+``.run_sdk(mode, args=None, env=None, *, timeout=60, script=SDK_CLIENT) -> dict`` (the JSON
+    line of ``clients/sdk_client.py``; see its docstring for modes and fields)
+``.run_anthropic(mode, args=None, env=None)`` / ``.run_genai(...)`` -> dict (the same for
+    ``clients/anthropic_client.py`` / ``clients/genai_client.py``)
+``.run_sdk_batch([(mode, args), ...], env=None, *, script=SDK_CLIENT) -> list[dict]`` (one
+    process, faster; ``script=ANTHROPIC_CLIENT`` / ``GENAI_CLIENT`` for the others)
+``.start_sdk(mode, args=None, env=None, *, script=SDK_CLIENT) -> ClientProc`` (background;
+    ``.result(timeout)``)
+``.agent_env(proxy=None, *, home=None, extra=None, **client_env_kw) -> dict``
+``.run_claude(prompt, env=None, *, args=(), timeout=120, cwd=None) -> AgentResult`` (``claude -p``)
+``.run_gemini(prompt, env=None, *, args=(), timeout=120, cwd=None) -> AgentResult`` (``gemini -p``):
+    ``.rc``, ``.stdout``, ``.stderr``, ``.cmd``, ``.home``, ``.json()``.
 ``.run_curl(url, *, env=None, method=None, headers=None, json_body=None, data=None,
     cacert=None, stream=True, extra_args=(), timeout=30) -> CurlResult``: ``.rc``,
     ``.status``, ``.headers`` (final response, lower-case), ``.body`` (bytes), ``.text``,
@@ -743,7 +780,7 @@ class Harness:
         p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                              start_new_session=True, stdin=subprocess.DEVNULL)
         self._bg_clients.append(p)
-        return ClientProc(p, f"sdk_client {mode} (bg)", rec)
+        return ClientProc(p, f"{Path(script).stem} {mode} (bg)", rec)
 
     def run_curl(self, url: str, *, env: Mapping[str, str] | None = None, method: str | None = None,
                  headers: Mapping[str, str] | None = None, json_body: Any = None, data: str | bytes | None = None,
