@@ -283,3 +283,23 @@ def test_gemini_cli_shows_an_api_error_and_can_send_its_key_as_bearer(e2e, gemin
     # bearer adds Authorization; its SDK still sends x-goog-api-key too: a key to swap in both
     assert reqs and {q["key_in"] for q in reqs} == {"authorization+header"}
     assert all(q["keys"] == {"authorization": env["GEMINI_API_KEY"], "header": env["GEMINI_API_KEY"]} for q in reqs)
+
+
+def test_pouch_proxy_gets_a_route_per_fake_and_openai_still_works(e2e, anthropic_fake, gemini_fake, tmp_path):
+    """With pouch, each provider host is routed by its own repeatable ``pouch_route`` (whether
+    pouch decrypts that host is pouch's business; the OpenAI path must be unchanged)."""
+    from decimal import Decimal
+
+    from pouch_addon.budget import Ledger
+
+    openai_fake = e2e.start_fake()
+    home = tmp_path / "home"
+    Ledger(home).set_budget(Decimal("1"))
+    proxy = e2e.start_proxy(home)
+    routes = [a.split("=", 1)[1] for a in proxy.cmd if a.startswith("pouch_route=")]
+    assert sorted(routes) == sorted([f"api.openai.com={openai_fake.address}", f"{A_HOST}={anthropic_fake.address}",
+                                     f"{G_HOST}={gemini_fake.address}"])
+    r = e2e.run_sdk("chat", {"max_tokens": 5, "extra_headers": {"x-fake-chunks": "2"}}, e2e.client_env(proxy))
+    assert r["ok"], r["error"]
+    assert r["content"] == fake_text(2) and openai_fake.requests("/v1/chat/completions")
+    assert proxy.alive()
