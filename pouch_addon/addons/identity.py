@@ -9,7 +9,7 @@ First match wins:
    (``pouch_proxy_auth_failed``). Without a secret the name is a label the app chooses.
 2. **a pouch virtual key** (``pk-pouch-...`` wherever the provider takes its key:
    ``Authorization: Bearer``, Anthropic's ``x-api-key``, Gemini's ``x-goog-api-key`` or
-   ``?key=``, see :func:`find_api_key`): unknown, revoked or expired keys, and keys issued for
+   ``?key=``, see :func:`find_api_key`; ``KeySwap`` replaces it wherever it appears): unknown, revoked or expired keys, and keys issued for
    another provider, are answered 401 in the provider's shape; a valid key names its wallet and
    the provider whose real key ``KeySwap`` (``addons/keys.py``) puts in its place.
 3. **the local process** that opened the connection (``pouch_identify_process``): the
@@ -59,7 +59,6 @@ class Identity:
     key_id: str | None = None  # the virtual key's public id
     provider: str | None = None  # vault entry whose real key replaces the virtual one
     pid: int | None = None
-    key_at: str | None = None  # where the virtual key came: a header name, or "query:key"
 
     def meta(self) -> dict[str, Any]:
         out: dict[str, Any] = {"wallet": self.wallet, "via": self.via}
@@ -74,21 +73,17 @@ class Identity:
 KEY_HEADERS = {"anthropic": ("x-api-key",), "gemini": ("x-goog-api-key",)}
 
 
-def find_api_key(request: http.Request, provider: str) -> tuple[str, str | None]:
-    """The API key a request carries and where (``authorization``, a header name, or
-    ``query:key`` for Gemini's ``?key=``); ``("", None)`` when it carries none."""
+def find_api_key(request: http.Request, provider: str) -> str:
+    """The API key a request carries (``Authorization: Bearer`` first, then the provider's own
+    header; Scope moved Gemini's ``?key=`` into ``x-goog-api-key``), or ``""``."""
     auth = request.headers.get("authorization", "")
     if auth[:7].lower() == "bearer " and auth[7:].strip():
-        return auth[7:].strip(), "authorization"
+        return auth[7:].strip()
     for name in KEY_HEADERS.get(provider, ()):
         value = request.headers.get(name, "").strip()
         if value:
-            return value, name
-    if provider == "gemini":
-        value = request.query.get("key", "").strip()
-        if value:
-            return value, "query:key"
-    return "", None
+            return value
+    return ""
 
 
 def parse_basic(value: str) -> tuple[str, str] | None:
@@ -245,7 +240,7 @@ class Identify:
             wallet, via = creds[0], "proxy_auth"
         key_id = provider = None
         flow_provider = flow.metadata.get(PROVIDER, "openai")
-        token, key_at = find_api_key(flow.request, flow_provider)
+        token = find_api_key(flow.request, flow_provider)
         if token.startswith(VIRTUAL_KEY_PREFIX):
             keys = self.core.keys
             records = await asyncio.to_thread(keys.by_hash) if keys is not None else {}
@@ -276,4 +271,4 @@ class Identify:
                 via = "process"
         if wallet is None:
             wallet, via = DEFAULT_WALLET, "default"
-        flow.metadata[IDENTITY] = Identity(wallet, via, key_id, provider, pid, key_at if key_id else None)
+        flow.metadata[IDENTITY] = Identity(wallet, via, key_id, provider, pid)

@@ -14,8 +14,10 @@ thinking. Google's documentation does not say that ``maxOutputTokens`` bounds th
 ``thoughtsTokenCount`` is reported beside ``candidatesTokenCount``, so pouch reserves the
 thinking on top: ``thinkingConfig.thinkingBudget`` when it is set (0: none), else (absent,
 -1 = dynamic, or a ``thinkingLevel``) the model's max output tokens. Times ``candidateCount``.
-The cap fields are read in camelCase; the snake_case spellings (which Google's JSON parser also
-accepts) are refused so a cap pouch did not read can never apply.
+Google's JSON parser takes every field in camelCase or snake_case (google-genai sends nested
+config dicts as written, e.g. ``thinking_config``), so pouch reads both and refuses a request that
+sets one field in both spellings (it cannot know which one Google would apply); an injected cap
+uses the spelling of the config object around it.
 
 **Input bound.** As for Anthropic (``_bounds``): the UTF-8 bytes of ``contents``,
 ``systemInstruction``, ``tools`` and ``toolConfig``; inline or referenced media, and a
@@ -48,10 +50,7 @@ _MODEL_PATH = re.compile(r"^/(v1|v1beta|v1alpha)/models/([^/:]+):([A-Za-z]+)$")
 BILLED_METHODS = ("generateContent", "streamGenerateContent")
 FREE_METHODS = ("countTokens",)
 #: tool keys of functions the client runs
-CLIENT_TOOL_KEYS = frozenset({"functionDeclarations", "computerUse"})
-#: snake_case spellings pouch refuses (it reads and rewrites the camelCase ones)
-_SNAKE_CAPS = ("generation_config", "max_output_tokens", "candidate_count", "thinking_config", "thinking_budget",
-               "thinking_level", "cached_content", "system_instruction", "tool_config")
+CLIENT_TOOL_KEYS = frozenset({"functionDeclarations", "function_declarations", "computerUse", "computer_use"})
 
 
 def split_path(path: str) -> tuple[str, str] | None:
@@ -88,25 +87,29 @@ def refusal(method: str, path: str) -> str:
             "generateContent and streamGenerateContent are metered; nothing was sent")
 
 
-def _int(cfg: Mapping[str, Any], name: str, minimum: int) -> int | None:
-    value = cfg.get(name)
+def snake(camel: str) -> str:
+    return re.sub(r"([A-Z])", lambda m: "_" + m.group(1).lower(), camel)
+
+
+def field_of(obj: Mapping[str, Any], camel: str) -> tuple[str, Any]:
+    """``(spelling, value)`` of a field set in camelCase or snake_case (``(camel, None)`` when
+    absent); a field set in both spellings is refused."""
+    alt = snake(camel)
+    if alt != camel and camel in obj and alt in obj:
+        raise PlanError(f"pouch: `{camel}` and `{alt}` are the same field and both are set; pouch cannot "
+                        "know which one Google would apply; nothing was sent")
+    if alt in obj and camel not in obj:
+        return alt, obj[alt]
+    return camel, obj.get(camel)
+
+
+def _int(cfg: Mapping[str, Any], camel: str, minimum: int) -> int | None:
+    name, value = field_of(cfg, camel)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise PlanError(f"pouch: `generationConfig.{name}` must be an integer >= {minimum}, not {value!r}")
     return value
-
-
-def _check_spelling(value: Any) -> None:
-    """Refuse snake_case cap fields anywhere pouch reads caps (see the module doc)."""
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            if key in _SNAKE_CAPS:
-                raise PlanError(f"pouch: `{key}`: pouch reads the camelCase spelling of this field "
-                                f"({''.join(w.title() if i else w for i, w in enumerate(key.split('_')))}); "
-                                "nothing was sent")
-            if key in ("generationConfig", "thinkingConfig"):
-                _check_spelling(item)
 
 
 def _tools_ok(tools: Any) -> None:
@@ -137,9 +140,8 @@ def draft(method: str, path: str, body: dict[str, Any], *, table: PriceTable,
     if price.provider != NAME:
         raise PlanError(f"pouch: {model} is not a Gemini model in the price table; nothing was sent",
                         code="pouch_unknown_model")
-    _check_spelling(body)
     _tools_ok(body.get("tools"))
-    cfg = body.get("generationConfig")
+    cfg_name, cfg = field_of(body, "generationConfig")
     if cfg is None:
         cfg = {}
     if not isinstance(cfg, Mapping):
@@ -148,14 +150,14 @@ def draft(method: str, path: str, body: dict[str, Any], *, table: PriceTable,
         raise PlanError("pouch: `contents` must be a list")
     choices = _int(cfg, "candidateCount", 1) or 1
     cap = _int(cfg, "maxOutputTokens", 1)
-    thinking_cfg = cfg.get("thinkingConfig")
+    _, thinking_cfg = field_of(cfg, "thinkingConfig")
     if thinking_cfg is not None and not isinstance(thinking_cfg, Mapping):
         raise PlanError("pouch: `generationConfig.thinkingConfig` must be an object")
     budget = None
-    if isinstance(thinking_cfg, Mapping) and "thinkingBudget" in thinking_cfg:
-        budget = thinking_cfg["thinkingBudget"]
-        if isinstance(budget, bool) or not isinstance(budget, int) or budget < -1:
-            raise PlanError(f"pouch: `thinkingBudget` must be an integer >= -1, not {budget!r}")
+    if isinstance(thinking_cfg, Mapping):
+        name, budget = field_of(thinking_cfg, "thinkingBudget")
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < -1):
+            raise PlanError(f"pouch: `{name}` must be an integer >= -1, not {budget!r}")
     max_out = price.max_output_tokens
     if budget is not None and budget >= 0:
         thinking = budget
@@ -170,11 +172,15 @@ def draft(method: str, path: str, body: dict[str, Any], *, table: PriceTable,
         cap = max_out
 
     media = _bounds.Media()
-    shown = {k: body.get(k) for k in ("contents", "systemInstruction", "tools", "toolConfig") if body.get(k) is not None}
+    shown = {k: v for k, v in ((k, field_of(body, k)[1]) for k in ("contents", "systemInstruction", "tools", "toolConfig"))
+             if v is not None}
     estimate = _bounds.utf8_len(_bounds.strip_media(shown, media)) + media.text_bytes
     hidden = list(media.hidden)
-    if body.get("cachedContent") is not None:
+    if field_of(body, "cachedContent")[1] is not None:
         hidden.append("cached content")
+    # an injected cap goes into the config object the client wrote, in its spelling
+    snake_cfg = cfg_name == "generation_config" or any("_" in k for k in cfg)
+    cap_field = f"{cfg_name}.{'max_output_tokens' if snake_cfg else 'maxOutputTokens'}"
     reserved = estimate
     notes: list[str] = []
     if hidden:
@@ -189,7 +195,7 @@ def draft(method: str, path: str, body: dict[str, Any], *, table: PriceTable,
         api="gemini", path=path.split("?", 1)[0], model=model, price=price,
         stream=method_name == "streamGenerateContent", input_tokens=reserved, reserved_input_tokens=reserved,
         choices=choices, tier=None, client_wants_usage=True, cap=cap,
-        cap_field="generationConfig.maxOutputTokens", notes=notes, input_hidden=tuple(hidden),
+        cap_field=cap_field, notes=notes, input_hidden=tuple(hidden),
         extra_output=thinking,
     )
 

@@ -76,8 +76,9 @@ def test_an_injected_cap_fits_the_budget_next_to_the_thinking():
 
 
 @pytest.mark.parametrize("bad,code", [
-    (body(generation_config={"max_output_tokens": 10}), "pouch_invalid_request"),
-    (body(generationConfig={"max_output_tokens": 10}), "pouch_invalid_request"),
+    (body(generation_config={"max_output_tokens": 10}, generationConfig={}), "pouch_invalid_request"),
+    (body(generationConfig={"max_output_tokens": 10, "maxOutputTokens": 20}), "pouch_invalid_request"),
+    (body(generationConfig={"thinking_config": {"thinking_budget": 1, "thinkingBudget": 2}}), "pouch_invalid_request"),
     (body(generationConfig={"maxOutputTokens": "10"}), "pouch_invalid_request"),
     (body(generationConfig={"thinkingConfig": {"thinkingBudget": -5}}), "pouch_invalid_request"),
     (body(tools=[{"googleSearch": {}}]), "pouch_unbounded"),
@@ -88,6 +89,23 @@ def test_refusals(bad, code):
     with pytest.raises(PlanError) as e:
         gemini.draft("POST", GEN, bad, table=TABLE)
     assert e.value.code == code
+
+
+def test_snake_case_fields_are_read_and_an_injected_cap_uses_their_spelling():
+    """google-genai sends nested config dicts as written (``thinking_config``); Google's parser takes both."""
+    d = gemini.draft("POST", GEN, body(generation_config={"max_output_tokens": 300, "candidate_count": 2,
+                                                          "thinking_config": {"thinking_budget": 100}}), table=TABLE)
+    assert (d.cap, d.choices, d.extra_output) == (300, 2, 100)
+    d = gemini.draft("POST", GEN, body(generationConfig={"thinking_config": {"include_thoughts": True, "thinking_budget": 0}}),
+                     table=TABLE)
+    assert d.extra_output == 0
+    plan = d.finish(D(100))
+    assert plan.rewrites == {"generationConfig.max_output_tokens": d.price.max_output_tokens}
+    plan = gemini.draft("POST", GEN, body(generation_config={}), table=TABLE).finish(D(100))
+    assert list(plan.rewrites) == ["generation_config.max_output_tokens"]
+    with pytest.raises(PlanError) as e:
+        gemini.draft("POST", GEN, body(tools=[{"google_search": {}}]), table=TABLE)
+    assert e.value.code == "pouch_unbounded"
 
 
 def test_unknown_and_foreign_models_are_refused():
