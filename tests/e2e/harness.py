@@ -740,13 +740,13 @@ class Harness:
 
     def run_sdk_batch(self, calls: Sequence[tuple[str, Mapping[str, Any] | None]],
                       env: Mapping[str, str] | None = None, *, timeout: float = 120.0,
-                      script: Path = SDK_CLIENT) -> list[dict]:
+                      script: Path = SDK_CLIENT, parallel: bool = False) -> list[dict]:
         """Several SDK calls, sequentially, in ONE client process (saves ~1 s of ``import openai``
         per call). Each call builds a fresh ``OpenAI()`` client. Returns one result per call.
-        ``script`` as in ``run_sdk``."""
+        ``script`` as in ``run_sdk``; ``parallel`` (Anthropic and Gemini clients): all at once."""
         env = dict(env) if env is not None else self.client_env()
         spec = [{"mode": m, "args": dict(a or {})} for m, a in calls]
-        cmd = [str(self.client_python), str(script), "batch", "--json-args", json.dumps(spec)]
+        cmd = [str(self.client_python), str(script), "parallel" if parallel else "batch", "--json-args", json.dumps(spec)]
         rec: dict[str, Any] = {"kind": "sdk-batch", "calls": spec, "cmd": cmd[:3]}
         self.client_runs.append(rec)
         p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
@@ -890,6 +890,16 @@ class Harness:
                    timeout: float = 120.0, cwd: Path | None = None) -> AgentResult:
         """``gemini -p PROMPT [args]`` (Gemini CLI, ``GEMINI_API_KEY`` auth) with ``agent_env()``."""
         return self._run_agent("gemini", "gemini", ["-p", prompt, *args], env, timeout, cwd)
+
+    def run_cli(self, home: str | Path, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+        """``pouch --home HOME ARGS`` with pouch's own python; ``check``: fail on a non-zero exit."""
+        cmd = [sys.executable, "-m", "pouch_addon.cli", *args, "--home", str(home)]
+        r = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=60,
+                           env={**_proxy_env(), "POUCH_VAULT_PASSPHRASE": ""})
+        self.client_runs.append({"kind": "cli", "cmd": cmd, "stdout": r.stdout, "stderr": r.stderr, "rc": r.returncode})
+        if check and r.returncode != 0:
+            raise HarnessError(f"pouch {' '.join(args)} failed ({r.returncode}): {r.stderr[-2000:]}")
+        return r
 
     # ---- teardown / diagnostics
     def stop(self) -> None:

@@ -13,7 +13,8 @@ Usage::
 ``--json-args`` are keyword arguments of the SDK method (defaults: ``model``
 ``claude-sonnet-4-5``, ``max_tokens`` 64 (thinking modes: 2048), one user message ``say
 hello``). Keys the client itself consumes: ``client`` (Anthropic() kwargs), ``sleep_after``.
-``batch`` runs ``[{"mode", "args"}, ...]`` in one process, one JSON line per call.
+``batch`` runs ``[{"mode", "args"}, ...]`` in one process, one JSON line per call; ``parallel``
+runs them at once (a thread each).
 
 Modes:
 - ``create``: ``messages.create``; ``stream``: ``messages.create(stream=True)`` (raw events);
@@ -214,6 +215,13 @@ def main(argv: list[str] | None = None) -> int:
     if ns.mode == "batch":
         for call in args:
             print(json.dumps(run_one(call["mode"], call.get("n"), call.get("args") or {}), default=repr), flush=True)
+        return 0
+    if ns.mode == "parallel":  # the batch's calls at once, one thread each (results in call order)
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(max_workers=len(args) or 1) as pool:
+            futures = [pool.submit(run_one, c["mode"], c.get("n"), c.get("args") or {}) for c in args]
+            for fut in futures:
+                print(json.dumps(fut.result(), default=repr), flush=True)
         return 0
     print(json.dumps(run_one(ns.mode, ns.n, args), default=repr), flush=True)
     return 0

@@ -173,6 +173,13 @@ def main(argv: list[str] | None = None) -> int:
         for call in args:
             print(json.dumps(run_one(call["mode"], call.get("n"), call.get("args") or {}), default=repr), flush=True)
         return 0
+    if ns.mode == "parallel":  # the batch's calls at once, one thread each (results in call order)
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(max_workers=len(args) or 1) as pool:
+            futures = [pool.submit(run_one, c["mode"], c.get("n"), c.get("args") or {}) for c in args]
+            for fut in futures:
+                print(json.dumps(fut.result(), default=repr), flush=True)
+        return 0
     print(json.dumps(run_one(ns.mode, ns.n, args), default=repr), flush=True)
     return 0
 
