@@ -272,3 +272,23 @@ def test_curl_gemini_json_array_stream_is_metered(e2e, gemini_fake, tmp_path):
     [entry] = settled(home)
     assert D(entry["cost"]) == gemini_cost("gemini-2.5-pro", gemini_fake.responses()[-1]["usage"])
     assert entry["status"] == "ok"
+
+
+def test_anthropic_virtual_key_in_x_api_key_is_swapped_and_the_wallet_charged(e2e, anthropic_fake, tmp_path):
+    home = tmp_path / "home"
+    Ledger(home).set_budget(D(5))
+    e2e.run_cli(home, "wallet", "add", "claude-app", "--budget", "1", "--rpm", "1")
+    e2e.run_cli(home, "key", "add", "anthropic", "--no-passphrase", stdin="sk-ant-real-0123456789abcdef\n")
+    vkey = e2e.run_cli(home, "key", "issue", "--wallet", "claude-app", "--provider", "anthropic").stdout.strip()
+    proxy = e2e.start_proxy(home, {})
+    env = e2e.client_env(proxy, anthropic_key=vkey)
+    r = e2e.run_anthropic("create", {"client": {"max_retries": 0}, "extra_headers": {"x-api-key": vkey}}, env)
+    assert r["ok"], r["error"]
+    req = anthropic_fake.requests("/v1/messages")[-1]
+    assert req["api_key"] == "sk-ant-real-0123456789abcdef" and "pk-pouch-" not in json.dumps(req["keys"])
+    [entry] = settled(home)
+    assert entry["wallet"] == "claude-app" and entry["via"] == "key"
+    # the wallet's rpm applies unchanged
+    r = e2e.run_anthropic("create", {"client": {"max_retries": 0}}, env)
+    assert r["error"]["status_code"] == 429 and r["error"]["body"]["error"]["type"] == "rate_limit_error"
+    assert len(anthropic_fake.requests("/v1/messages")) == 1
