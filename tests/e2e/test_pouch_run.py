@@ -97,23 +97,26 @@ def settled(home: Path, n: int) -> list[dict]:
                       f"{n} settled calls")
 
 
+NODE_MODES = ("sdk", "fetch", "https", "https_agent")
+
+
 def test_node_sdk_fetch_and_https_under_pouch_run_are_budgeted(e2e, fake, tmp_path, node_modules):
     home = tmp_path / "home"
     proxy = started(e2e, home, D(1))
     env = app_env(e2e, proxy, home, node_modules)
-    for i, mode in enumerate(("sdk", "fetch", "https"), start=1):
+    for i, mode in enumerate(NODE_MODES, start=1):
         r = result(pouch_run(env, proxy, *node(mode)))
         assert r["ok"] and r["status"] == 200, r
         assert len(fake.requests("/v1/chat/completions")) == i  # the fake saw it, through pouch
         entry = settled(home, i)[0]
         assert (entry["model"], D(entry["cost"])) == ("gpt-4o-mini", CHAT_COST)
-    assert Ledger(home).status().spent == 3 * CHAT_COST
+    assert Ledger(home).status().spent == len(NODE_MODES) * CHAT_COST
     Ledger(home).set_budget(D(0))
-    for mode in ("sdk", "fetch", "https"):
+    for mode in NODE_MODES:
         r = result(pouch_run(env, proxy, *node(mode)))
         assert r["status"] == 402 and not r["ok"], r
         assert "budget" in json.dumps(r["error"])
-    assert len(fake.requests("/v1/chat/completions")) == 3  # nothing more reached the provider
+    assert len(fake.requests("/v1/chat/completions")) == len(NODE_MODES)  # nothing more reached the provider
 
 
 def test_node_fetch_after_eval_pouch_env_is_budgeted(e2e, fake, tmp_path, node_modules):

@@ -2,7 +2,8 @@
 //
 // Usage: node node_app.mjs MODE '{"headers": {...}, "body": {...}}'
 // Modes: sdk (the official `openai` npm package, chat.completions.create, maxRetries 0),
-//        fetch (Node's built-in fetch), https (node:https with its global agent).
+//        fetch (Node's built-in fetch), https (node:https with its global agent),
+//        https_agent (node:https with an agent of the app's own, keep-alive).
 // The `openai` package is loaded from $POUCH_TEST_NODE_MODULES (where the test installed it).
 // Configured purely by the environment (HTTPS_PROXY, NODE_OPTIONS, NODE_EXTRA_CA_CERTS,
 // OPENAI_API_KEY), as `pouch run` / `pouch env` leave it. Exit code 0 even on errors.
@@ -17,9 +18,9 @@ const body = { model: 'gpt-4o-mini', max_tokens: 5, messages: [{ role: 'user', c
 const auth = { authorization: `Bearer ${process.env.OPENAI_API_KEY}`, 'content-type': 'application/json' };
 const out = { mode, ok: false, status: null, content: null, error: null };
 
-function httpsPost() {
+function httpsPost(agent) {
   return new Promise((resolve, reject) => {
-    const req = https.request(URL_, { method: 'POST', headers: { ...auth, ...headers } }, (res) => {
+    const req = https.request(URL_, { method: 'POST', headers: { ...auth, ...headers }, agent }, (res) => {
       let data = '';
       res.setEncoding('utf8');
       res.on('data', (c) => { data += c; });
@@ -42,8 +43,10 @@ try {
     const j = await r.json();
     Object.assign(out, { ok: r.ok, status: r.status, content: r.ok ? j.choices[0].message.content : null,
                          error: r.ok ? null : j.error });
-  } else if (mode === 'https') {
-    const r = await httpsPost();
+  } else if (mode === 'https' || mode === 'https_agent') {
+    const agent = mode === 'https_agent' ? new https.Agent({ keepAlive: true }) : undefined;
+    const r = await httpsPost(agent);
+    agent?.destroy();
     const ok = r.status === 200;
     Object.assign(out, { ok, status: r.status, content: ok ? r.body.choices[0].message.content : null,
                          error: ok ? null : r.body.error });
