@@ -148,3 +148,27 @@ def test_a_new_secret_replaces_the_kept_one_and_no_secret_or_rm_forgets_it(tmp_p
     pouch(env, "wallet", "set", "app", "--secret")
     assert pouch(env, "wallet", "rm", "app").returncode == 0
     assert "app" not in (tmp_path / "wallet-secrets.json").read_text()
+
+
+def test_node_options_quote_paths_with_spaces_and_drop_any_older_pouch_preload():
+    from pouch_addon.runtime import node_options
+
+    got = node_options('--require /old/site/pouch_addon/node/preload.cjs --inspect "--title=a b"',
+                       Path("/opt/my apps/pouch_addon/node/preload.cjs"))
+    assert got == '--require "/opt/my apps/pouch_addon/node/preload.cjs" --inspect "--title=a b"'
+    assert node_options(None, Path("/p/node/preload.cjs")) == "--require /p/node/preload.cjs"
+
+
+def test_proxy_url_quotes_the_wallet_credentials():
+    from pouch_addon.runtime import proxy_url
+
+    assert proxy_url("127.0.0.1:8080") == "http://127.0.0.1:8080"
+    assert proxy_url("127.0.0.1:8080", "a@b", "x/y:z") == "http://a%40b:x%2Fy%3Az@127.0.0.1:8080"
+    assert proxy_url("127.0.0.1:8080", "app", None) == "http://app:-@127.0.0.1:8080"
+
+
+def test_bundle_text_is_the_system_pem_then_pouchs_ca():
+    from pouch_addon.runtime import bundle_text
+
+    assert bundle_text("A\n\n", "B\n") == "A\nB\n" == bundle_text("A", "B")
+    assert bundle_text(None, "B") == bundle_text("  \n", "B") == "B\n"
