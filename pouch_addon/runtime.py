@@ -30,7 +30,7 @@ DEFAULT_LISTEN = "127.0.0.1:8080"
 CA_NAME = "mitmproxy-ca-cert.pem"
 BUNDLE_NAME = "ca-bundle.pem"
 NODE_PRELOAD = Path(__file__).resolve().parent / "node" / "preload.cjs"
-PRELOAD_TAIL = ("node", "preload.cjs")  # how a pouch preload path ends, whatever the install
+PRELOAD_TAIL = ("pouch_addon", "node", "preload.cjs")  # how a pouch preload path ends, whatever the install
 # Where distributions keep their CA bundle. Not ssl's ``cafile``: that follows $SSL_CERT_FILE,
 # which after `eval "$(pouch env)"` is pouch's own bundle.
 SYSTEM_CA_FILES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt",
@@ -146,10 +146,10 @@ def node_options(existing: str | None, preload: Path = NODE_PRELOAD) -> str:
         if skip:
             skip = False
             continue
-        if tok in ("--require", "-r") and i + 1 < len(tokens) and Path(tokens[i + 1]).parts[-2:] == PRELOAD_TAIL:
+        if tok in ("--require", "-r") and i + 1 < len(tokens) and Path(tokens[i + 1]).parts[-3:] == PRELOAD_TAIL:
             skip = True
             continue
-        if tok.startswith("--require=") and Path(tok.split("=", 1)[1]).parts[-2:] == PRELOAD_TAIL:
+        if tok.startswith("--require=") and Path(tok.split("=", 1)[1]).parts[-3:] == PRELOAD_TAIL:
             continue
         kept.append(tok)
     return " ".join(["--require", _node_quote(str(preload)), *map(_node_quote, kept)])

@@ -157,6 +157,9 @@ def test_node_options_quote_paths_with_spaces_and_drop_any_older_pouch_preload()
                        Path("/opt/my apps/pouch_addon/node/preload.cjs"))
     assert got == '--require "/opt/my apps/pouch_addon/node/preload.cjs" --inspect "--title=a b"'
     assert node_options(None, Path("/p/node/preload.cjs")) == "--require /p/node/preload.cjs"
+    # a preload of the user's own that merely has the same file name stays
+    assert node_options("-r /app/node/preload.cjs", Path("/p/pouch_addon/node/preload.cjs")) == \
+        "--require /p/pouch_addon/node/preload.cjs -r /app/node/preload.cjs"
 
 
 def test_proxy_url_quotes_the_wallet_credentials():
