@@ -96,9 +96,8 @@ def bundle_text(system_pem: str | None, ca_pem: str) -> str:
 def write_atomically(path: Path, content: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
+        with os.fdopen(fd, "w") as f:  # 0600, like everything in the pouch home
             f.write(content)
-        os.chmod(tmp, 0o644)  # CAs are public; apps run by other users may need to read it
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
