@@ -142,6 +142,7 @@ def test_eval_pouch_env_wallet_charges_the_wallet_and_enforces_its_limits(e2e, f
         assert r.returncode == 0, r.stderr
     sdk = [str(e2e.client_python), str(REPO / "tests" / "e2e" / "clients" / "sdk_client.py")]
     call = {"mode": "chat", "args": {"max_tokens": 5, "extra_headers": FAKE, "client": {"max_retries": 0}}}
+    env["https_proxy"] = proxy.url  # left by an earlier plain `eval "$(pouch env)"`: the wallet's must win
     r = after_eval(env, proxy, *sdk, "batch", "--json-args", json.dumps([call, call]), wallet="app")
     first, second = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
     assert first["ok"], first
