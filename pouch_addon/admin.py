@@ -7,8 +7,9 @@ appear there, as everywhere, only as fingerprints.
 Secrets: a provider key is read with ``getpass`` (or the first line of stdin when it is not a
 terminal) and stored encrypted in ``vault.json``; the vault passphrase comes from
 ``$POUCH_VAULT_PASSPHRASE`` or a prompt. ``--no-passphrase`` (first ``key add`` only) keeps a
-random key in ``vault.key`` (0600) instead. Virtual keys and wallet proxy secrets are printed
-once and stored only as SHA-256 hashes.
+random key in ``vault.key`` (0600) instead. Virtual keys are printed once and stored only as
+SHA-256 hashes; a wallet's proxy secret is printed once, hashed in the ledger, and kept for
+``pouch run --wallet`` in ``wallet-secrets.json`` (0600; see ``wallet_secrets.py``).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from .ledger_audit import has_history
 from .money import MoneyError, format_usd, parse_usd
 from .periods import parse_period
 from .vault import Vault, VaultError, hash_virtual_key
+from . import wallet_secrets
 
 PASSPHRASE_ENV = "POUCH_VAULT_PASSPHRASE"
 VAULT_FILE = "vault.json"
@@ -140,6 +142,7 @@ def cmd_wallet(args: argparse.Namespace) -> None:
             ledger.remove_wallet(args.name)
         except KeyError as exc:
             raise AdminError(str(exc).strip("'\"")) from None
+        _forget_secret(home, args.name)
         audit(home, "wallet.rm", {"wallet": args.name})
         print(f"removed wallet {args.name} (its history is kept)")
         return
@@ -177,11 +180,32 @@ def cmd_wallet(args: argparse.Namespace) -> None:
     details = {k: v for k, v in fields.items() if k != "secret_hash"}
     if "secret_hash" in fields:
         details["requires_secret"] = bool(fields["secret_hash"])
+    kept = _keep_secret(home, args.name, secret) if "secret_hash" in fields else True
     audit(home, f"wallet.{args.action}", {"wallet": args.name, **details, "budget": ws.budget})
     print_wallets([ws])
     if secret is not None:
         print(f"proxy secret for {args.name} (shown once): {secret}")
-        print(f"  HTTPS_PROXY=http://{args.name}:{secret}@127.0.0.1:8080")
+        if kept:
+            print(f"  kept in {home / wallet_secrets.SECRETS_FILE} (0600) for "
+                  f"`pouch run --wallet {args.name} -- CMD` and `eval \"$(pouch env --wallet {args.name})\"`")
+
+
+def _keep_secret(home: Path, name: str, secret: str | None) -> bool:
+    """Keep the wallet's new secret for `pouch run --wallet` (or forget its old one); a failure is
+    reported and the change stands (the secret is still printed, so it is not lost)."""
+    try:
+        if secret is None:
+            wallet_secrets.forget(home, name)
+        else:
+            wallet_secrets.keep(home, name, secret)
+    except (wallet_secrets.SecretsError, OSError) as exc:
+        print(f"pouch: warning: the wallet was changed, but its secret could not be kept: {exc}", file=sys.stderr)
+        return False
+    return True
+
+
+def _forget_secret(home: Path, name: str) -> None:
+    _keep_secret(home, name, None)
 
 
 # -- keys -------------------------------------------------------------------------------------------

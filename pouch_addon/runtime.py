@@ -2,7 +2,11 @@
 
 Trusting mitmproxy's CA is the step every user trips on, so ``pouch env`` writes one CA bundle
 (the system CAs + pouch's mitmproxy CA, created on first use) and prints the variables each
-runtime reads; ``pouch run -- CMD`` runs a command with them.
+runtime reads; ``pouch run -- CMD`` runs a command with them. Both set the proxy in upper and
+lower case (clients differ in which they read first), and for Node, which ignores the proxy
+variables before 22.21/24.5, ``NODE_USE_ENV_PROXY=1`` plus a preload (``node/preload.cjs``) that
+tunnels fetch and ``https`` through the proxy. ``--wallet APP`` puts the wallet's name and kept
+secret in the proxy URL, or fails before anything runs.
 """
 
 from __future__ import annotations
@@ -13,14 +17,28 @@ import shlex
 import shutil
 import ssl
 import sys
+import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from .home import resolve_home
 from .where import SCRIPT
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
 CA_NAME = "mitmproxy-ca-cert.pem"
+BUNDLE_NAME = "ca-bundle.pem"
+NODE_PRELOAD = Path(__file__).resolve().parent / "node" / "preload.cjs"
+PRELOAD_TAIL = ("pouch_addon", "node", "preload.cjs")  # how a pouch preload path ends, whatever the install
+# Where distributions keep their CA bundle. Not ssl's ``cafile``: that follows $SSL_CERT_FILE,
+# which after `eval "$(pouch env)"` is pouch's own bundle.
+SYSTEM_CA_FILES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt",
+                   "/etc/ssl/ca-bundle.pem", "/etc/ssl/cert.pem", "/usr/local/etc/openssl/cert.pem")
+
+
+class RunError(Exception):
+    """``pouch env`` / ``pouch run`` cannot set up what was asked: nothing is printed or run."""
 
 
 def confdir(home: Path) -> Path:
@@ -54,40 +72,131 @@ def ensure_ca(home: Path) -> Path:
     return ca
 
 
-def system_ca_file() -> Path | None:
-    paths = ssl.get_default_verify_paths()
-    for candidate in (paths.cafile, paths.openssl_cafile, "/etc/ssl/certs/ca-certificates.crt", "/etc/ssl/cert.pem"):
-        if candidate and Path(candidate).is_file():
-            return Path(candidate)
+def system_ca_file(home: Path | None = None) -> Path | None:
+    """The system's CA bundle: OpenSSL's compiled-in file, else a known distribution path;
+    never a file in the pouch home (so the bundle is never built from itself)."""
+    candidates = (ssl.get_default_verify_paths().openssl_cafile, *SYSTEM_CA_FILES)
+    for candidate in candidates:
+        if not candidate or not Path(candidate).is_file():
+            continue
+        real = Path(candidate).resolve()
+        if home is not None and real.parent == home.resolve():
+            continue
+        return real
     return None
 
 
+def bundle_text(system_pem: str | None, ca_pem: str) -> str:
+    """The bundle's content: the system CAs, then pouch's CA; the same inputs give the same bytes."""
+    parts = [system_pem] if system_pem and system_pem.strip() else []
+    parts.append(ca_pem)
+    return "\n".join(p.strip("\n") for p in parts) + "\n"
+
+
+def write_atomically(path: Path, content: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:  # 0600, like everything in the pouch home
+            f.write(content)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def ca_bundle(home: Path) -> Path:
-    """System CAs + pouch's CA in one file, for runtimes that take a single bundle."""
+    """System CAs + pouch's CA in one file, for runtimes that take a single bundle. Rebuilt from
+    those two sources only, so running it again (even with $SSL_CERT_FILE at the bundle) gives
+    the same file."""
     ca = ensure_ca(home)
-    bundle = home / "ca-bundle.pem"
-    system = system_ca_file()
-    parts = [system.read_text()] if system else []
-    parts.append(ca.read_text())
-    content = "\n".join(p.rstrip("\n") for p in parts) + "\n"
+    bundle = home / BUNDLE_NAME
+    system = system_ca_file(home)
+    content = bundle_text(system.read_text() if system else None, ca.read_text())
     if not bundle.exists() or bundle.read_text() != content:
-        tmp = bundle.with_suffix(".tmp")
-        tmp.write_text(content)
-        os.replace(tmp, bundle)
+        write_atomically(bundle, content)
     return bundle
 
 
-def proxy_env(home: Path, listen: str) -> dict[str, str]:
+def proxy_url(listen: str, wallet: str | None = None, secret: str | None = None) -> str:
+    """The proxy URL; with a wallet, its name and secret (``-`` for a wallet without one) as
+    proxy credentials, which is how the proxy charges the wallet."""
+    if wallet is None:
+        return f"http://{listen}"
+    return f"http://{quote(wallet, safe='')}:{quote(secret or '-', safe='')}@{listen}"
+
+
+def _node_quote(token: str) -> str:
+    """One NODE_OPTIONS token (Node splits on spaces and honours double quotes and backslashes)."""
+    if token and not any(c in token for c in ' \t"\\'):
+        return token
+    return '"' + token.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def node_options(existing: str | None, preload: Path = NODE_PRELOAD) -> str:
+    """``--require <pouch's preload>`` first, then the user's own options, without any pouch
+    preload already there (so a repeated `eval "$(pouch env)"` does not stack them)."""
+    try:
+        tokens = shlex.split(existing or "")
+    except ValueError:
+        tokens = (existing or "").split()
+    kept: list[str] = []
+    skip = False
+    for i, tok in enumerate(tokens):
+        if skip:
+            skip = False
+            continue
+        if tok in ("--require", "-r") and i + 1 < len(tokens) and Path(tokens[i + 1]).parts[-3:] == PRELOAD_TAIL:
+            skip = True
+            continue
+        if tok.startswith("--require=") and Path(tok.split("=", 1)[1]).parts[-3:] == PRELOAD_TAIL:
+            continue
+        kept.append(tok)
+    return " ".join(["--require", _node_quote(str(preload)), *map(_node_quote, kept)])
+
+
+def wallet_credentials(home: Path, wallet: str) -> str | None:
+    """The secret to name ``wallet`` with (None: the wallet has none), or RunError saying why
+    it cannot be used: no such wallet, or one whose secret this home does not hold."""
+    from .budget import Ledger
+    from .vault import hash_virtual_key
+    from . import wallet_secrets
+
+    w = Ledger(home).snapshot().wallets.get(wallet)
+    if w is None:
+        raise RunError(f"no wallet {wallet!r} in {home} (see `pouch wallet list`; create it with "
+                       f"`pouch wallet add {wallet} --budget USD`)")
+    if w.secret_hash is None:
+        return None
+    try:
+        secret = wallet_secrets.load(home).get(wallet)
+    except wallet_secrets.SecretsError as exc:
+        raise RunError(str(exc)) from None
+    if secret is None or hash_virtual_key(secret) != w.secret_hash:
+        raise RunError(f"wallet {wallet!r} requires a proxy secret and {home / wallet_secrets.SECRETS_FILE} "
+                       f"does not hold {'it' if secret is None else 'the current one'}; issue a new one with "
+                       f"`pouch wallet set {wallet} --secret`")
+    return secret
+
+
+def proxy_env(home: Path, listen: str, *, wallet: str | None = None,
+              environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The variables `pouch env` prints and `pouch run` sets, given the current environment."""
+    environ = os.environ if environ is None else environ
+    secret = wallet_credentials(home, wallet) if wallet is not None else None
+    url = proxy_url(listen, wallet, secret)
     bundle = str(ca_bundle(home))
-    url = f"http://{listen}"
-    return {
-        "HTTPS_PROXY": url,
-        "https_proxy": url,
+    env = {"HTTPS_PROXY": url, "https_proxy": url}
+    if "HTTP_PROXY" in environ or "http_proxy" in environ:  # else plain http is not pouch's business
+        env["HTTP_PROXY"] = env["http_proxy"] = url
+    env.update({
         "SSL_CERT_FILE": bundle,
         "REQUESTS_CA_BUNDLE": bundle,
         "CURL_CA_BUNDLE": bundle,
         "NODE_EXTRA_CA_CERTS": str(ensure_ca(home)),
-    }
+        "NODE_USE_ENV_PROXY": "1",
+        "NODE_OPTIONS": node_options(environ.get("NODE_OPTIONS")),
+    })
+    return env
 
 
 def cmd_proxy(args: argparse.Namespace) -> None:
@@ -98,8 +207,15 @@ def cmd_proxy(args: argparse.Namespace) -> None:
     os.execv(argv[0], argv)
 
 
+def _env_for(args: argparse.Namespace) -> dict[str, str]:
+    try:
+        return proxy_env(resolve_home(args.home), args.listen, wallet=args.wallet)
+    except RunError as exc:
+        raise SystemExit(f"pouch {args.command}: {exc}") from None
+
+
 def cmd_env(args: argparse.Namespace) -> None:
-    env = proxy_env(resolve_home(args.home), args.listen)
+    env = _env_for(args)
     for key, value in env.items():
         if args.shell == "fish":
             print(f"set -gx {key} {shlex.quote(value)};")
@@ -111,7 +227,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     command = [a for a in args.command_args if a != "--"] if args.command_args[:1] == ["--"] else args.command_args
     if not command:
         raise SystemExit("pouch run: give a command, e.g. `pouch run -- python agent.py`")
-    env = {**os.environ, **proxy_env(resolve_home(args.home), args.listen)}
+    env = {**os.environ, **_env_for(args)}
     try:
         os.execvpe(command[0], command, env)
     except FileNotFoundError:
@@ -137,10 +253,14 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("env", parents=[common], help="print shell lines that route apps through pouch")
     p.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT", help="the proxy's address")
     p.add_argument("--shell", choices=["sh", "fish"], default="sh")
+    p.add_argument("--wallet", metavar="APP", help="charge the app's calls to this wallet (its name and kept "
+                                                   "secret go in the proxy URL); fails if it cannot")
     p.set_defaults(func=cmd_env)
 
     p = sub.add_parser("run", parents=[common], help="run a command with its LLM traffic through pouch")
     p.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT", help="the proxy's address")
+    p.add_argument("--wallet", metavar="APP", help="charge the command's calls to this wallet; if it does not "
+                                                   "exist or its secret is not kept here, nothing is run")
     p.add_argument("command_args", nargs=argparse.REMAINDER, metavar="-- CMD ...")
     p.set_defaults(func=cmd_run)
 
