@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import time
 import zlib
 from decimal import Decimal as D
@@ -52,6 +53,10 @@ def no_traceback(proxy) -> None:
     assert "Traceback" not in out and "mitmproxy has crashed" not in out, out[-3000:]
 
 
+def not_sent(message: str) -> bool:
+    return re.search(r"(not|nothing was) sent", message.lower()) is not None
+
+
 def reached(fake, path: str) -> list[dict]:
     return [r for r in fake.requests() if r["path"].split("?", 1)[0].rstrip("/") == path]
 
@@ -62,8 +67,8 @@ def reached(fake, path: str) -> list[dict]:
     WS_HEADERS,
     [("UPGRADE", "WebSocket"), ("connection", "keep-alive, upgrade"), ("Sec-WebSocket-Key", "x3JJHMbDL1EzLkh9GBhXDw=="),
      ("Sec-WebSocket-Version", "13")],
-    [("Upgrade", "h2c"), ("Connection", "Upgrade, HTTP2-Settings"), ("HTTP2-Settings", "AAMAAABkAAQAoAAAAAIAAAAA")],
-], ids=["realtime", "odd-case", "h2c"])
+    [("Upgrade", "websocket"), ("Sec-WebSocket-Key", "x3JJHMbDL1EzLkh9GBhXDw=="), ("Sec-WebSocket-Version", "13")],
+], ids=["realtime", "odd-case", "no-connection-header"])
 def test_a_websocket_upgrade_to_the_llm_host_is_refused_and_never_carries_the_real_key(e2e, fake, tmp_path, headers):
     home, proxy, vkey = paused_proxy(e2e, tmp_path, vault=True)
     # the control: a free read with the virtual key does reach the provider, with the real key
@@ -74,7 +79,7 @@ def test_a_websocket_upgrade_to_the_llm_host_is_refused_and_never_carries_the_re
     r = send(proxy, http_request("GET", "/v1/realtime?model=gpt-4o-realtime-preview",
                                  headers=[*headers, ("Authorization", f"Bearer {vkey}")]))
     assert r.status == 403 and r.code == "pouch_unmetered_upgrade", (r.status, r.body)
-    assert "upgrade" in r.message.lower() and "not sent" in r.message
+    assert "upgrade" in r.message.lower() and not_sent(r.message)
     assert reached(fake, "/v1/realtime") == [] and fake.entries("ws_upgraded") == []
     assert REAL_KEY not in json.dumps(fake.requests()[1:])  # only the control carried it
     no_traceback(proxy)
@@ -99,16 +104,16 @@ def test_a_plain_curl_websocket_upgrade_is_refused(e2e, fake, tmp_path):
      {"input": "x"}, "pouch_method_override"),
     ("GET", "/v1/chat/completions?_method=POST", [], None, "pouch_method_override"),
     ("TRACE", "/v1/models", [], None, "pouch_method_not_allowed"),
-    ("post", "/v1/chat/completions", [("Content-Type", "application/json")], CHAT, "pouch_method_not_allowed"),
+    ("PROPFIND", "/v1/models", [], None, "pouch_method_not_allowed"),
 ], ids=["get-body", "delete-body", "put-billed", "override-get", "override-free-post", "override-query", "trace",
-        "lower-case-post"])
+        "propfind"])
 def test_only_requests_known_to_be_free_pass_unpriced(e2e, fake, tmp_path, method, path, headers, body, code):
     # pouch_unknown_endpoints=pass forwards what pouch cannot price: these are refused even so
     home, proxy, _ = paused_proxy(e2e, tmp_path, {"pouch_unknown_endpoints": "pass"})
     data = json.dumps(body).encode() if body is not None else None
     r = send(proxy, http_request(method, path, headers=headers, body=data))
     assert r.status in (400, 403, 405) and r.code == code, (r.status, r.body)
-    assert "not sent" in r.message
+    assert not_sent(r.message)
     assert fake.requests() == []
     no_traceback(proxy)
 
@@ -138,7 +143,7 @@ def test_a_host_that_disagrees_with_the_tunnel_is_refused_421(e2e, fake, tmp_pat
     r = send(proxy, http_request("POST", target, host=host, headers=[("Content-Type", "application/json")],
                                  body=json.dumps(CHAT).encode()))
     assert r.status == 421 and r.code == "pouch_misdirected_request", (r.status, r.body)
-    assert "api.openai.com" in r.message and "not sent" in r.message
+    assert "api.openai.com" in r.message and not_sent(r.message)
     assert fake.requests() == []
     no_traceback(proxy)
 
@@ -168,7 +173,7 @@ def test_duplicate_json_keys_are_refused(e2e, fake, tmp_path, raw, key):
     r = send(proxy, http_request("POST", "/v1/chat/completions", headers=[("Content-Type", "application/json")],
                                  body=raw))
     assert r.status == 400 and r.code == "pouch_duplicate_key", (r.status, r.body)
-    assert f"`{key}`" in r.message and "not sent" in r.message
+    assert f"`{key}`" in r.message and not_sent(r.message)
     assert fake.requests() == []
     no_traceback(proxy)
 
@@ -217,7 +222,7 @@ def test_an_undecodable_request_body_is_a_clear_4xx(e2e, fake, tmp_path, encodin
     r = send(proxy, http_request("POST", "/v1/chat/completions", body=body,
                                  headers=[("Content-Type", "application/json"), ("Content-Encoding", encoding)]))
     assert r.status == status and r.code == code, (r.status, r.body)
-    assert "not sent" in r.message
+    assert not_sent(r.message)
     assert fake.requests() == []
     no_traceback(proxy)
 
