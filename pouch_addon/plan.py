@@ -505,7 +505,7 @@ def draft_plan(
     try:
         price = table.resolve_bound(model)
     except UnknownModel as exc:
-        raise PlanError(str(exc).strip("\"'"), code="pouch_unknown_model") from None
+        raise PlanError(f"pouch: {str(exc).strip(chr(34) + chr(39))}; nothing was sent", code="pouch_unknown_model") from None
     try:
         tier = normalise_tier(body.get("service_tier"))
     except ValueError as exc:

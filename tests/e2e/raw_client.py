@@ -99,6 +99,8 @@ def raw_request(proxy_port: int, ca: str, data: bytes, *, connect: str = "api.op
         f = tls.makefile("rb")
         try:
             status, headers = _read_head(f)
+            while status is not None and 100 <= status < 200 and status != 101:  # 100 Continue and kin
+                status, headers = _read_head(f)
             body = _read_body(f, headers, status, head_only)
         except (OSError, ValueError) as exc:
             return RawResponse(None, connect_status=cstatus, error=repr(exc))
