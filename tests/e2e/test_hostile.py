@@ -17,7 +17,6 @@ must hold no ``Traceback``.
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import zlib
 from dataclasses import dataclass

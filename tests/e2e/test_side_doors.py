@@ -13,7 +13,6 @@ import re
 import time
 import zlib
 from decimal import Decimal as D
-from pathlib import Path
 
 import pytest
 
