@@ -120,10 +120,14 @@ class Scope:
         dest = self.destination(flow)
         default_port = 443 if req.scheme == "https" else 80
         claims = [c for c in (req.host_header, req.authority) if c]
-        ours = dest[0] in self.hosts or any((split_authority(c, default_port) or ("",))[0] in self.hosts for c in claims)
+        sni = (flow.client_conn.sni or "").lower().rstrip(".")
+        ours = (dest[0] in self.hosts or sni in self.hosts
+                or any((split_authority(c, default_port) or ("",))[0] in self.hosts for c in claims))
         if not ours:
             return
         wrong = misdirected(dest, claims, default_port)
+        if wrong is None and sni and sni != dest[0]:  # e.g. CONNECT to an LLM host's IP with its name as SNI
+            wrong = f"{sni} (TLS SNI)"
         if wrong is not None or dest[0] not in self.hosts:
             reply(flow, 421, f"pouch: this connection goes to {describe(dest)} but the request names {wrong!r}; "
                   f"pouch budgets a request by where it is really sent, so a Host that disagrees with it is "

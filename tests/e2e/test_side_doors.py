@@ -147,6 +147,20 @@ def test_a_host_that_disagrees_with_the_tunnel_is_refused_421(e2e, fake, tmp_pat
     no_traceback(proxy)
 
 
+@pytest.mark.parametrize("connect,sni,host", [
+    ("127.0.0.1:{fake}", "api.openai.com", "127.0.0.1:{fake}"),
+    ("other.test:443", "api.openai.com", "other.test"),
+], ids=["ip-with-llm-sni", "other-host-with-llm-sni"])
+def test_a_tls_name_that_disagrees_with_the_tunnel_is_refused_421(e2e, fake, tmp_path, connect, sni, host):
+    home, proxy, _ = paused_proxy(e2e, tmp_path)
+    r = send(proxy, http_request("POST", "/v1/chat/completions", host=host.format(fake=fake.port),
+                                 headers=[("Content-Type", "application/json")],
+                                 body=json.dumps(CHAT).encode()), connect=connect.format(fake=fake.port), sni=sni)
+    assert r.status == 421 and r.code == "pouch_misdirected_request", (r.status, r.connect_status, r.error, r.body)
+    assert fake.requests() == []
+    no_traceback(proxy)
+
+
 def test_a_connect_to_the_host_with_a_trailing_dot_is_still_decrypted_and_gated(e2e, fake, tmp_path):
     home, proxy, _ = paused_proxy(e2e, tmp_path)
     r = send(proxy, http_request("POST", "/v1/chat/completions", host="api.openai.com.",
