@@ -19,25 +19,17 @@ from __future__ import annotations
 import decimal
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
 from . import tokens
+from .endpoints import BILLED, FREE_POSTS, canonical_path, classify  # noqa: F401 (re-exported)
 from .money import PER_MILLION, ZERO, format_usd
 from .pricing import FEE_CALLS, ModelPrice, PriceTable, UnknownModel, normalise_tier
 
-# billed endpoints -> api kind
-BILLED = {
-    "/v1/chat/completions": "chat",
-    "/v1/responses": "responses",
-    "/v1/completions": "completions",
-    "/v1/embeddings": "embeddings",
-}
-# POSTs that cost nothing
-FREE_POSTS = ("/v1/moderations", "/v1/responses/input_tokens")
-FREE_METHODS = ("GET", "HEAD", "OPTIONS")
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # the legacy API's documented default
 #: ``max_tool_calls`` pouch injects into a Responses request with server-side tools that sets
 #: none (fewer when the budget cannot pay for this many): each call may add a model turn of up to
@@ -104,26 +96,166 @@ class CallPlan:
     fee_bound: Decimal = ZERO  # the fees inside worst_case
 
 
-def classify(method: str, path: str) -> str:
-    """``billed`` / ``free`` / ``unknown`` for a request to an LLM host (query string ignored)."""
-    path = path.split("?", 1)[0].rstrip("/")
-    if method.upper() in FREE_METHODS:
-        return "free"
-    if method.upper() == "POST" and path in BILLED:
-        return "billed"
-    if method.upper() == "POST" and path in FREE_POSTS:
-        return "free"
-    return "unknown"
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook``: a JSON object with a repeated key is refused. Parsers disagree on
+    which copy wins (Python: the last, others: the first), so pouch could price one model or cap
+    and the provider serve another."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        key = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise PlanError(f"pouch: the request body repeats the key `{key}` in one JSON object; parsers disagree "
+                        "on which copy counts, so pouch cannot price it. Nothing was sent.",
+                        code="pouch_duplicate_key")
+    return obj
+
+
+def _no_constant(name: str) -> Any:
+    raise PlanError(f"pouch: the request body holds `{name}`, which is not JSON; nothing was sent",
+                    code="pouch_bad_json")
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _lone_surrogate(value: Any) -> bool:
+    """Whether a string anywhere in ``value`` holds a lone UTF-16 surrogate (not encodable as UTF-8)."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return False
 
 
 def parse_body(raw: bytes | str) -> dict[str, Any]:
+    """A request body as strict JSON (RFC 8259): UTF-8, an object at the top, no repeated keys
+    at any depth, no ``NaN``/``Infinity``, no lone surrogates. What pouch prices must be what
+    every parser downstream reads."""
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise PlanError(f"pouch: the request body is not valid JSON ({exc}); nothing was sent", code="pouch_bad_json") from None
+        text = raw.decode("utf-8") if isinstance(raw, (bytes, bytearray)) else raw
+        body = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+    except PlanError:
+        raise
+    except UnicodeDecodeError as exc:
+        raise PlanError(f"pouch: the request body is not UTF-8 ({exc.reason} at byte {exc.start}); nothing was sent",
+                        code="pouch_bad_json") from None
+    except ValueError as exc:
+        raise PlanError(f"pouch: the request body is not valid JSON ({exc}); nothing was sent",
+                        code="pouch_bad_json") from None
+    except RecursionError:
+        raise PlanError("pouch: the request body nests too deeply to read; nothing was sent",
+                        code="pouch_bad_json") from None
     if not isinstance(body, dict):
         raise PlanError("pouch: the request body must be a JSON object; nothing was sent", code="pouch_bad_json")
+    if _SURROGATE_ESCAPE.search(text) and _lone_surrogate(body):
+        raise PlanError("pouch: the request body holds a lone UTF-16 surrogate (\\uD800-\\uDFFF not in a pair), "
+                        "which is not valid Unicode; nothing was sent", code="pouch_bad_json")
     return body
+
+
+#: request content-codings pouch decodes (stacked ones in reverse order, like a server)
+ENCODINGS = ("identity", "gzip", "x-gzip", "deflate", "br", "zstd")
+_BR_SLICE = 64  # brotli has no output cap: feed it this many bytes at a time and check
+
+
+class BodyTooLarge(PlanError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"pouch: the decoded request body exceeds pouch_max_body_mb ({limit // 1048576} MiB); "
+                         "nothing was sent", status=413, code="pouch_body_too_large")
+
+
+def _bad(coding: str, why: str = "") -> PlanError:
+    return PlanError(f"pouch: the request body is not valid {coding}{f' ({why})' if why else ''}; nothing was sent",
+                     code="pouch_bad_encoding")
+
+
+def _inflate(data: bytes, coding: str, limit: int) -> bytes:
+    import zlib
+
+    tries = (31,) if coding in ("gzip", "x-gzip") else (15, -15)  # deflate: zlib, or raw as some clients send
+    for wbits in tries:
+        d = zlib.decompressobj(wbits)
+        try:
+            out = d.decompress(data, limit + 1)
+        except zlib.error as exc:
+            if wbits == tries[-1]:
+                raise _bad(coding, str(exc)) from None
+            continue
+        if len(out) > limit:
+            raise BodyTooLarge(limit)
+        if not d.eof:
+            raise _bad(coding, "truncated")
+        if d.unused_data:
+            raise _bad(coding, f"{len(d.unused_data)} bytes after the end of the stream")
+        return out
+    raise _bad(coding)  # pragma: no cover
+
+
+def _unbrotli(data: bytes, limit: int) -> bytes:
+    import brotli  # mitmproxy's own dependency
+
+    d = brotli.Decompressor()
+    out = bytearray()
+    try:
+        for i in range(0, len(data), _BR_SLICE):
+            out += d.process(data[i:i + _BR_SLICE])
+            if len(out) > limit:
+                raise BodyTooLarge(limit)
+    except brotli.error as exc:
+        raise _bad("br", str(exc)) from None
+    if not d.is_finished():
+        raise _bad("br", "truncated")
+    return bytes(out)
+
+
+def _unzstd(data: bytes, limit: int) -> bytes:
+    import io
+
+    import zstandard  # mitmproxy's own dependency
+
+    try:
+        out = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data), read_across_frames=True).read(limit + 1)
+    except zstandard.ZstdError as exc:
+        raise _bad("zstd", str(exc)) from None
+    if len(out) > limit:
+        raise BodyTooLarge(limit)
+    if data and not out:
+        raise _bad("zstd", "truncated")
+    return out
+
+
+def decode_content(raw: bytes, content_encoding: str, limit: int) -> bytes:
+    """The request body under its ``Content-Encoding`` (``gzip, br``: br was applied last, so it
+    is undone first), never inflating any stage past ``limit`` bytes (413, a decompression
+    bomb). An unknown coding is 415, a corrupt or truncated body 400: :class:`PlanError`."""
+    codings = [c.strip().lower() for c in content_encoding.split(",") if c.strip()]
+    unknown = [c for c in codings if c not in ENCODINGS]
+    if unknown:
+        raise PlanError(f"pouch: the request body's content-encoding {', '.join(unknown)!s} is not one pouch can "
+                        f"read ({', '.join(ENCODINGS)}), so it cannot be priced; nothing was sent",
+                        status=415, code="pouch_unsupported_encoding")
+    data = raw
+    for coding in reversed(codings):
+        if coding == "identity":
+            continue
+        if coding == "br":
+            data = _unbrotli(data, limit)
+        elif coding == "zstd":
+            data = _unzstd(data, limit)
+        else:
+            data = _inflate(data, coding, limit)
+    if len(data) > limit:
+        raise BodyTooLarge(limit)
+    return data
 
 
 def _int_field(body: Mapping[str, Any], name: str, minimum: int) -> int | None:
@@ -386,7 +518,7 @@ def draft_plan(
     settings: PlanSettings = PlanSettings(),
 ) -> DraftPlan:
     """Read, validate and estimate a billed request (raises :class:`PlanError`); see :class:`DraftPlan`."""
-    path = path.split("?", 1)[0].rstrip("/")
+    path = canonical_path(path)
     api = BILLED[path]
     model = body.get("model")
     if not isinstance(model, str) or not model:
@@ -394,12 +526,16 @@ def draft_plan(
     try:
         price = table.resolve_bound(model)
     except UnknownModel as exc:
-        raise PlanError(str(exc).strip("\"'"), code="pouch_unknown_model") from None
+        raise PlanError(f"pouch: {str(exc).strip(chr(34) + chr(39))}; nothing was sent", code="pouch_unknown_model") from None
     try:
         tier = normalise_tier(body.get("service_tier"))
     except ValueError as exc:
         raise PlanError(f"pouch: {exc}") from None
-    stream = body.get("stream") is True
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        # a lenient server may stream on any truthy value: pouch must know which it will be
+        raise PlanError(f"pouch: `stream` must be true or false, not {stream!r}; nothing was sent")
+    stream = stream is True
     notes: list[str] = []
 
     estimate = estimate_input_tokens(body, endpoint=path, model=model)

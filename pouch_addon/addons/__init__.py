@@ -1,7 +1,9 @@
 """pouch's mitmproxy addons, one per concern, composed in order (mitmproxy's chain is the pipeline).
 
 1. ``Route``: optional address override for provider hosts (``server_connect``).
-2. ``Scope``: which hosts and endpoints are pouch's; fail closed on unknown POSTs.
+2. ``Scope``: which requests are pouch's, by where they really go (the CONNECT target, not the
+   Host header: 421 when they disagree); refuses upgrades, method overrides and odd methods;
+   only requests known to be free pass unpriced; fail closed on the rest.
 3. ``Identify``: which wallet (app) a request is charged to: proxy auth, a pouch virtual key
    (refused with 401 when unknown/revoked/expired), the local process, else ``default``.
 4. ``BudgetGate``: plan, per-wallet rate limits (429), reserve against the wallet and the

@@ -25,7 +25,6 @@ import json
 import logging
 import math
 import time
-import zlib
 from decimal import Decimal, InvalidOperation
 from typing import Any, Optional
 
@@ -35,7 +34,10 @@ from ..budget import Ledger, LedgerState, Refusal, Wallet
 from ..keystore import KeyStore
 from ..money import ZERO, format_usd
 from ..limits import RateBook
-from ..plan import BudgetTooSmall, CallPlan, DraftPlan, PlanError, PlanSettings, apply_rewrites, parse_body
+from ..plan import (
+    BodyTooLarge, BudgetTooSmall, CallPlan, DraftPlan, PlanError, PlanSettings, apply_rewrites, canonical_path,
+    decode_content, parse_body,
+)
 from ..pricing import PriceTable
 from ..providers import PROVIDERS, openai
 from .core import CALL, Core, FlowCall, reserve
@@ -50,37 +52,9 @@ log = logging.getLogger(__name__)
 INLINE_PLAN_BYTES = 2048
 
 
-class BodyTooLarge(Exception):
-    pass
-
-
 def decode_body(request: http.Request, limit: int) -> bytes:
-    """The decoded request body, refusing to inflate past ``limit`` bytes (compression bombs)."""
-    raw = request.raw_content or b""
-    encoding = request.headers.get("content-encoding", "").strip().lower()
-    if encoding in ("", "identity"):
-        data = raw
-    elif encoding in ("gzip", "deflate"):
-        wbits = 31 if encoding == "gzip" else 47  # 47: zlib or gzip header autodetect
-        d = zlib.decompressobj(wbits)
-        try:
-            data = d.decompress(raw, limit + 1)
-        except zlib.error:
-            if encoding != "deflate":
-                raise ValueError(f"the body is not valid {encoding}") from None
-            d = zlib.decompressobj(-15)  # raw deflate
-            try:
-                data = d.decompress(raw, limit + 1)
-            except zlib.error:
-                raise ValueError("the body is not valid deflate") from None
-    else:
-        try:
-            data = request.get_content(strict=True) or b""
-        except ValueError as exc:
-            raise ValueError(f"cannot decode the body ({encoding}): {exc}") from None
-    if len(data) > limit:
-        raise BodyTooLarge(f"decoded request body exceeds pouch_max_body_mb ({limit // 1048576} MiB)")
-    return data
+    """The decoded request body (``plan.decode_content``: capped, 415 unknown, 400 corrupt)."""
+    return decode_content(request.raw_content or b"", request.headers.get("content-encoding", ""), limit)
 
 
 def set_body(request: http.Request, body: dict[str, Any]) -> None:
@@ -193,7 +167,7 @@ class BudgetGate:
     async def _gate(self, flow: http.HTTPFlow) -> None:
         ledger, table = self.core.require()
         ident: Identity = flow.metadata.get(IDENTITY) or Identity("default", "default")
-        meta = {"endpoint": flow.request.path.split("?", 1)[0], "client": client_label(flow),
+        meta = {"endpoint": canonical_path(flow.request.path), "client": client_label(flow),
                 "provider": flow.metadata.get(PROVIDER, openai.NAME), **ident.meta()}
         wallet = ident.wallet
         inline = inline_ok(flow.request)
@@ -203,7 +177,7 @@ class BudgetGate:
             else:
                 draft, body = await asyncio.to_thread(self._draft, flow, table)
         except BodyTooLarge as exc:
-            reply(flow, 413, f"pouch: {exc}; nothing was sent", code="pouch_body_too_large")
+            reply(flow, exc.status, str(exc), code=exc.code)
             return
         except PlanError as exc:
             reply(flow, exc.status, str(exc), code=exc.code)
@@ -249,7 +223,12 @@ class BudgetGate:
 
     def _draft(self, flow: http.HTTPFlow, table: PriceTable) -> tuple[DraftPlan, dict[str, Any]]:
         """Decode, parse and estimate the request (in a worker thread unless the body is small)."""
-        body = parse_body(decode_body(flow.request, ctx.options.pouch_max_body_mb * 1048576))
+        data = decode_body(flow.request, ctx.options.pouch_max_body_mb * 1048576)
+        body = parse_body(data)
+        if flow.request.headers.get("content-encoding", "").strip().lower() not in ("", "identity"):
+            # send what was priced: the decoded bytes, not a second decoding by the provider
+            del flow.request.headers["content-encoding"]
+            flow.request.content = data
         if body.get("background") is True:
             raise PlanError("pouch: background responses are billed outside this request, so pouch cannot "
                             "meter them; nothing was sent", code="pouch_unsupported")

@@ -48,6 +48,6 @@ class Route:
         addr = data.server.address
         if not addr or not self.routes:
             return
-        target = self.routes.get(str(addr[0]).lower())
+        target = self.routes.get(str(addr[0]).lower().rstrip("."))  # api.openai.com. is the same host
         if target is not None:
             data.server.address = target  # SNI and Host keep the provider's name

@@ -2,21 +2,31 @@
 
 Every other host is tunnelled untouched: unless the user set ``allow_hosts``/``ignore_hosts``
 themselves, pouch sets ``allow_hosts`` to its hosts so mitmproxy never opens their TLS.
-On an LLM host, the host's provider module (``providers.for_host``: OpenAI, Anthropic, Gemini;
+A request is an LLM host's by where it will really go: the ``CONNECT`` target of its tunnel
+(recorded in ``http_connect``, before ``pouch_route`` changes the address), else the client's
+TLS SNI, else the host mitmproxy will dial. A ``Host`` header or absolute-form authority that
+names another host or port is answered 421 (``pouch_misdirected_request``): scoping by the
+Host header would let ``Host: evil.example`` inside a tunnel to api.openai.com skip the gate.
+
+On an LLM host, the rules of ``endpoints.py`` apply to every provider: upgrades (WebSocket),
+method overrides, odd methods and bodies on non-POSTs to billed paths are refused outright.
+Then the destination's provider module (``providers.for_host``: OpenAI, Anthropic, Gemini;
 OpenAI's format for any other host in ``pouch_hosts``) classifies the call: billed endpoints go
-on to the budget gate, free calls (GET, moderations, token counts) pass, endpoints pouch
-cannot reserve for (batches, cached contents) are refused with the reason, and any other POST
-is refused (fail closed) unless ``pouch_unknown_endpoints=pass``.
+on to the budget gate; requests known to be free (body-less reads, moderations, token counts)
+pass; endpoints pouch cannot reserve for (batches, cached contents) are refused with the
+reason; anything else is refused (fail closed) unless ``pouch_unknown_endpoints=pass``.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import weakref
 from collections.abc import Sequence
 
-from mitmproxy import ctx, exceptions, http
+from mitmproxy import connection, ctx, exceptions, http
 
+from ..endpoints import canonical_path, describe, misdirected, refusal, split_authority
 from ..providers import DEFAULT_HOSTS, for_host
 from .replies import PROVIDER, reply
 
@@ -26,13 +36,17 @@ SCOPE = "pouch_scope"  # flow.metadata key: "billed" | "free" | "passed"
 
 
 def allow_hosts_pattern(hosts: Sequence[str]) -> str:
-    """An anchored ``allow_hosts`` regex; unanchored would also match api.openai.com.evil.example."""
-    return "^(" + "|".join(re.escape(h) for h in hosts) + r"):\d+$"
+    """An anchored ``allow_hosts`` regex; unanchored would also match api.openai.com.evil.example.
+    The optional trailing dot: ``CONNECT api.openai.com.:443`` is the same host, and a tunnel
+    left undecrypted would reach it unbudgeted."""
+    return "^(" + "|".join(re.escape(h) for h in hosts) + r")\.?:\d+$"
 
 
 class Scope:
     def __init__(self) -> None:
         self.hosts: frozenset[str] = frozenset()
+        # client connection -> its CONNECT target, normalised (before any route rewrites it)
+        self._tunnels: weakref.WeakKeyDictionary[connection.Client, tuple[str, int]] = weakref.WeakKeyDictionary()
 
     def load(self, loader) -> None:
         loader.add_option(
@@ -88,34 +102,71 @@ class Scope:
         if ctx.options.pouch_tls_scope and not ctx.options.allow_hosts and not ctx.options.ignore_hosts:
             ctx.options.update(allow_hosts=[allow_hosts_pattern(sorted(self.hosts))])
 
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        target = split_authority(f"{flow.request.host}:{flow.request.port}", flow.request.port)
+        if target is not None:
+            self._tunnels[flow.client_conn] = target
+
+    def destination(self, flow: http.HTTPFlow) -> tuple[str, int]:
+        """Where the request will really go (host name, port), whatever its Host header says."""
+        tunnel = self._tunnels.get(flow.client_conn)
+        if tunnel is not None:
+            return tunnel
+        port = flow.request.port
+        if flow.client_conn.sni:  # transparent / local modes: the address is an IP, the SNI names it
+            return flow.client_conn.sni.lower().rstrip("."), port
+        return str(flow.request.host).lower().rstrip("."), port
+
     def request(self, flow: http.HTTPFlow) -> None:
-        if flow.response is not None or flow.request.pretty_host.lower() not in self.hosts:
+        if flow.response is not None:
             return
-        provider = for_host(flow.request.pretty_host)
-        flow.metadata[PROVIDER] = provider.NAME
-        if provider.NAME == "gemini" and "key" in flow.request.query:
+        req = flow.request
+        dest = self.destination(flow)
+        default_port = 443 if req.scheme == "https" else 80
+        claims = [c for c in (req.host_header, req.authority) if c]
+        sni = (flow.client_conn.sni or "").lower().rstrip(".")
+        ours = (dest[0] in self.hosts or sni in self.hosts
+                or any((split_authority(c, default_port) or ("",))[0] in self.hosts for c in claims))
+        if not ours:
+            return
+        provider = for_host(dest[0])
+        flow.metadata[PROVIDER] = provider.NAME  # pouch's own answers take the provider's error shape
+        wrong = misdirected(dest, claims, default_port)
+        if wrong is None and sni and sni != dest[0]:  # e.g. CONNECT to an LLM host's IP with its name as SNI
+            wrong = f"{sni} (TLS SNI)"
+        if wrong is not None or dest[0] not in self.hosts:
+            reply(flow, 421, f"pouch: this connection goes to {describe(dest)} but the request names {wrong!r}; "
+                  f"pouch budgets a request by where it is really sent, so a Host that disagrees with it is "
+                  f"refused (421 Misdirected Request). The request was not sent.", code="pouch_misdirected_request")
+            return
+        if provider.NAME == "gemini" and "key" in req.query:
             # Google takes the key as ?key= or x-goog-api-key: move it to the header at once, so no
             # key (virtual or real) is ever part of a URL a log prints
-            key = flow.request.query.get("key", "")
-            del flow.request.query["key"]
-            flow.request.headers.setdefault("x-goog-api-key", key)
-        kind = provider.classify(flow.request.method, flow.request.path)
+            key = req.query.get("key", "")
+            del req.query["key"]
+            req.headers.setdefault("x-goog-api-key", key)
+        raw = req.raw_content
+        has_body = bool(raw) or "transfer-encoding" in req.headers
+        refused = refusal(req.method, req.path, list(req.headers.items(multi=True)), has_body=has_body)
+        if refused is not None:
+            reply(flow, refused.status, refused.message, code=refused.code)
+            return
+        kind = provider.classify(req.method, req.path, has_body=has_body)
         if kind == "refused":
-            reply(flow, 403, provider.refusal(flow.request.method, flow.request.path), code="pouch_unpriceable_endpoint")
+            reply(flow, 403, provider.refusal(req.method, req.path), code="pouch_unpriceable_endpoint")
             return
         if kind == "unknown":
             if ctx.options.pouch_unknown_endpoints == "pass":
                 flow.metadata[SCOPE] = "passed"
-                log.warning(f"pouch: passing unbudgeted {flow.request.method} {flow.request.path}")
+                log.warning(f"pouch: passing unbudgeted {req.method} {req.path}")
                 return
             reply(flow, 403,
-                  f"pouch: {flow.request.method} {flow.request.path} is not an endpoint pouch can price, so it "
-                  "was not sent (fail closed). Set pouch_unknown_endpoints=pass to forward such calls unbudgeted.",
-                  code="pouch_unknown_endpoint")
+                  f"pouch: {req.method} {canonical_path(req.path)} is not an endpoint pouch can price or knows to be "
+                  "free, so it was not sent (fail closed). Set pouch_unknown_endpoints=pass to forward such calls "
+                  "unbudgeted.", code="pouch_unknown_endpoint")
             return
         if kind == "billed":
             limit = ctx.options.pouch_max_body_mb * 1024 * 1024
-            raw = flow.request.raw_content
             if raw is not None and len(raw) > limit:
                 reply(flow, 413, f"pouch: request body of {len(raw):,} bytes exceeds pouch_max_body_mb "
                       f"({ctx.options.pouch_max_body_mb} MiB); nothing was sent", code="pouch_body_too_large")

@@ -63,7 +63,7 @@ SERVER_MEMBERS = ("mcp_servers", "container")
 MIN_THINKING_BUDGET = 1024
 
 
-def classify(method: str, path: str) -> str:
+def classify(method: str, path: str, *, has_body: bool = False) -> str:
     """``billed`` / ``free`` / ``refused`` / ``unknown`` for a request to api.anthropic.com.
 
     Inference is ``POST /v1/messages`` only. ``/api/...`` is Claude Code's account, settings and
@@ -77,7 +77,7 @@ def classify(method: str, path: str) -> str:
     if path.startswith("/v1/messages/batches"):
         return "refused" if method == "POST" else "free"
     if method in ("GET", "HEAD", "OPTIONS"):
-        return "free"
+        return "unknown" if has_body else "free"  # a read with a body is not known to be free
     if path.startswith("/api/"):
         return "free"
     return "unknown"

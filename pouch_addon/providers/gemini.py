@@ -59,7 +59,7 @@ def split_path(path: str) -> tuple[str, str] | None:
     return (m.group(2), m.group(3)) if m else None
 
 
-def classify(method: str, path: str) -> str:
+def classify(method: str, path: str, *, has_body: bool = False) -> str:
     """``billed`` / ``free`` / ``refused`` / ``unknown`` for a request to the Gemini API host."""
     method = method.upper()
     parts = split_path(path)
@@ -71,7 +71,7 @@ def classify(method: str, path: str) -> str:
             return "free"
         return "refused"
     if method in ("GET", "HEAD", "OPTIONS"):
-        return "free"
+        return "unknown" if has_body else "free"  # a read with a body is not known to be free
     if method in ("POST", "DELETE") and re.match(r"^(/upload)?/(v1|v1beta|v1alpha)/files(/|$)", bare):
         return "free"  # uploading or deleting a file is not billed; using one is bounded
     if method == "POST" and re.search(r"/(cachedContents|batches|tunedModels)(/|$|:)", bare):

@@ -30,6 +30,10 @@ Endpoints
   ``{prompt_tokens, total_tokens}``.
 - ``GET /v1/models``              a small model list.
 - ``GET /ping``                   ``pong`` (text/plain), on any Host (used for other.test).
+- ``GET /v1/realtime``            with ``Upgrade: websocket``: ``101 Switching Protocols`` (a real
+  ``Sec-WebSocket-Accept``), one text frame ``{"type": "session.created"}``, then it reads until
+  the peer closes (logged as ``ws_upgraded`` / ``ws_closed``). A Realtime session that a proxy
+  lets through would start here; tests assert that none does.
 - anything else                   404 with OpenAI's error JSON.
 
 Deterministic usage (what tests can assert exact costs against)
@@ -796,6 +800,9 @@ async def dispatch(c: Conn, req: Request) -> None:
         await c.send_json(200, {"object": "list", "data": [
             {"id": m, "object": "model", "created": CREATED, "owned_by": "system"} for m in MODELS]})
         return
+    if req.method == "GET" and path == "/v1/realtime" and "websocket" in req.h("upgrade", "").lower():
+        await realtime_upgrade(c, req)
+        return
     handlers = {"/v1/chat/completions": chat_completions, "/v1/responses": responses,
                 "/v1/completions": completions, "/v1/embeddings": embeddings}
     h = handlers.get(path)
@@ -808,6 +815,24 @@ async def dispatch(c: Conn, req: Request) -> None:
         await c.send_error(400, "We could not parse the JSON body of your request.")
         return
     await h(c, req, body)
+
+
+async def realtime_upgrade(c: Conn, req: Request) -> None:
+    """Accept a WebSocket upgrade like the Realtime API does, send ``session.created``, then idle."""
+    import hashlib
+    key = req.h("sec-websocket-key", "")
+    accept = base64.b64encode(hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()).decode()
+    LOG("response", conn=c.id, req=c.req_id, status=101, stream=False, usage=None, finish_reason=None)
+    head = (f"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n"
+            f"sec-websocket-accept: {accept}\r\n\r\n").encode()
+    payload = b'{"type": "session.created"}'
+    c.writer.write(head + bytes([0x81, len(payload)]) + payload)
+    await c.writer.drain()
+    LOG("ws_upgraded", conn=c.id, req=c.req_id)
+    while await c.reader.read(65536):
+        pass
+    LOG("ws_closed", conn=c.id, req=c.req_id)
+    c.keep_alive = False
 
 
 async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
