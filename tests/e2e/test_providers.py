@@ -292,3 +292,37 @@ def test_anthropic_virtual_key_in_x_api_key_is_swapped_and_the_wallet_charged(e2
     r = e2e.run_anthropic("create", {"client": {"max_retries": 0}}, env)
     assert r["error"]["status_code"] == 429 and r["error"]["body"]["error"]["type"] == "rate_limit_error"
     assert len(anthropic_fake.requests("/v1/messages")) == 1
+
+
+# -- side doors on the new hosts ------------------------------------------------------------------
+MSG = json.dumps({"model": "claude-haiku-4-5", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]})
+GEN_BODY = json.dumps({"contents": [{"parts": [{"text": "hi"}]}], "generationConfig": {"maxOutputTokens": 5}})
+SIDE_DOORS = [
+    ("anthropic-upgrade", A_HOST, "/v1/messages", "GET", {"upgrade": "websocket", "connection": "Upgrade"}, None, 403),
+    ("anthropic-get-with-body", A_HOST, "/v1/messages", "GET", {}, MSG, 403),
+    ("anthropic-override", A_HOST, "/v1/models", "GET", {"x-http-method-override": "POST"}, None, 400),
+    ("anthropic-duplicate-model", A_HOST, "/v1/messages", "POST", {},
+     MSG.replace('"model": "claude-haiku-4-5"', '"model": "claude-opus-4-5", "model": "claude-haiku-4-5"'), 400),
+    ("anthropic-unknown-encoding", A_HOST, "/v1/messages", "POST", {"content-encoding": "compress"}, MSG, 415),
+    ("anthropic-odd-path", A_HOST, "/v1/messages/../complete", "POST", {}, MSG, 403),
+    ("gemini-upgrade", G_HOST, "/v1beta/models/gemini-2.5-flash:streamGenerateContent", "GET",
+     {"upgrade": "websocket", "connection": "Upgrade"}, None, 403),
+    ("gemini-get-with-body", G_HOST, "/v1beta/models/gemini-2.5-flash:generateContent", "GET", {}, GEN_BODY, 403),
+    ("gemini-both-spellings", G_HOST, "/v1beta/models/gemini-2.5-flash:generateContent", "POST", {},
+     GEN_BODY.replace('"generationConfig"', '"generation_config": {}, "generationConfig"'), 400),
+    ("gemini-predict", G_HOST, "/v1beta/models/imagen-4:predict", "POST", {}, GEN_BODY, 403),
+]
+
+
+@pytest.mark.parametrize("name,host,path,method,headers,body,status", SIDE_DOORS, ids=[c[0] for c in SIDE_DOORS])
+def test_side_doors_on_the_anthropic_and_gemini_hosts_are_shut(e2e, anthropic_fake, gemini_fake, tmp_path,
+                                                               name, host, path, method, headers, body, status):
+    home, proxy, env = start(e2e, tmp_path)
+    Ledger(home).set_paused(True)  # nothing may pass while paused, least of all through a side door
+    c = e2e.run_curl(f"https://{host}{path}", env=env, method=method, data=body,
+                     headers={"x-api-key": "k", "x-goog-api-key": "k", "content-type": "application/json", **headers})
+    assert c.status == status, (c.status, c.text)
+    assert "pouch" in c.text
+    fake = anthropic_fake if host == A_HOST else gemini_fake
+    assert [q for q in fake.requests() if q["path"] != "/ping"] == []
+    no_traceback(proxy)
