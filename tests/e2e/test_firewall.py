@@ -19,6 +19,7 @@ import pytest
 from fake_openai import fake_text
 
 from harness import wait_until
+from pouch_addon.audit import AUDIT_FILE, AuditLog
 from pouch_addon.budget import Ledger
 from pouch_addon.plan import PlanSettings, make_plan
 from pouch_addon.pricing import PriceTable
@@ -40,9 +41,16 @@ def settled(home: Path, n: int = 1, timeout: float = 10.0) -> list[dict]:
 
 def start(e2e, tmp_path, budget="1", sets=None):
     home = tmp_path / "home"
-    Ledger(home).set_budget(D(budget))
+    set_budget(home, budget)
     proxy = e2e.start_proxy(home, sets or {})
     return home, proxy, e2e.client_env(proxy)
+
+
+def set_budget(home, budget) -> None:
+    """What `pouch budget set` does: the ledger, then the audit log (so `pouch ledger verify`,
+    which reconciles the two, finds them in agreement)."""
+    st = Ledger(home).set_budget(D(budget))
+    AuditLog(home / AUDIT_FILE).append("budget.set", {"amount": D(budget), "budget": st.budget})
 
 
 def headers(**kw):
