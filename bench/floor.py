@@ -44,6 +44,7 @@ from meter_bench import MODEL, chat_stream  # noqa: E402
 
 from mitmproxy import http  # noqa: E402
 
+from pouch_addon.providers import openai  # noqa: E402
 from pouch_addon import settlement  # noqa: E402
 from pouch_addon.addons.gate import decode_body, set_body  # noqa: E402
 from pouch_addon.budget import Ledger  # noqa: E402
@@ -158,7 +159,7 @@ def measure(request_body: bytes, stream: bool, ledger: dict[int, float], reps: i
         body = completion_body(50)
 
         def price_answer() -> None:
-            settlement.from_response_body(table, plan, body)
+            settlement.from_response_body(table, plan, body, openai)
 
     def plan_again() -> None:
         request.raw_content = request_body  # as mitmproxy read it; set_body replaced it

@@ -19,7 +19,13 @@ every chunk, a usage-only chunk with ``choices: []`` at the end, hidden from the
   decompressor before splitting;
 - ``responses 50``: a Responses API stream (``response.created`` ... ``response.output_text
   .delta`` x 42 ... ``response.completed`` with usage), ``event:`` + ``data:`` per event, one
-  event per chunk.
+  event per chunk;
+- ``anthropic 50``: a Messages stream from claude-sonnet-4-5 (``message_start``, text deltas,
+  ``message_delta`` with cumulative usage, ``message_stop``), ``event:`` + ``data:``, one event
+  per chunk; ``gemini 50``: a ``streamGenerateContent?alt=sse`` stream from gemini-2.5-flash, each
+  chunk a whole response with running ``usageMetadata``. Their meters are the provider modules'
+  (``providers/anthropic.py``, ``providers/gemini.py``); the issue's target is a per-event cost
+  within 1.2x of OpenAI chat's, printed as ``RATIO meter <provider>/chat``.
 
 The reservation is large, so nothing is cut off and the tokeniser does not run during the
 stream (it runs when the count is read). Also printed for information, not in the ratios: the
@@ -48,6 +54,7 @@ from decimal import Decimal
 import pouch_addon
 from pouch_addon.metering import StreamMeter
 from pouch_addon.pricing import PriceTable
+from pouch_addon.providers import anthropic, gemini
 
 MODEL = "gpt-4o-mini"
 WORDS = (" the", " quick", " brown", " fox", " jumps", " over", " a", " lazy", " dog", ",",
@@ -124,6 +131,40 @@ def responses_stream(n_chunks: int) -> list[bytes]:
     return out
 
 
+def anthropic_stream(n_chunks: int) -> list[bytes]:
+    """message_start, content_block_start, (n-5) text deltas, content_block_stop, message_delta, message_stop."""
+    def ev(typ: str, **fields) -> bytes:
+        return b"event: " + typ.encode() + b"\ndata: " + _dumps({"type": typ, **fields}) + b"\n\n"
+    out = [ev("message_start", message={"id": "msg_01", "type": "message", "role": "assistant", "content": [],
+                                        "model": "claude-sonnet-4-5-20250929", "stop_reason": None,
+                                        "usage": {"input_tokens": 25, "cache_creation_input_tokens": 0,
+                                                  "cache_read_input_tokens": 0, "output_tokens": 1}}),
+           ev("content_block_start", index=0, content_block={"type": "text", "text": ""})]
+    for i in range(n_chunks - 5):
+        out.append(ev("content_block_delta", index=0, delta={"type": "text_delta", "text": WORDS[i % len(WORDS)]}))
+    out.append(ev("content_block_stop", index=0))
+    out.append(ev("message_delta", delta={"stop_reason": "end_turn", "stop_sequence": None},
+                  usage={"output_tokens": n_chunks - 5}))
+    out.append(ev("message_stop"))
+    return out
+
+
+def gemini_stream(n_chunks: int) -> list[bytes]:
+    """``n_chunks`` SSE events, each a GenerateContentResponse with a running usageMetadata."""
+    out = []
+    for i in range(n_chunks):
+        cand = {"content": {"parts": [{"text": WORDS[i % len(WORDS)]}], "role": "model"}, "index": 0}
+        if i == n_chunks - 1:
+            cand["finishReason"] = "STOP"
+        out.append(b"data: " + _dumps({"candidates": [cand], "usageMetadata": {
+            "promptTokenCount": 25, "candidatesTokenCount": i + 1, "totalTokenCount": 26 + i},
+            "modelVersion": "gemini-2.5-flash", "responseId": "resp-1"}) + b"\r\n\r\n")
+    return out
+
+
+PROVIDER_MODELS = {"anthropic": "claude-sonnet-4-5", "gemini": "gemini-2.5-flash"}
+
+
 def resplit(chunks: list[bytes], events_per_chunk: float, seed: int) -> list[bytes]:
     """The same bytes cut at random points into chunks of about ``events_per_chunk`` events."""
     data = b"".join(chunks)
@@ -142,6 +183,10 @@ def resplit(chunks: list[bytes], events_per_chunk: float, seed: int) -> list[byt
 # -- the two measured workloads ------------------------------------------------------------------
 
 def new_meter(api: str, price, encoding: str | None = None) -> StreamMeter:
+    if api == "anthropic":
+        return anthropic.AnthropicStreamMeter(price, PROVIDER_MODELS[api], 25, Decimal("1"))
+    if api == "gemini":
+        return gemini.GeminiStreamMeter(price, PROVIDER_MODELS[api], 25, Decimal("1"))
     return StreamMeter(api, price, MODEL, 25, Decimal("1"), hide_usage_chunk=api == "chat", tier=None,
                        content_encoding=encoding)
 
@@ -180,7 +225,7 @@ def run_baseline(chunks: list[bytes]) -> int:
     for chunk in chunks:
         if tail:
             chunk = tail + chunk
-        parts = chunk.split(b"\n\n")
+        parts = chunk.replace(b"\r\n", b"\n").split(b"\n\n")
         tail = parts.pop()
         for part in parts:
             i = part.find(b"data: ")
@@ -264,9 +309,12 @@ def main() -> None:
     chat50, chat500 = chat_stream(50), chat_stream(500)
     multi = resplit(chat500, 3.0, seed=7)
     resp50 = responses_stream(50)
+    anth50, gem50 = anthropic_stream(50), gemini_stream(50)
+    prices = {"anthropic": PriceTable.load().resolve(PROVIDER_MODELS["anthropic"]),
+              "gemini": PriceTable.load().resolve(PROVIDER_MODELS["gemini"])}
     # warm-up: tiktoken encoding load, caches
-    for api, chunks in (("chat", chat50), ("responses", resp50)):
-        m = new_meter(api, price)
+    for api, chunks in (("chat", chat50), ("responses", resp50), ("anthropic", anth50), ("gemini", gem50)):
+        m = new_meter(api, prices.get(api, price))
         run_meter(m, chunks)
         m.output_tokens_counted
 
@@ -275,6 +323,8 @@ def main() -> None:
         "chat 500": measure("chat 500", "chat", chat500, price, max(reps // 5, 10)),
         "chat 500 multi": measure("chat 500 multi", "chat", multi, price, max(reps // 5, 10)),
         "responses 50": measure("responses 50", "responses", resp50, price, reps),
+        "anthropic 50": measure("anthropic 50", "anthropic", anth50, prices["anthropic"], reps),
+        "gemini 50": measure("gemini 50", "gemini", gem50, prices["gemini"], reps),
         "chat 50 gzip": measure("chat 50 gzip", "chat", gzip_chunks(chat50), price, reps, plain=chat50),
     }
     if args.profile:
@@ -285,6 +335,11 @@ def main() -> None:
     print(f"RATIO meter chat/baseline = {m_chat / b_chat:.2f}  ({m_chat:.2f} vs {b_chat:.2f} µs/chunk, chat 50)")
     print(f"RATIO meter responses/baseline = {m_resp / b_resp:.2f}  ({m_resp:.2f} vs {b_resp:.2f} µs/chunk, "
           "responses 50)")
+    for provider in ("anthropic", "gemini"):
+        m_p, b_p = results[f"{provider} 50"]
+        print(f"RATIO meter {provider}/baseline = {m_p / b_p:.2f}  ({m_p:.2f} vs {b_p:.2f} µs/event, {provider} 50)")
+        print(f"RATIO meter {provider}/chat = {m_p / m_chat:.2f}  (per event, one event per chunk in both; "
+              "target <= 1.2)")
     m_gz, b_gz = results["chat 50 gzip"]
     print(f"RATIO meter chat gzip/baseline = {m_gz / b_gz:.2f}  ({m_gz:.2f} vs {b_gz:.2f} µs/chunk, chat 50 gzip)")
 

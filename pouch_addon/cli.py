@@ -21,9 +21,10 @@ from .audit import AUDIT_FILE, AuditLog
 from .budget import Ledger, LedgerCorrupt, NotOpen
 from .ledger_audit import reconcile, restore_details
 from .money import MoneyError, format_usd, parse_usd, usd_str
+from .providers import model_label
 
 HISTORY_COLUMNS = [
-    "time", "kind", "status", "model", "endpoint", "stream", "input_tokens", "cached_tokens",
+    "time", "kind", "status", "provider", "model", "endpoint", "stream", "input_tokens", "cached_tokens",
     "output_tokens", "reasoning_tokens", "reserved", "cost", "duration_s", "wallet", "via", "client", "flags", "id",
 ]
 
@@ -42,13 +43,26 @@ def _parse_since(text: str) -> float:
     return dt.timestamp()
 
 
+def spend_by_provider(ledger: Ledger) -> dict[str, Decimal]:
+    """This month's (UTC) settled spend per provider."""
+    now = datetime.now(timezone.utc)
+    start = datetime(now.year, now.month, 1, tzinfo=timezone.utc).timestamp()
+    out: dict[str, Decimal] = {}
+    for e in ledger.history(since=start, kinds=("settle",)):
+        name = str(e.get("provider") or "openai")  # entries from before providers were OpenAI's format
+        out[name] = out.get(name, Decimal(0)) + Decimal(e["cost"])
+    return dict(sorted(out.items()))
+
+
 def _print_status(ledger: Ledger, as_json: bool) -> None:
     st = ledger.status()
     wallets = ledger.wallets()
+    providers = spend_by_provider(ledger)
     if as_json:
         out = st.to_json()
         if wallets:
             out["wallets"] = [w.to_json() for w in wallets]
+        out["month_by_provider"] = {k: usd_str(v) for k, v in providers.items()}
         print(json.dumps(out))
         return
     print(f"budget     {format_usd(st.budget)}")
@@ -56,6 +70,8 @@ def _print_status(ledger: Ledger, as_json: bool) -> None:
     print(f"reserved   {format_usd(st.reserved)}  ({st.in_flight} in flight)")
     print(f"remaining  {format_usd(st.remaining)}")
     print(f"requests   {st.requests} settled, {st.blocked} blocked, {st.flagged} flagged for review")
+    if providers:
+        print("this month " + ", ".join(f"{name} {format_usd(v)}" for name, v in providers.items()))
     if st.paused:
         print("PAUSED: every LLM request is answered 402 until `pouch resume`")
     if wallets:
@@ -113,27 +129,27 @@ def cmd_history(args: argparse.Namespace) -> None:
             tokens = f"{e.get('input_tokens', '?')}/{e.get('output_tokens', '?')} tok"
             flags = f" [{', '.join(e['flags'])}]" if e.get("flags") else ""
             print(
-                f"{e['time']}  {e.get('status', ''):<10} {e.get('wallet', '-'):<16} {e.get('model', '-'):<24}"
+                f"{e['time']}  {e.get('status', ''):<10} {e.get('wallet', '-'):<16} {model_label(e) or '-':<24}"
                 f" {tokens:<16} {format_usd(Decimal(e['cost'])):>14}{flags}"
             )
 
 
 def cmd_cost(args: argparse.Namespace) -> None:
-    from .pricing import PriceTable, Usage, UnknownModel, cost
+    from .pricing import PriceTable, UnknownModel, cost
+    from .providers import PROVIDERS, openai
 
     try:
         price = PriceTable.load(args.prices).resolve(args.model)
-        usage = Usage(
-            input_tokens=args.input, cached_tokens=args.cached, cache_write_tokens=args.cache_write,
-            output_tokens=args.output, reasoning_tokens=args.reasoning,
-        )
+        usage = PROVIDERS.get(price.provider, openai).usage_from_counts(
+            input=args.input, cached=args.cached, cache_write=args.cache_write, cache_write_1h=args.cache_write_1h,
+            output=args.output, reasoning=args.reasoning, thoughts=args.thoughts)
         total = cost(price, usage, args.tier)
     except (UnknownModel, ValueError) as exc:
         raise CliError(str(exc).strip("'\"")) from None
     if args.json:
-        print(json.dumps({"model": price.name, "usd": usd_str(total), **usage.to_dict()}))
+        print(json.dumps({"model": price.name, "provider": price.provider, "usd": usd_str(total), **usage.to_dict()}))
     else:
-        print(f"{price.name}: {format_usd(total)}")
+        print(f"{price.name} ({price.provider}): {format_usd(total)}")
 
 
 def cmd_tokens(args: argparse.Namespace) -> None:
@@ -211,11 +227,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("cost", parents=[common], help="exact USD cost of a usage, to check a bill")
     p.add_argument("model")
-    p.add_argument("--input", type=int, default=0, metavar="N", help="prompt tokens, cached ones included")
-    p.add_argument("--cached", type=int, default=0, metavar="N", help="of which read from cache")
-    p.add_argument("--cache-write", type=int, default=0, metavar="N", help="of which written to cache")
-    p.add_argument("--output", type=int, default=0, metavar="N", help="completion tokens, reasoning included")
-    p.add_argument("--reasoning", type=int, default=0, metavar="N", help="of which reasoning (not added again)")
+    p.add_argument("--input", type=int, default=0, metavar="N",
+                   help="input tokens as the provider reports them (OpenAI, Gemini: cached ones included; "
+                        "Anthropic: input_tokens, without cache reads and writes)")
+    p.add_argument("--cached", type=int, default=0, metavar="N", help="read from cache")
+    p.add_argument("--cache-write", type=int, default=0, metavar="N", help="written to cache (Anthropic: 5-minute TTL)")
+    p.add_argument("--cache-write-1h", type=int, default=0, metavar="N", help="written to cache with the 1-hour TTL (Anthropic)")
+    p.add_argument("--output", type=int, default=0, metavar="N",
+                   help="output tokens (OpenAI: reasoning included; Anthropic: thinking included; Gemini: candidates)")
+    p.add_argument("--reasoning", type=int, default=0, metavar="N", help="of which reasoning (OpenAI; not added again)")
+    p.add_argument("--thoughts", type=int, default=0, metavar="N", help="thinking tokens (Gemini; billed beside --output)")
     p.add_argument("--tier", default=None, help="service tier: flex, priority, batch")
     p.add_argument("--prices", default=None, help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true")

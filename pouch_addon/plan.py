@@ -67,6 +67,8 @@ class PlanSettings:
     input_margin: Decimal = Decimal("0.10")
     inject_max_tokens: bool = True
     inject_usage: bool = True
+    #: lower an explicit output cap the budget cannot cover (providers that allow it: Anthropic)
+    fit_caps: bool = True
 
 
 @dataclass
@@ -333,6 +335,12 @@ class DraftPlan:
     per_call_fee: Decimal = ZERO  # the dearest fee one server-side tool call can cost
     fees: dict[str, Decimal] = field(default_factory=dict)
     fixed_fee: Decimal = ZERO
+    #: output per choice reserved beside the cap (Gemini's thinking, billed beside the candidates)
+    extra_output: int = 0
+    #: lower an explicit cap the budget cannot cover to what it can (``fit_cap`` gives the rewrites
+    #: for a cap, or None when no cap that low is valid for the request); Anthropic's agents send
+    #: max_tokens of 32K-128K, far above what a call needs, and a 402 would stop the agent
+    fit_cap: Any = None  # Callable[[int], dict[str, Any] | None] | None
 
     def _turns_input(self, calls: int) -> int:
         """Input of the first turn plus one context window per tool call (each call's result goes
@@ -375,12 +383,25 @@ class DraftPlan:
         input_total = self._turns_input(calls)
         fees = self._fees(calls)
         cap = self.cap
+        extra = self.extra_output * self.choices
+        extra_cost = _output_cost(self.price, input_total, self.tier, extra)
         if cap is None:
-            cap = _inject_cap(self.price, input_total, self.choices, self.tier, remaining - fees, fees)
+            cap = _inject_cap(self.price, input_total, self.choices, self.tier, remaining - fees - extra_cost,
+                              fees + extra_cost)
             rewrites[self.cap_field] = cap
             notes.append(f"injected {self.cap_field}={cap}")
         cap = self._capped(cap)
-        worst = worst_token_cost(self.price, self.tier, input_total, cap * self.choices) + fees
+        worst = worst_token_cost(self.price, self.tier, input_total, cap * self.choices + extra) + fees
+        if worst > remaining and self.fit_cap is not None:
+            fitted = _inject_cap(self.price, input_total, self.choices, self.tier, remaining - fees - extra_cost,
+                                 fees + extra_cost)
+            changes = self.fit_cap(fitted) if fitted < cap else None
+            if changes is None:
+                raise BudgetTooSmall(worst, remaining)
+            rewrites.update(changes)
+            notes.append(f"lowered {self.cap_field} from {cap} to {fitted} to fit the budget")
+            cap = fitted
+            worst = worst_token_cost(self.price, self.tier, input_total, cap * self.choices + extra) + fees
         assumed = input_total if (self.input_hidden or calls) else self.input_tokens
         return CallPlan(
             api=self.api, path=self.path, model=self.model, price=self.price, stream=self.stream,
@@ -585,6 +606,27 @@ def draft_plan(
         server_tools=tools.server, tool_calls=tool_calls, per_call_fee=tools.per_call_fee, fees=tools.fees,
         fixed_fee=tools.fixed_fee,
     )
+
+
+def _output_cost(price: ModelPrice, input_tokens: int, tier: str | None, output_tokens: int) -> Decimal:
+    """``output_tokens`` at the dearest output rate the call may be billed at."""
+    if not output_tokens:
+        return ZERO
+    return worst_token_cost(price, tier, input_tokens, output_tokens) - worst_token_cost(price, tier, input_tokens, 0)
+
+
+def apply_rewrites(body: dict[str, Any], rewrites: Mapping[str, Any]) -> None:
+    """Set each rewrite in ``body``; a dotted key names a nested member (``generationConfig.maxOutputTokens``),
+    creating the objects on the way."""
+    for key, value in rewrites.items():
+        *outer, last = key.split(".")
+        target = body
+        for name in outer:
+            inner = target.get(name)
+            if not isinstance(inner, dict):
+                inner = target[name] = {}
+            target = inner
+        target[last] = value
 
 
 def _inject_cap(price: ModelPrice, input_tokens: int, choices: int, tier: str | None, remaining: Decimal,

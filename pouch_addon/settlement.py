@@ -38,7 +38,7 @@ from typing import Any
 
 from . import tokens
 from .plan import CallPlan
-from .pricing import ModelPrice, PriceTable, UnknownModel, Usage, cost, count_tool_calls, normalise_tier, tool_fee_cost
+from .pricing import ModelPrice, PriceTable, UnknownModel, Usage, cost, normalise_tier, tool_fee_cost
 
 
 @dataclass
@@ -154,49 +154,22 @@ def provider_error(http_status: int) -> Settlement:
     return Settlement(Decimal(0), f"http_{http_status}")
 
 
-def from_response_body(table: PriceTable, plan: CallPlan, raw: bytes | None) -> Settlement:
-    """Settle a non-streamed 2xx response from its JSON ``usage`` (or count its text)."""
+def from_response_body(table: PriceTable, plan: CallPlan, raw: bytes | None, provider: Any) -> Settlement:
+    """Settle a non-streamed 2xx response from the usage ``provider`` (a ``providers`` module)
+    reads in it, or count its text."""
     try:
         body = json.loads(raw or b"")
     except ValueError:
         body = None
-    if not isinstance(body, dict):
+    if not isinstance(body, (dict, list)):
         # a 2xx we cannot read: we cannot know what was billed
         return Settlement(plan.worst_case, "unreadable_response", None, "none", None, ["usage_missing"])
-    usage = None
-    raw_usage = body.get("usage")
-    if isinstance(raw_usage, dict):
-        try:
-            usage = Usage.from_openai(raw_usage)
-        except ValueError:
-            usage = None
-    counted = 0 if usage is not None else count_output(plan, body)
-    model = body.get("model") if isinstance(body.get("model"), str) else None
-    calls = count_tool_calls(body.get("output")) if plan.api == "responses" else None
-    return completed(table, plan, usage, counted, model_reported=model, tier_reported=body.get("service_tier"),
-                     tool_calls=calls)
+    usage, model, tier = provider.usage_from_body(body)
+    counted = 0 if usage is not None else count_output(plan, provider.output_texts(body))
+    calls = provider.tool_calls_from_body(plan.api, body)
+    return completed(table, plan, usage, counted, model_reported=model, tier_reported=tier, tool_calls=calls)
 
 
-def count_output(plan: CallPlan, body: dict[str, Any]) -> int:
-    """Output tokens of a response body without ``usage`` (the fallback)."""
-    texts: list[str] = []
-    if plan.api in ("chat", "completions"):
-        for choice in body.get("choices") or []:
-            if not isinstance(choice, dict):
-                continue
-            msg = choice.get("message") or {}
-            for part in (choice.get("text"), msg.get("content"), msg.get("refusal")):
-                if isinstance(part, str):
-                    texts.append(part)
-            for call in msg.get("tool_calls") or []:
-                fn = call.get("function") or {} if isinstance(call, dict) else {}
-                if isinstance(fn.get("arguments"), str):
-                    texts.append(fn["arguments"])
-    elif plan.api == "responses":
-        for item in body.get("output") or []:
-            for part in (item.get("content") or []) if isinstance(item, dict) else []:
-                if isinstance(part, dict) and isinstance(part.get("text"), str):
-                    texts.append(part["text"])
-            if isinstance(item, dict) and isinstance(item.get("arguments"), str):
-                texts.append(item["arguments"])
+def count_output(plan: CallPlan, texts: list[str]) -> int:
+    """Output tokens of a response's text, counted with tiktoken (the fallback without usage)."""
     return sum(tokens.count_text(t, plan.model) for t in texts)

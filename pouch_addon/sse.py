@@ -25,7 +25,8 @@ is cut (a long line arriving in many small chunks is not rescanned), and UTF-8 i
 complete event (so a character split across chunks is never decoded in halves).
 
 Fast path: ``feed`` runs for every chunk of every metered stream, and LLM APIs send "\n" line
-ends and events of one ``data:`` line (``event:`` + ``data:`` for Responses). A chunk without
+ends and events of one ``data:`` line (``event:`` + ``data:`` for Responses and Anthropic; Gemini
+sends one ``data:`` line per chunk with "\r\n" line ends, framed inline too). A chunk without
 "\r" is cut at its blank lines with one ``bytes.split`` (a chunk of exactly one event with a
 few ``find`` calls, no split at all), an event begun in earlier chunks is framed again from its
 held bytes when it ends, and a partial tail is only stored. Any other shape (several lines,
@@ -99,6 +100,12 @@ class SSEParser:
                 return self._feed(chunk)  # perhaps a byte-order mark
             self._bom_checked = True  # what _skip_bom decides for a stream not starting with 0xEF
         if 13 in chunk:  # "\r"
+            # Gemini frames each event as ONE "data:<line>\r\n\r\n": the same event, inline
+            end = len(chunk) - 4
+            if (end > 4 and chunk.find(13) == end and chunk.find(10) == end + 1 and chunk.endswith(b"\r\n\r\n")
+                    and chunk.startswith(b"data:") and end + 4 <= self.max_event_bytes):
+                data = chunk[6:end] if chunk[5] == 32 else chunk[5:end]
+                return [SSEEvent(None, data.decode("utf-8", "replace"), chunk)]
             return self._feed(chunk)
         # The usual chunk: the parser is empty and the chunk is ONE event, "data:<line>\n\n" or
         # "event:<line>\ndata:<line>\n\n" (what _lines + _line + _make give for it, inline)

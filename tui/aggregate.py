@@ -18,6 +18,8 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from pouch_addon.providers import model_label
+
 ZERO = Decimal(0)
 BLOCKS_KEPT = 200  # newest blocks kept for the "Blocked" tab
 
@@ -157,7 +159,7 @@ class Aggregates:
                 self.blocks.append(entry)
                 if len(self.blocks) > 2 * BLOCKS_KEPT:
                     del self.blocks[:-BLOCKS_KEPT]
-                model = str(entry.get("model") or "(unknown)")
+                model = model_label(entry) or "(unknown)"
                 self.by_model.setdefault(model, Bucket()).blocked += 1
                 self.by_app.setdefault(caller_key(entry), Bucket()).blocked += 1
             return
@@ -178,7 +180,7 @@ class Aggregates:
             day = int((ts - p.month) // 86400)
             if 0 <= day < len(self.per_day):
                 self.per_day[day] += cost
-            for key, table in ((str(entry.get("model") or "(unknown)"), self.by_model),
+            for key, table in ((model_label(entry) or "(unknown)", self.by_model),
                                (caller_key(entry), self.by_app)):
                 b = table.setdefault(key, Bucket())
                 b.requests += 1

@@ -35,13 +35,14 @@ from ..keystore import KeyStore
 from ..money import ZERO, format_usd
 from ..limits import RateBook
 from ..plan import (
-    BodyTooLarge, BudgetTooSmall, CallPlan, DraftPlan, PlanError, PlanSettings, canonical_path, decode_content, draft_plan,
-    parse_body,
+    BodyTooLarge, BudgetTooSmall, CallPlan, DraftPlan, PlanError, PlanSettings, apply_rewrites, canonical_path,
+    decode_content, parse_body,
 )
 from ..pricing import PriceTable
+from ..providers import PROVIDERS, openai
 from .core import CALL, Core, FlowCall, reserve
 from .identity import IDENTITY, Identity
-from .replies import reply
+from .replies import PROVIDER, reply
 from .scope import SCOPE
 
 log = logging.getLogger(__name__)
@@ -94,9 +95,15 @@ class BudgetGate:
             help="Ask for stream_options.include_usage on streamed chat/completions requests so the "
                  "provider reports exact usage; the extra chunk is hidden from clients that did not ask.",
         )
+        loader.add_option(
+            name="pouch_fit_caps", typespec=bool, default=True,
+            help="When an Anthropic request's max_tokens costs more than the budget left, lower it (and a "
+                 "thinking budget above it) to what the budget can pay instead of answering 402. "
+                 "Coding agents send max_tokens of 32K-128K. Off: such requests get 402.",
+        )
 
     def configure(self, updated: set[str]) -> None:
-        if updated & {"pouch_input_margin", "pouch_inject_max_tokens", "pouch_inject_usage"}:
+        if updated & {"pouch_input_margin", "pouch_inject_max_tokens", "pouch_inject_usage", "pouch_fit_caps"}:
             try:
                 margin = Decimal(ctx.options.pouch_input_margin)
             except InvalidOperation:
@@ -106,7 +113,7 @@ class BudgetGate:
                     f"pouch_input_margin: expected a fraction like 0.10, got {ctx.options.pouch_input_margin!r}")
             self.core.settings = PlanSettings(
                 input_margin=margin, inject_max_tokens=ctx.options.pouch_inject_max_tokens,
-                inject_usage=ctx.options.pouch_inject_usage,
+                inject_usage=ctx.options.pouch_inject_usage, fit_caps=ctx.options.pouch_fit_caps,
             )
         if "pouch_prices" in updated or self.core.table is None:
             try:
@@ -160,7 +167,8 @@ class BudgetGate:
     async def _gate(self, flow: http.HTTPFlow) -> None:
         ledger, table = self.core.require()
         ident: Identity = flow.metadata.get(IDENTITY) or Identity("default", "default")
-        meta = {"endpoint": canonical_path(flow.request.path), "client": client_label(flow), **ident.meta()}
+        meta = {"endpoint": canonical_path(flow.request.path), "client": client_label(flow),
+                "provider": flow.metadata.get(PROVIDER, openai.NAME), **ident.meta()}
         wallet = ident.wallet
         inline = inline_ok(flow.request)
         try:
@@ -187,7 +195,7 @@ class BudgetGate:
         flow.metadata[CALL] = call
         self.core.active.add(call)
         if plan.rewrites:
-            body.update(plan.rewrites)
+            apply_rewrites(body, plan.rewrites)
             if inline:  # a small body stays small with a cap and stream_options added
                 set_body(flow.request, body)
             else:
@@ -224,7 +232,8 @@ class BudgetGate:
         if body.get("background") is True:
             raise PlanError("pouch: background responses are billed outside this request, so pouch cannot "
                             "meter them; nothing was sent", code="pouch_unsupported")
-        draft = draft_plan(flow.request.method, flow.request.path, body, table=table, settings=self.core.settings)
+        provider = PROVIDERS.get(flow.metadata.get(PROVIDER, ""), openai)
+        draft = provider.draft(flow.request.method, flow.request.path, body, table=table, settings=self.core.settings)
         return draft, body
 
 

@@ -7,9 +7,11 @@ First match wins:
    remembers it for that client connection. If wallet ``APP`` has a secret (``pouch wallet add
    APP --secret``), the password must match, else the request is answered 401
    (``pouch_proxy_auth_failed``). Without a secret the name is a label the app chooses.
-2. **a pouch virtual key** (``Authorization: Bearer pk-pouch-...``): unknown, revoked or
-   expired keys are answered 401 in OpenAI's shape; a valid key names its wallet and the
-   provider whose real key ``KeySwap`` (``addons/keys.py``) puts in its place.
+2. **a pouch virtual key** (``pk-pouch-...`` wherever the provider takes its key:
+   ``Authorization: Bearer``, Anthropic's ``x-api-key``, Gemini's ``x-goog-api-key`` or
+   ``?key=``, see :func:`find_api_key`; ``KeySwap`` replaces it wherever it appears): unknown, revoked or expired keys, and keys issued for
+   another provider, are answered 401 in the provider's shape; a valid key names its wallet and
+   the provider whose real key ``KeySwap`` (``addons/keys.py``) puts in its place.
 3. **the local process** that opened the connection (``pouch_identify_process``): the
    client's port is mapped to its pid and executable name, off the event loop, once per
    client connection (cached on the connection). On Linux this reads ``/proc`` directly
@@ -42,7 +44,7 @@ from ..budget import DEFAULT_WALLET, check_wallet_name
 from ..keystore import check_key
 from ..vault import VIRTUAL_KEY_PREFIX, fingerprint, hash_virtual_key
 from .core import Core
-from .replies import reply
+from .replies import PROVIDER, reply
 from .scope import SCOPE
 
 log = logging.getLogger(__name__)
@@ -65,6 +67,23 @@ class Identity:
         if self.pid is not None:
             out["pid"] = self.pid
         return out
+
+
+#: where each provider's clients put their API key, besides ``Authorization: Bearer``
+KEY_HEADERS = {"anthropic": ("x-api-key",), "gemini": ("x-goog-api-key",)}
+
+
+def find_api_key(request: http.Request, provider: str) -> str:
+    """The API key a request carries (``Authorization: Bearer`` first, then the provider's own
+    header; Scope moved Gemini's ``?key=`` into ``x-goog-api-key``), or ``""``."""
+    auth = request.headers.get("authorization", "")
+    if auth[:7].lower() == "bearer " and auth[7:].strip():
+        return auth[7:].strip()
+    for name in KEY_HEADERS.get(provider, ()):
+        value = request.headers.get(name, "").strip()
+        if value:
+            return value
+    return ""
 
 
 def parse_basic(value: str) -> tuple[str, str] | None:
@@ -220,8 +239,8 @@ class Identify:
                 return
             wallet, via = creds[0], "proxy_auth"
         key_id = provider = None
-        auth = flow.request.headers.get("authorization", "")
-        token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+        flow_provider = flow.metadata.get(PROVIDER, "openai")
+        token = find_api_key(flow.request, flow_provider)
         if token.startswith(VIRTUAL_KEY_PREFIX):
             keys = self.core.keys
             records = await asyncio.to_thread(keys.by_hash) if keys is not None else {}
@@ -230,6 +249,11 @@ class Identify:
                 what = "is not a key pouch issued" if rec is None else f"has been {state}"
                 reply(flow, 401, f"pouch: the virtual key {fingerprint(token)} {what}",
                       code="invalid_api_key")
+                return
+            if rec.provider != flow_provider:
+                # its real key would go to another provider's host: never swap it in
+                reply(flow, 401, f"pouch: the virtual key {rec.id} was issued for {rec.provider}, not for "
+                      f"{flow_provider} ({flow.request.pretty_host})", code="invalid_api_key")
                 return
             if self.core.vault is None or rec.provider not in self.core.vault:
                 why = self.core.vault_problem or f"the vault holds no {rec.provider!r} key (`pouch key add {rec.provider}`)"

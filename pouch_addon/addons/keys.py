@@ -22,7 +22,7 @@ from pathlib import Path
 
 from mitmproxy import ctx, exceptions, http
 
-from ..vault import Vault, VaultError
+from ..vault import VIRTUAL_KEY_PREFIX, Vault, VaultError
 from .core import Core
 from .identity import IDENTITY, Identity
 from .replies import reply
@@ -90,7 +90,8 @@ class KeySwap:
 
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         # keep the in-memory vault in step with `pouch key add` (a stat, off the loop)
-        if "authorization" in flow.request.headers and "pk-pouch-" in flow.request.headers["authorization"]:
+        h = flow.request.headers
+        if any(VIRTUAL_KEY_PREFIX in h.get(name, "") for name in KEY_PLACES) or VIRTUAL_KEY_PREFIX in flow.request.path:
             await self._refresh()
 
     def request(self, flow: http.HTTPFlow) -> None:
@@ -105,4 +106,18 @@ class KeySwap:
             reply(flow, 503, f"pouch: cannot use virtual key {ident.key_id}: {exc}",
                   code="pouch_vault_unavailable", type_="server_error")
             return
-        flow.request.headers["authorization"] = f"Bearer {real}"
+        put_key(flow.request, real)
+
+
+#: where a virtual key may come: Authorization (OpenAI, the anthropic SDK, Gemini CLI's bearer
+#: mode), Anthropic's x-api-key and Gemini's x-goog-api-key (where ?key= was moved by Scope)
+KEY_PLACES = ("authorization", "x-api-key", "x-goog-api-key")
+
+
+def put_key(request: http.Request, real: str) -> None:
+    """Put the real key wherever the request carries a virtual one (Gemini CLI sends its key in
+    Authorization and x-goog-api-key at once): a virtual key never reaches the provider."""
+    for name in KEY_PLACES:
+        value = request.headers.get(name)
+        if value is not None and VIRTUAL_KEY_PREFIX in value:
+            request.headers[name] = f"Bearer {real}" if name == "authorization" else real

@@ -1,4 +1,8 @@
-"""Metering: stream every budgeted response through a ``StreamMeter`` and settle each call once.
+"""Metering: stream every budgeted response through its provider's stream meter and settle each call once.
+
+The meter comes from the flow's provider module (``new_meter``): SSE for every provider, and
+Gemini's streamed JSON array (``streamGenerateContent`` without ``alt=sse``); a non-streamed
+body is priced from the usage the provider module reads in it.
 
 The per-chunk callable runs on mitmproxy's event loop, so it only does in-memory work; every
 ledger write (settle, the batched checkpoint of streams in flight) goes to the ledger's committer
@@ -14,6 +18,7 @@ import gc
 import logging
 import time
 from collections.abc import Iterable
+from typing import Any
 
 from mitmproxy import ctx, http
 
@@ -21,7 +26,9 @@ from .. import settlement
 from ..budget import Ledger, NotOpen
 from ..metering import StreamMeter
 from ..money import format_usd
+from ..providers import PROVIDERS, openai
 from .core import CALL, Core, FlowCall
+from .replies import PROVIDER
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +65,18 @@ def cut_connections(flow: http.HTTPFlow) -> None:
     asyncio.get_running_loop().call_later(0.05, close_connection, flow, "client")
 
 
+def meter_usage(m: Any) -> tuple[Any, int]:
+    """(usage, counted output) of a meter: the provider's final usage; else, for meters that know
+    the provider's input (``partial_usage``: Anthropic's message_start, Gemini's running totals),
+    that input plus the output so far; else None and the output counted."""
+    if m.usage_source == "provider":
+        return m.final_usage(), 0
+    partial = getattr(m, "partial_usage", None)
+    if partial is not None:
+        return partial(), 0
+    return None, m.output_tokens_counted
+
+
 class Metering:
     def __init__(self, core: Core) -> None:
         self.core = core
@@ -88,15 +107,14 @@ class Metering:
             return
         call.response_started = True
         ctype = flow.response.headers.get("content-type", "")
-        if flow.response.status_code < 400 and "text/event-stream" in ctype:
-            plan = call.plan
+        sse = "text/event-stream" in ctype
+        # a Gemini stream without alt=sse is a JSON array sent piece by piece
+        array = not sse and call.plan.stream and call.plan.api == "gemini" and "json" in ctype
+        if flow.response.status_code < 400 and (sse or array):
             headers = flow.response.headers
             encoding = headers.get("content-encoding")
-            call.meter = StreamMeter(
-                plan.api, plan.price, plan.model, plan.input_tokens, call.reserved,
-                hide_usage_chunk=plan.stream and not plan.client_wants_usage and plan.api in ("chat", "completions"),
-                tier=plan.tier, fees=plan.fees, fixed_fee=plan.fixed_fee, content_encoding=encoding,
-            )
+            provider = PROVIDERS.get(flow.metadata.get(PROVIDER, ""), openai)
+            call.meter = provider.new_meter(call.plan, call.reserved, sse=sse, content_encoding=encoding)
             if encoding is not None:
                 # the meter forwards decoded events (or only its error event): say so to the client
                 del headers["content-encoding"]
@@ -128,7 +146,7 @@ class Metering:
                     result = settlement.undecodable(call.reserved, meter.tool_calls)
                 else:
                     result = settlement.partial(call.plan, call.reserved, meter.output_tokens_counted, "cut_off",
-                                                tool_calls=meter.tool_calls)
+                                                meter_usage(meter)[0], tool_calls=meter.tool_calls)
                 self._settle_soon(call, result)
                 return [*out, b""]  # b"" ends an HTTP/1.1 chunked body for the client
             return out
@@ -156,10 +174,11 @@ class Metering:
             result = self._finished(call, call.meter, table)
         else:
             raw = flow.response.get_content(strict=False)
+            provider = PROVIDERS.get(flow.metadata.get(PROVIDER, ""), openai)
             if raw is not None and len(raw) <= INLINE_PARSE_BYTES:
-                result = settlement.from_response_body(table, call.plan, raw)
+                result = settlement.from_response_body(table, call.plan, raw, provider)
             else:
-                result = await asyncio.to_thread(settlement.from_response_body, table, call.plan, raw)
+                result = await asyncio.to_thread(settlement.from_response_body, table, call.plan, raw, provider)
         return result, status
 
     async def error(self, flow: http.HTTPFlow) -> None:
@@ -180,9 +199,8 @@ class Metering:
         """A stream the provider ended (its body ended, or its ``[DONE]`` / terminal event came)."""
         if m.undecodable is not None:
             return settlement.undecodable(call.reserved, m.tool_calls)
-        usage = m.final_usage() if m.usage_source == "provider" else None
         # the provider's usage is authoritative: tokenise our copy of the text only without it
-        counted = m.output_tokens_counted if usage is None else 0
+        usage, counted = meter_usage(m)
         return settlement.completed(
             table, call.plan, usage, counted,
             model_reported=m.model_reported, tier_reported=m.service_tier,
@@ -198,8 +216,7 @@ class Metering:
         the output received so far, capped at the reservation (``settlement.partial``)."""
         if m.undecodable is not None or ((m.done or m.usage_final) and not m.cut):
             return self._finished(call, m, self.core.require()[1])
-        usage = m.final_usage() if m.usage_source == "provider" else None
-        counted = m.output_tokens_counted if usage is None else 0
+        usage, counted = meter_usage(m)
         return settlement.partial(call.plan, call.reserved, counted, why, usage, m.tool_calls)
 
     def _early_end(self, flow: http.HTTPFlow, call: FlowCall, msg: str) -> settlement.Settlement:

@@ -8,11 +8,13 @@ TLS SNI, else the host mitmproxy will dial. A ``Host`` header or absolute-form a
 names another host or port is answered 421 (``pouch_misdirected_request``): scoping by the
 Host header would let ``Host: evil.example`` inside a tunnel to api.openai.com skip the gate.
 
-On an LLM host, the rules of ``endpoints.py`` apply: upgrades (WebSocket), method overrides,
-odd methods and bodies on non-POSTs to billed paths are refused outright; billed endpoints go
-on to the budget gate; requests known to be free (body-less reads of documented resources,
-moderations, input-token counts) pass; anything else is refused (fail closed) unless
-``pouch_unknown_endpoints=pass``.
+On an LLM host, the rules of ``endpoints.py`` apply to every provider: upgrades (WebSocket),
+method overrides, odd methods and bodies on non-POSTs to billed paths are refused outright.
+Then the destination's provider module (``providers.for_host``: OpenAI, Anthropic, Gemini;
+OpenAI's format for any other host in ``pouch_hosts``) classifies the call: billed endpoints go
+on to the budget gate; requests known to be free (body-less reads, moderations, token counts)
+pass; endpoints pouch cannot reserve for (batches, cached contents) are refused with the
+reason; anything else is refused (fail closed) unless ``pouch_unknown_endpoints=pass``.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from collections.abc import Sequence
 
 from mitmproxy import connection, ctx, exceptions, http
 
-from ..endpoints import canonical_path, classify, describe, misdirected, refusal, split_authority
-from .replies import reply
+from ..endpoints import canonical_path, describe, misdirected, refusal, split_authority
+from ..providers import DEFAULT_HOSTS, for_host
+from .replies import PROVIDER, reply
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +50,10 @@ class Scope:
 
     def load(self, loader) -> None:
         loader.add_option(
-            name="pouch_hosts", typespec=Sequence[str], default=["api.openai.com"],
-            help="LLM API hosts pouch decrypts and budgets (OpenAI's wire format). Other hosts "
-                 "are tunnelled untouched.",
+            name="pouch_hosts", typespec=Sequence[str], default=list(DEFAULT_HOSTS),
+            help="LLM API hosts pouch decrypts and budgets: api.openai.com, api.anthropic.com and "
+                 "generativelanguage.googleapis.com speak their own formats, any other host OpenAI's. "
+                 "Other hosts are tunnelled untouched.",
         )
         loader.add_option(
             name="pouch_unknown_endpoints", typespec=str, default="block", choices=("block", "pass"),
@@ -125,6 +129,8 @@ class Scope:
                 or any((split_authority(c, default_port) or ("",))[0] in self.hosts for c in claims))
         if not ours:
             return
+        provider = for_host(dest[0])
+        flow.metadata[PROVIDER] = provider.NAME  # pouch's own answers take the provider's error shape
         wrong = misdirected(dest, claims, default_port)
         if wrong is None and sni and sni != dest[0]:  # e.g. CONNECT to an LLM host's IP with its name as SNI
             wrong = f"{sni} (TLS SNI)"
@@ -133,13 +139,22 @@ class Scope:
                   f"pouch budgets a request by where it is really sent, so a Host that disagrees with it is "
                   f"refused (421 Misdirected Request). The request was not sent.", code="pouch_misdirected_request")
             return
+        if provider.NAME == "gemini" and "key" in req.query:
+            # Google takes the key as ?key= or x-goog-api-key: move it to the header at once, so no
+            # key (virtual or real) is ever part of a URL a log prints
+            key = req.query.get("key", "")
+            del req.query["key"]
+            req.headers.setdefault("x-goog-api-key", key)
         raw = req.raw_content
         has_body = bool(raw) or "transfer-encoding" in req.headers
         refused = refusal(req.method, req.path, list(req.headers.items(multi=True)), has_body=has_body)
         if refused is not None:
             reply(flow, refused.status, refused.message, code=refused.code)
             return
-        kind = classify(req.method, req.path, has_body=has_body)
+        kind = provider.classify(req.method, req.path, has_body=has_body)
+        if kind == "refused":
+            reply(flow, 403, provider.refusal(req.method, req.path), code="pouch_unpriceable_endpoint")
+            return
         if kind == "unknown":
             if ctx.options.pouch_unknown_endpoints == "pass":
                 flow.metadata[SCOPE] = "passed"

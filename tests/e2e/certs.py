@@ -4,7 +4,8 @@
 
 - ``fake-ca.pem`` / ``fake-ca-key.pem``: a self-signed CA, CN "pouch throwaway test CA";
 - ``fake-leaf.pem`` / ``fake-leaf-key.pem``: a server certificate signed by it, with SANs
-  ``api.openai.com``, ``other.test``, ``localhost`` and ``IP:127.0.0.1``
+  ``api.openai.com``, ``api.anthropic.com``, ``generativelanguage.googleapis.com``,
+  ``other.test``, ``localhost`` and ``IP:127.0.0.1``
   (``fake-leaf.pem`` holds the leaf followed by the CA, i.e. the full chain).
 
 mitmproxy is told to trust ``fake-ca.pem`` for upstream connections
@@ -29,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 CA_CN = "pouch throwaway test CA"
-LEAF_DNS = ("api.openai.com", "other.test", "localhost")
+LEAF_DNS = ("api.openai.com", "api.anthropic.com", "generativelanguage.googleapis.com", "other.test", "localhost")
 LEAF_IPS = ("127.0.0.1",)
 
 

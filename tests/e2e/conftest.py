@@ -9,6 +9,12 @@
   with mitmdump's and the fake's output and the last client runs.
 - ``fake`` (function): a started fake OpenAI (``e2e.start_fake()``).
 - ``bare_proxy`` (function): bare mitmdump + redirect addon, no pouch (``e2e.start_proxy(pouch=False)``).
+- ``anthropic_fake`` / ``gemini_fake`` (function): a started fake api.anthropic.com /
+  generativelanguage.googleapis.com (``e2e.start_anthropic()`` / ``e2e.start_gemini()``); a proxy
+  started after them routes their hosts to them.
+- ``agent_clis`` (session): the directory with Claude Code and Gemini CLI, installed on first use
+  with ``scripts/make_agent_clis.sh`` (``POUCH_AGENT_CLIS`` overrides the location); FAILS with
+  the script's output when they cannot be installed (never skipped).
 
 Every test collected under ``tests/e2e/`` gets the ``e2e`` marker automatically.
 """
@@ -81,3 +87,21 @@ def fake(e2e):  # noqa: ANN001
 @pytest.fixture
 def bare_proxy(e2e, fake):  # noqa: ANN001
     return e2e.start_proxy(pouch=False, fake=fake)
+
+
+@pytest.fixture
+def anthropic_fake(e2e):  # noqa: ANN001
+    return e2e.start_anthropic()
+
+
+@pytest.fixture
+def gemini_fake(e2e):  # noqa: ANN001
+    return e2e.start_gemini()
+
+
+@pytest.fixture(scope="session")
+def agent_clis() -> Path:
+    try:
+        return _harness.ensure_agent_clis()
+    except _harness.HarnessError as e:
+        pytest.fail(str(e), pytrace=False)

@@ -35,7 +35,7 @@ def test_tui_follows_a_live_stream_through_the_proxy(e2e, fake, tmp_path):
             await wait_for(pilot, lambda: table.row_count == 1, what="the in-flight row")
             key = table.rows_shown[0][0]
             model, app_name = (str(table.get_cell(key, col)).strip() for col in ("model", "app"))
-            assert model == "gpt-4o-mini"
+            assert model == "openai/gpt-4o-mini"
             while table.row_count == 1:  # record the streamed-token column as the proxy checkpoints
                 cell = str(table.get_cell(key, "tokens")).strip().replace(",", "")
                 if cell.isdigit() and (not seen_tokens or int(cell) != seen_tokens[-1]):
@@ -47,7 +47,7 @@ def test_tui_follows_a_live_stream_through_the_proxy(e2e, fake, tmp_path):
             await wait_for(pilot, lambda: history.row_count >= 1, what="the settled row")
             [entry] = Ledger(home).history(kinds=("settle",))
             shown = {col: str(history.get_cell(history.keys[0], col)).strip() for col in ("model", "status", "cost")}
-            assert shown == {"model": "gpt-4o-mini", "status": "ok", "cost": money(D(entry["cost"]))}
+            assert shown == {"model": "openai/gpt-4o-mini", "status": "ok", "cost": money(D(entry["cost"]))}
             assert app_name == entry["wallet"] != "127.0.0.1"  # the app charged, not the client's address
 
     asyncio.run(scenario())

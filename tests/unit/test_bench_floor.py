@@ -40,11 +40,12 @@ def test_floor_completion_body_is_priced_from_its_usage():
     from decimal import Decimal
 
     from pouch_addon import settlement
+    from pouch_addon.providers import openai
     from pouch_addon.pricing import PriceTable
 
     table = PriceTable.load()
     request = floor.bench_request(proxy_bench.request_body(proxy_bench.chat_request(stream=False, chunks=50)))
     plan = floor.plan_request(request, table)
-    result = settlement.from_response_body(table, plan, floor.completion_body(50))
+    result = settlement.from_response_body(table, plan, floor.completion_body(50), openai)
     assert result.status == "ok"
     assert Decimal(0) < result.cost <= plan.worst_case

@@ -28,9 +28,15 @@ def test_budget_and_status_json(tmp_path):
     ledger.reserve(D("0.5"))
     out = json.loads(pouch(tmp_path, "status", "--json").stdout)
     assert out == {"budget_usd": "12.5", "spent_usd": "0.125", "reserved_usd": "0.5", "remaining_usd": "11.875",
-                   "in_flight": 1, "requests": 1, "blocked": 0, "flagged": 0, "paused": False}
+                   "in_flight": 1, "requests": 1, "blocked": 0, "flagged": 0, "paused": False,
+                   "month_by_provider": {"openai": "0.125"}}
     text = pouch(tmp_path, "status").stdout
-    assert "$11.875" in text and "1 in flight" in text
+    assert "$11.875" in text and "1 in flight" in text and "this month openai $0.125" in text
+    r = ledger.reserve(D("0.5"), {"provider": "anthropic", "model": "claude-sonnet-4-5"})
+    ledger.settle(r.id, D("0.25"))
+    assert "this month anthropic $0.25, openai $0.125" in pouch(tmp_path, "status").stdout
+    [row] = [line for line in pouch(tmp_path, "history").stdout.splitlines() if "claude" in line]
+    assert "anthropic/claude-sonnet-4-5" in row
 
 
 def test_home_flag_overrides_env(tmp_path):
@@ -56,6 +62,20 @@ def test_cost_is_exact(tmp_path):
     assert json.loads(r.stdout)["usd"] == "0.01022"  # 176*2.5 + 1024*1.25 + 850*10 per 1M
 
 
+def test_cost_reads_counts_as_each_provider_reports_them(tmp_path):
+    # Anthropic: input_tokens excludes the cache; 25 x 3 + 1000 x 3.75 + 2000 x 6 + 12000 x 0.3 + 1200 x 15 per 1M
+    r = pouch(tmp_path, "cost", "claude-sonnet-4-5", "--input", "25", "--cache-write", "1000", "--cache-write-1h", "2000",
+              "--cached", "12000", "--output", "1200", "--json")
+    assert json.loads(r.stdout)["usd"] == "0.037425" and json.loads(r.stdout)["provider"] == "anthropic"
+    # Gemini: promptTokenCount includes the cached tokens, thoughts are billed beside the candidates
+    # (176 x 0.30 + 1024 x 0.03 + (210 + 640) x 2.50 per 1M)
+    r = pouch(tmp_path, "cost", "gemini-2.5-flash", "--input", "1200", "--cached", "1024", "--output", "210",
+              "--thoughts", "640", "--json")
+    assert json.loads(r.stdout)["usd"] == "0.00220852"
+    r = pouch(tmp_path, "cost", "gemini-2.5-flash", "--input", "5", "--reasoning", "3")
+    assert r.returncode == 2 and "--thoughts" in r.stderr
+
+
 def test_status_history_and_cost_show_money_by_the_one_rule(tmp_path):
     """Every amount as ``format_usd`` shows it: cents at least, every digit of a small spend,
     never rounded to $0.00 and never in scientific notation (it used to print "($1.5E-7)")."""
@@ -69,7 +89,7 @@ def test_status_history_and_cost_show_money_by_the_one_rule(tmp_path):
     [row] = pouch(tmp_path, "history").stdout.splitlines()
     assert row.split()[-1] == "$0.0000001" and "notebook" in row
     out = pouch(tmp_path, "cost", "gpt-4o-mini", "--input", "1").stdout.strip()
-    assert out == "gpt-4o-mini: $0.00000015"  # 1 token at $0.15 per 1M
+    assert out == "gpt-4o-mini (openai): $0.00000015"  # 1 token at $0.15 per 1M
 
 
 def test_tokens_of_a_request_file(tmp_path):

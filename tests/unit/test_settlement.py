@@ -2,6 +2,7 @@
 
 from decimal import Decimal as D
 
+from pouch_addon.providers import openai
 from pouch_addon import settlement
 from pouch_addon.plan import PlanSettings, make_plan
 from pouch_addon.pricing import PriceTable, Usage
@@ -77,11 +78,11 @@ def test_from_response_body():
     plan = chat_plan()
     body = (b'{"model":"gpt-4o-2024-08-06","choices":[{"message":{"content":"hello there"}}],'
             b'"usage":{"prompt_tokens":20,"completion_tokens":4,"total_tokens":24}}')
-    s = settlement.from_response_body(TABLE, plan, body)
+    s = settlement.from_response_body(TABLE, plan, body, openai)
     assert s.cost == D(20) * D("2.5") / M + D(4) * D(10) / M and s.model_reported == "gpt-4o-2024-08-06"
-    no_usage = settlement.from_response_body(TABLE, plan, b'{"choices":[{"message":{"content":"hello there"}}]}')
+    no_usage = settlement.from_response_body(TABLE, plan, b'{"choices":[{"message":{"content":"hello there"}}]}', openai)
     assert no_usage.usage.output_tokens == 2 and no_usage.usage_source == "counted"
-    garbage = settlement.from_response_body(TABLE, plan, b"<html>")
+    garbage = settlement.from_response_body(TABLE, plan, b"<html>", openai)
     assert garbage.cost == plan.worst_case and garbage.status == "unreadable_response"
 
 
@@ -103,7 +104,7 @@ def test_a_stored_prompt_billed_far_above_its_visible_input_stays_within_the_res
     """Seen: estimated at 8 input tokens, the provider reported 100,000 (245x the reservation)."""
     plan = responses_plan({"model": "gpt-4o-mini", "prompt": {"id": "pmpt_1"}, "max_output_tokens": 20})
     s = settlement.from_response_body(TABLE, plan, responses_body(
-        {"input_tokens": 100000, "output_tokens": 20, "total_tokens": 100020}))
+        {"input_tokens": 100000, "output_tokens": 20, "total_tokens": 100020}), openai)
     assert s.cost == D(100000) * D("0.15") / M + D(20) * D("0.6") / M
     assert s.cost <= plan.worst_case and s.flags == []
 
@@ -115,7 +116,7 @@ def test_reported_tool_calls_are_billed_and_stay_within_the_reservation():
              {"type": "code_interpreter_call", "id": "ci_1", "container_id": "c1"}]
     # three model turns, each reading (at most) the whole context window
     usage = {"input_tokens": 3 * 128000, "output_tokens": 50, "total_tokens": 3 * 128000 + 50}
-    s = settlement.from_response_body(TABLE, plan, responses_body(usage, calls))
+    s = settlement.from_response_body(TABLE, plan, responses_body(usage, calls), openai)
     tokens = D(3 * 128000) * D("0.15") / M + D(50) * D("0.6") / M
     assert s.cost == tokens + 2 * D("0.025") + D("0.03")  # two searches, one container session
     assert s.cost <= plan.worst_case and s.flags == []
@@ -124,7 +125,7 @@ def test_reported_tool_calls_are_billed_and_stay_within_the_reservation():
 def test_a_tool_call_pouch_cannot_price_bills_the_whole_reservation_flagged():
     plan = responses_plan({"model": "gpt-4o-mini", "prompt": {"id": "pmpt_1"}, "max_output_tokens": 5})
     s = settlement.from_response_body(TABLE, plan, responses_body(
-        {"input_tokens": 10, "output_tokens": 5, "total_tokens": 15}, [{"type": "file_search_call", "id": "fs"}]))
+        {"input_tokens": 10, "output_tokens": 5, "total_tokens": 15}, [{"type": "file_search_call", "id": "fs"}]), openai)
     assert s.cost == plan.worst_case and "unpriced_tool_call" in s.flags
 
 

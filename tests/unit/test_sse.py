@@ -362,3 +362,23 @@ def test_bytearray_and_memoryview_chunks():
         events, leftover = run([kind(data[:12]), kind(data[12:])])
         assert events == reference(data)[0] and leftover == b""
         assert all(type(e.raw) is bytes for e in events)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_crlf_single_event_chunks_equal_the_general_path(seed):
+    """Gemini's framing, one ``data:<line>\\r\\n\\r\\n`` per chunk, takes an inline fast path: it must
+    frame exactly as the general parser, however the CRLF stream is cut."""
+    rng = random.Random(seed)
+    for _ in range(25):
+        stream = random_stream(rng, crlf=True)
+        expected = reference(stream)
+        ends = [i + 4 for i in range(len(stream) - 3) if stream[i:i + 4] == b"\r\n\r\n"]
+        cuts = sorted({e for e in ends if e < len(stream) and rng.random() < 0.8})
+        assert run(split(stream, cuts)) == expected, (stream, cuts)
+
+
+def test_crlf_single_event_shapes():
+    for raw in (b"data:x\r\n\r\n", b"data:\r\n\r\n", b"data:  x\r\n\r\n", b"data: a\r\nb\r\n\r\n",
+                b"data: a\r\r\n\r\n", b"data: a\n\r\n\r\n", b"data: x\r\n\r\n\r\n", b"event: e\r\ndata: d\r\n\r\n"):
+        assert SSEParser().feed(raw) == GeneralParser().feed(raw), raw
+    assert SSEParser().feed(b"data: {}\r\n\r\n") == [SSEEvent(None, "{}", b"data: {}\r\n\r\n")]

@@ -12,6 +12,7 @@ from rich.text import Text
 from ..aggregate import block_reason, to_decimal
 from ..format import align_points, clock, money, short_endpoint, status_colour, theme_style, tokens
 from .fit import Col, FitTable
+from pouch_addon.providers import model_label
 
 COLUMNS = (Col("time", "time (UTC)", 1), Col("model", "model", 0, soft=16, hard=6),
            Col("endpoint", "endpoint", 8), Col("in", "in", 5), Col("cached", "cached", 6), Col("out", "out", 4),
@@ -71,7 +72,7 @@ class HistoryTable(EntryTable):
         cost = to_decimal(entry.get("cost"))
         return {
             "time": Text(clock(entry.get("ts"), now)),
-            "model": Text(str(entry.get("model") or "—"), style="bold" if not blocked else ""),
+            "model": Text(model_label(entry) or "—", style="bold" if not blocked else ""),
             "endpoint": Text(short_endpoint(entry.get("endpoint"))),
             "in": num("input_tokens"),
             "cached": num("cached_tokens"),

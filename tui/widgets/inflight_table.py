@@ -13,6 +13,7 @@ from ..aggregate import caller_key, to_decimal
 from ..format import align_points, bar, duration, money, ratio, short_endpoint, theme_style, tokens
 from ..messages import LedgerSnapshot
 from .fit import Col, FitTable
+from pouch_addon.providers import model_label
 
 COLUMNS = (Col("model", "model", 0, soft=14, hard=6), Col("app", "app", 2, soft=12, hard=6),
            Col("endpoint", "endpoint", 7), Col("elapsed", "elapsed", 5), Col("tokens", "out tokens", 6),
@@ -69,7 +70,7 @@ class InFlightTable(FitTable):
         else:
             state = Text("running", style=theme_style(variables, "success"))
         return {
-            "model": Text(str(meta.get("model") or "?"), style="bold"),
+            "model": Text(model_label(meta) or "?", style="bold"),
             "app": Text(caller_key(meta)),
             "endpoint": Text(short_endpoint(meta.get("endpoint"))),
             "elapsed": Text(duration(now - res.created), justify="right"),
