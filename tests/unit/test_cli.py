@@ -28,7 +28,7 @@ def test_budget_and_status_json(tmp_path):
     ledger.reserve(D("0.5"))
     out = json.loads(pouch(tmp_path, "status", "--json").stdout)
     assert out == {"budget_usd": "12.5", "spent_usd": "0.125", "reserved_usd": "0.5", "remaining_usd": "11.875",
-                   "in_flight": 1, "requests": 1, "blocked": 0, "flagged": 0, "paused": False}
+                   "in_flight": 1, "requests": 1, "blocked": 0, "flagged": 0, "paused": False, "proxy": None}
     text = pouch(tmp_path, "status").stdout
     assert "$11.875" in text and "1 in flight" in text
 
