@@ -167,6 +167,29 @@ def cmd_proxy(args: argparse.Namespace) -> None:
     os.execv(argv[0], argv)
 
 
+def require_proxy(args: argparse.Namespace) -> None:
+    """``pouch run`` refuses to start the command when no proxy answers at --listen (waiting a
+    while for one that is starting) or when its certificates are not signed by this home's CA."""
+    if getattr(args, "no_check", False):
+        return
+    from .doctor import proxy_problem
+
+    home = resolve_home(args.home)
+    problem = proxy_problem(home, args.listen, confdir(home) / CA_NAME, wait=60.0)
+    if problem:
+        raise SystemExit(f"pouch run: not started: {problem} (`pouch doctor` checks everything)")
+
+
+def cmd_doctor(args: argparse.Namespace) -> None:
+    from .doctor import failed, gather, render
+    from .home import home_path
+
+    checks = gather(home_path(args.home), args.listen, os.environ)
+    print(render(checks))
+    if failed(checks):
+        raise SystemExit(1)
+
+
 def cmd_env(args: argparse.Namespace) -> None:
     env = proxy_env(resolve_home(args.home), args.listen)
     for key, value in env.items():
@@ -180,6 +203,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     command = [a for a in args.command_args if a != "--"] if args.command_args[:1] == ["--"] else args.command_args
     if not command:
         raise SystemExit("pouch run: give a command, e.g. `pouch run -- python agent.py`")
+    require_proxy(args)
     env = {**os.environ, **proxy_env(resolve_home(args.home), args.listen)}
     try:
         os.execvpe(command[0], command, env)
@@ -213,8 +237,14 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("run", parents=[common], help="run a command with its LLM traffic through pouch")
     p.add_argument("--listen", default=default_listen(), type=_listen_arg, metavar="HOST:PORT", help="the proxy's address")
+    p.add_argument("--no-check", action="store_true",
+                   help="start the command even when no proxy of this --home answers at --listen")
     p.add_argument("command_args", nargs=argparse.REMAINDER, metavar="-- CMD ...")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("doctor", parents=[common], help="check the proxy, its CA, trust, environment, ledger and vault")
+    p.add_argument("--listen", default=default_listen(), type=_listen_arg, metavar="HOST:PORT", help="the proxy's address")
+    p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("tui", parents=[common], help="open the live terminal dashboard")
     p.set_defaults(func=cmd_tui)

@@ -206,3 +206,107 @@ def test_status_says_which_proxy_serves_the_ledger(tmp_path):
         p.stop()
     out = subprocess.run([*POUCH, "--home", str(home), "status"], capture_output=True, text=True).stdout
     assert "none is serving this ledger" in out
+
+
+# -- issue 14: `pouch run` refuses to start an app that would not be budgeted; `pouch doctor` -------------
+SCRUB = ("HTTPS_PROXY", "https_proxy", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
+         "NODE_EXTRA_CA_CERTS", "NO_PROXY", "no_proxy")
+
+
+def _pouch(home: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`pouch` in a shell that has not run `pouch env` (the host's CA settings removed), plus ``env``."""
+    base = {k: v for k, v in os.environ.items() if k not in SCRUB}
+    return subprocess.run([*POUCH, "--home", str(home), *args], capture_output=True, text=True, timeout=120,
+                          env={**base, **(env or {})})
+
+
+def _env_of(home: Path, port: int) -> dict[str, str]:
+    out = _pouch(home, "env", "--listen", str(port)).stdout
+    import shlex
+    env = {}
+    for line in out.splitlines():
+        if line.startswith("export "):
+            k, _, v = line[7:].partition("=")
+            env[k] = shlex.split(v)[0] if v else ""
+    return env
+
+
+def test_run_refuses_when_no_proxy_answers(tmp_path):
+    home = tmp_path / "home"
+    Ledger(home).set_budget(D(1))
+    marker = tmp_path / "ran"
+    r = _pouch(home, "run", "--listen", str(free_port()), "--", "touch", str(marker))
+    assert r.returncode != 0 and not marker.exists()
+    assert "pouch run: not started: nothing answers at 127.0.0.1:" in r.stderr and "pouch proxy" in r.stderr
+
+
+def test_run_refuses_a_proxy_whose_ca_is_not_this_homes(tmp_path):
+    home, other = tmp_path / "home", tmp_path / "other"
+    for h in (home, other):
+        Ledger(h).set_budget(D(1))
+    port = free_port()
+    p = PouchProxy(tmp_path, other, "--listen", str(port))
+    marker = tmp_path / "ran"
+    _pouch(home, "env")  # this home's CA exists (as after `eval "$(pouch env)"`), the proxy uses another
+    try:
+        p.wait_listening()
+        r = _pouch(home, "run", "--listen", str(port), "--", "touch", str(marker))
+        assert r.returncode != 0 and not marker.exists(), r.stderr
+        assert "is issued by" in r.stderr and "not by pouch's CA" in r.stderr and "--home" in r.stderr
+        r = _pouch(other, "run", "--listen", str(port), "--", "touch", str(marker))
+        assert r.returncode == 0 and marker.exists(), r.stderr
+    finally:
+        p.stop()
+
+
+def _node_reaches_loopback() -> bool:
+    """Whether node's CONNECT to a listener on 127.0.0.1 reaches it (a sandbox may divert node's HTTP)."""
+    import socket
+    import threading
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    def serve():
+        c, _ = srv.accept()
+        if c.recv(1000).startswith(b"CONNECT api.openai.com:443"):
+            c.sendall(b"loopback-ok")
+        c.close()
+    threading.Thread(target=serve, daemon=True).start()
+    js = ("const s=require('net').connect(+process.argv[1],'127.0.0.1',()=>s.write("
+          "'CONNECT api.openai.com:443 HTTP/1.1\\r\\nHost: api.openai.com:443\\r\\n\\r\\n'));"
+          "s.on('data',d=>{process.stdout.write(d.toString());process.exit(0)});s.on('error',()=>process.exit(1))")
+    try:
+        r = subprocess.run(["node", "-e", js, str(srv.getsockname()[1])], capture_output=True, text=True, timeout=20)
+        return r.stdout.startswith("loopback-ok")
+    finally:
+        srv.close()
+
+
+def test_doctor_without_and_with_a_proxy(e2e, fake, tmp_path, e2e_certs):
+    home = tmp_path / "home"
+    Ledger(home).set_budget(D(1))
+    port = free_port()
+    r = _pouch(home, "doctor", "--listen", str(port))
+    assert r.returncode == 1
+    assert f"FAIL  proxy            nothing answers at 127.0.0.1:{port}" in r.stdout and "fix: start it" in r.stdout
+    p = PouchProxy(tmp_path, home, "--listen", str(port), "--set", f"pouch_route=api.openai.com=127.0.0.1:{fake.port}",
+                   "--set", f"ssl_verify_upstream_trusted_ca={e2e_certs.ca_cert}")
+    try:
+        p.wait_listening()
+        r = _pouch(home, "doctor", "--listen", str(port))  # a shell without `pouch env`: a warning only
+        assert "WARN  environment" in r.stdout and 'eval "$(pouch env)"' in r.stdout
+        r = _pouch(home, "doctor", "--listen", str(port), env=_env_of(home, port))
+        for line in ("OK    proxy", "OK    proxy CA", "OK    environment", "OK    trust: python", "OK    trust: curl",
+                     "OK    ledger", "OK    vault"):
+            assert line in r.stdout, r.stdout
+        if _node_reaches_loopback():
+            assert r.returncode == 0 and "OK    trust: node" in r.stdout, r.stdout
+        else:  # this machine diverts node's sockets (even to loopback) to a proxy of its own: doctor says so
+            assert r.returncode == 1 and "FAIL  trust: node" in r.stdout and r.stdout.count("FAIL") == 1, r.stdout
+        # a shell whose apps would not trust pouch's CA fails, with the fix
+        r = _pouch(home, "doctor", "--listen", str(port),
+                   env={**_env_of(home, port), "SSL_CERT_FILE": str(e2e_certs.ca_cert)})
+        assert r.returncode == 1 and f"FAIL  environment      SSL_CERT_FILE={e2e_certs.ca_cert}" in r.stdout, r.stdout
+        assert 'fix: eval "$(pouch env)"' in r.stdout
+    finally:
+        p.stop()

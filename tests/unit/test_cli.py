@@ -139,7 +139,7 @@ def test_env_prints_proxy_and_a_ca_bundle_with_pouchs_ca(tmp_path):
 
 
 def test_run_passes_the_environment_to_the_command(tmp_path):
-    r = pouch(tmp_path, "run", "--", sys.executable, "-c", "import os; print(os.environ['HTTPS_PROXY'])")
+    r = pouch(tmp_path, "run", "--no-check", "--", sys.executable, "-c", "import os; print(os.environ['HTTPS_PROXY'])")
     assert r.stdout.strip() == "http://127.0.0.1:8080"
 
 
