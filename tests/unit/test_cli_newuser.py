@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -152,3 +153,17 @@ def test_pouch_options_lists_pouchs_mitmproxy_options(tmp_path):
     assert r.returncode == 0
     for name in ("pouch_home", "pouch_route", "pouch_hosts", "pouch_max_body_mb"):
         assert name in r.stdout
+
+
+# -- item 10: set-up speed and reproducibility ---------------------------------------------------------
+def test_client_requirements_are_pinned_and_used():
+    reqs = (ROOT / "tests" / "e2e" / "clients" / "requirements.txt").read_text().splitlines()
+    pins = [line for line in reqs if line.strip() and not line.startswith("#")]
+    assert pins and all(re.fullmatch(r"[A-Za-z0-9_.-]+==[0-9][A-Za-z0-9.+-]*", p) for p in pins), pins
+    assert any(p.startswith("openai==") for p in pins)
+    assert "tests/e2e/clients/requirements.txt" in (ROOT / "scripts" / "make_client_venv.sh").read_text()
+
+
+def test_setup_is_stamped_on_pyproject():
+    text = (ROOT / "scripts" / "setup.sh").read_text()
+    assert "pyproject.toml" in text and ".pouch-setup" in text and "pip-install.log" in text
