@@ -310,3 +310,22 @@ def test_doctor_without_and_with_a_proxy(e2e, fake, tmp_path, e2e_certs):
         assert 'fix: eval "$(pouch env)"' in r.stdout
     finally:
         p.stop()
+
+
+def test_status_counts_the_calls_the_proxy_has_in_flight(e2e, fake, tmp_path, e2e_certs):
+    home = tmp_path / "home"
+    Ledger(home).set_budget(D(1))
+    port = free_port()
+    p = PouchProxy(tmp_path, home, "--listen", str(port), "--set", f"pouch_route=api.openai.com=127.0.0.1:{fake.port}",
+                   "--set", f"ssl_verify_upstream_trusted_ca={e2e_certs.ca_cert}")
+    try:
+        p.wait_listening()
+        ca = home / "mitmproxy" / "mitmproxy-ca-cert.pem"
+        env = e2e.client_env(extra={"HTTPS_PROXY": f"http://127.0.0.1:{port}", "SSL_CERT_FILE": str(ca)})
+        bg = e2e.start_sdk("chat_stream", {"model": "gpt-4o-mini", "max_tokens": 200, "extra_headers": {
+            "x-fake-prompt-tokens": "10", "x-fake-chunks": "40", "x-fake-delay-ms": "150"}}, env)
+        wait_until(lambda: "1 call(s) in flight" in _pouch(home, "status").stdout, 20, "status showing the stream")
+        assert bg.result(60)["ok"]
+        wait_until(lambda: "0 call(s) in flight" in _pouch(home, "status").stdout, 20, "status after the stream")
+    finally:
+        p.stop()
