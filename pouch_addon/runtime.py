@@ -203,7 +203,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     command = [a for a in args.command_args if a != "--"] if args.command_args[:1] == ["--"] else args.command_args
     if not command:
         raise SystemExit("pouch run: give a command, e.g. `pouch run -- python agent.py`")
-    require_proxy(args)
+    require_proxy(args)  # first: a proxy still starting creates the CA that proxy_env hands out
     env = {**os.environ, **proxy_env(resolve_home(args.home), args.listen)}
     try:
         os.execvpe(command[0], command, env)
