@@ -140,6 +140,7 @@ def test_listen_port_only_means_loopback_and_the_banner_says_so(tmp_path):
         p.wait_listening()
         assert port_open(port)
         assert f"http://127.0.0.1:{port}" in p.output() and f"http://{port}" not in p.output()
+        assert "pouch: no budget set: `pouch budget set AMOUNT`" in p.output()  # a fresh ledger says so
     finally:
         p.stop()
 
