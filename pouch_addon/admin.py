@@ -22,14 +22,14 @@ import secrets
 import sys
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from .audit import AUDIT_FILE, AuditError, AuditLog
 from .budget import Ledger, LedgerCorrupt, WalletStatus
-from .home import resolve_home
+from .home import ledger_exists, ledger_home, resolve_home
 from .keystore import KeyStore
 from .ledger_audit import has_history
 from .money import MoneyError, format_usd, parse_usd
@@ -74,13 +74,17 @@ def audit_log_problems(home: Path) -> list[str]:
     return []
 
 
-def parse_time(text: str, what: str) -> float:
+def parse_time(text: str, what: str, *, end_of_day: bool = False) -> float:
+    """An ISO date or time, UTC unless it says otherwise. ``end_of_day``: a bare date means the
+    end of that day (the next midnight UTC), so ``--expires 2026-12-31`` lasts through the 31st."""
     try:
         dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise AdminError(f"{what}: not an ISO date or time: {text!r} (e.g. 2026-12-31 or 2026-12-31T18:00Z)") from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
+    if end_of_day and len(text.strip()) == 10:  # YYYY-MM-DD
+        dt += timedelta(days=1)
     return dt.timestamp()
 
 
@@ -128,7 +132,7 @@ def _secret_for(args: argparse.Namespace) -> tuple[str | None, dict[str, Any]]:
 
 
 def cmd_wallet(args: argparse.Namespace) -> None:
-    home = resolve_home(args.home)
+    home = ledger_home(args.home, create=args.action == "add")
     ledger = Ledger(home)
     if args.action == "list":
         wallets = ledger.wallets()
@@ -157,7 +161,8 @@ def cmd_wallet(args: argparse.Namespace) -> None:
     if args.tpm is not None:
         fields["tpm"] = _limit(args.tpm)
     if args.expires is not None:
-        fields["expires"] = None if args.expires.lower() in ("never", "none") else parse_time(args.expires, "--expires")
+        fields["expires"] = (None if args.expires.lower() in ("never", "none")
+                             else parse_time(args.expires, "--expires", end_of_day=True))
     secret, secret_fields = _secret_for(args)
     fields.update(secret_fields)
     try:
@@ -275,12 +280,15 @@ def cmd_key(args: argparse.Namespace) -> None:
         audit(home, "key.rm", {"provider": args.provider})
         print(f"removed the {args.provider} key from the vault")
     elif args.action == "issue":
-        expires = parse_time(args.expires, "--expires") if args.expires else None
+        expires = parse_time(args.expires, "--expires", end_of_day=True) if args.expires else None
         try:
             from .budget import check_wallet_name
             check_wallet_name(args.wallet)
         except ValueError as exc:
             raise AdminError(str(exc)) from None
+        if not ledger_exists(home) or args.wallet not in {w.name for w in Ledger(home).wallets()}:
+            raise AdminError(f"no wallet named {args.wallet!r}: create it first with "
+                             f"`pouch wallet add {args.wallet} --budget USD` (a key charges its wallet)")
         if args.provider not in vault_names(home):
             print(f"pouch: note: the vault holds no {args.provider!r} key yet (`pouch key add {args.provider}`)",
                   file=sys.stderr)
@@ -349,7 +357,8 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
                                          "the spend from history in the new window")
         wp.add_argument("--rpm", metavar="N", help="requests per minute (or none)")
         wp.add_argument("--tpm", metavar="N", help="tokens per minute, worst case per request (or none)")
-        wp.add_argument("--expires", metavar="ISO", help="refuse requests from then on (or never)")
+        wp.add_argument("--expires", metavar="ISO", help="refuse requests from then on (or never); a bare date "
+                                                         "means the end of that day, UTC")
         wp.add_argument("--secret", action="store_true", help="require a proxy secret (a new one is printed once)")
         if action == "set":
             wp.add_argument("--no-secret", action="store_true", help="no longer require a proxy secret")
@@ -370,7 +379,7 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     kp = ksub.add_parser("issue", parents=[common], help="print a new virtual key (pk-pouch-...) for a wallet")
     kp.add_argument("--wallet", required=True, metavar="APP")
     kp.add_argument("--provider", default="openai", help="whose real key it stands for (default openai)")
-    kp.add_argument("--expires", metavar="ISO")
+    kp.add_argument("--expires", metavar="ISO", help="a bare date means the end of that day, UTC")
     kp = ksub.add_parser("revoke", parents=[common], help="revoke a virtual key by its id")
     kp.add_argument("id")
     kp = ksub.add_parser("list", parents=[common], help="provider keys held and virtual keys issued")

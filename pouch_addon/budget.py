@@ -202,6 +202,7 @@ class Refusal:
     needed: Decimal
     remaining: Decimal
     wallet: str | None = None  # set when the wallet (not the global budget) refused
+    budget_unset: bool = False  # the global budget is $0: a fresh ledger nobody gave money yet
 
     @property
     def message(self) -> str:
@@ -219,6 +220,9 @@ class Refusal:
                 f"{format_usd(self.needed)} but only {format_usd(self.remaining)} remains in it "
                 f"(raise it with `pouch wallet set {self.wallet} --add AMOUNT`)"
             )
+        if self.budget_unset:
+            return (f"pouch: no budget set: `pouch budget set AMOUNT` (this request may cost up to "
+                    f"{format_usd(self.needed)}; every call is refused until there is a budget)")
         return (
             f"pouch: budget exceeded: this request may cost up to {format_usd(self.needed)} "
             f"but only {format_usd(self.remaining)} remains "
@@ -417,7 +421,7 @@ class LedgerState:
             if amount > w_remaining:
                 return Refusal("insufficient", amount, w_remaining, wallet=w.name)
         if amount > self.remaining:
-            return Refusal("insufficient", amount, self.remaining)
+            return Refusal("insufficient", amount, self.remaining, budget_unset=self.budget == 0)
         res = Reservation(res_id, amount, now, owner, meta)
         self.open[res_id] = res
         return res

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -19,8 +20,10 @@ from typing import Any
 from . import admin
 from .audit import AUDIT_FILE, AuditLog
 from .budget import Ledger, LedgerCorrupt, NotOpen
+from .home import HomeError, ledger_home
 from .ledger_audit import reconcile, restore_details
-from .money import MoneyError, format_usd, parse_usd, usd_str
+from .money import ZERO, MoneyError, format_usd, parse_usd, usd_str
+from .presence import read_presence
 from .providers import model_label
 
 HISTORY_COLUMNS = [
@@ -43,54 +46,98 @@ def _parse_since(text: str) -> float:
     return dt.timestamp()
 
 
-def spend_by_provider(ledger: Ledger) -> dict[str, Decimal]:
-    """This month's (UTC) settled spend per provider."""
-    now = datetime.now(timezone.utc)
-    start = datetime(now.year, now.month, 1, tzinfo=timezone.utc).timestamp()
+def open_ledger(home: str | None, *, create: bool = False) -> Ledger:
+    """The ledger at ``home``; only commands that set something up create one (``create``)."""
+    return Ledger(ledger_home(home, create=create))
+
+
+def month_start(now: float) -> float:
+    dt = datetime.fromtimestamp(now, timezone.utc)
+    return dt.replace(day=1, hour=0, minute=0, second=0, microsecond=0).timestamp()
+
+
+def apps_without_wallet(entries: list[dict[str, Any]], wallets: set[str]) -> list[dict[str, Any]]:
+    """Apps (wallet names) that settled calls without a configured wallet: spend and count, dearest first."""
+    seen: dict[str, list[Any]] = {}
+    for e in entries:
+        name = e.get("wallet")
+        if e.get("kind") != "settle" or not name or name in wallets:
+            continue
+        acc = seen.setdefault(name, [ZERO, 0])
+        acc[0] += Decimal(e["cost"])
+        acc[1] += 1
+    rows = [{"name": n, "spent_usd": usd_str(v[0]), "requests": v[1]} for n, v in seen.items()]
+    return sorted(rows, key=lambda r: (-Decimal(r["spent_usd"]), r["name"]))
+
+
+def spend_by_provider(entries: list[dict[str, Any]]) -> dict[str, Decimal]:
+    """Settled spend per provider of ``entries`` (this month's, for status)."""
     out: dict[str, Decimal] = {}
-    for e in ledger.history(since=start, kinds=("settle",)):
+    for e in entries:
         name = str(e.get("provider") or "openai")  # entries from before providers were OpenAI's format
-        out[name] = out.get(name, Decimal(0)) + Decimal(e["cost"])
+        out[name] = out.get(name, ZERO) + Decimal(e["cost"])
     return dict(sorted(out.items()))
 
 
 def _print_status(ledger: Ledger, as_json: bool) -> None:
     st = ledger.status()
     wallets = ledger.wallets()
-    providers = spend_by_provider(ledger)
+    month = ledger.history(since=month_start(ledger.clock()), kinds=("settle",))
+    providers = spend_by_provider(month)
+    others = apps_without_wallet(month, {w.name for w in wallets})
+    proxy = read_presence(ledger.home)
     if as_json:
         out = st.to_json()
         if wallets:
             out["wallets"] = [w.to_json() for w in wallets]
         out["month_by_provider"] = {k: usd_str(v) for k, v in providers.items()}
+        if others:
+            out["apps_without_wallet"] = others
+        out["proxy"] = proxy.to_json() if proxy else None
         print(json.dumps(out))
         return
-    print(f"budget     {format_usd(st.budget)}")
+    if st.budget == 0 and st.spent == 0:
+        print("budget     $0.00: no budget set: `pouch budget set AMOUNT` (until then every LLM call is refused)")
+    else:
+        print(f"budget     {format_usd(st.budget)}")
     print(f"spent      {format_usd(st.spent)}")
     print(f"reserved   {format_usd(st.reserved)}  ({st.in_flight} in flight)")
     print(f"remaining  {format_usd(st.remaining)}")
     print(f"requests   {st.requests} settled, {st.blocked} blocked, {st.flagged} flagged for review")
     if providers:
         print("this month " + ", ".join(f"{name} {format_usd(v)}" for name, v in providers.items()))
+    if proxy is None:
+        print("proxy      none is serving this ledger (start one: `pouch proxy`)")
+    elif proxy.state == "starting":
+        print(f"proxy      starting on {proxy.url} (pid {proxy.pid})")
+    else:
+        print(f"proxy      serving this ledger on {proxy.url} (pid {proxy.pid}), {proxy.in_flight} call(s) in flight")
     if st.paused:
         print("PAUSED: every LLM request is answered 402 until `pouch resume`")
     if wallets:
         print()
         admin.print_wallets(wallets)
+    if others:
+        print()
+        print("apps without a wallet this month (charged to the global budget only):")
+        for r in others:
+            print(f"  {r['name']:<20} {format_usd(Decimal(r['spent_usd'])):>12}  {r['requests']} request(s)")
 
 
 def cmd_status(args: argparse.Namespace) -> None:
-    _print_status(Ledger(args.home), args.json)
+    _print_status(open_ledger(args.home), args.json)
 
 
 def cmd_budget(args: argparse.Namespace) -> None:
-    ledger = Ledger(args.home)
+    ledger = open_ledger(args.home, create=args.action != "show")
     if args.action == "show":
         _print_status(ledger, False)
         return
     try:
-        amount = parse_usd(args.amount, allow_negative=args.action == "add")
+        amount = parse_usd(args.amount)
     except MoneyError as exc:
+        if args.action == "add" and args.amount.strip().startswith("-"):
+            raise CliError("budget add takes a positive AMOUNT; to lower the budget use `pouch budget set AMOUNT`") from None
         raise CliError(str(exc)) from None
     if args.action == "set":
         st = ledger.set_budget(amount)
@@ -104,7 +151,7 @@ def cmd_budget(args: argparse.Namespace) -> None:
 
 
 def cmd_pause(args: argparse.Namespace) -> None:
-    ledger = Ledger(args.home)
+    ledger = open_ledger(args.home, create=True)
     st = ledger.set_paused(args.command == "pause")
     admin.audit(ledger.home, args.command, {})
     print("paused: LLM requests are refused with 402" if st.paused else "resumed")
@@ -112,8 +159,11 @@ def cmd_pause(args: argparse.Namespace) -> None:
 
 def cmd_history(args: argparse.Namespace) -> None:
     since = _parse_since(args.since) if args.since else None
+    if args.limit is not None and args.limit < 1:
+        raise CliError(f"--limit must be at least 1, not {args.limit}")
     kinds = None if args.blocked else ("settle",)
-    entries = Ledger(args.home).history(since=since, limit=args.limit, kinds=kinds, wallet=args.wallet)
+    ledger = open_ledger(args.home)
+    entries = ledger.history(since=since, limit=args.limit, kinds=kinds, wallet=args.wallet)
     entries.reverse()  # oldest first, like a statement
     if args.json:
         print(json.dumps(entries, indent=1))
@@ -132,6 +182,10 @@ def cmd_history(args: argparse.Namespace) -> None:
                 f"{e['time']}  {e.get('status', ''):<10} {e.get('wallet', '-'):<16} {model_label(e) or '-':<24}"
                 f" {tokens:<16} {format_usd(Decimal(e['cost'])):>14}{flags}"
             )
+        if not args.blocked:
+            hidden = len(ledger.history(since=since, kinds=("block",), wallet=args.wallet))
+            if hidden:
+                print(f"({hidden} blocked request{'' if hidden == 1 else 's'} not shown (`pouch history --blocked`))")
 
 
 def cmd_cost(args: argparse.Namespace) -> None:
@@ -170,8 +224,13 @@ def cmd_tokens(args: argparse.Namespace) -> None:
     print(n)
 
 
+def _status_line(st: Any) -> str:
+    return (f"budget {format_usd(st.budget)}, spent {format_usd(st.spent)}, reserved {format_usd(st.reserved)}, "
+            f"{st.requests} settled, {st.blocked} blocked")
+
+
 def cmd_ledger(args: argparse.Namespace) -> None:
-    ledger = Ledger(args.home)
+    ledger = open_ledger(args.home)
     if args.action == "verify":
         problems = ledger.verify()
         audit_problems = admin.audit_log_problems(ledger.home)
@@ -181,13 +240,38 @@ def cmd_ledger(args: argparse.Namespace) -> None:
         admin.report_problems(problems, lambda: f"ledger {ledger.state_path} is consistent and agrees with "
                                                 "the audit log")
     elif args.action == "restore":
-        print(f"restored the last good copy to {ledger.restore_backup()}")
+        try:
+            before = _status_line(ledger.status())
+        except LedgerCorrupt:
+            before = "unreadable"
+        path = ledger.restore_backup()
         admin.audit(ledger.home, "ledger.restore", restore_details(ledger.snapshot()))
+        print(f"restored the last good copy (the state before the last write) to {path}")
+        print(f"  now:    {_status_line(ledger.status())}")
+        print(f"  before: {before}")
+        print("  settles written after that copy are replayed from history; a budget, wallet or pause change is not")
     elif args.action == "recover":
         entries = ledger.recover_orphans()
         print(f"settled {len(entries)} reservation(s) left open by dead processes")
         for e in entries:
             print(f"  {e['id']} {e.get('model', '-')} at {format_usd(Decimal(e['cost']))} (flagged orphaned)")
+
+
+def _tokens(text: str) -> int:
+    """A token count option: a whole number >= 0 (argparse names the option in its error)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of tokens, got {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"a token count cannot be negative, got {n}")
+    return n
+
+
+def cmd_options(args: argparse.Namespace) -> None:
+    """pouch's mitmproxy options with their help (``mitmdump --options`` prints before loading scripts)."""
+    from .options import dump_options
+    print(dump_options(), end="")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -220,23 +304,24 @@ def build_parser() -> argparse.ArgumentParser:
     fmt.add_argument("--json", action="store_true")
     fmt.add_argument("--csv", action="store_true")
     p.add_argument("--since", metavar="ISO", help="only entries at or after this UTC date/time")
-    p.add_argument("--limit", type=int, default=None, help="at most N most recent entries")
+    p.add_argument("--limit", type=int, default=None, help="at most N most recent entries (N >= 1)")
     p.add_argument("--blocked", action="store_true", help="include blocked requests")
     p.add_argument("--wallet", metavar="NAME", help="only requests charged to (or blocked for) this wallet")
     p.set_defaults(func=cmd_history)
 
     p = sub.add_parser("cost", parents=[common], help="exact USD cost of a usage, to check a bill")
     p.add_argument("model")
-    p.add_argument("--input", type=int, default=0, metavar="N",
+    p.add_argument("--input", type=_tokens, default=0, metavar="N",
                    help="input tokens as the provider reports them (OpenAI, Gemini: cached ones included; "
                         "Anthropic: input_tokens, without cache reads and writes)")
-    p.add_argument("--cached", type=int, default=0, metavar="N", help="read from cache")
-    p.add_argument("--cache-write", type=int, default=0, metavar="N", help="written to cache (Anthropic: 5-minute TTL)")
-    p.add_argument("--cache-write-1h", type=int, default=0, metavar="N", help="written to cache with the 1-hour TTL (Anthropic)")
-    p.add_argument("--output", type=int, default=0, metavar="N",
+    p.add_argument("--cached", type=_tokens, default=0, metavar="N", help="read from cache")
+    p.add_argument("--cache-write", type=_tokens, default=0, metavar="N", help="written to cache (Anthropic: 5-minute TTL)")
+    p.add_argument("--cache-write-1h", type=_tokens, default=0, metavar="N",
+                   help="written to cache with the 1-hour TTL (Anthropic)")
+    p.add_argument("--output", type=_tokens, default=0, metavar="N",
                    help="output tokens (OpenAI: reasoning included; Anthropic: thinking included; Gemini: candidates)")
-    p.add_argument("--reasoning", type=int, default=0, metavar="N", help="of which reasoning (OpenAI; not added again)")
-    p.add_argument("--thoughts", type=int, default=0, metavar="N", help="thinking tokens (Gemini; billed beside --output)")
+    p.add_argument("--reasoning", type=_tokens, default=0, metavar="N", help="of which reasoning (OpenAI; not added again)")
+    p.add_argument("--thoughts", type=_tokens, default=0, metavar="N", help="thinking tokens (Gemini; billed beside --output)")
     p.add_argument("--tier", default=None, help="service tier: flex, priority, batch")
     p.add_argument("--prices", default=None, help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true")
@@ -253,6 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["verify", "restore", "recover"])
     p.set_defaults(func=cmd_ledger)
 
+    p = sub.add_parser("options", parents=[common], help="pouch's mitmproxy options (--set pouch_...=...) with their help")
+    p.set_defaults(func=cmd_options)
+
     admin.add_commands(sub, common)
     _add_runtime_commands(sub, common)
     return parser
@@ -267,16 +355,65 @@ def _add_runtime_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     runtime.add_commands(sub, common)
 
 
+def split_proxy_argv(argv: list[str]) -> tuple[list[str], list[str]]:
+    """``pouch [--home D] proxy ...``: pouch's own options (``--home``, ``--listen``, ``-h``) and
+    everything else, which goes to mitmdump as it is (``-p 9090``, ``--set k=v``, ``--mode ...``;
+    after ``--`` everything). Other commands: (argv, [])."""
+    i = 0
+    while i < len(argv) and argv[i] != "proxy":
+        if argv[i] == "--home":
+            i += 2
+        elif argv[i].startswith("--home="):
+            i += 1
+        else:
+            return argv, []
+    if i >= len(argv):
+        return argv, []
+    ours, mitm = argv[:i + 1], []
+    rest = argv[i + 1:]
+    j = 0
+    while j < len(rest):
+        a = rest[j]
+        if a == "--":
+            mitm += rest[j + 1:]
+            break
+        if a in ("--home", "--listen"):
+            ours += rest[j:j + 2]
+            j += 1
+        elif a.startswith(("--home=", "--listen=")) or a in ("-h", "--help"):
+            ours.append(a)
+        else:
+            mitm.append(a)
+        j += 1
+    return ours, mitm
+
+
+def _quiet_broken_pipe() -> int:
+    """The reader went away (``pouch status | head -2``): stop quietly, like other Unix tools."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return 141  # 128 + SIGPIPE, what a shell reports for a command killed by it
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    ours, mitm = split_proxy_argv(list(sys.argv[1:] if argv is None else argv))
+    args = parser.parse_args(ours)
+    if getattr(args, "command", None) == "proxy":
+        args.mitm_args = mitm
     if not hasattr(args, "home"):
         args.home = None
     try:
         args.func(args)
-    except (CliError, admin.AdminError, LedgerCorrupt, NotOpen) as exc:
+        sys.stdout.flush()
+    except (CliError, admin.AdminError, LedgerCorrupt, NotOpen, HomeError) as exc:
         print(f"pouch: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        return _quiet_broken_pipe()
     except KeyboardInterrupt:
         return 130
     return 0

@@ -45,20 +45,83 @@ def confdir(home: Path) -> Path:
     return home / "mitmproxy"
 
 
-def mitmdump_argv(home: Path, listen: str, extra: list[str]) -> list[str]:
-    """mitmdump with pouch's addon and safe defaults; the user's own options come last and win."""
+def default_listen() -> str:
+    """``$POUCH_LISTEN`` (like ``$POUCH_HOME``, for every command at once), else 127.0.0.1:8080."""
+    return os.environ.get("POUCH_LISTEN") or DEFAULT_LISTEN
+
+
+def parse_listen(text: str) -> str:
+    """``HOST:PORT``, ``PORT`` (on 127.0.0.1) or ``HOST`` (port 8080) -> ``HOST:PORT``."""
+    text = text.strip()
+    if text.isdigit():
+        host, port = "127.0.0.1", text
+    elif text.startswith("[") and "]" in text:  # [::1]:8080
+        end = text.index("]")
+        host, port = text[:end + 1], text[end + 2:] if text[end + 1:end + 2] == ":" else "8080"
+    elif ":" in text:
+        host, _, port = text.rpartition(":")
+    else:
+        host, port = text, "8080"
+    host = host or "127.0.0.1"
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--listen {text!r}: expected HOST:PORT, PORT or HOST (e.g. 127.0.0.1:8080)")
+    return f"{host}:{int(port)}"
+
+
+def _listen_arg(text: str) -> str:
+    try:
+        return parse_listen(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _user_options(extra: list[str]) -> dict[str, str | None]:
+    """The mitmproxy options the user's arguments set, with their last value where one is seen:
+    ``--set k=v``, ``--k v``/``--k=v``, ``--no-k``, ``-p N``."""
+    out: dict[str, str | None] = {}
+    for i, a in enumerate(extra):
+        nxt = extra[i + 1] if i + 1 < len(extra) else None
+        if a == "--set" and nxt:
+            k, _, v = nxt.partition("=")
+            out[k] = v
+        elif a.startswith("--set="):
+            k, _, v = a[6:].partition("=")
+            out[k] = v
+        elif a == "-p":
+            out["listen_port"] = nxt
+        elif a.startswith("--") and len(a) > 2:
+            name, eq, v = a[2:].partition("=")
+            name = name.removeprefix("no-").replace("-", "_")
+            out[name] = v if eq else (nxt if nxt and not nxt.startswith("-") else None)
+    return out
+
+
+def mitmdump_argv(home: Path, listen: str, extra: list[str]) -> tuple[list[str], str]:
+    """mitmdump with pouch's addon and safe defaults, and the address it will listen on.
+    A default the user's own arguments set is left out, so theirs wins (mitmdump refuses two
+    values for one option)."""
     exe = shutil.which("mitmdump", path=str(Path(sys.executable).parent)) or shutil.which("mitmdump")
     if exe is None:
         raise SystemExit("pouch: mitmdump not found; install pouch with its dependencies (pip install pouch)")
+    user = _user_options(extra)
     host, _, port = listen.rpartition(":")
-    return [
-        exe, "--listen-host", host or "127.0.0.1", "-p", port,
-        "--set", f"confdir={confdir(home)}",
-        "--set", "http2=false",  # a per-request cut-off is only clean over HTTP/1.1 upstreams
-        "--set", f"pouch_home={home}",
-        "-s", str(SCRIPT),
-        *extra,
+    host = user.get("listen_host") or host
+    port = user.get("listen_port") or port
+    defaults = [
+        ("listen_host", ["--listen-host", host]),
+        ("listen_port", ["-p", port]),
+        ("confdir", ["--set", f"confdir={confdir(home)}"]),
+        ("http2", ["--set", "http2=false"]),  # a per-request cut-off is only clean over HTTP/1.1 upstreams
+        # connect upstream only when a request is forwarded: a call pouch refuses (402) is
+        # answered even when the provider is unreachable, instead of "Connection error"
+        ("connection_strategy", ["--set", "connection_strategy=lazy"]),
+        ("pouch_home", ["--set", f"pouch_home={home}"]),
     ]
+    argv = [exe]
+    for name, args in defaults:
+        if name not in user:
+            argv += args
+    return [*argv, "-s", str(SCRIPT), *extra], f"{host}:{port}"
 
 
 def ensure_ca(home: Path) -> Path:
@@ -201,9 +264,15 @@ def proxy_env(home: Path, listen: str, *, wallet: str | None = None,
 
 def cmd_proxy(args: argparse.Namespace) -> None:
     home = resolve_home(args.home)
-    argv = mitmdump_argv(home, args.listen, [a for a in args.mitm_args if a != "--"])
-    print(f"pouch: proxy on http://{args.listen}, ledger {home}; point apps at it with `eval \"$(pouch env)\"`",
-          file=sys.stderr)
+    extra = shlex.split(os.environ.get("POUCH_PROXY_ARGS", "")) + list(getattr(args, "mitm_args", []))
+    argv, listen = mitmdump_argv(home, args.listen, extra)
+    from .presence import Presence, write_presence
+    import time
+    # the pid stays the same across exec: `pouch run` and `pouch status` see a proxy starting
+    write_presence(home, Presence(os.getpid(), "starting", listen, time.time()))
+    print(f"pouch: starting the proxy on http://{listen}, ledger {home} (it says when it listens); "
+          f"point apps at it with `pouch run -- CMD` or `eval \"$(pouch env)\"`", file=sys.stderr)
+    sys.stderr.flush()
     os.execv(argv[0], argv)
 
 
@@ -212,6 +281,29 @@ def _env_for(args: argparse.Namespace) -> dict[str, str]:
         return proxy_env(resolve_home(args.home), args.listen, wallet=args.wallet)
     except RunError as exc:
         raise SystemExit(f"pouch {args.command}: {exc}") from None
+
+
+def require_proxy(args: argparse.Namespace) -> None:
+    """``pouch run`` refuses to start the command when no proxy answers at --listen (waiting a
+    while for one that is starting) or when its certificates are not signed by this home's CA."""
+    if getattr(args, "no_check", False):
+        return
+    from .doctor import proxy_problem
+
+    home = resolve_home(args.home)
+    problem = proxy_problem(home, args.listen, confdir(home) / CA_NAME, wait=60.0)
+    if problem:
+        raise SystemExit(f"pouch run: not started: {problem} (`pouch doctor` checks everything)")
+
+
+def cmd_doctor(args: argparse.Namespace) -> None:
+    from .doctor import failed, gather, render
+    from .home import home_path
+
+    checks = gather(home_path(args.home), args.listen, os.environ)
+    print(render(checks))
+    if failed(checks):
+        raise SystemExit(1)
 
 
 def cmd_env(args: argparse.Namespace) -> None:
@@ -227,6 +319,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     command = [a for a in args.command_args if a != "--"] if args.command_args[:1] == ["--"] else args.command_args
     if not command:
         raise SystemExit("pouch run: give a command, e.g. `pouch run -- python agent.py`")
+    require_proxy(args)  # first: a proxy still starting creates the CA that proxy_env hands out
     env = {**os.environ, **_env_for(args)}
     try:
         os.execvpe(command[0], command, env)
@@ -244,25 +337,34 @@ def cmd_tui(args: argparse.Namespace) -> None:
 
 def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("proxy", parents=[common], help="start the proxy (mitmdump with pouch and safe defaults)",
-                       description="Start mitmdump with pouch. Anything after the options is passed to mitmdump, "
-                                   "e.g. `pouch proxy -- --set pouch_route=api.openai.com=127.0.0.1:9443`.")
-    p.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT", help=f"default {DEFAULT_LISTEN}")
-    p.add_argument("mitm_args", nargs=argparse.REMAINDER, help="mitmdump options")
+                       usage="pouch proxy [--home DIR] [--listen HOST:PORT] [mitmdump options ...]",
+                       description="Start mitmdump with pouch. Every other option is passed to mitmdump and wins "
+                                   "over pouch's defaults, e.g. `pouch proxy -p 9090 --set "
+                                   "pouch_route=api.openai.com=127.0.0.1:9443`; `$POUCH_PROXY_ARGS` adds options "
+                                   "to every start. An option mitmproxy does not know stops the proxy.")
+    p.add_argument("--listen", default=default_listen(), type=_listen_arg, metavar="HOST:PORT",
+                   help=f"HOST:PORT, PORT (on 127.0.0.1) or HOST (default $POUCH_LISTEN, else {DEFAULT_LISTEN})")
     p.set_defaults(func=cmd_proxy)
 
     p = sub.add_parser("env", parents=[common], help="print shell lines that route apps through pouch")
-    p.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT", help="the proxy's address")
+    p.add_argument("--listen", default=default_listen(), type=_listen_arg, metavar="HOST:PORT", help="the proxy's address")
     p.add_argument("--shell", choices=["sh", "fish"], default="sh")
     p.add_argument("--wallet", metavar="APP", help="charge the app's calls to this wallet (its name and kept "
                                                    "secret go in the proxy URL); fails if it cannot")
     p.set_defaults(func=cmd_env)
 
     p = sub.add_parser("run", parents=[common], help="run a command with its LLM traffic through pouch")
-    p.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT", help="the proxy's address")
+    p.add_argument("--listen", default=default_listen(), type=_listen_arg, metavar="HOST:PORT", help="the proxy's address")
     p.add_argument("--wallet", metavar="APP", help="charge the command's calls to this wallet; if it does not "
                                                    "exist or its secret is not kept here, nothing is run")
+    p.add_argument("--no-check", action="store_true",
+                   help="start the command even when no proxy of this --home answers at --listen")
     p.add_argument("command_args", nargs=argparse.REMAINDER, metavar="-- CMD ...")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("doctor", parents=[common], help="check the proxy, its CA, trust, environment, ledger and vault")
+    p.add_argument("--listen", default=default_listen(), type=_listen_arg, metavar="HOST:PORT", help="the proxy's address")
+    p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("tui", parents=[common], help="open the live terminal dashboard")
     p.set_defaults(func=cmd_tui)

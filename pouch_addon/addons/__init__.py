@@ -12,6 +12,8 @@
    are forwarded).
 6. ``Metering``: stream metering, cut-off, settlement, checkpoints (``responseheaders`` on).
 7. ``AuditBlocks``: every request pouch answered itself goes to the hash-chained audit log.
+8. ``PresenceAddon``: ``proxy.json`` in the pouch home says this proxy serves the ledger, where it
+   listens and how many calls it has in flight (``pouch status``, ``pouch run``, ``pouch doctor``).
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ from .gate import BudgetGate
 from .identity import Identify
 from .keys import KeySwap
 from .meter import Metering
+from .presence import PresenceAddon
 from .route import Route
 from .scope import Scope
 
 
 def make_addons() -> list[object]:
     core = Core()
-    return [Route(), Scope(), Identify(core), BudgetGate(core), KeySwap(core), Metering(core), AuditBlocks(core)]
+    return [Route(), Scope(), Identify(core), BudgetGate(core), KeySwap(core), Metering(core), AuditBlocks(core),
+            PresenceAddon(core)]

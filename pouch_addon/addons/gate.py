@@ -142,6 +142,8 @@ class BudgetGate:
         st = await asyncio.to_thread(ledger.status)
         log.info(f"pouch: ledger {ledger.home}: remaining {format_usd(st.remaining)} of {format_usd(st.budget)}; "
                  f"prices updated {table.updated}")
+        if st.budget == 0 and st.spent == 0:
+            log.warning("pouch: no budget set: `pouch budget set AMOUNT` (until then every LLM call is answered 402)")
 
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None or flow.metadata.get(SCOPE) != "billed":

@@ -92,9 +92,16 @@ class Scope:
             raise exceptions.OptionsError("pouch_max_body_mb must be at least 1")
 
     def running(self) -> None:
-        unknown = sorted(k for k in ctx.options.deferred if k.startswith("pouch"))
+        # every addon is loaded by now, so an option still unclaimed is misspelt: with pouch that is
+        # an error (mitmproxy alone only warns), as a setting the user believes in is not applied
+        unknown = sorted(ctx.options.deferred)
         if unknown:
-            log.error(f"unknown pouch option(s): {unknown}; see `mitmdump -s … --options` for pouch_* options")
+            pouch = [k for k in unknown if k.startswith("pouch")]
+            if pouch:
+                log.error(f"unknown pouch option(s): {pouch}; `pouch options` lists pouch's options")
+            if len(pouch) < len(unknown):
+                log.error(f"unknown mitmproxy option(s): {[k for k in unknown if k not in pouch]}; "
+                          "`mitmdump --options` lists mitmproxy's options")
             return
         if ctx.options.http2:
             log.warning("pouch: http2 is on; cutting one HTTP/2 stream off closes the shared upstream "

@@ -29,7 +29,7 @@ def test_budget_and_status_json(tmp_path):
     out = json.loads(pouch(tmp_path, "status", "--json").stdout)
     assert out == {"budget_usd": "12.5", "spent_usd": "0.125", "reserved_usd": "0.5", "remaining_usd": "11.875",
                    "in_flight": 1, "requests": 1, "blocked": 0, "flagged": 0, "paused": False,
-                   "month_by_provider": {"openai": "0.125"}}
+                   "month_by_provider": {"openai": "0.125"}, "proxy": None}
     text = pouch(tmp_path, "status").stdout
     assert "$11.875" in text and "1 in flight" in text and "this month openai $0.125" in text
     r = ledger.reserve(D("0.5"), {"provider": "anthropic", "model": "claude-sonnet-4-5"})
@@ -159,7 +159,7 @@ def test_env_prints_proxy_and_a_ca_bundle_with_pouchs_ca(tmp_path):
 
 
 def test_run_passes_the_environment_to_the_command(tmp_path):
-    r = pouch(tmp_path, "run", "--", sys.executable, "-c", "import os; print(os.environ['HTTPS_PROXY'])")
+    r = pouch(tmp_path, "run", "--no-check", "--", sys.executable, "-c", "import os; print(os.environ['HTTPS_PROXY'])")
     assert r.stdout.strip() == "http://127.0.0.1:8080"
 
 
