@@ -26,7 +26,11 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterator
 
-__all__ = ["UndecodableStream", "StreamDecoder", "stream_decoder", "PIECE", "MAX_CHUNK_OUTPUT"]
+__all__ = ["UndecodableStream", "StreamDecoder", "DecodingMeter", "stream_decoder", "PIECE", "MAX_CHUNK_OUTPUT",
+           "UNDECODABLE"]
+
+#: the error code a stream meter sends when it cannot decode its stream
+UNDECODABLE = "undecodable_stream"
 
 #: the most decoded bytes handed to the meter at once
 PIECE = 64 * 1024
@@ -137,3 +141,45 @@ class StreamDecoder:
             out = z.decompress(data[i:i + ZSTD_SLICE])
             for j in range(0, len(out), PIECE):
                 yield out[j:j + PIECE]
+
+
+class DecodingMeter:
+    """What every stream meter does with a compressed stream (mixed into ``metering.StreamMeter``
+    and ``providers.streams.ProviderStreamMeter``): decode it in bounded pieces and meter each as
+    a plain chunk with the class's own ``feed``, stopping at a cut-off; fail closed (cut at once,
+    the error event only) when it cannot be decoded. The host class provides ``cut``,
+    ``_cut_event(code, message)`` and ``_join(out)``."""
+
+    cut: bool
+    undecodable: str | None = None  # why the stream cannot be decoded (fail closed)
+    _decoder: StreamDecoder | None = None
+
+    def _setup_decoding(self, content_encoding: str | None) -> None:
+        try:
+            self._decoder = stream_decoder(content_encoding)
+        except UndecodableStream as exc:
+            self.undecodable = str(exc)
+        if self._decoder is not None or self.undecodable is not None:
+            self.feed = self._feed_encoded  # type: ignore[method-assign]  # the plain path keeps no test
+
+    def _feed_encoded(self, chunk: bytes) -> list[bytes]:
+        if self.cut or not chunk:
+            return []
+        if self.undecodable is not None:
+            return self._fail_undecodable()
+        plain = type(self).feed  # the class's own feed (the instance's is this method)
+        out: list[bytes] = []
+        try:
+            for piece in self._decoder.decode(chunk):  # type: ignore[union-attr]
+                out += plain(self, piece)  # type: ignore[attr-defined]
+                if self.cut:
+                    break
+        except UndecodableStream as exc:
+            self.undecodable = str(exc)
+            out += self._fail_undecodable()
+        return self._join(out)  # type: ignore[attr-defined]
+
+    def _fail_undecodable(self) -> list[bytes]:
+        self.cut = True
+        return [self._cut_event(UNDECODABLE, f"pouch: {self.undecodable}; the response cannot be metered, "  # type: ignore[attr-defined]
+                                             "stream cut off")]

@@ -49,6 +49,7 @@ never return ``b""``, which would end an HTTP/1.1 chunked body.
 
 from __future__ import annotations
 
+import dataclasses
 import decimal
 import json
 from decimal import Decimal
@@ -56,7 +57,7 @@ from typing import Any, Literal
 
 from .money import format_usd, usd_str
 from .pricing import FREE_CALLS, ModelPrice, Usage, cost, count_tool_calls, normalise_tier, tool_fee_cost
-from .decoding import StreamDecoder, UndecodableStream, stream_decoder
+from .decoding import UNDECODABLE, DecodingMeter
 from .sse import MAX_EVENT_BYTES, SSEError, SSEEvent, SSEParser
 from .tokens import StreamTokenCounter
 
@@ -67,7 +68,6 @@ Api = Literal["chat", "responses", "completions"]
 #: ``type`` and ``code`` of the error event pouch sends when it cuts a stream off
 BUDGET_EXCEEDED = "budget_exceeded"
 #: ... and when the stream is compressed in a way pouch cannot decode (``cut_reason`` too)
-UNDECODABLE = "undecodable_stream"
 
 #: Responses events whose ``delta`` is model output (billed as output tokens)
 _RESPONSES_TEXT_DELTAS = frozenset({
@@ -112,6 +112,30 @@ def _json_object(data: str) -> dict[str, Any] | None:
     return obj if obj.__class__ is dict else None
 
 
+def output_threshold(price: ModelPrice, input_usage: Usage, tier: str | None, reservation: Decimal,
+                     fees: Decimal = Decimal(0)) -> int | None:
+    """The least output-token count n with cost(input_usage + n output tokens) + fees >=
+    reservation (exactly, in ``tier``); None when output is free and the input alone stays below
+    it. Computed once per change of the input or tier, so the per-chunk cut-off test is an integer
+    comparison (every stream meter uses it)."""
+    def at(n: int) -> Decimal:
+        return cost(price, dataclasses.replace(input_usage, output_tokens=n), tier) + fees
+
+    base = at(0)
+    if base >= reservation:
+        return 0
+    rate = price.rates_for(input_usage.input_tokens, tier).output
+    if rate <= 0:
+        return None
+    with decimal.localcontext(_CTX):
+        n = int(((reservation - base) * _MILLION / rate).to_integral_value(decimal.ROUND_CEILING))
+    while n > 0 and at(n - 1) >= reservation:
+        n -= 1
+    while at(n) < reservation:
+        n += 1
+    return n
+
+
 def _key_part(value: Any) -> str | int | None:
     """A JSON value usable in a dict key (ints and strings only; anything else -> None)."""
     return value if isinstance(value, (str, int)) and not isinstance(value, bool) else None
@@ -143,7 +167,7 @@ def _strip_null_usage(raw: bytes, obj: dict[str, Any]) -> bytes:
     return raw
 
 
-class StreamMeter:
+class StreamMeter(DecodingMeter):
     """Meters one streamed response; see the module docstring."""
 
     def __init__(self, api: Api, price: ModelPrice, model: str, input_tokens: int,
@@ -197,13 +221,7 @@ class StreamMeter:
 
         # a compressed stream (see the module docstring): decoded before it is framed
         self.undecodable: str | None = None    # why the stream cannot be decoded (fail closed)
-        self._decoder: StreamDecoder | None = None
-        try:
-            self._decoder = stream_decoder(content_encoding)
-        except UndecodableStream as exc:
-            self.undecodable = str(exc)
-        if self._decoder is not None or self.undecodable is not None:
-            self.feed = self._feed_encoded  # type: ignore[method-assign]  # the plain path keeps no test
+        self._setup_decoding(content_encoding)
 
     # -- the stream ------------------------------------------------------------------------------
     def feed(self, chunk: bytes) -> list[bytes]:
@@ -222,29 +240,6 @@ class StreamMeter:
         if len(out) == 1 and out[0]:
             return out  # one event (or an error event): nothing to join
         return self._join(out)
-
-    def _feed_encoded(self, chunk: bytes) -> list[bytes]:
-        """``feed`` of a compressed stream: decode it in bounded pieces and meter each as a plain
-        chunk, stopping at a cut-off; fail closed when it cannot be decoded."""
-        if self.cut or not chunk:
-            return []
-        if self.undecodable is not None:
-            return self._fail_undecodable()
-        out: list[bytes] = []
-        try:
-            for piece in self._decoder.decode(chunk):  # type: ignore[union-attr]
-                out += StreamMeter.feed(self, piece)
-                if self.cut:
-                    break
-        except UndecodableStream as exc:
-            self.undecodable = str(exc)
-            out += self._fail_undecodable()
-        return self._join(out)
-
-    def _fail_undecodable(self) -> list[bytes]:
-        self.cut = True
-        return [self._cut_event(UNDECODABLE, f"pouch: {self.undecodable}; the response cannot be metered, "
-                                             "stream cut off")]
 
     def finish(self) -> list[bytes]:
         """End of stream: forward the held tail (a final event without its blank line too).
@@ -540,25 +535,8 @@ class StreamMeter:
         """The least output-token count n with cost(input estimate, n) + fees so far >=
         reservation, in the current pricing tier; None when output is free and the input alone
         stays below it."""
-        tier = self._pricing_tier
-        fees = self._fee_cost
-
-        def at(n: int) -> Decimal:
-            return cost(self.price, Usage(input_tokens=self.input_tokens, output_tokens=n), tier) + fees
-
-        base = at(0)
-        if base >= self.reservation:
-            return 0
-        rate = self.price.rates_for(self.input_tokens, tier).output
-        if rate <= 0:
-            return None
-        with decimal.localcontext(_CTX):
-            n = int(((self.reservation - base) * _MILLION / rate).to_integral_value(decimal.ROUND_CEILING))
-        while n > 0 and at(n - 1) >= self.reservation:
-            n -= 1
-        while at(n) < self.reservation:
-            n += 1
-        return n
+        return output_threshold(self.price, Usage(input_tokens=self.input_tokens), self._pricing_tier,
+                                self.reservation, self._fee_cost)
 
     def _over(self) -> bool:
         if self.done or self._usage_final:

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Media", "strip_media", "utf8_len"]
+__all__ = ["Media", "reserved_input", "strip_media", "utf8_len"]
 
 
 @dataclass
@@ -27,6 +27,23 @@ class Media:
     def hide(self, what: str) -> None:
         if what not in self.hidden:
             self.hidden.append(what)
+
+
+def reserved_input(estimate: int, hidden: list[str], price: Any, model: str) -> tuple[int, list[str]]:
+    """The input tokens to reserve and the plan's notes: the bound, or the model's context window
+    when the input holds what cannot be measured (refused when the window is unknown); never more
+    than the window (the provider refuses longer input)."""
+    from ..plan import _unbounded  # plan imports nothing from here: no cycle at import time
+
+    window = price.max_input_tokens
+    notes: list[str] = []
+    if hidden:
+        if window is None:
+            raise _unbounded(f"cannot bound the input of this request for {model}: its context window is unknown "
+                             f"and the body does not show all of it ({', '.join(hidden)})")
+        notes.append(f"input bounded by the context window ({', '.join(hidden)})")
+        return window, notes
+    return (estimate if window is None else min(estimate, window)), notes
 
 
 def utf8_len(value: Any) -> int:

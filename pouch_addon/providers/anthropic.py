@@ -39,7 +39,7 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
-from ..plan import DraftPlan, PlanError, PlanSettings, _unbounded
+from ..plan import DraftPlan, PlanError, PlanSettings, _int_field, _unbounded
 from ..pricing import PriceTable, UnknownModel, Usage, normalise_tier
 from . import _bounds
 from .streams import ProviderStreamMeter
@@ -89,15 +89,6 @@ def refusal(method: str, path: str) -> str:
             "reserve for them; send the messages one by one; nothing was sent")
 
 
-def _int(body: Mapping[str, Any], name: str, minimum: int) -> int | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise PlanError(f"pouch: `{name}` must be an integer >= {minimum}, not {value!r}")
-    return value
-
-
 def _tool_kind(tool: Any) -> str:
     """``custom`` (described by the client, run by it), ``client`` (Anthropic-defined, run by the
     client) or ``server`` (run by Anthropic)."""
@@ -141,7 +132,7 @@ def draft(method: str, path: str, body: dict[str, Any], *, table: PriceTable,
         tier = normalise_tier(body.get("service_tier"))
     except ValueError as exc:
         raise PlanError(f"pouch: {exc}") from None
-    cap = _int(body, "max_tokens", 0)
+    cap = _int_field(body, "max_tokens", 0)
     if cap is None:
         raise PlanError("pouch: the request has no `max_tokens` (the Messages API requires it); nothing was sent")
     for member in SERVER_MEMBERS:
@@ -159,19 +150,10 @@ def draft(method: str, path: str, body: dict[str, Any], *, table: PriceTable,
     thinking = body.get("thinking")
     budget_tokens = None
     if isinstance(thinking, Mapping) and thinking.get("type") == "enabled":
-        budget_tokens = _int(thinking, "budget_tokens", 0)
+        budget_tokens = _int_field(thinking, "budget_tokens", 0)
 
     estimate, hidden = estimate_input_bound(body)
-    reserved = estimate
-    notes: list[str] = []
-    if hidden:
-        if price.max_input_tokens is None:
-            raise _unbounded(f"cannot bound the input of this request for {model}: its context window is unknown "
-                             f"and the body does not show all of it ({', '.join(hidden)})")
-        reserved = price.max_input_tokens
-        notes.append(f"input bounded by the context window ({', '.join(hidden)})")
-    if price.max_input_tokens is not None:
-        reserved = min(reserved, price.max_input_tokens)
+    reserved, notes = _bounds.reserved_input(estimate, hidden, price, model)
 
     def fit(new_cap: int) -> dict[str, Any] | None:
         if new_cap < 1:

@@ -181,16 +181,7 @@ def draft(method: str, path: str, body: dict[str, Any], *, table: PriceTable,
     # an injected cap goes into the config object the client wrote, in its spelling
     snake_cfg = cfg_name == "generation_config" or any("_" in k for k in cfg)
     cap_field = f"{cfg_name}.{'max_output_tokens' if snake_cfg else 'maxOutputTokens'}"
-    reserved = estimate
-    notes: list[str] = []
-    if hidden:
-        if price.max_input_tokens is None:
-            raise _unbounded(f"cannot bound the input of this request for {model}: its context window is unknown "
-                             f"and the body does not show all of it ({', '.join(hidden)})")
-        reserved = price.max_input_tokens
-        notes.append(f"input bounded by the context window ({', '.join(hidden)})")
-    if price.max_input_tokens is not None:
-        reserved = min(reserved, price.max_input_tokens)
+    reserved, notes = _bounds.reserved_input(estimate, hidden, price, model)
     return DraftPlan(
         api="gemini", path=path.split("?", 1)[0], model=model, price=price,
         stream=method_name == "streamGenerateContent", input_tokens=reserved, reserved_input_tokens=reserved,

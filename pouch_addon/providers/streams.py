@@ -17,12 +17,12 @@ one byte, so counted + pending bytes bounds the count from above).
 from __future__ import annotations
 
 import dataclasses
-import decimal
 import json
 from decimal import Decimal
 from typing import Any, Literal
 
-from ..decoding import StreamDecoder, UndecodableStream, stream_decoder
+from ..decoding import UNDECODABLE, DecodingMeter
+from ..metering import output_threshold
 from ..money import format_usd, usd_str
 from ..pricing import ModelPrice, Usage, cost, normalise_tier
 from ..sse import MAX_EVENT_BYTES, SSEError, SSEEvent, SSEParser
@@ -31,10 +31,8 @@ from ..tokens import StreamTokenCounter
 __all__ = ["ProviderStreamMeter", "JSONArrayFramer", "BUDGET_EXCEEDED", "UNDECODABLE"]
 
 BUDGET_EXCEEDED = "budget_exceeded"
-UNDECODABLE = "undecodable_stream"
-_CTX = decimal.Context(prec=50, rounding=decimal.ROUND_CEILING)
-_MILLION = Decimal(1_000_000)
 _decoder = json.JSONDecoder()
+_loads = json.loads
 
 
 class JSONArrayFramer:
@@ -88,7 +86,7 @@ class JSONArrayFramer:
         return rest
 
 
-class ProviderStreamMeter:
+class ProviderStreamMeter(DecodingMeter):
     """Base meter; see the module doc. Subclasses implement ``_on_json`` and ``_cut_event``."""
 
     api = "provider"
@@ -125,37 +123,9 @@ class ProviderStreamMeter:
         # a compressed stream: decoded before it is framed, as ``metering.StreamMeter`` does
         # (``decoding``); what cannot be decoded fails closed (cut at once, billed the reservation)
         self.undecodable: str | None = None
-        self._decoder: StreamDecoder | None = None
-        try:
-            self._decoder = stream_decoder(content_encoding)
-        except UndecodableStream as exc:
-            self.undecodable = str(exc)
-        if self._decoder is not None or self.undecodable is not None:
-            self.feed = self._feed_encoded  # type: ignore[method-assign]  # the plain path keeps no test
+        self._setup_decoding(content_encoding)
 
     # -- the stream ------------------------------------------------------------------------------
-    def _feed_encoded(self, chunk: bytes) -> list[bytes]:
-        """``feed`` of a compressed stream: decode in bounded pieces, meter each as a plain chunk."""
-        if self.cut or not chunk:
-            return []
-        out: list[bytes] = []
-        try:
-            if self.undecodable is not None:
-                raise UndecodableStream(self.undecodable)
-            for piece in self._decoder.decode(chunk):  # type: ignore[union-attr]
-                out += ProviderStreamMeter.feed(self, piece)
-                if self.cut:
-                    break
-        except UndecodableStream as exc:
-            self.undecodable = str(exc)
-            out += self._fail_undecodable()
-        return self._join(out)
-
-    def _fail_undecodable(self) -> list[bytes]:
-        self.cut = True
-        return [self._cut_event(UNDECODABLE, f"pouch: {self.undecodable}; the response cannot be metered, "
-                                             "stream cut off")]
-
     def feed(self, chunk: bytes) -> list[bytes]:
         """Meter a chunk; return what to forward now (complete events only)."""
         if self.cut or not chunk:
@@ -189,14 +159,20 @@ class ProviderStreamMeter:
 
     def _process(self, items: list[Any], *, may_cut: bool) -> list[bytes]:
         out: list[bytes] = []
+        on_json = self._on_json
         for item in items:
-            if isinstance(item, SSEEvent):
+            if item.__class__ is SSEEvent:
                 raw = item.raw
                 if item.has_data:
                     self.events += 1
-                    obj = self._decode(item.data)
-                    if obj is not None:
-                        self._on_json(obj, item.event)
+                    try:
+                        obj = _loads(item.data)
+                    except ValueError:
+                        obj = None
+                    if obj.__class__ is dict:
+                        on_json(obj, item.event)
+                    else:
+                        self.parse_errors += 1
             else:
                 raw, obj = item
                 self.events += 1
@@ -205,24 +181,16 @@ class ProviderStreamMeter:
                 else:
                     self.parse_errors += 1
             out.append(raw)
-            if may_cut and not self.done and self._usage is None and self._over():
+            # _over, with its cheap part inline: most events cannot reach the reservation
+            if (may_cut and self._cut_at is not None and not self.done and self._usage is None
+                    and (self._counted + self._pending_bytes >= self._cut_at or self._reported_output >= self._cut_at)
+                    and self._over()):
                 msg = (f"pouch: budget reservation of {format_usd(self.reservation)} reached after "
                        f"{self._output()} output tokens; stream cut off")
                 out.append(self._cut_event(BUDGET_EXCEEDED, msg))
                 self.cut = True
                 break
         return out
-
-    def _decode(self, data: str) -> dict[str, Any] | None:
-        try:
-            obj = json.loads(data)
-        except ValueError:
-            self.parse_errors += 1
-            return None
-        if obj.__class__ is not dict:
-            self.parse_errors += 1
-            return None
-        return obj
 
     # -- what a subclass reports -------------------------------------------------------------------
     def _on_json(self, obj: dict[str, Any], event: str | None) -> bool:  # pragma: no cover - abstract
@@ -322,24 +290,7 @@ class ProviderStreamMeter:
     # -- the cut-off -----------------------------------------------------------------------------
     def _threshold(self) -> int | None:
         """The least output count n with cost(input usage, n) >= reservation (None: never)."""
-        tier, base_usage = self._pricing_tier, self._input
-
-        def at(n: int) -> Decimal:
-            return cost(self.price, dataclasses.replace(base_usage, output_tokens=n), tier)
-
-        base = at(0)
-        if base >= self.reservation:
-            return 0
-        rate = self.price.rates_for(base_usage.input_tokens, tier).output
-        if rate <= 0:
-            return None
-        with decimal.localcontext(_CTX):
-            n = int(((self.reservation - base) * _MILLION / rate).to_integral_value(decimal.ROUND_CEILING))
-        while n > 0 and at(n - 1) >= self.reservation:
-            n -= 1
-        while at(n) < self.reservation:
-            n += 1
-        return n
+        return output_threshold(self.price, self._input, self._pricing_tier, self.reservation)
 
     def _over(self) -> bool:
         if self._cut_at is None:
