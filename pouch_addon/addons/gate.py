@@ -231,9 +231,6 @@ class BudgetGate:
             # send what was priced: the decoded bytes, not a second decoding by the provider
             del flow.request.headers["content-encoding"]
             flow.request.content = data
-        if body.get("background") is True:
-            raise PlanError("pouch: background responses are billed outside this request, so pouch cannot "
-                            "meter them; nothing was sent", code="pouch_unsupported")
         provider = PROVIDERS.get(flow.metadata.get(PROVIDER, ""), openai)
         draft = provider.draft(flow.request.method, flow.request.path, body, table=table, settings=self.core.settings)
         return draft, body

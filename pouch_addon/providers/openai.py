@@ -11,11 +11,20 @@ from decimal import Decimal
 from typing import Any
 
 from ..metering import StreamMeter
-from ..plan import classify, draft_plan as draft
+from ..plan import DraftPlan, PlanError, PlanSettings, classify, draft_plan
 from ..pricing import Usage, count_tool_calls
 
 NAME = "openai"
 HOSTS = ("api.openai.com",)
+
+
+def draft(method: str, path: str, body: dict[str, Any], *, table: Any,
+          settings: PlanSettings = PlanSettings()) -> DraftPlan:
+    """``plan.draft_plan``, after refusing what is billed outside the request."""
+    if body.get("background") is True:
+        raise PlanError("pouch: background responses are billed outside this request, so pouch cannot "
+                        "meter them; nothing was sent", code="pouch_unsupported")
+    return draft_plan(method, path, body, table=table, settings=settings)
 
 
 def refusal(method: str, path: str) -> str:  # classify never answers "refused" for OpenAI
