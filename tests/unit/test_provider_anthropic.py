@@ -247,3 +247,13 @@ def test_a_gzipped_stream_is_decoded_and_metered_and_an_unknown_encoding_fails_c
     m = anthropic.new_meter(plan, plan.worst_case, content_encoding="br")
     out = b"".join(m.feed(b"\x1b\x00"))
     assert m.cut and m.undecodable and b"undecodable_stream" in out
+
+
+def test_the_openai_provider_refuses_background_responses():
+    from pouch_addon.providers import openai
+
+    body = {"model": "gpt-4o-mini", "input": "hi", "background": True}
+    with pytest.raises(PlanError) as e:
+        openai.draft("POST", "/v1/responses", body, table=TABLE)
+    assert e.value.code == "pouch_unsupported" and "background" in str(e.value)
+    assert openai.draft("POST", "/v1/responses", {**body, "background": False}, table=TABLE).api == "responses"
