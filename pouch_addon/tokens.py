@@ -136,7 +136,7 @@ def _trim_heap() -> None:
     """Give the parse's freed heap (file bytes, lines, a 200k-entry dict) back to the OS (glibc)."""
     try:
         ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: the memory is reused by later allocations
+    except (OSError, AttributeError, TypeError):  # not glibc: the memory is reused by later allocations
         pass
 
 
