@@ -461,7 +461,7 @@ async def concurrent_streams(proxy: H.Proxy, streams: int, chunks: int, delay_ms
     async def one(c: Client) -> bool:
         try:
             status, body = await c.request(raw)
-            return check(status, body, True) and body.count(b"tok") >= chunks
+            return check(status, body, True) and body.count(b"data: {") > chunks  # role, content chunks, end
         finally:
             c.close()
 

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import base64
 import binascii
-import functools
+import contextlib
+import ctypes
 import hashlib
 import importlib.resources
+import io
 import json
 import math
 import struct
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +33,7 @@ __all__ = [
     "SHIPPED_SHA256", "EncodingFileError", "get_encoding", "encoding_for_model", "count_text",
     "estimate_chat_prompt", "estimate_responses_input", "estimate_completion_prompt",
     "estimate_embedding_input", "audio_tokens_bound", "hidden_inputs", "StreamTokenCounter",
+    "NotLoaded", "loaded_only",
 ]
 
 # tiktoken's published SHA-256 of each file (tiktoken_ext/openai_public.py).
@@ -42,6 +46,11 @@ O200K, CL100K = "o200k_base", "cl100k_base"
 
 class EncodingFileError(RuntimeError):
     """A shipped encoding file is missing, corrupt or no longer what tiktoken expects."""
+
+
+class NotLoaded(Exception):
+    """Inside `loaded_only()`, an encoding was needed that is not loaded yet (the caller moves
+    the work to a worker thread: the first load takes ~0.5-1 s)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -70,8 +79,8 @@ def _read_shipped_ranks(name: str) -> dict[bytes, int]:
             f"published {SHIPPED_SHA256[name]}; the file is corrupt or was replaced"
         )
     ranks: dict[bytes, int] = {}
-    for line in data.splitlines():
-        if line:
+    for line in io.BytesIO(data):  # line by line: no list of 200k lines next to the dict (peak RSS)
+        if line.strip():
             token, rank = line.split()
             ranks[base64.b64decode(token)] = int(rank)
     return ranks
@@ -104,18 +113,56 @@ def _tiktoken_spec(name: str) -> dict[str, Any]:
         openai_public.load_tiktoken_bpe = original
 
 
-@functools.lru_cache(maxsize=None)
+_LOADED: dict[str, _Loaded] = {}
+_NO_LOAD = threading.local()  # .on: this thread may only use encodings already loaded
+
+
 def _load_unlocked(name: str) -> _Loaded:
     if name not in SHIPPED_SHA256:
         raise ValueError(f"encoding {name!r} is not shipped with pouch (have {sorted(SHIPPED_SHA256)})")
     spec = _tiktoken_spec(name)
-    return _Loaded(encoding=tiktoken.Encoding(**spec), pieces=regex.compile(spec["pat_str"]))
+    encoding = tiktoken.Encoding(**spec)
+    # The Rust core holds its own copy of the ranks; tiktoken keeps the Python dict only to
+    # pickle the encoding, which pouch never does. 200k entries of o200k_base are ~27 MiB of
+    # the proxy's resident memory: drop them (a pickle attempt fails loudly, not silently).
+    del encoding._mergeable_ranks
+    del spec["mergeable_ranks"]
+    loaded = _Loaded(encoding=encoding, pieces=regex.compile(spec["pat_str"]))
+    _trim_heap()
+    return loaded
+
+
+def _trim_heap() -> None:
+    """Give the parse's freed heap (file bytes, lines, a 200k-entry dict) back to the OS (glibc)."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):  # not glibc: the memory is reused by later allocations
+        pass
 
 
 def _loaded(name: str) -> _Loaded:
-    # lru_cache alone may run the slow first load twice in parallel; the lock makes it once.
+    loaded = _LOADED.get(name)
+    if loaded is not None:
+        return loaded
+    if getattr(_NO_LOAD, "on", False):
+        raise NotLoaded(name)
+    # the lock makes the slow first load run once even when two threads need it at once
     with _LOAD_LOCK:
-        return _load_unlocked(name)
+        if name not in _LOADED:
+            _LOADED[name] = _load_unlocked(name)
+        return _LOADED[name]
+
+
+@contextlib.contextmanager
+def loaded_only() -> Iterator[None]:
+    """Within the block, needing an encoding that is not loaded yet raises `NotLoaded` instead
+    of loading it: the event loop uses this to plan inline only what cannot block it."""
+    previous = getattr(_NO_LOAD, "on", False)
+    _NO_LOAD.on = True
+    try:
+        yield
+    finally:
+        _NO_LOAD.on = previous
 
 
 def get_encoding(name: str) -> tiktoken.Encoding:

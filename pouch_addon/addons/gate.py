@@ -2,7 +2,8 @@
 
 Runs in the ``request`` hook as a coroutine. Reading the body and estimating its tokens happen
 on the event loop for small plain bodies (``INLINE_PLAN_BYTES``: tens of microseconds, less
-than a thread hop) and in a worker thread otherwise; the reservation is one operation of the
+than a thread hop) and in a worker thread otherwise, or when the body's model needs a tokenizer
+encoding not loaded yet (``tokens.loaded_only``: the first load takes ~0.3-1 s); the reservation is one operation of the
 ledger's committer thread (``Ledger.submit``), so mitmproxy's event loop never waits on a disk.
 
 The request is charged to the wallet ``Identify`` found (``flow.metadata["pouch_identity"]``)
@@ -38,6 +39,7 @@ from ..plan import (
     BodyTooLarge, BudgetTooSmall, CallPlan, DraftPlan, PlanError, PlanSettings, apply_rewrites, canonical_path,
     decode_content, parse_body,
 )
+from .. import tokens
 from ..pricing import PriceTable
 from ..providers import PROVIDERS, openai
 from .core import CALL, Core, FlowCall, reserve
@@ -174,10 +176,11 @@ class BudgetGate:
         wallet = ident.wallet
         inline = inline_ok(flow.request)
         try:
-            if inline:
-                draft, body = self._draft(flow, table)
-            else:
-                draft, body = await asyncio.to_thread(self._draft, flow, table)
+            drafted = self._draft_inline(flow, table) if inline else None
+            if drafted is None:
+                inline = False
+                drafted = await asyncio.to_thread(self._draft, flow, table)
+            draft, body = drafted
         except BodyTooLarge as exc:
             reply(flow, exc.status, str(exc), code=exc.code)
             return
@@ -222,6 +225,15 @@ class BudgetGate:
             reply(flow, 429, f"{refusal.message} ({limits}); retry after {int(retry)} s",
                   code="rate_limit_exceeded", type_="requests",
                   headers={"retry-after": str(int(retry)), "x-should-retry": "true"})
+
+    def _draft_inline(self, flow: http.HTTPFlow, table: PriceTable) -> tuple[DraftPlan, dict[str, Any]] | None:
+        """``_draft`` on the event loop, or None when it needs a tokenizer encoding not loaded
+        yet: the first load takes ~0.3-1 s, so that request is planned in a worker thread."""
+        try:
+            with tokens.loaded_only():
+                return self._draft(flow, table)
+        except tokens.NotLoaded:
+            return None
 
     def _draft(self, flow: http.HTTPFlow, table: PriceTable) -> tuple[DraftPlan, dict[str, Any]]:
         """Decode, parse and estimate the request (in a worker thread unless the body is small)."""

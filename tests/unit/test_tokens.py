@@ -90,10 +90,8 @@ WEATHER_MESSAGES = [
 # --- loading -------------------------------------------------------------------------------
 
 @pytest.fixture
-def fresh_cache():
-    tokens._load_unlocked.cache_clear()
-    yield
-    tokens._load_unlocked.cache_clear()
+def fresh_cache(monkeypatch):
+    monkeypatch.setattr(tokens, "_LOADED", {})  # loads in the test, then the module's own again
 
 
 def test_encodings_load_offline_from_shipped_files(fresh_cache, monkeypatch):
@@ -133,7 +131,10 @@ def test_unshipped_encoding_is_a_clear_error():
         tokens.get_encoding("p50k_base")
 
 
-def test_concurrent_first_loads_build_one_encoding(fresh_cache):
+def test_concurrent_first_loads_build_one_encoding(fresh_cache, monkeypatch):
+    builds: list[str] = []
+    build = tokens._load_unlocked
+    monkeypatch.setattr(tokens, "_load_unlocked", lambda name: builds.append(name) or build(name))
     results: list[object] = []
     barrier = threading.Barrier(8)
 
@@ -147,7 +148,7 @@ def test_concurrent_first_loads_build_one_encoding(fresh_cache):
     for t in threads:
         t.join()
     assert len(results) == 8 and all(r is results[0] for r in results)
-    assert tokens._load_unlocked.cache_info().misses == 1
+    assert builds == ["cl100k_base"]
 
 
 # --- model rules and plain text ---------------------------------------------------------------
@@ -513,3 +514,49 @@ def test_stream_prose_keeps_a_short_tail_without_the_regex(monkeypatch):
         counter.feed(text[i:i + 5])
         assert len(counter._tail) <= StreamTokenCounter._SHORT_TAIL
     assert counter.count == count_text(text, "gpt-4o")
+
+
+# --- memory and the event loop (issue 16, item 4) --------------------------------------------
+
+def test_a_loaded_encoding_keeps_no_python_copy_of_its_ranks(fresh_cache):
+    """The Rust core holds the ranks; tiktoken's Python dict of them (~27 MiB resident for
+    o200k_base) is dropped once the encoding is built, and counting is unchanged."""
+    enc = tokens.get_encoding("o200k_base")
+    assert not hasattr(enc, "_mergeable_ranks")
+    assert enc.encode("hello world") == [24912, 2375]
+    assert enc.decode([24912, 2375]) == "hello world"
+    assert tokens.count_text("hello world", "gpt-4o") == 2
+
+
+def test_loaded_only_refuses_to_load_and_leaves_nothing_loaded(fresh_cache):
+    """The gate plans small bodies on the event loop inside `loaded_only()`: a request whose
+    encoding is not loaded yet raises `NotLoaded` (the gate moves it to a worker thread)
+    instead of blocking the loop for the ~0.3-1 s of the first load."""
+    from pouch_addon.plan import draft_plan
+    from pouch_addon.pricing import PriceTable
+
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}], "stream": True}
+    table = PriceTable.load()
+    with tokens.loaded_only():
+        with pytest.raises(tokens.NotLoaded):
+            draft_plan("POST", "/v1/chat/completions", body, table=table)
+        with pytest.raises(tokens.NotLoaded):
+            tokens.StreamTokenCounter("gpt-4o-mini")
+    assert tokens._LOADED == {}
+    threaded = draft_plan("POST", "/v1/chat/completions", body, table=table)  # loads o200k_base
+    assert set(tokens._LOADED) == {"o200k_base"}
+    with tokens.loaded_only():
+        assert draft_plan("POST", "/v1/chat/completions", body, table=table) == threaded
+        with pytest.raises(tokens.NotLoaded):  # another model's encoding is still not loaded
+            tokens.count_text("hello", "gpt-4")
+    assert tokens.count_text("hello", "gpt-4") == 1  # outside the block, it loads
+
+
+def test_loaded_only_is_per_thread(fresh_cache):
+    """A worker thread planning while the event loop is inside `loaded_only()` may still load."""
+    results: list[int] = []
+    with tokens.loaded_only():
+        t = threading.Thread(target=lambda: results.append(tokens.count_text("hello world", "gpt-4o")))
+        t.start()
+        t.join()
+    assert results == [2]
