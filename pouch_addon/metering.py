@@ -56,6 +56,7 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from .money import format_usd, usd_str
+from .pricing import _CTX as _pricing_ctx
 from .pricing import FREE_CALLS, ModelPrice, Usage, cost, count_tool_calls, normalise_tier, tool_fee_cost
 from .decoding import UNDECODABLE, DecodingMeter
 from .sse import MAX_EVENT_BYTES, SSEError, SSEEvent, SSEParser
@@ -88,6 +89,8 @@ _RESPONSES_ITEM = frozenset({"response.output_item.added", "response.output_item
 
 _CTX = decimal.Context(prec=50, rounding=decimal.ROUND_CEILING)
 _MILLION = Decimal(1_000_000)
+#: the context ``pricing.cost`` computes in
+_PRICE_CTX = _pricing_ctx
 
 
 #: the scanner ``json.loads`` runs (a decoder with the same default settings), called directly
@@ -118,15 +121,19 @@ def output_threshold(price: ModelPrice, input_usage: Usage, tier: str | None, re
     reservation (exactly, in ``tier``); None when output is free and the input alone stays below
     it. Computed once per change of the input or tier, so the per-chunk cut-off test is an integer
     comparison (every stream meter uses it)."""
-    def at(n: int) -> Decimal:
-        return cost(price, dataclasses.replace(input_usage, output_tokens=n), tier) + fees
-
-    base = at(0)
+    base = cost(price, dataclasses.replace(input_usage, output_tokens=0), tier) + fees
     if base >= reservation:
         return 0
     rate = price.rates_for(input_usage.input_tokens, tier).output
     if rate <= 0:
         return None
+
+    def at(n: int) -> Decimal:
+        # ``pricing.cost`` is a sum of exact products divided by a power of ten: adding the output
+        # term to the cost without output is the same Decimal (and no Usage is built per step)
+        with decimal.localcontext(_PRICE_CTX):
+            return base + Decimal(n) * rate / _MILLION
+
     with decimal.localcontext(_CTX):
         n = int(((reservation - base) * _MILLION / rate).to_integral_value(decimal.ROUND_CEILING))
     while n > 0 and at(n - 1) >= reservation:

@@ -18,6 +18,7 @@ import gc
 import logging
 import time
 from collections.abc import Iterable
+from functools import partial
 from typing import Any
 
 from mitmproxy import ctx, http
@@ -233,30 +234,39 @@ class Metering:
 
     # -- settling --------------------------------------------------------------------------------
     def _settle_soon(self, call: FlowCall, result: settlement.Settlement, http_status: int | None = None) -> None:
-        """Settle in the background (the flow goes on at once); ``done`` waits for these."""
+        """Queue the settle and go on at once (the flow is not held back); ``done`` waits for these.
+
+        The write goes straight to the ledger's committer as a lazy operation; its outcome is
+        handled by a done callback (no task per call: one loop callback fewer per request)."""
         if call.settled:
             return
         call.settled = True
         self.core.active.discard(call)
-        task = asyncio.get_running_loop().create_task(self._write_settle(call, result, http_status))
-        self._settles.add(task)
-        task.add_done_callback(self._settles.discard)
-
-    async def _write_settle(self, call: FlowCall, result: settlement.Settlement, http_status: int | None) -> None:
+        ledger = call.ledger
         details = {**result.details(), "http_status": http_status, "estimated_cost": str(call.plan.worst_case)}
         try:
             # nobody waits for a settle: it rides with the next admission's commit (see Ledger.submit)
-            await call.ledger.submit_async(call.ledger.settle_op(call.reservation.id, result.cost, status=result.status,
-                                                                 details=details), lazy=True)
-        except NotOpen:
-            log.error(f"pouch: reservation {call.reservation.id} was already settled")
+            fut = ledger.submit_async(ledger.settle_op(call.reservation.id, result.cost, status=result.status,
+                                                       details=details), lazy=True)
         except Exception:
             # the reservation stays open and is settled conservatively by the orphan rule at restart
             log.exception(f"pouch: could not settle reservation {call.reservation.id}")
-        else:
-            if log.isEnabledFor(logging.INFO):
-                log.info(f"pouch: {call.plan.model} {result.status}: {format_usd(result.cost)} "
-                         f"(reserved {format_usd(call.reserved)})")
+            return
+        self._settles.add(fut)
+        fut.add_done_callback(partial(self._settled, call, result))
+
+    def _settled(self, call: FlowCall, result: settlement.Settlement, fut: asyncio.Future) -> None:
+        """Done callback of a settle write: say what failed (the orphan rule settles what stays open)."""
+        self._settles.discard(fut)
+        exc = None if fut.cancelled() else fut.exception()
+        if isinstance(exc, NotOpen):
+            log.error(f"pouch: reservation {call.reservation.id} was already settled")
+        elif exc is not None or fut.cancelled():
+            log.error(f"pouch: could not settle reservation {call.reservation.id}",
+                      exc_info=exc if exc is not None else None)
+        elif log.isEnabledFor(logging.DEBUG):  # per call: DEBUG, a log record costs tens of µs on the loop
+            log.debug(f"pouch: {call.plan.model} {result.status}: {format_usd(result.cost)} "
+                      f"(reserved {format_usd(call.reserved)})")
 
     # -- checkpoints ----------------------------------------------------------------------------
     async def _checkpoint_loop(self) -> None:

@@ -92,3 +92,23 @@ def test_the_checkpoint_bench_measures_both_modes():
     r = checkpoint_bench.measure(3, 1, TABLE)
     assert set(r) == {"sliced", "unsliced"}
     assert all(stall > 0 and took >= stall for stall, took in r.values())
+
+
+def test_a_settle_is_queued_at_once_without_a_task_of_its_own(setup):
+    """Settling is on every request's path: it hands the write to the ledger's committer before
+    ``_settle_soon`` returns and schedules no task (a task is two more loop callbacks per call);
+    ``done`` still waits for the write."""
+    core, metering = setup
+    call = checkpoint_bench.streams_in_flight(core, TABLE, 1, events=20)[0]
+    result = meter_addon.settlement.completed(TABLE, call.plan, call.meter.final_usage(), 0,
+                                              model_reported=None, tier_reported=None, status="ok")
+
+    async def main():
+        before = asyncio.all_tasks()
+        metering._settle_soon(call, result, http_status=200)
+        assert asyncio.all_tasks() == before
+        assert call.settled and call not in core.active
+        await metering.done()
+
+    asyncio.run(main())
+    assert not core.ledger.open_reservations()

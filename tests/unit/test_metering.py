@@ -727,3 +727,36 @@ def test_null_usage_in_other_layouts():
     # a running usage some compatible servers send in every chunk is theirs, not pouch's: kept
     running = chat({"content": "x"}, usage={"prompt_tokens": 3, "completion_tokens": 1})
     assert meter(hide=True).feed(running) == [running]
+
+
+def test_output_threshold_is_exact_for_every_model_tier_cache_and_fee():
+    """``output_threshold`` adds the output term to the cost without output instead of pricing a
+    Usage per step: the least n with cost(input + n output) + fees >= reservation, exactly, for
+    every model of the table, tiers, cached input, long context and fees."""
+    from pouch_addon.metering import output_threshold
+
+    table = PriceTable.load()
+    names = sorted(table.names())
+    rng = random.Random(16)
+    checked = 0
+    for _ in range(3000):
+        price = table.resolve(rng.choice(names))
+        inp = rng.choice([0, 1, 17, 1000, 123_457, 200_001, 1_000_000])
+        usage = Usage(input_tokens=inp, cached_tokens=rng.randint(0, inp) // 2)
+        tier = rng.choice([None, None, "flex", "priority", "batch"])
+        res = Decimal(rng.randint(1, 10**9)) / Decimal(10 ** rng.randint(3, 12))
+        fees = rng.choice([Decimal(0), Decimal("0.01"), Decimal("0.0000001")])
+        try:
+            n = output_threshold(price, usage, tier, res, fees)
+        except ValueError:  # a tier the model has no price for
+            continue
+
+        def at(k):
+            return cost(price, Usage(input_tokens=inp, cached_tokens=usage.cached_tokens, output_tokens=k), tier) + fees
+
+        if n is None:
+            assert price.rates_for(inp, tier).output <= 0 and at(0) < res
+        else:
+            assert at(n) >= res and (n == 0 or at(n - 1) < res)
+        checked += 1
+    assert checked > 1000
