@@ -1,10 +1,12 @@
 """A ledger writer that reports every acknowledged operation, for the random SIGKILL test.
 
 Usage: python ledger_kill_worker.py HOME SEED JOURNAL
-It prints ``ready`` once the ledger is open, then reserves and settles forever (several threads
-share group commits, some settles are lazy submissions). After an operation *returns* it appends
-``R id`` or ``S id`` to JOURNAL (flushed; the test kills the process, not the machine, so the
-page cache keeps what was written): the test holds the ledger to what was acknowledged.
+It prints ``ready`` once the ledger is open, then reserves and settles forever: two threads
+submit to the committer (one write-ahead log record per group commit, a snapshot every few
+records, so kills land between log appends and snapshots), one calls the ledger directly (a
+snapshot per call); some settles are lazy. After an operation *returns* it appends ``R id`` or
+``S id`` to JOURNAL (flushed; the test kills the process, not the machine, so the page cache
+keeps what was written): the test holds the ledger to what was acknowledged.
 """
 
 import random
@@ -18,6 +20,7 @@ from pouch_addon.budget import Ledger, Refusal
 def main() -> None:
     home, seed, journal = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     ledger = Ledger(home)
+    ledger.snapshot_records = 1 + seed % 7  # compact often: many kills fall around a snapshot
     out = open(journal, "a", buffering=1)
     out_lock = threading.Lock()
 
@@ -28,19 +31,22 @@ def main() -> None:
 
     def run(k: int) -> None:
         rng = random.Random(seed * 100 + k)
+        committer = k < 2
         while True:
             amount = Decimal(rng.randint(1, 50)) / Decimal(1000)
-            res = ledger.reserve(amount, {"model": "gpt-4o"})
+            op = ledger.reserve_op(amount, {"model": "gpt-4o"})
+            res = ledger.submit(op).result() if committer else ledger._run(op)
             if isinstance(res, Refusal):
                 continue
             note(f"R {res.id}")
             if rng.random() < 0.3:
-                ledger.checkpoint({res.id: {"output_tokens": 10}})
+                ledger.submit(ledger.checkpoint_op({res.id: {"output_tokens": 10}}), lazy=True)
             cost = amount * Decimal(rng.randint(0, 100)) / Decimal(100)
-            if rng.random() < 0.5:
-                ledger.submit(ledger.settle_op(res.id, cost), lazy=True).result()
+            settle = ledger.settle_op(res.id, cost)
+            if committer:
+                ledger.submit(settle, lazy=rng.random() < 0.5).result()
             else:
-                ledger.settle(res.id, cost)
+                ledger._run(settle)
             note(f"S {res.id}")
 
     for k in range(3):
