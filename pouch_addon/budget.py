@@ -729,6 +729,7 @@ class Ledger:
         self.snapshot_seconds = SNAPSHOT_SECONDS
         self._unsnapped = 0  # log records this object wrote since its last snapshot
         self._unsnapped_since = 0.0
+        self._wal_ino = -1  # the log's inode when the current transaction began
         self._committed: tuple[Any, LedgerState] | None = None  # (file identity, state) after our last commit
         self._pending: list[_Slot] = []
         self._pending_lock = threading.Lock()
@@ -748,10 +749,8 @@ class Ledger:
     def _key(self) -> tuple[Any, int]:
         """(state file identity, log size): changes whenever any process commits (a log record only
         ever grows the log; a snapshot replaces the state file)."""
-        try:
-            size = os.stat(self._wal.path).st_size
-        except FileNotFoundError:
-            size = 0
+        ino, size = self._wal.stat()
+        self._wal_ino = ino
         return (self._storage.identity(), size)
 
     def _load(self, *, repair: bool = False) -> LedgerState:
@@ -888,7 +887,7 @@ class Ledger:
         record = b'{"add":[%s],"ckpt":%s,"drop":%s,"hist":%s,"lsn":%d,"top":%s}' % (
             b",".join(added), canonical_json(ckpt), canonical_json(dropped), canonical_json(hist), st.lsn,
             canonical_json(st.to_tables_without_open()))
-        size = self._wal.append([record], durable=None if txn.durable else False)
+        size = self._wal.append([record], durable=None if txn.durable else False, ino=self._wal_ino)
         self._committed = ((txn.key[0], size), st)
         if not self._unsnapped:
             self._unsnapped_since = time.monotonic()

@@ -58,18 +58,50 @@ class RecordLog:
     def __init__(self, path: str | os.PathLike[str], *, durable: bool = True) -> None:
         self.path = Path(path)
         self.durable = durable
+        # kept open between appends (an open and a close are two more system calls per commit,
+        # each a GIL hand-off on a busy proxy); O_APPEND writes at the end even after another
+        # process truncated the file, and a replaced file shows as a new inode (see ``append``)
+        self._fd: int | None = None
+        self._ino = -1
 
-    def append(self, payloads: list[bytes], *, durable: bool | None = None) -> int:
-        """Append ``payloads`` as records in one ``write``; return the log's new size."""
+    def stat(self) -> tuple[int, int]:
+        """``(inode, size)`` of the log, ``(-1, 0)`` when there is none."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return -1, 0
+        return st.st_ino, st.st_size
+
+    def append(self, payloads: list[bytes], *, durable: bool | None = None, ino: int | None = None) -> int:
+        """Append ``payloads`` as records in one ``write``; return the log's new size.
+
+        ``ino``: the log's inode as the caller saw it under the lock; the kept descriptor is
+        used only while it still names that file."""
         data = b"".join(frame(p) for p in payloads)
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        fd = self._fd
+        if fd is None or ino is None or ino != self._ino:
+            self.close()
+            fd = self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            self._ino = os.fstat(fd).st_ino
         try:
             os.write(fd, data)
             if self.durable if durable is None else durable:
                 os.fdatasync(fd)
-            return os.lseek(fd, 0, os.SEEK_END)
-        finally:
+            return os.lseek(fd, 0, os.SEEK_CUR)  # O_APPEND left the offset at the end
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        fd, self._fd, self._ino = self._fd, None, -1
+        if fd is not None:
             os.close(fd)
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # pragma: no cover - interpreter shutdown
+            pass
 
     def read(self, offset: int = 0) -> tuple[list[bytes], int, int]:
         """``(records, end, size)``: the intact records after ``offset``, where they end, and the

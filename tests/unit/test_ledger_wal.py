@@ -53,3 +53,15 @@ def test_truncate_cuts_a_torn_tail_and_appends_continue(tmp_path):
     assert log.read()[0] == [b"one", b"three"]
     log.truncate()
     assert log.read() == ([], 0, 0)
+
+
+def test_the_kept_descriptor_follows_truncation_and_replacement(tmp_path):
+    log = RecordLog(tmp_path / "ledger.wal", durable=False)
+    log.append([b"one"], ino=log.stat()[0])
+    RecordLog(log.path).truncate()  # another process's snapshot emptied the log
+    log.append([b"two"], ino=log.stat()[0])
+    assert log.read()[0] == [b"two"]  # O_APPEND: at the (new) end, no hole
+    log.path.rename(tmp_path / "set-aside")  # the log was replaced (ledger restore)
+    log.append([b"three"], ino=log.stat()[0])
+    assert log.read()[0] == [b"three"]
+    log.close()
