@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import random
 import socket
@@ -55,6 +56,7 @@ from .ledger_store import (
     HISTORY_DIR,
     LOCK_FILE,
     STATE_FILE,
+    WAL_FILE,
     AtomicJSONStorage,
     FileLock,
     HistoryLog,
@@ -62,6 +64,7 @@ from .ledger_store import (
     canonical_json,
     corrupt_message,
 )
+from .ledger_wal import RecordLog
 from .money import ZERO, format_usd, usd_str
 from .periods import Period, parse_period, period_key, period_start, spend_in_new_period
 
@@ -85,6 +88,10 @@ BUSY_WINDOW = 0.02
 LAZY_DELAY = 0.025
 #: a committer thread with nothing to do for this long ends; the next submission starts a new one (s)
 IDLE_EXIT = 30.0
+#: the committer writes a snapshot of the state (dropping the write-ahead log) after this many
+#: log records, or this long (s) after the oldest record the snapshot does not hold yet
+SNAPSHOT_RECORDS = 500
+SNAPSHOT_SECONDS = 1.0
 _WALLET_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-+@")
 
 
@@ -359,6 +366,9 @@ class LedgerState:
     history_size: int = 0
     open: dict[str, Reservation] = field(default_factory=dict)
     wallets: dict[str, Wallet] = field(default_factory=dict)
+    lsn: int = 0  # the last write-ahead log record this state includes (see ``Ledger``)
+    # history partitions appended without fsync by log records since the last snapshot
+    unsynced: set[str] = field(default_factory=set, compare=False, repr=False)
 
     # -- derived ---------------------------------------------------------------------------
     @property
@@ -565,6 +575,7 @@ class LedgerState:
             "seq": self.seq,
             "history_file": self.history_file,
             "history_size": self.history_size,
+            "lsn": self.lsn,
         }
         return {"ledger": {"1": ledger}, "wallets": {w.name: w.to_dict() for w in self.wallets.values()}}
 
@@ -576,6 +587,27 @@ class LedgerState:
         open_json = b",".join(b'"%s":%s' % (k.encode(), opens[k].canonical_json()) for k in sorted(opens))
         return b'{"ledger":%s,"open":{%s},"wallets":%s}' % (
             canonical_json(tables["ledger"]), open_json, canonical_json(tables["wallets"]))
+
+    def apply_record(self, record: dict[str, Any]) -> None:
+        """Apply one write-ahead log record (see ``Ledger.log_record``): the same change the group
+        commit that wrote it made, without running the rules again."""
+        if record["lsn"] != self.lsn + 1:
+            raise LedgerCorrupt(f"log record {record['lsn']} does not follow ledger record {self.lsn}")
+        top = LedgerState.from_tables(record["top"])
+        self.budget, self.spent, self.requests, self.blocked = top.budget, top.spent, top.requests, top.blocked
+        self.flagged, self.paused, self.seq, self.wallets = top.flagged, top.paused, top.seq, top.wallets
+        self.history_file, self.history_size = top.history_file, top.history_size
+        for res_id in record["drop"]:
+            self.open.pop(res_id, None)
+        for d in record["add"]:
+            res = Reservation.from_dict(d)
+            self.open[res.id] = res
+        for res_id, checkpoint in record["ckpt"].items():
+            res = self.open.get(res_id)
+            if res is not None:
+                res.checkpoint = checkpoint
+        self.unsynced.update(name for name, _start, _lines in record["hist"])
+        self.lsn = record["lsn"]
 
     @classmethod
     def from_tables(cls, tables: dict[str, dict[str, Any]]) -> LedgerState:
@@ -591,6 +623,7 @@ class LedgerState:
             seq=int(doc["seq"]),
             history_file=doc.get("history_file"),
             history_size=int(doc.get("history_size", 0)),
+            lsn=int(doc.get("lsn", 0)),
             open={r.id: r for r in opens},
             wallets={w.name: w for w in (Wallet.from_dict(d) for d in tables.get("wallets", {}).values())},
         )
@@ -618,8 +651,12 @@ def new_reservation_id() -> str:
 class _Txn:
     """One open transaction: the state plus history entries to write ahead of it."""
 
-    def __init__(self, state: LedgerState) -> None:
+    def __init__(self, state: LedgerState, key: Any = None) -> None:
         self.state = state
+        self.key = key  # (state file identity, log size) when the transaction began
+        self.before = frozenset(state.open)  # open reservation ids when it began (for the log record)
+        self.checkpointed: set[str] = set()
+        self.log = False  # commit as one log record (the committer) instead of a snapshot
         self.entries: list[dict[str, Any]] = []
         self.dirty = False
         self.durable = False  # checkpoints alone are advisory and skip fsync
@@ -687,6 +724,12 @@ class Ledger:
         self._storage = AtomicJSONStorage(self.state_path, durable=durable)
         self._history = HistoryLog(self.home / HISTORY_DIR, durable=durable)
         self._lock = FileLock(self.home / LOCK_FILE)
+        self._wal = RecordLog(self.home / WAL_FILE, durable=durable)
+        self.snapshot_records = SNAPSHOT_RECORDS
+        self.snapshot_seconds = SNAPSHOT_SECONDS
+        self._unsnapped = 0  # log records this object wrote since its last snapshot
+        self._unsnapped_since = 0.0
+        self._wal_ino = -1  # the log's inode when the current transaction began
         self._committed: tuple[Any, LedgerState] | None = None  # (file identity, state) after our last commit
         self._pending: list[_Slot] = []
         self._pending_lock = threading.Lock()
@@ -703,20 +746,54 @@ class Ledger:
         self.owner = Owner.current()
 
     # -- transactions ------------------------------------------------------------------------
-    def _load(self) -> LedgerState:
+    def _key(self) -> tuple[Any, int]:
+        """(state file identity, log size): changes whenever any process commits (a log record only
+        ever grows the log; a snapshot replaces the state file)."""
+        ino, size = self._wal.stat()
+        self._wal_ino = ino
+        return (self._storage.identity(), size)
+
+    def _load(self, *, repair: bool = False) -> LedgerState:
+        """The snapshot plus the log records after it. A writer (``repair``, under the lock) also
+        cuts a torn final record and re-appends history lines a power loss took from the page cache."""
         tables = self._storage.read()
         if tables is None:
-            if self._history.partitions():
+            if self._history.partitions() or self._wal.read()[2]:
                 raise LedgerCorrupt(corrupt_message(self.state_path, "the file is missing but history exists"))
             return LedgerState()
         try:
             state = LedgerState.from_tables(tables)
         except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
             raise LedgerCorrupt(corrupt_message(self.state_path, f"unexpected content ({exc!r})")) from None
+        records, end, size = self._wal.read()
+        for raw in records:
+            try:
+                record = json.loads(raw)
+                if record["lsn"] <= state.lsn:
+                    continue  # already in the snapshot (its writer died before emptying the log)
+                state.apply_record(record)
+            except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
+                raise LedgerCorrupt(corrupt_message(self.state_path, f"its log {self._wal.path} does not follow it "
+                                                                     f"({exc})")) from None
+            if repair:
+                self._repair_history(record)
+        if repair and end < size:
+            self._wal.truncate(end)  # a torn final record: that group commit never happened
         problems = state.problems()
         if problems:
             raise LedgerCorrupt(corrupt_message(self.state_path, "; ".join(problems)))
         return state
+
+    def _repair_history(self, record: dict[str, Any]) -> None:
+        for name, start, lines in record["hist"]:
+            data = b"".join(canonical_json(line) + b"\n" for line in lines)
+            have = self._history.size(name)
+            if have >= start + len(data):
+                continue
+            if have < start:
+                raise LedgerCorrupt(corrupt_message(self.state_path, f"history {name} is shorter than its log says"))
+            self._history.truncate(name, start)
+            self._history.append_bytes(name, data, durable=False)
 
     def _replay(self, txn: _Txn) -> None:
         """Apply history written ahead of a state write that never happened (a crashed writer)."""
@@ -748,15 +825,21 @@ class Ledger:
         mtime: every write replaces the file), so a busy proxy does not re-parse every open
         reservation per transaction; any other writer's change shows as a new file and is read."""
         cached = self._committed
-        state = cached[1] if cached is not None and cached[0] == self._storage.identity() else self._load()
+        key = self._key()
+        state = cached[1] if cached is not None and cached[0] == key else self._load(repair=True)
         self._committed = None  # the transaction mutates it: valid again only once committed
-        txn = _Txn(state)
+        txn = _Txn(state, key)
         self._replay(txn)
         return txn
 
     def _commit(self, txn: _Txn) -> None:
+        """Write the transaction: one log record (``txn.log``: the committer's group commits, once a
+        snapshot exists) or a snapshot of the whole state, which then empties the log."""
         if not txn.dirty:
-            self._committed = (self._storage.identity(), txn.state)
+            self._committed = (self._key(), txn.state)
+            return
+        if txn.log and txn.key[0] is not None:
+            self._commit_log(txn)
             return
         st = txn.state
         by_partition: dict[str, list[dict[str, Any]]] = {}
@@ -767,8 +850,64 @@ class Ledger:
             st.history_size = self._history.append(name, by_partition[name])
             st.history_file = name
         # a checkpoint-only transaction skips fsync; any other follows the ledger's own setting
-        durable = None if txn.durable else False
-        self._committed = (self._storage.write_canonical(st.canonical_tables(), durable=durable), st)
+        logged = txn.key[1] > 0 if txn.key is not None else False
+        durable = None if txn.durable or logged else False
+        for name in sorted(st.unsynced):  # appended by log records this snapshot replaces
+            self._history.sync(name)
+        identity = self._storage.write_canonical(st.canonical_tables(), durable=durable)
+        if logged:
+            self._wal.truncate(0)
+        st.unsynced.clear()
+        self._unsnapped = 0
+        self._committed = ((identity, 0), st)
+
+    def _commit_log(self, txn: _Txn) -> None:
+        """The durable step of a group commit: one record appended to the log, one fdatasync.
+
+        The history lines are appended first without fsync (readers see them at once; the record
+        carries them, so a writer re-appends what a power loss dropped, see :meth:`_load`)."""
+        st = txn.state
+        by_partition: dict[str, list[dict[str, Any]]] = {}
+        for entry in txn.entries:
+            name = max(partition_for(entry["ts"]), st.history_file or "")
+            by_partition.setdefault(name, []).append(entry)
+        hist = []
+        for name in sorted(by_partition):
+            lines = by_partition[name]
+            data = b"".join(canonical_json(line) + b"\n" for line in lines)
+            end = self._history.append_bytes(name, data, durable=False)
+            hist.append([name, end - len(data), lines])
+            st.history_file, st.history_size = name, end
+            st.unsynced.add(name)
+        st.lsn += 1
+        before, now_open = txn.before, st.open
+        added = [r.canonical_json() for i, r in now_open.items() if i not in before]
+        dropped = [i for i in before if i not in now_open]
+        ckpt = {i: now_open[i].checkpoint for i in txn.checkpointed if i in now_open and i in before}
+        record = b'{"add":[%s],"ckpt":%s,"drop":%s,"hist":%s,"lsn":%d,"top":%s}' % (
+            b",".join(added), canonical_json(ckpt), canonical_json(dropped), canonical_json(hist), st.lsn,
+            canonical_json(st.to_tables_without_open()))
+        size = self._wal.append([record], durable=None if txn.durable else False, ino=self._wal_ino)
+        self._committed = ((txn.key[0], size), st)
+        if not self._unsnapped:
+            self._unsnapped_since = time.monotonic()
+        self._unsnapped += 1
+
+    def compact(self) -> None:
+        """Write a snapshot of the state and empty the log (off the hot path: the committer calls it
+        every ``snapshot_records`` records or ``snapshot_seconds``; any process may)."""
+        try:
+            with self._lock.hold():
+                txn = self._begin()
+                if txn.key[1] > 0 or txn.dirty:
+                    txn.changed()
+                self._commit(txn)
+        finally:
+            self._unsnapped = 0  # written, or written by another process; a failure retries with the next record
+
+    def _snapshot_due(self) -> bool:
+        return bool(self._unsnapped) and (self._unsnapped >= self.snapshot_records
+                                          or time.monotonic() - self._unsnapped_since >= self.snapshot_seconds)
 
     def _run(self, op: Callable[[_Txn], Any]) -> Any:
         """Run ``op`` in a transaction, sharing it with the operations other threads submit meanwhile.
@@ -836,6 +975,12 @@ class Ledger:
             with self._wake:
                 while not self._urgent:
                     if self._lazy_since is None:
+                        if self._unsnapped and not self._urgent:
+                            left = self._unsnapped_since + self.snapshot_seconds - time.monotonic()
+                            if left > 0:
+                                self._wake.wait(min(left, self.idle_exit))
+                                continue
+                            break  # nothing to commit: write the snapshot that is due
                         if not self._wake.wait(self.idle_exit) and not self._urgent and self._lazy_since is None:
                             # idle: end the thread (the next submission starts another), so a
                             # ledger dropped by its owner (pouch_home changed) leaves none behind
@@ -849,9 +994,12 @@ class Ledger:
             if self.commit_delay > 0 and time.monotonic() - self._last_commit < BUSY_WINDOW:
                 time.sleep(self.commit_delay)
             with self._lock.thread_lock:
-                self._drain()
+                self._drain(log=True)
+            if self._snapshot_due():
+                with contextlib.suppress(Exception):  # the log stays durable; the next commit retries
+                    self.compact()
 
-    def _drain(self) -> None:
+    def _drain(self, *, log: bool = False) -> None:
         """Run every pending operation in one transaction; the caller holds the thread lock."""
         with self._pending_lock:
             batch, self._pending = self._pending, []
@@ -861,6 +1009,7 @@ class Ledger:
         try:
             with self._lock.hold_file():
                 txn = self._begin()
+                txn.log = log
                 for s in batch:
                     try:
                         s.result = s.op(txn)
@@ -951,6 +1100,7 @@ class Ledger:
                 res = txn.state.open.get(res_id)
                 if res is not None:
                     res.checkpoint = data
+                    txn.checkpointed.add(res_id)
                     txn.changed(durable=False)
         return op
 
@@ -1112,9 +1262,16 @@ class Ledger:
         """Put the last good copy of the state back (the corrupt file is kept beside it)."""
         backup = self.state_path.with_name(self.state_path.name + ".bak")
         with self._lock.hold():
-            AtomicJSONStorage(backup).read()  # must itself be valid
+            tables = AtomicJSONStorage(backup).read()  # must itself be valid
             if self.state_path.exists():
                 kept = self.state_path.with_name(f"{self.state_path.name}.corrupt-{int(time.time())}")
                 os.replace(self.state_path, kept)
             os.link(backup, self.state_path)
+            # log records that do not follow the older snapshot are set aside (their settles are
+            # in history beyond its pointer and are replayed from there)
+            lsn = int(((tables or {}).get("ledger", {}).get("1", {})).get("lsn", 0))
+            after = [r for r in (json.loads(raw) for raw in self._wal.read()[0]) if r["lsn"] > lsn]
+            if after and after[0]["lsn"] != lsn + 1:
+                os.replace(self._wal.path, self._wal.path.with_name(f"{WAL_FILE}.set-aside-{int(time.time())}"))
+            self._committed = None
         return self.state_path

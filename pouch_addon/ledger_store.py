@@ -1,4 +1,8 @@
-"""Persistence for the ledger: one small hot state file plus day-partitioned history.
+"""Persistence for the ledger: one small state snapshot plus day-partitioned history.
+
+Group commits of the proxy's committer append to the write-ahead log instead (``ledger_wal``,
+see ``Ledger._commit_log``); the state file is then a snapshot of the state as of log record
+``lsn``, written every few hundred records or every second, and the rules below apply to it.
 
 Why this shape: TinyDB's default storage rewrites the whole file on every write, so a ledger
 holding its history in one document gets slower with every request. Here the hot state
@@ -38,6 +42,7 @@ STATE_FILE = "state.json"
 BACKUP_SUFFIX = ".bak"
 LOCK_FILE = "ledger.lock"
 HISTORY_DIR = "history"
+WAL_FILE = "ledger.wal"
 FORMAT = 1
 #: a folder mtime younger than this may still change within its clock tick (see partitions)
 _RACY_NS = 1_000_000_000
@@ -243,15 +248,33 @@ class HistoryLog:
             self._listing = (mtime, tuple(names))
         return names
 
-    def append(self, name: str, lines: list[dict[str, Any]]) -> int:
-        """Append entries to partition ``name`` in one write and one fsync; return its new size."""
-        data = b"".join(canonical_json(line) + b"\n" for line in lines)
+    def append(self, name: str, lines: list[dict[str, Any]], *, durable: bool | None = None) -> int:
+        """Append entries to partition ``name`` in one write and one fsync; return its new size.
+
+        ``durable=False`` (a commit whose write-ahead log record is the durable step) skips the
+        fsync; the snapshot that later drops that record calls :meth:`sync` first."""
+        return self.append_bytes(name, b"".join(canonical_json(line) + b"\n" for line in lines), durable=durable)
+
+    def append_bytes(self, name: str, data: bytes, *, durable: bool | None = None) -> int:
         fd = os.open(self.path(name), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             os.write(fd, data)
-            if self.durable:
+            if self.durable if durable is None else durable:
                 os.fsync(fd)
             return os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+
+    def sync(self, name: str) -> None:
+        """fsync partition ``name`` (appended without one since the last snapshot)."""
+        if not self.durable:
+            return
+        try:
+            fd = os.open(self.path(name), os.O_RDONLY)
+        except FileNotFoundError:
+            return
+        try:
+            os.fsync(fd)
         finally:
             os.close(fd)
 

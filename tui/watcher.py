@@ -23,7 +23,7 @@ from pathlib import Path
 from textual.message import Message
 
 from pouch_addon.budget import Ledger, LedgerCorrupt, owner_alive
-from pouch_addon.ledger_store import HISTORY_DIR, STATE_FILE
+from pouch_addon.ledger_store import HISTORY_DIR, STATE_FILE, WAL_FILE
 
 from .aggregate import Aggregates
 from .messages import AggregatesUpdated, HistoryUpdated, LedgerProblem, LedgerSnapshot, LedgerUpdated
@@ -123,6 +123,13 @@ class LedgerWatcher(threading.Thread):
             modified: float | None = st.st_mtime
         except FileNotFoundError:
             signature, modified = ("missing",), None
+        try:  # commits between snapshots only append to the write-ahead log
+            wal = os.stat(self.home / WAL_FILE)
+            signature = (*signature, wal.st_size, wal.st_mtime_ns)
+            if modified is not None:
+                modified = max(modified, wal.st_mtime)
+        except FileNotFoundError:
+            pass
         if signature != self._signature:
             try:
                 state = self._ledger.snapshot()
