@@ -138,6 +138,17 @@ def partial(plan: CallPlan, reservation: Decimal, counted_output: int, status: s
     return Settlement(amount, status, usage, source, None, flags, dict(tool_calls or {}), fees)
 
 
+def counted(result: Settlement) -> Settlement:
+    """``result`` marked as priced from pouch's own count (``usage_source`` counted, flagged
+    ``usage_missing``): for a stream whose usage is the provider's input plus the output pouch
+    counted, the provider's final usage never having come."""
+    if result.usage_source == "provider":
+        result.usage_source = "counted"
+    if "usage_missing" not in result.flags:
+        result.flags.append("usage_missing")
+    return result
+
+
 def undecodable(reservation: Decimal, tool_calls: dict[str, int] | None = None) -> Settlement:
     """A stream compressed in a way pouch cannot decode (``StreamMeter.undecodable``): cut off at
     once, and what the provider generated is unknown, so the whole reservation, flagged."""

@@ -78,6 +78,12 @@ def meter_usage(m: Any) -> tuple[Any, int]:
     return None, m.output_tokens_counted
 
 
+def settle_from_meter(m: Any, result: settlement.Settlement) -> settlement.Settlement:
+    """``result`` with its usage marked as pouch's own count when the provider's final usage never
+    came (a partial usage is the provider's input plus the output pouch counted)."""
+    return result if m.usage_source == "provider" else settlement.counted(result)
+
+
 class Metering:
     def __init__(self, core: Core) -> None:
         self.core = core
@@ -146,8 +152,9 @@ class Metering:
                     log.warning(f"pouch: {meter.undecodable}; stream cut off, billed at its reservation")
                     result = settlement.undecodable(call.reserved, meter.tool_calls)
                 else:
-                    result = settlement.partial(call.plan, call.reserved, meter.output_tokens_counted, "cut_off",
-                                                meter_usage(meter)[0], tool_calls=meter.tool_calls)
+                    result = settle_from_meter(meter, settlement.partial(
+                        call.plan, call.reserved, meter.output_tokens_counted, "cut_off", meter_usage(meter)[0],
+                        tool_calls=meter.tool_calls))
                 self._settle_soon(call, result)
                 return [*out, b""]  # b"" ends an HTTP/1.1 chunked body for the client
             return out
@@ -202,10 +209,10 @@ class Metering:
             return settlement.undecodable(call.reserved, m.tool_calls)
         # the provider's usage is authoritative: tokenise our copy of the text only without it
         usage, counted = meter_usage(m)
-        return settlement.completed(
+        return settle_from_meter(m, settlement.completed(
             table, call.plan, usage, counted,
             model_reported=m.model_reported, tier_reported=m.service_tier,
-            status="ok" if m.done or m.usage_final else "incomplete", tool_calls=m.tool_calls)
+            status="ok" if m.done or m.usage_final else "incomplete", tool_calls=m.tool_calls))
 
     def _interrupted(self, call: FlowCall, m: StreamMeter, why: str) -> settlement.Settlement:
         """A metered stream that ended before its body did (disconnect, shutdown).
@@ -218,7 +225,7 @@ class Metering:
         if m.undecodable is not None or ((m.done or m.usage_final) and not m.cut):
             return self._finished(call, m, self.core.require()[1])
         usage, counted = meter_usage(m)
-        return settlement.partial(call.plan, call.reserved, counted, why, usage, m.tool_calls)
+        return settle_from_meter(m, settlement.partial(call.plan, call.reserved, counted, why, usage, m.tool_calls))
 
     def _early_end(self, flow: http.HTTPFlow, call: FlowCall, msg: str) -> settlement.Settlement:
         m = call.meter

@@ -46,7 +46,6 @@ class JSONArrayFramer:
         self._buf = ""
         self._raw = b""
         self._bytes = b""  # undecoded tail (a UTF-8 character cut in two)
-        self._started = False
         self.max_bytes = max_bytes
 
     def feed(self, chunk: bytes) -> list[tuple[bytes, Any]]:
@@ -64,8 +63,6 @@ class JSONArrayFramer:
         buf = self._buf
         while True:
             while pos < len(buf) and buf[pos] in " \t\r\n,[]":
-                if buf[pos] == "[":
-                    self._started = True
                 pos += 1
             if pos >= len(buf):
                 break

@@ -164,3 +164,9 @@ def test_a_model_outside_the_reservation_is_billed_as_reported_and_flagged():
     unknown = settlement.completed(TABLE, plan, usage, 0, model_reported="weird-x")
     assert unknown.cost == D(10) * D("0.15") / M + D(10) * D("0.6") / M  # the reserved price
     assert "model_reported_unknown" in unknown.flags
+
+
+def test_a_settle_from_the_providers_partial_usage_is_marked_as_counted():
+    s = settlement.Settlement(D("0.01"), "upstream_disconnect", None, "provider", None, [])
+    assert settlement.counted(s) is s and s.usage_source == "counted" and s.flags == ["usage_missing"]
+    assert settlement.counted(s).flags == ["usage_missing"]  # once
