@@ -115,12 +115,12 @@ class Metering:
         call.response_started = True
         ctype = flow.response.headers.get("content-type", "")
         sse = "text/event-stream" in ctype
-        # a Gemini stream without alt=sse is a JSON array sent piece by piece
-        array = not sse and call.plan.stream and call.plan.api == "gemini" and "json" in ctype
+        provider = PROVIDERS.get(flow.metadata.get(PROVIDER, ""), openai)
+        # a provider may stream a JSON array sent piece by piece (Gemini without alt=sse)
+        array = not sse and call.plan.stream and provider.JSON_ARRAY_STREAMS and "json" in ctype
         if flow.response.status_code < 400 and (sse or array):
             headers = flow.response.headers
             encoding = headers.get("content-encoding")
-            provider = PROVIDERS.get(flow.metadata.get(PROVIDER, ""), openai)
             call.meter = provider.new_meter(call.plan, call.reserved, sse=sse, content_encoding=encoding)
             if encoding is not None:
                 # the meter forwards decoded events (or only its error event): say so to the client

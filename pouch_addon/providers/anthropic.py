@@ -45,6 +45,8 @@ from . import _bounds
 from .streams import ProviderStreamMeter
 
 NAME = "anthropic"
+#: whether a streamed response may be a JSON array instead of SSE (``streams.JSONArrayFramer``)
+JSON_ARRAY_STREAMS = False
 HOSTS = ("api.anthropic.com",)
 MESSAGES = "/v1/messages"
 #: POSTs that cost nothing (the exact pre-count)

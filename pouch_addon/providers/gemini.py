@@ -45,6 +45,8 @@ from . import _bounds
 from .streams import ProviderStreamMeter
 
 NAME = "gemini"
+#: whether a streamed response may be a JSON array instead of SSE (``streams.JSONArrayFramer``)
+JSON_ARRAY_STREAMS = True
 HOSTS = ("generativelanguage.googleapis.com",)
 _MODEL_PATH = re.compile(r"^/(v1|v1beta|v1alpha)/models/([^/:]+):([A-Za-z]+)$")
 BILLED_METHODS = ("generateContent", "streamGenerateContent")

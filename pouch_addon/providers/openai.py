@@ -15,6 +15,8 @@ from ..plan import DraftPlan, PlanError, PlanSettings, classify, draft_plan
 from ..pricing import Usage, count_tool_calls
 
 NAME = "openai"
+#: whether a streamed response may be a JSON array instead of SSE (``streams.JSONArrayFramer``)
+JSON_ARRAY_STREAMS = False
 HOSTS = ("api.openai.com",)
 
 
