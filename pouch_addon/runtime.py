@@ -265,6 +265,8 @@ def proxy_env(home: Path, listen: str, *, wallet: str | None = None,
 def cmd_proxy(args: argparse.Namespace) -> None:
     home = resolve_home(args.home)
     extra = shlex.split(os.environ.get("POUCH_PROXY_ARGS", "")) + list(getattr(args, "mitm_args", []))
+    from .mock import expand_flag
+    extra = expand_flag(extra)  # --mock: pouch answers LLM calls itself
     argv, listen = mitmdump_argv(home, args.listen, extra)
     from .presence import Presence, write_presence
     import time
