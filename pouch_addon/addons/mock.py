@@ -4,7 +4,8 @@ Runs after the budget gate, so pause, wallets, rate limits and the 402 behave ex
 real call; a call the gate admitted is then answered here (``mock.reply``: the provider's shape,
 stream or not) after ``pouch_mock_latency_ms``, and settled at $0 with status ``mock`` (flag
 ``mock``; ``mock_cost`` records what the same usage would have cost at the real price). Nothing
-reaches the provider and no key is needed. Free calls (model lists, token counts) are not
+reaches the provider and no key is needed; ``connection_strategy`` is set to ``lazy`` so no
+upstream connection is opened for a CONNECT either. Free calls (model lists, token counts) are not
 answered: they go upstream as usual, or fail where there is no network.
 """
 
@@ -55,6 +56,8 @@ class Mock:
 
     def running(self) -> None:
         if ctx.options.pouch_mock:
+            # nothing is forwarded: never connect upstream on a CONNECT (there may be no network)
+            ctx.options.update(connection_strategy="lazy")
             log.warning("pouch: mock mode: LLM calls are answered by pouch itself, settled at $0 (status mock); "
                         "nothing is sent to any provider")
 

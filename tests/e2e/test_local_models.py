@@ -128,3 +128,15 @@ def test_a_remote_host_is_never_priced_at_zero(e2e, fake, tmp_path, ollama):
     r = e2e.run_sdk("chat", {"model": "llama3.2:1b", "max_tokens": 5, "client": {"max_retries": 0}}, env)
     assert not r["ok"] and r["error"]["code"] == "pouch_unknown_model"
     assert fake.requests("/v1/chat/completions") == []
+
+
+def test_pouch_models_lists_a_local_server_and_the_priced_models(e2e, tmp_path, ollama):
+    home = tmp_path / "home"
+    r = e2e.run_cli(home, "models", "--local", f"127.0.0.1:{ollama.port}", "--json")
+    out = json.loads(r.stdout)
+    server = next(s for s in out["local"] if s["server"] == f"127.0.0.1:{ollama.port}")
+    assert server["models"] == ["llama3.2:1b"] and server["endpoint"] == "/api/tags"
+    assert "gpt-4o-mini" in {m["model"] for m in out["hosted"]["openai"]}
+    assert {"anthropic", "gemini"} <= set(out["hosted"])
+    text = e2e.run_cli(home, "models", "--local", f"127.0.0.1:{ollama.port}", "--provider", "openai").stdout
+    assert f"127.0.0.1:{ollama.port} (/api/tags): llama3.2:1b" in text and "gpt-4o-mini  $0.15 / $0.60" in text
