@@ -8,7 +8,7 @@ Anthropic messages, Gemini generateContent (SSE with ``alt=sse``, else a JSON ar
 local servers' native Ollama shapes; streamed or not, as the request asked. The text is
 ``length`` words, each counted as one token, never more than the request's output cap; the
 input is pouch's own estimate of the request. Those counts are reported as the usage, the
-same numbers the ledger records (the call itself is settled at $0, flagged ``mock``).
+same numbers the ledger records (the call itself is settled at $0, status ``mock``).
 """
 
 from __future__ import annotations

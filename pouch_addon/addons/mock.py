@@ -2,8 +2,8 @@
 
 Runs after the budget gate, so pause, wallets, rate limits and the 402 behave exactly as for a
 real call; a call the gate admitted is then answered here (``mock.reply``: the provider's shape,
-stream or not) after ``pouch_mock_latency_ms``, and settled at $0 with status ``mock`` (flag
-``mock``; ``mock_cost`` records what the same usage would have cost at the real price). Nothing
+stream or not) after ``pouch_mock_latency_ms``, and settled at $0 with status ``mock`` and ``"mock": true`` (no flag: it is not
+for review; ``mock_cost`` records what the same usage would have cost at the real price). Nothing
 reaches the provider and no key is needed; ``connection_strategy`` is set to ``lazy`` so no
 upstream connection is opened for a CONNECT either. Free calls (model lists, token counts) are not
 answered: they go upstream as usual, or fail where there is no network.
@@ -84,7 +84,7 @@ class Mock:
         flow.metadata.pop(CALL, None)  # settled here: the meter leaves this flow alone
         self.core.active.discard(call)
         call.settled = True
-        details = {**answer.usage.to_dict(), "usage_source": "mock", "flags": ["mock"], "http_status": answer.status,
+        details = {**answer.usage.to_dict(), "usage_source": "mock", "mock": True, "http_status": answer.status,
                    "mock_cost": usd_str(cost(plan.price, answer.usage)), "estimated_cost": str(plan.worst_case)}
         fut = call.ledger.submit_async(call.ledger.settle_op(call.reservation.id, ZERO, status="mock", details=details),
                                        lazy=True)

@@ -140,3 +140,21 @@ def test_pouch_models_lists_a_local_server_and_the_priced_models(e2e, tmp_path, 
     assert {"anthropic", "gemini"} <= set(out["hosted"])
     text = e2e.run_cli(home, "models", "--local", f"127.0.0.1:{ollama.port}", "--provider", "openai").stdout
     assert f"127.0.0.1:{ollama.port} (/api/tags): llama3.2:1b" in text and "gpt-4o-mini  $0.15 / $0.60" in text
+
+
+def test_a_local_server_with_tls_is_decrypted_and_metered_at_zero(e2e, fake, tmp_path):
+    """The fake OpenAI (TLS, its certificate names localhost) as a local server: the CONNECT to
+    localhost:PORT is decrypted (pouch adds it to allow_hosts) and the call is metered at $0,
+    although the server reports a priced model name."""
+    home = tmp_path / "home"
+    Ledger(home).status()  # no budget
+    proxy = e2e.start_proxy(home, {"pouch_local_hosts": f"localhost:{fake.port}"})
+    env = e2e.client_env(proxy)
+    r = e2e.run_sdk("chat_stream", {"model": "gpt-4o-mini", "max_tokens": 5,
+                                    "client": {"base_url": f"https://localhost:{fake.port}/v1", "max_retries": 0},
+                                    "extra_headers": {"x-fake-chunks": "3", "x-fake-prompt-tokens": "10"}}, env)
+    assert r["ok"], r
+    [e] = settled(home, 1)
+    assert e["provider"] == "local" and e["local"] is True and D(e["cost"]) == 0
+    assert (e["input_tokens"], e["output_tokens"]) == (10, 3) and e["usage_source"] == "provider"
+    assert fake.requests("/v1/chat/completions")[-1]["body"]["stream_options"] == {"include_usage": True}

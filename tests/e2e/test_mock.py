@@ -56,12 +56,12 @@ def test_mock_answers_openai_and_anthropic_sdks_without_forwarding(e2e, fake, an
     assert not big["ok"] and big["error"]["status_code"] == 402 and big["error"]["code"] == "budget_exceeded"
     assert fake.requests() == [] and anthropic_fake.requests() == []
     entries = settled(home, len(runs))
-    assert all(e["status"] == "mock" and e["flags"] == ["mock"] and D(e["cost"]) == 0 for e in entries)
+    assert all(e["status"] == "mock" and e["mock"] is True and e["flags"] == [] and D(e["cost"]) == 0 for e in entries)
     assert {e["provider"] for e in entries} == {"openai", "anthropic"}
     chat = next(e for e in entries if e["endpoint"] == "/v1/chat/completions" and e["output_cap"] == 50)
     assert chat["output_tokens"] == 6 and chat["usage_source"] == "mock" and D(chat["mock_cost"]) > 0
     st = Ledger(home).status()
-    assert st.spent == 0 and st.remaining == D("0.05") and st.blocked == 1
+    assert st.spent == 0 and st.remaining == D("0.05") and st.blocked == 1 and st.flagged == 0
 
 
 def test_mock_gemini_and_local_native_shapes_over_curl(e2e, fake, tmp_path):
