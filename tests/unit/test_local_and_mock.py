@@ -195,3 +195,14 @@ def test_mock_flag_and_models_listing():
     assert models.parse_listing("/v1/models", {"error": "x"}) is None
     priced = models.hosted(PriceTable.load(), "openai")
     assert list(priced) == ["openai"] and any(m["model"] == "gpt-4o-mini" for m in priced["openai"])
+
+
+def test_the_tui_marks_a_local_call():
+    from pouch_tui.widgets.history_table import HistoryTable
+
+    entry = {"kind": "settle", "status": "ok", "provider": "local", "model": "llama3", "local": True, "cost": "0",
+             "input_tokens": 9, "output_tokens": 5, "flags": [], "ts": 100.0}
+    cells = HistoryTable.cells(entry, 100.0, {})
+    assert cells["status"].plain == "ok (local)" and cells["model"].plain == "local/llama3"
+    assert cells["cost"].plain == "$0.00"
+    assert HistoryTable.cells({**entry, "local": None, "provider": "openai"}, 100.0, {})["status"].plain == "ok"
