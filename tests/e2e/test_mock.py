@@ -85,6 +85,9 @@ def test_mock_gemini_and_local_native_shapes_over_curl(e2e, fake, tmp_path):
     entries = settled(home, 2)
     assert {e["provider"] for e in entries} == {"gemini", "local"}
     assert all(e["status"] == "mock" for e in entries)
+    Ledger(home).set_paused(True)  # a pause applies in mock mode too, to local calls as well
+    p = e2e.run_curl("http://127.0.0.1:9/api/generate", env=env, json_body={"model": "m", "prompt": "hi"})
+    assert p.status == 402 and p.json()["error"]["code"] == "pouch_paused"
 
 
 MARKER = "<!-- mock-quickstart:"
