@@ -343,6 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     admin.add_commands(sub, common)
     _add_runtime_commands(sub, common)
+    from .models import add_parser as add_models_parser
+    add_models_parser(sub, common)  # pouch models
     return parser
 
 

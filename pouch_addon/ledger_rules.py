@@ -320,7 +320,10 @@ class LedgerState:
         meta = dict(meta or {})
         if wallet is not None:
             meta["wallet"] = wallet
-        if not amount.is_finite() or amount <= 0:
+        # a local model's call (``meta["local"]``) is reserved at an explicit $0: never refused
+        # for money, but still for a pause or an expired wallet
+        free = amount == 0 and meta.get("local") is True
+        if not amount.is_finite() or amount < 0 or (amount == 0 and not free):
             return Refusal("invalid", amount, self.remaining)
         if self.paused:
             return Refusal("paused", amount, self.remaining)
@@ -330,9 +333,9 @@ class LedgerState:
                 return Refusal("expired", amount, ZERO, wallet=w.name)
             w.roll(now)
             w_remaining = w.budget - w.spent - self.wallet_reserved(w.name)[0]
-            if amount > w_remaining:
+            if amount > w_remaining and not free:
                 return Refusal("insufficient", amount, w_remaining, wallet=w.name)
-        if amount > self.remaining:
+        if amount > self.remaining and not free:
             return Refusal("insufficient", amount, self.remaining, budget_unset=self.budget == 0)
         res = Reservation(res_id, amount, now, owner, meta)
         self.open[res_id] = res
@@ -425,7 +428,8 @@ class LedgerState:
         out = []
         if self.budget != self.remaining + self.reserved + self.spent:
             out.append("budget != remaining + reserved + spent")
-        if self.reserved < 0 or any(r.amount <= 0 for r in self.open.values()):
+        if self.reserved < 0 or any(r.amount < 0 or (r.amount == 0 and r.meta.get("local") is not True)
+                                    for r in self.open.values()):
             out.append("a reservation is not positive")
         if self.spent < 0:
             out.append("spent is negative")

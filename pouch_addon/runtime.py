@@ -241,6 +241,25 @@ def wallet_credentials(home: Path, wallet: str) -> str | None:
     return secret
 
 
+#: NO_PROXY entries that would send local model servers around pouch
+LOOPBACK_NO_PROXY = frozenset({"localhost", ".localhost", "127.0.0.1", "::1", "[::1]", "127.0.0.0/8", "::1/128",
+                               "0.0.0.0"})
+
+
+def no_proxy_without_loopback(environ: Mapping[str, str]) -> dict[str, str]:
+    """``NO_PROXY``/``no_proxy`` without their loopback entries, when they had any (else nothing
+    to set): a local model server reached around the proxy would be neither metered nor paused."""
+    out: dict[str, str] = {}
+    for name in ("NO_PROXY", "no_proxy"):
+        value = environ.get(name)
+        if value is None:
+            continue
+        kept = [e for e in (x.strip() for x in value.split(",")) if e and e.lower() not in LOOPBACK_NO_PROXY]
+        if len(kept) != len([x for x in value.split(",") if x.strip()]):
+            out[name] = ",".join(kept)
+    return out
+
+
 def proxy_env(home: Path, listen: str, *, wallet: str | None = None,
               environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """The variables `pouch env` prints and `pouch run` sets, given the current environment."""
@@ -248,9 +267,9 @@ def proxy_env(home: Path, listen: str, *, wallet: str | None = None,
     secret = wallet_credentials(home, wallet) if wallet is not None else None
     url = proxy_url(listen, wallet, secret)
     bundle = str(ca_bundle(home))
-    env = {"HTTPS_PROXY": url, "https_proxy": url}
-    if "HTTP_PROXY" in environ or "http_proxy" in environ:  # else plain http is not pouch's business
-        env["HTTP_PROXY"] = env["http_proxy"] = url
+    # plain http too: local model servers (Ollama, llama.cpp, ...) are metered through the proxy
+    env = {"HTTPS_PROXY": url, "https_proxy": url, "HTTP_PROXY": url, "http_proxy": url}
+    env.update(no_proxy_without_loopback(environ))
     env.update({
         "SSL_CERT_FILE": bundle,
         "REQUESTS_CA_BUNDLE": bundle,
@@ -265,6 +284,8 @@ def proxy_env(home: Path, listen: str, *, wallet: str | None = None,
 def cmd_proxy(args: argparse.Namespace) -> None:
     home = resolve_home(args.home)
     extra = shlex.split(os.environ.get("POUCH_PROXY_ARGS", "")) + list(getattr(args, "mitm_args", []))
+    from .mock import expand_flag
+    extra = expand_flag(extra)  # --mock: pouch answers LLM calls itself
     argv, listen = mitmdump_argv(home, args.listen, extra)
     from .presence import Presence, write_presence
     import time

@@ -1,6 +1,7 @@
 """pouch's mitmproxy addons, one per concern, composed in order (mitmproxy's chain is the pipeline).
 
 1. ``Route``: optional address override for provider hosts (``server_connect``).
+2. ``LocalModels`` (``pouch_local_hosts``): which host:port pairs are local model servers ($0).
 2. ``Scope``: which requests are pouch's, by where they really go (the CONNECT target, not the
    Host header: 421 when they disagree); refuses upgrades, method overrides and odd methods;
    only requests known to be free pass unpriced; fail closed on the rest.
@@ -10,6 +11,7 @@
    global budget or answer 402, rewrite the body (``request``).
 5. ``KeySwap``: put the real provider key in place of a virtual one (only for requests that
    are forwarded).
+5. ``Mock`` (``pouch_mock``): answer admitted calls itself, settled at $0 (status ``mock``).
 6. ``Metering``: stream metering, cut-off, settlement, checkpoints (``responseheaders`` on).
 7. ``AuditBlocks``: every request pouch answered itself goes to the hash-chained audit log.
 8. ``PresenceAddon``: ``proxy.json`` in the pouch home says this proxy serves the ledger, where it
@@ -23,6 +25,8 @@ from .core import Core
 from .gate import BudgetGate
 from .identity import Identify
 from .keys import KeySwap
+from .local import LocalModels
+from .mock import Mock
 from .meter import Metering
 from .presence import PresenceAddon
 from .route import Route
@@ -31,5 +35,6 @@ from .scope import Scope
 
 def make_addons() -> list[object]:
     core = Core()
-    return [Route(), Scope(), Identify(core), BudgetGate(core), KeySwap(core), Metering(core), AuditBlocks(core),
+    local = LocalModels()
+    return [Route(), local, Scope(local), Identify(core), BudgetGate(core), KeySwap(core), Mock(core), Metering(core), AuditBlocks(core),
             PresenceAddon(core)]

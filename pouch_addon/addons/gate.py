@@ -173,6 +173,8 @@ class BudgetGate:
         ident: Identity = flow.metadata.get(IDENTITY) or Identity("default", "default")
         meta = {"endpoint": canonical_path(flow.request.path), "client": client_label(flow),
                 "provider": flow.metadata.get(PROVIDER, openai.NAME), **ident.meta()}
+        if meta["provider"] == "local":  # a local model server: reserved and settled at an explicit $0
+            meta["local"] = True
         wallet = ident.wallet
         inline = inline_ok(flow.request)
         try:

@@ -27,7 +27,8 @@ from collections.abc import Sequence
 from mitmproxy import connection, ctx, exceptions, http
 
 from ..endpoints import canonical_path, describe, misdirected, refusal, split_authority
-from ..providers import DEFAULT_HOSTS, for_host
+from ..providers import DEFAULT_HOSTS, for_host, local
+from .local import LocalModels
 from .replies import PROVIDER, reply
 
 log = logging.getLogger(__name__)
@@ -43,8 +44,9 @@ def allow_hosts_pattern(hosts: Sequence[str]) -> str:
 
 
 class Scope:
-    def __init__(self) -> None:
+    def __init__(self, local: LocalModels | None = None) -> None:
         self.hosts: frozenset[str] = frozenset()
+        self.local = local  # which host:port pairs are local model servers (``pouch_local_hosts``)
         # client connection -> its CONNECT target, normalised (before any route rewrites it)
         self._tunnels: weakref.WeakKeyDictionary[connection.Client, tuple[str, int]] = weakref.WeakKeyDictionary()
 
@@ -107,7 +109,8 @@ class Scope:
             log.warning("pouch: http2 is on; cutting one HTTP/2 stream off closes the shared upstream "
                         "connection and can reset other streams on it. `pouch proxy` sets http2=false.")
         if ctx.options.pouch_tls_scope and not ctx.options.allow_hosts and not ctx.options.ignore_hosts:
-            ctx.options.update(allow_hosts=[allow_hosts_pattern(sorted(self.hosts))])
+            local_tls = self.local.hosts.allow_patterns() if self.local is not None else []  # a local server with TLS
+            ctx.options.update(allow_hosts=[allow_hosts_pattern(sorted(self.hosts)), *local_tls])
 
     def http_connect(self, flow: http.HTTPFlow) -> None:
         target = split_authority(f"{flow.request.host}:{flow.request.port}", flow.request.port)
@@ -132,16 +135,17 @@ class Scope:
         default_port = 443 if req.scheme == "https" else 80
         claims = [c for c in (req.host_header, req.authority) if c]
         sni = (flow.client_conn.sni or "").lower().rstrip(".")
-        ours = (dest[0] in self.hosts or sni in self.hosts
+        is_local = self.local is not None and self.local.match(*dest)
+        ours = (is_local or dest[0] in self.hosts or sni in self.hosts
                 or any((split_authority(c, default_port) or ("",))[0] in self.hosts for c in claims))
         if not ours:
             return
-        provider = for_host(dest[0])
+        provider = local if is_local else for_host(dest[0])
         flow.metadata[PROVIDER] = provider.NAME  # pouch's own answers take the provider's error shape
         wrong = misdirected(dest, claims, default_port)
         if wrong is None and sni and sni != dest[0]:  # e.g. CONNECT to an LLM host's IP with its name as SNI
             wrong = f"{sni} (TLS SNI)"
-        if wrong is not None or dest[0] not in self.hosts:
+        if wrong is not None or (dest[0] not in self.hosts and not is_local):
             reply(flow, 421, f"pouch: this connection goes to {describe(dest)} but the request names {wrong!r}; "
                   f"pouch budgets a request by where it is really sent, so a Host that disagrees with it is "
                   f"refused (421 Misdirected Request). The request was not sent.", code="pouch_misdirected_request")

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import anthropic, gemini, openai
+from . import anthropic, gemini, local, openai
 
 #: provider modules by name
 PROVIDERS: dict[str, ModuleType] = {openai.NAME: openai, anthropic.NAME: anthropic, gemini.NAME: gemini}
+#: local model servers: chosen by host and port (``pouch_local_hosts``), never by ``for_host``
+PROVIDERS[local.NAME] = local
 #: the hosts pouch decrypts and budgets by default
 DEFAULT_HOSTS = [host for mod in PROVIDERS.values() for host in mod.HOSTS]
 #: provider name by host
@@ -37,4 +39,4 @@ def model_label(entry: dict) -> str:
     return f"{provider}/{model}" if provider else str(model)
 
 
-__all__ = ["PROVIDERS", "HOSTS", "DEFAULT_HOSTS", "for_host", "model_label", "openai", "anthropic", "gemini"]
+__all__ = ["PROVIDERS", "HOSTS", "DEFAULT_HOSTS", "for_host", "model_label", "openai", "anthropic", "gemini", "local"]

@@ -73,7 +73,9 @@ def test_the_bundle_is_the_system_cas_plus_pouchs_ca_whatever_ssl_cert_file_says
 def test_env_sets_both_cases_and_the_node_variables(tmp_path):
     out = exports(pouch(clean_env(tmp_path), "env", "--listen", "127.0.0.1:9999").stdout)
     assert out["HTTPS_PROXY"] == out["https_proxy"] == "http://127.0.0.1:9999"
-    assert "HTTP_PROXY" not in out and "http_proxy" not in out  # LLM APIs are https; plain http is left alone
+    # plain http too: local model servers (Ollama on http://localhost:11434) are metered at $0
+    assert out["HTTP_PROXY"] == out["http_proxy"] == "http://127.0.0.1:9999"
+    assert "NO_PROXY" not in out and "no_proxy" not in out
     assert out["NODE_USE_ENV_PROXY"] == "1"
     preload = shlex.split(out["NODE_OPTIONS"])
     assert preload[0] == "--require" and Path(preload[1]).name == "preload.cjs" and Path(preload[1]).is_file()
@@ -84,6 +86,13 @@ def test_an_http_proxy_already_set_is_pointed_at_pouch_too(tmp_path):
     env = clean_env(tmp_path, http_proxy="http://corporate:3128")
     out = exports(pouch(env, "env", "--listen", "127.0.0.1:9999").stdout)
     assert out["HTTP_PROXY"] == out["http_proxy"] == "http://127.0.0.1:9999"
+
+
+def test_env_takes_loopback_out_of_no_proxy_so_local_models_are_metered(tmp_path):
+    env = clean_env(tmp_path, NO_PROXY="localhost,127.0.0.1,internal.example,::1", no_proxy="localhost")
+    out = exports(pouch(env, "env", "--listen", "127.0.0.1:9999").stdout)
+    assert out["NO_PROXY"] == "internal.example" and out["no_proxy"] == ""
+    assert out["HTTP_PROXY"] == "http://127.0.0.1:9999"
 
 
 def test_node_options_keep_the_users_own_and_do_not_repeat_the_preload(tmp_path):

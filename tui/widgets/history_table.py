@@ -66,6 +66,8 @@ class HistoryTable(EntryTable):
         flags = [str(f) for f in entry.get("flags") or [] if f != status]
         if blocked:
             flags = [block_reason(entry)]
+        elif entry.get("local") is True:  # a local model server's call, at an explicit $0
+            flags.append("local")
         label = status + (f" ({', '.join(flags)})" if flags else "")
         num = (lambda k: Text("", justify="right")) if blocked else (
             lambda k: Text(tokens(entry.get(k)), justify="right"))
