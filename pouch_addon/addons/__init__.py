@@ -4,6 +4,7 @@
 2. ``Scope``: which requests are pouch's, by where they really go (the CONNECT target, not the
    Host header: 421 when they disagree); refuses upgrades, method overrides and odd methods;
    only requests known to be free pass unpriced; fail closed on the rest.
+   ``AzureDeployments``: keeps the Azure deployment -> model map (``pouch azure map``) current.
 3. ``Identify``: which wallet (app) a request is charged to: proxy auth, a pouch virtual key
    (refused with 401 when unknown/revoked/expired), the local process, else ``default``.
 4. ``BudgetGate``: plan, per-wallet rate limits (429), reserve against the wallet and the
@@ -19,6 +20,7 @@
 from __future__ import annotations
 
 from .audit_trail import AuditBlocks
+from .azure_map import AzureDeployments
 from .core import Core
 from .gate import BudgetGate
 from .identity import Identify
@@ -31,5 +33,5 @@ from .scope import Scope
 
 def make_addons() -> list[object]:
     core = Core()
-    return [Route(), Scope(), Identify(core), BudgetGate(core), KeySwap(core), Metering(core), AuditBlocks(core),
+    return [Route(), Scope(), AzureDeployments(core), Identify(core), BudgetGate(core), KeySwap(core), Metering(core), AuditBlocks(core),
             PresenceAddon(core)]
