@@ -9,7 +9,7 @@ Run like ``fake_openai.py`` (same arguments, log format and control headers). Pe
   carries ``cost`` = ``x-fake-or-cost`` (a decimal string, default ``0.000123``);
   ``x-fake-or-error: N`` replaces the N-th content chunk by OpenRouter's mid-stream error (a
   chunk with ``error`` and ``finish_reason: "error"``), then ``[DONE]`` and the end of the body.
-- **api.deepseek.com** ``/chat/completions`` (also ``/v1/...``): usage with
+- **api.deepseek.com** ``/chat/completions`` (also ``/v1/...`` and ``/beta/...``): usage with
   ``prompt_cache_hit_tokens`` / ``prompt_cache_miss_tokens`` (hit = ``x-fake-cached-tokens``)
   instead of ``prompt_tokens_details``.
 - **api.groq.com** ``/openai/v1/...``: OpenAI's shape.
@@ -48,8 +48,11 @@ def _path(host: str, path: str) -> str | None:
         return path[len("/api"):]
     if host == GROQ and path.startswith("/openai/v1/"):
         return path[len("/openai"):]
-    if host == DEEPSEEK:
-        return path if path.startswith("/v1/") else "/v1" + path
+    if host == DEEPSEEK:  # its base is https://api.deepseek.com, also /v1 and /beta (litellm's)
+        for base in ("/v1/", "/beta/"):
+            if path.startswith(base):
+                return "/v1/" + path[len(base):]
+        return "/v1" + path
     if host == MISTRAL and path.startswith("/v1/"):
         return path
     if host == AZURE:
@@ -136,6 +139,7 @@ _dispatch = fo.dispatch
 
 async def dispatch(c: fo.Conn, req: fo.Request) -> None:
     host = _host(req)
+    original_path = req.path
     mapped = _path(host, req.path)
     c.compat = (None, None)
     c.compat_content = 0
@@ -149,7 +153,7 @@ async def dispatch(c: fo.Conn, req: fo.Request) -> None:
     except ValueError:
         original = None
     # what the proxy sent, before this fake's own changes below (``compat_request``)
-    fo.LOG("compat_request", conn=c.id, req=c.req_id, host=host, path=req.path, body=original,
+    fo.LOG("compat_request", conn=c.id, req=c.req_id, host=host, path=original_path, body=original,
            headers=req.headers)
     if host == AZURE and "x-fake-model" not in req.headers:
         req.headers["x-fake-model"] = "gpt-4o-mini-2024-07-18"
