@@ -1,12 +1,14 @@
 """One module per provider wire format: what it bills, how it bounds, meters and answers.
 
-Each module (``openai``, ``anthropic``, ``gemini``) offers the same functions: ``classify(method, path)`` (billed / free / refused /
+Each module (``openai``, ``anthropic``, ``gemini``, ``azure``, and one ``compat.CompatProvider``
+object per OpenAI-compatible host) offers the same functions: ``classify(method, path)`` (billed / free / refused /
 unknown), ``refusal(method, path)``, ``draft(method, path, body, table=, settings=)`` (a
 ``plan.DraftPlan``), ``usage_from_body(body)`` (usage, reported model, tier), ``output_texts(body)``,
 ``tool_calls_from_body(api, body)``, ``error_body(status, message, code)`` (pouch's answers in
 the provider's error shape) and ``new_meter(plan, reservation, sse=)`` (a stream meter with
 ``metering.StreamMeter``'s interface). The gate, the meter and settlement ask the module of the
-flow's host (``for_host``); a host in ``pouch_hosts`` that none claims speaks OpenAI's format.
+flow's host (``for_host``; ``*.`` in a host pattern is one DNS label); a host in ``pouch_hosts``
+that none claims speaks OpenAI's format.
 """
 
 from __future__ import annotations
