@@ -29,7 +29,8 @@ than the context window; images and what the body does not show: the context win
 **Usage.** ``Usage.from_openai`` reads DeepSeek's ``prompt_cache_hit_tokens`` /
 ``prompt_cache_miss_tokens``. OpenRouter's ``usage.cost`` (USD; with BYOK plus
 ``cost_details.upstream_inference_cost``) is the bill when present (``Usage.billed``). Groq's
-``x_groq.usage`` is read when no ``usage`` comes. OpenRouter reports streamed usage when asked
+``x_groq.usage`` is read when no ``usage`` comes. A ``completion_tokens`` that leaves the
+reasoning out (xAI), as the totals show, gets it added (``reasoning_inside``). OpenRouter reports streamed usage when asked
 (``usage: {"include": true}`` besides ``stream_options``): pouch asks, and hides the usage chunk
 from clients that did not. Its ``: OPENROUTER PROCESSING`` comments pass through unmetered, and
 its mid-stream ``error`` events are recorded like OpenAI's. Hosts that reject ``stream_options``
@@ -239,6 +240,8 @@ class CompatProvider:
 
     # -- responses ---------------------------------------------------------------------------------
     def usage_from_body(self, body: Any) -> tuple[Usage | None, str | None, str | None]:
+        if isinstance(body, Mapping) and isinstance(body.get("usage"), Mapping):
+            body = {**body, "usage": reasoning_inside(body["usage"])}
         usage, model, tier = openai.usage_from_body(body)
         if isinstance(body, Mapping):
             raw = body.get("usage")
@@ -295,6 +298,21 @@ def with_billed(usage: Usage, raw: Mapping[str, Any]) -> Usage:
     return replace(usage, billed=cost)
 
 
+def reasoning_inside(raw: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``raw`` with the reasoning inside ``completion_tokens`` (OpenAI's convention, which
+    ``Usage`` keeps). Some hosts (xAI) report ``completion_tokens`` without the reasoning; that is
+    taken as so only when the totals prove it: ``total_tokens`` = prompt + completion + reasoning
+    (and not prompt + completion)."""
+    details = raw.get("completion_tokens_details")
+    reasoning = details.get("reasoning_tokens") if isinstance(details, Mapping) else None
+    prompt, completion, total = raw.get("prompt_tokens"), raw.get("completion_tokens"), raw.get("total_tokens")
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (reasoning, prompt, completion, total)):
+        return raw
+    if reasoning > 0 and total == prompt + completion + reasoning and total != prompt + completion:
+        return {**raw, "completion_tokens": completion + reasoning}
+    return raw
+
+
 def _groq_usage(obj: Mapping[str, Any]) -> tuple[Usage | None, Any]:
     extra = obj.get("x_groq")
     raw = extra.get("usage") if isinstance(extra, Mapping) else None
@@ -313,6 +331,9 @@ class CompatStreamMeter(StreamMeter):
     provider: CompatProvider
 
     def _chat_chunk(self, obj: dict[str, Any]) -> bool:
+        usage = obj.get("usage")
+        if usage.__class__ is dict and "completion_tokens_details" in usage:
+            obj["usage"] = reasoning_inside(usage)  # the parsed copy; the bytes forwarded are the provider's
         keep = super()._chat_chunk(obj)
         usage = obj.get("usage")
         if usage.__class__ is dict:

@@ -243,3 +243,19 @@ def test_azure_map_file_and_checks(tmp_path):
     path.write_text("[1]")
     with pytest.raises(azure_map.AzureMapError):
         azure_map.load(tmp_path)
+
+
+def test_reasoning_reported_beside_completion_tokens_is_billed_as_output():
+    """xAI reports completion_tokens without the reasoning (total = prompt + completion +
+    reasoning): pouch bills both as output; OpenAI's convention (reasoning inside) is unchanged."""
+    p = plan("xai", "/v1/chat/completions", {**BODY, "model": "grok-4.20", "stream": True})
+    beside = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 315,
+              "completion_tokens_details": {"reasoning_tokens": 300}}
+    usage, _, _ = prov("xai").usage_from_body({"usage": beside})
+    assert usage == Usage(input_tokens=10, output_tokens=305, reasoning_tokens=300)
+    inside = {"prompt_tokens": 10, "completion_tokens": 305, "total_tokens": 315,
+              "completion_tokens_details": {"reasoning_tokens": 300}}
+    assert prov("xai").usage_from_body({"usage": inside})[0] == usage
+    m = prov("xai").new_meter(p, p.worst_case)
+    m.feed(sse({"id": "c", "model": "grok-4.20", "choices": [], "usage": beside}))
+    assert m.usage_final and m.final_usage() == usage and m.parse_errors == 0
