@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
 
-from . import admin
+from . import admin, azure_map
 from .audit import AUDIT_FILE, AuditLog
 from .budget import Ledger, LedgerCorrupt, NotOpen
 from .home import HomeError, ledger_home
@@ -342,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_options)
 
     admin.add_commands(sub, common)
+    azure_map.add_commands(sub, common)
     _add_runtime_commands(sub, common)
     from .models import add_parser as add_models_parser
     add_models_parser(sub, common)  # pouch models

@@ -138,6 +138,9 @@ class Usage:
     cache_write_1h_tokens: int = 0  # subset of input_tokens written with the 1-hour TTL (Anthropic)
     output_tokens: int = 0          # ALL generated tokens incl. reasoning
     reasoning_tokens: int = 0       # subset of output_tokens (informational; never added again)
+    #: what the provider says it billed for the call, in USD (OpenRouter's ``usage.cost``): when
+    #: present it is the cost (``cost``), whatever the table's price says
+    billed: Decimal | None = None
 
     def __post_init__(self) -> None:
         for name in ("input_tokens", "cached_tokens", "cache_write_tokens", "cache_write_1h_tokens",
@@ -153,6 +156,9 @@ class Usage:
                 f"invalid usage: cached ({self.cached_tokens}) + cache-write ({self.cache_write_tokens}) "
                 f"+ 1h cache-write ({self.cache_write_1h_tokens}) tokens = {parts} exceed the "
                 f"{self.input_tokens} input tokens they are part of")
+        if self.billed is not None and (not isinstance(self.billed, Decimal) or not self.billed.is_finite()
+                                        or self.billed < 0):
+            raise ValueError(f"Usage.billed must be a finite, non-negative Decimal, got {self.billed!r}")
         if self.reasoning_tokens > self.output_tokens:
             raise ValueError(
                 f"invalid usage: {self.reasoning_tokens} reasoning tokens exceed the "
@@ -242,12 +248,15 @@ class Usage:
         return cls(input_tokens=prompt + tool, cached_tokens=cached, output_tokens=output,
                    reasoning_tokens=min(thoughts, output))
 
-    def to_dict(self) -> dict[str, int]:
-        return {
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
             "input_tokens": self.input_tokens, "cached_tokens": self.cached_tokens,
             "cache_write_tokens": self.cache_write_tokens, "cache_write_1h_tokens": self.cache_write_1h_tokens,
             "output_tokens": self.output_tokens, "reasoning_tokens": self.reasoning_tokens,
         }
+        if self.billed is not None:
+            out["billed_usd"] = str(self.billed)
+        return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -357,7 +366,10 @@ def normalise_tier(tier: str | None) -> str | None:
 
 
 def cost(price: ModelPrice, usage: Usage, tier: str | None = None) -> Decimal:
-    """Exact USD cost of ``usage`` on ``price`` in ``tier`` (a Decimal, never rounded)."""
+    """Exact USD cost of ``usage`` on ``price`` in ``tier`` (a Decimal, never rounded); the
+    provider's own bill (``usage.billed``) when it stated one."""
+    if usage.billed is not None:
+        return usage.billed
     rates = price.rates_for(usage.input_tokens, tier)
     uncached = usage.input_tokens - usage.cached_tokens - usage.cache_write_tokens - usage.cache_write_1h_tokens
     with decimal.localcontext(_CTX):

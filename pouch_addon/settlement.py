@@ -25,8 +25,9 @@ so a reported snapshot of the requested alias is never dearer than the reservati
 that over capping a dearer reported model at the reservation because the ledger must say what
 was really spent: a cap would hide real spend. A reported model outside that family (the
 provider served another model than the one asked for) is still billed as reported and flagged
-``model_reported_dearer`` when it costs more than the reserved price would; a reported name the
-table does not know is priced at the reserved bound, flagged ``model_reported_unknown``.
+``model_reported_dearer`` when it costs more than the reserved price would, and
+``model_reported_mismatch`` (logged by the meter) whenever it is outside that family; a reported
+name the table does not know is priced at the reserved bound, flagged ``model_reported_unknown``.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from typing import Any
 
 from . import tokens
 from .plan import CallPlan
-from .pricing import ModelPrice, PriceTable, UnknownModel, Usage, cost, normalise_tier, tool_fee_cost
+from .pricing import ModelPrice, PriceTable, UnknownModel, Usage, _undated, cost, normalise_tier, tool_fee_cost
 
 
 @dataclass
@@ -118,8 +119,16 @@ def completed(
     amount = cost(price, usage, tier)
     if price is not plan.price and amount > cost(plan.price, usage, tier):
         flags.append("model_reported_dearer")
+    if price is not plan.price and _family(price.name) != _family(plan.price.name):
+        # another model than the one reserved for (an Azure deployment mapped to the wrong model)
+        flags.append("model_reported_mismatch")
     amount, fees = _with_fees(plan, amount, tool_calls, flags)
     return Settlement(amount, status, usage, source, model_reported, flags, dict(tool_calls or {}), fees)
+
+
+def _family(name: str) -> str:
+    low = name.lower()
+    return _undated(low) or low
 
 
 def partial(plan: CallPlan, reservation: Decimal, counted_output: int, status: str,

@@ -9,7 +9,7 @@
 # Usage: scripts/make_client_venv.sh [DIR]     (default: <repo>/.venv-clients)
 # Env:   PYTHON   base interpreter (default: python3.11, else python3)
 #        OPENAI_SPEC  a pip requirement for the openai SDK instead of the pin (another version)
-# The SDKs and their dependencies are pinned in tests/e2e/clients/requirements.txt. Needs the
+# The SDKs (and litellm, used as a client library) and their dependencies are pinned in tests/e2e/clients/requirements.txt. Needs the
 # package index the first time. Idempotent: creates DIR only when it has no python, and installs
 # only when one of the SDKs is not importable there at its pinned version.
 set -euo pipefail
@@ -40,10 +40,17 @@ sys.exit(0 if md.version(dist) == version else 1)
 PY
 }
 
+has_dist() {  # DIST VERSION -> 0 when DIST is installed at VERSION (without importing it: litellm is slow to import)
+    "$dir/bin/python" - "$1" "$2" <<'PY' >/dev/null 2>&1
+import importlib.metadata as md, sys
+sys.exit(0 if md.version(sys.argv[1]) == sys.argv[2] else 1)
+PY
+}
+
 if [[ -n "${OPENAI_SPEC:-}" ]]; then
     "$dir/bin/python" -m pip install --quiet "$OPENAI_SPEC"
 elif ! has openai openai "$(pin openai)" || ! has anthropic anthropic "$(pin anthropic)" \
-        || ! has google.genai google-genai "$(pin google-genai)"; then
+        || ! has google.genai google-genai "$(pin google-genai)" || ! has_dist litellm "$(pin litellm)"; then
     echo "installing the pinned client SDKs ($reqs) into $dir" >&2
     "$dir/bin/python" -m pip install --quiet -r "$reqs"
 fi

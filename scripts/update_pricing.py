@@ -12,6 +12,13 @@ converted exactly (`Decimal(repr(x)) * 1_000_000`) to decimal strings per 1M tok
 Selection (see `select`):
 - providers `openai`, `text-completion-openai`, `anthropic`, `gemini`; modes chat / responses /
   completion / embedding; `gemini/X` keys are stored as `X` (pouch resolves `gemini/X` too);
+- the OpenAI-compatible hosts of `COMPAT_PREFIXES` (DeepSeek, Groq, Mistral, xAI, Together,
+  Fireworks, Perplexity, Azure): their entries whose key carries the provider's prefix, stored
+  under that key (`deepseek/deepseek-chat`), so a name prices only on its own host. DeepSeek's
+  `input_cost_per_token_cache_hit` is its cached-input price; a cache-write price of 0 (DeepSeek
+  states one, and bills no writes) is dropped, so a write would price as input. OpenRouter has no
+  entries of its own in LiteLLM's file: its `vendor/model` names price at the vendor's entry
+  (`pouch_addon/providers/compat.py`);
 - skipped with a reason: entries without a token price, chat entries priced 0/0 (free or
   experimental: a $0 price would let unbounded spend through a budget firewall; pouch refuses an
   unknown model instead), and OpenAI audio chat models (audio tokens are priced separately and
@@ -65,6 +72,16 @@ from typing import Any
 SOURCE = ("LiteLLM model_prices_and_context_window.json (github.com/BerriAI/litellm), per-token "
           "prices x 1e6; entries with their own `source` are pouch extras or overrides")
 PROVIDERS = {"openai": "openai", "text-completion-openai": "openai", "anthropic": "anthropic", "gemini": "gemini"}
+#: OpenAI-compatible hosts (``pouch_addon/providers/compat.py``, ``azure.py``): LiteLLM provider ->
+#: (pouch provider, the key prefix its entries carry). Their entries keep LiteLLM's key, prefix
+#: included (``deepseek/deepseek-chat``), so a name only ever prices on its own host.
+COMPAT_PREFIXES = {
+    "deepseek": ("deepseek", "deepseek/"), "groq": ("groq", "groq/"), "mistral": ("mistral", "mistral/"),
+    "xai": ("xai", "xai/"), "together_ai": ("together", "together_ai/"),
+    "fireworks_ai": ("fireworks", "fireworks_ai/"), "perplexity": ("perplexity", "perplexity/"),
+    "azure": ("azure", "azure/"),
+}
+PROVIDERS.update({litellm: pouch for litellm, (pouch, _) in COMPAT_PREFIXES.items()})
 MODES = ("chat", "responses", "completion", "embedding")
 CHATTY = ("chat", "responses", "completion")
 
@@ -321,6 +338,10 @@ def convert(name: str, raw: Mapping[str, Any]) -> tuple[dict[str, Any], list[str
     mode = raw["mode"]
     entry: dict[str, Any] = {"provider": provider, "mode": mode}
     try:
+        if raw.get("cache_read_input_token_cost") is None and raw.get("input_cost_per_token_cache_hit") is not None:
+            raw = {**raw, "cache_read_input_token_cost": raw["input_cost_per_token_cache_hit"]}  # DeepSeek
+        if raw["litellm_provider"] in COMPAT_PREFIXES and raw.get("cache_creation_input_token_cost") == 0:
+            raw = {k: v for k, v in raw.items() if k != "cache_creation_input_token_cost"}
         base = _rates_block(raw, lambda k: k)
         if mode == "embedding" and "output" not in base:
             base["output"] = "0"
@@ -513,7 +534,7 @@ def skip_reason(key: str, raw: Mapping[str, Any]) -> str | None:
         return "no token price"
     if raw.get("mode") in CHATTY and not raw.get("input_cost_per_token") and not raw.get("output_cost_per_token"):
         return "priced 0/0 (free or experimental): pouch refuses it instead of metering it at $0"
-    if raw.get("litellm_provider") == "openai" and "audio" in key:
+    if raw.get("litellm_provider") in ("openai", "azure") and "audio" in key:
         return "audio model: audio tokens are priced apart and pouch prices text tokens only"
     return None
 
@@ -525,6 +546,11 @@ def select(litellm: Mapping[str, Any]) -> dict[str, str]:
         if key == "sample_spec" or not isinstance(raw, Mapping):
             continue
         if raw.get("litellm_provider") not in PROVIDERS or raw.get("mode") not in MODES:
+            continue
+        compat = COMPAT_PREFIXES.get(str(raw.get("litellm_provider")))
+        if compat is not None:
+            if key.startswith(compat[1]) and len(key) > len(compat[1]) and key.rpartition("/")[2] != "container":
+                chosen[key] = key  # kept whole: the prefix scopes it to its host
             continue
         name = key[len("gemini/"):] if key.startswith("gemini/") else key
         if "/" in name:

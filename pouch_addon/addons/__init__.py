@@ -2,25 +2,27 @@
 
 1. ``Route``: optional address override for provider hosts (``server_connect``).
 2. ``LocalModels`` (``pouch_local_hosts``): which host:port pairs are local model servers ($0).
-2. ``Scope``: which requests are pouch's, by where they really go (the CONNECT target, not the
+3. ``Scope``: which requests are pouch's, by where they really go (the CONNECT target, not the
    Host header: 421 when they disagree); refuses upgrades, method overrides and odd methods;
    only requests known to be free pass unpriced; fail closed on the rest.
-3. ``Identify``: which wallet (app) a request is charged to: proxy auth, a pouch virtual key
+4. ``AzureDeployments``: keeps the Azure deployment -> model map (``pouch azure map``) current.
+5. ``Identify``: which wallet (app) a request is charged to: proxy auth, a pouch virtual key
    (refused with 401 when unknown/revoked/expired), the local process, else ``default``.
-4. ``BudgetGate``: plan, per-wallet rate limits (429), reserve against the wallet and the
+6. ``BudgetGate``: plan, per-wallet rate limits (429), reserve against the wallet and the
    global budget or answer 402, rewrite the body (``request``).
-5. ``KeySwap``: put the real provider key in place of a virtual one (only for requests that
+7. ``KeySwap``: put the real provider key in place of a virtual one (only for requests that
    are forwarded).
-5. ``Mock`` (``pouch_mock``): answer admitted calls itself, settled at $0 (status ``mock``).
-6. ``Metering``: stream metering, cut-off, settlement, checkpoints (``responseheaders`` on).
-7. ``AuditBlocks``: every request pouch answered itself goes to the hash-chained audit log.
-8. ``PresenceAddon``: ``proxy.json`` in the pouch home says this proxy serves the ledger, where it
-   listens and how many calls it has in flight (``pouch status``, ``pouch run``, ``pouch doctor``).
+8. ``Mock`` (``pouch_mock``): answer admitted calls itself, settled at $0 (status ``mock``).
+9. ``Metering``: stream metering, cut-off, settlement, checkpoints (``responseheaders`` on).
+10. ``AuditBlocks``: every request pouch answered itself goes to the hash-chained audit log.
+11. ``PresenceAddon``: ``proxy.json`` in the pouch home says this proxy serves the ledger, where it
+    listens and how many calls it has in flight (``pouch status``, ``pouch run``, ``pouch doctor``).
 """
 
 from __future__ import annotations
 
 from .audit_trail import AuditBlocks
+from .azure_map import AzureDeployments
 from .core import Core
 from .gate import BudgetGate
 from .identity import Identify
@@ -36,5 +38,6 @@ from .scope import Scope
 def make_addons() -> list[object]:
     core = Core()
     local = LocalModels()
-    return [Route(), local, Scope(local), Identify(core), BudgetGate(core), KeySwap(core), Mock(core), Metering(core), AuditBlocks(core),
+    return [Route(), local, Scope(local), AzureDeployments(core), Identify(core), BudgetGate(core), KeySwap(core), Mock(core),
+            Metering(core), AuditBlocks(core),
             PresenceAddon(core)]

@@ -70,7 +70,7 @@ class Identity:
 
 
 #: where each provider's clients put their API key, besides ``Authorization: Bearer``
-KEY_HEADERS = {"anthropic": ("x-api-key",), "gemini": ("x-goog-api-key",)}
+KEY_HEADERS = {"anthropic": ("x-api-key",), "gemini": ("x-goog-api-key",), "azure": ("api-key",)}
 
 
 def find_api_key(request: http.Request, provider: str) -> str:

@@ -110,8 +110,9 @@ class KeySwap:
 
 
 #: where a virtual key may come: Authorization (OpenAI, the anthropic SDK, Gemini CLI's bearer
-#: mode), Anthropic's x-api-key and Gemini's x-goog-api-key (where ?key= was moved by Scope)
-KEY_PLACES = ("authorization", "x-api-key", "x-goog-api-key")
+#: mode), Anthropic's x-api-key, Gemini's x-goog-api-key (where ?key= was moved by Scope) and
+#: Azure OpenAI's api-key
+KEY_PLACES = ("authorization", "x-api-key", "x-goog-api-key", "api-key")
 
 
 def put_key(request: http.Request, real: str) -> None:

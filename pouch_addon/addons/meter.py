@@ -250,6 +250,9 @@ class Metering:
         call.settled = True
         self.core.active.discard(call)
         ledger = call.ledger
+        if "model_reported_mismatch" in result.flags:
+            log.warning(f"pouch: a call reserved for {call.plan.model} was served by {result.model_reported}; "
+                        f"priced at what it reported (an Azure deployment mapped to the wrong model? `pouch azure map`)")
         details = {**result.details(), "http_status": http_status, "estimated_cost": str(call.plan.worst_case)}
         try:
             # nobody waits for a settle: it rides with the next admission's commit (see Ledger.submit)

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from mitmproxy import connection, ctx, exceptions, http
 
 from ..endpoints import canonical_path, describe, misdirected, refusal, split_authority
-from ..providers import DEFAULT_HOSTS, for_host, local
+from ..providers import DEFAULT_HOSTS, for_host, host_matches, local
 from .local import LocalModels
 from .replies import PROVIDER, reply
 
@@ -40,13 +40,15 @@ def allow_hosts_pattern(hosts: Sequence[str]) -> str:
     """An anchored ``allow_hosts`` regex; unanchored would also match api.openai.com.evil.example.
     The optional trailing dot: ``CONNECT api.openai.com.:443`` is the same host, and a tunnel
     left undecrypted would reach it unbudgeted."""
-    return "^(" + "|".join(re.escape(h) for h in hosts) + r")\.?:\d+$"
+    return "^(" + "|".join(r"[a-z0-9-]+\." + re.escape(h[2:]) if h.startswith("*.") else re.escape(h)
+                           for h in hosts) + r")\.?:\d+$"
 
 
 class Scope:
     def __init__(self, local: LocalModels | None = None) -> None:
         self.hosts: frozenset[str] = frozenset()
         self.local = local  # which host:port pairs are local model servers (``pouch_local_hosts``)
+        self._patterns: tuple[str, ...] = ()
         # client connection -> its CONNECT target, normalised (before any route rewrites it)
         self._tunnels: weakref.WeakKeyDictionary[connection.Client, tuple[str, int]] = weakref.WeakKeyDictionary()
 
@@ -54,8 +56,10 @@ class Scope:
         loader.add_option(
             name="pouch_hosts", typespec=Sequence[str], default=list(DEFAULT_HOSTS),
             help="LLM API hosts pouch decrypts and budgets: api.openai.com, api.anthropic.com and "
-                 "generativelanguage.googleapis.com speak their own formats, any other host OpenAI's. "
-                 "Other hosts are tunnelled untouched.",
+                 "generativelanguage.googleapis.com speak their own formats; the OpenAI-compatible hosts "
+                 "(OpenRouter, DeepSeek, Groq, Mistral, xAI, Together, Fireworks, Perplexity) and Azure "
+                 "(*.openai.azure.com: `*.` is one DNS label) have their own price names; any other host "
+                 "speaks OpenAI's format. Other hosts are tunnelled untouched.",
         )
         loader.add_option(
             name="pouch_unknown_endpoints", typespec=str, default="block", choices=("block", "pass"),
@@ -75,10 +79,11 @@ class Scope:
     def configure(self, updated: set[str]) -> None:
         if "pouch_hosts" in updated:
             hosts = [h.strip().lower() for h in ctx.options.pouch_hosts if h.strip()]
-            bad = [h for h in hosts if not re.fullmatch(r"[a-z0-9.-]+", h)]
+            bad = [h for h in hosts if not re.fullmatch(r"(\*\.)?[a-z0-9.-]+", h)]
             if not hosts or bad:
                 raise exceptions.OptionsError(f"pouch_hosts: expected host names, got {list(ctx.options.pouch_hosts)!r}")
             self.hosts = frozenset(hosts)
+            self._patterns = tuple(h for h in hosts if h.startswith("*."))  # e.g. *.openai.azure.com
         if "pouch_unknown_endpoints" in updated and ctx.options.pouch_unknown_endpoints not in ("block", "pass"):
             # mitmproxy shows `choices` in --options but never enforces them
             raise exceptions.OptionsError(
@@ -112,6 +117,10 @@ class Scope:
             local_tls = self.local.hosts.allow_patterns() if self.local is not None else []  # a local server with TLS
             ctx.options.update(allow_hosts=[allow_hosts_pattern(sorted(self.hosts)), *local_tls])
 
+    def is_llm_host(self, host: str) -> bool:
+        """``host`` is in ``pouch_hosts``, by name or by a ``*.`` pattern."""
+        return host in self.hosts or any(host_matches(p, host) for p in self._patterns)
+
     def http_connect(self, flow: http.HTTPFlow) -> None:
         target = split_authority(f"{flow.request.host}:{flow.request.port}", flow.request.port)
         if target is not None:
@@ -136,8 +145,8 @@ class Scope:
         claims = [c for c in (req.host_header, req.authority) if c]
         sni = (flow.client_conn.sni or "").lower().rstrip(".")
         is_local = self.local is not None and self.local.match(*dest)
-        ours = (is_local or dest[0] in self.hosts or sni in self.hosts
-                or any((split_authority(c, default_port) or ("",))[0] in self.hosts for c in claims))
+        ours = (is_local or self.is_llm_host(dest[0]) or self.is_llm_host(sni)
+                or any(self.is_llm_host((split_authority(c, default_port) or ("",))[0]) for c in claims))
         if not ours:
             return
         provider = local if is_local else for_host(dest[0])
@@ -145,7 +154,7 @@ class Scope:
         wrong = misdirected(dest, claims, default_port)
         if wrong is None and sni and sni != dest[0]:  # e.g. CONNECT to an LLM host's IP with its name as SNI
             wrong = f"{sni} (TLS SNI)"
-        if wrong is not None or (dest[0] not in self.hosts and not is_local):
+        if wrong is not None or (not self.is_llm_host(dest[0]) and not is_local):
             reply(flow, 421, f"pouch: this connection goes to {describe(dest)} but the request names {wrong!r}; "
                   f"pouch budgets a request by where it is really sent, so a Host that disagrees with it is "
                   f"refused (421 Misdirected Request). The request was not sent.", code="pouch_misdirected_request")

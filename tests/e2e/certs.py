@@ -30,7 +30,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 CA_CN = "pouch throwaway test CA"
-LEAF_DNS = ("api.openai.com", "api.anthropic.com", "generativelanguage.googleapis.com", "other.test", "localhost")
+LEAF_DNS = ("api.openai.com", "api.anthropic.com", "generativelanguage.googleapis.com", "other.test", "localhost",
+            "openrouter.ai", "api.deepseek.com", "api.groq.com", "api.mistral.ai", "pouchtest.openai.azure.com")
 LEAF_IPS = ("127.0.0.1",)
 
 

@@ -129,10 +129,13 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 FAKE_SCRIPT = HERE / "fake_openai.py"
-FAKE_SCRIPTS = {"openai": FAKE_SCRIPT, "anthropic": HERE / "fake_anthropic.py", "gemini": HERE / "fake_gemini.py"}
+FAKE_SCRIPTS = {"openai": FAKE_SCRIPT, "anthropic": HERE / "fake_anthropic.py", "gemini": HERE / "fake_gemini.py",
+                "compat": HERE / "fake_compat.py"}
 # The provider host each kind of fake stands for (the proxy routes it there).
 PROVIDER_HOSTS = {"openai": "api.openai.com", "anthropic": "api.anthropic.com",
-                  "gemini": "generativelanguage.googleapis.com"}
+                  "gemini": "generativelanguage.googleapis.com", "compat": "openrouter.ai"}
+# More hosts a kind of fake answers as (``fake_compat.py``: by the Host header)
+EXTRA_HOSTS = {"compat": ("api.deepseek.com", "api.groq.com", "api.mistral.ai", "pouchtest.openai.azure.com")}
 REDIRECT_SCRIPT = HERE / "redirect_addon.py"
 SDK_CLIENT = HERE / "clients" / "sdk_client.py"
 ANTHROPIC_CLIENT = HERE / "clients" / "anthropic_client.py"
@@ -619,6 +622,8 @@ class Harness:
         routes: dict[str, Fake] = {fake.host: fake} if fake is not None else {}
         for f in others:
             routes[f.host] = f
+            for h in EXTRA_HOSTS.get(f.kind, ()):
+                routes[h] = f
         if not routes:
             raise HarnessError("start_proxy: no fake to route to")
         name = self._name("proxy")

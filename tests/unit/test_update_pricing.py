@@ -101,7 +101,7 @@ def test_build_selects_providers_modes_and_strips_gemini_prefix():
     table, report = build(litellm_sample())
     assert sorted(table["models"]) == sorted(
         ["gpt-4o", "gemini-2.5-pro", "claude-opus-4-7", "text-embedding-3-small", "gpt-3.5-turbo-instruct",
-         *up.EXTRAS])
+         "azure/gpt-4o", *up.EXTRAS])
     assert report.rejected == {}
     assert "gemma-3-27b-it" in report.skipped and "0/0" in report.skipped["gemma-3-27b-it"]
     assert "gpt-audio" in report.skipped and "audio" in report.skipped["gpt-audio"]
@@ -251,6 +251,7 @@ def test_tool_fees_are_converted_exactly_with_a_per_provider_fallback():
     assert "fees" not in table["models"]["text-embedding-3-small"]
     assert table["tool_fees"] == {
         "anthropic": {"web_search_call": {"medium": "0.01"}},
+        "azure": {"code_interpreter_call": "0.9"},
         "openai": {"code_interpreter_call": "0.03", "file_search_call": "0.0025",
                    "web_search_call": {"high": "0.05", "low": "0.025", "medium": "0.025"}},
     }
@@ -368,7 +369,9 @@ def test_committed_table_passes_the_sanity_checks():
     assert data["generated_from"].startswith("litellm 1.109.1")
     for name, entry in data["models"].items():
         assert up.sanity_problems(entry) == [], name
-        assert entry["provider"] in ("openai", "anthropic", "gemini")
+        assert entry["provider"] in ("openai", "anthropic", "gemini", *(p for p, _ in up.COMPAT_PREFIXES.values()))
+        compat = dict(up.COMPAT_PREFIXES.values()).get(entry["provider"])
+        assert compat is None or name.startswith(compat), name  # a compatible host's name keeps its prefix
     assert set(data["tier_multipliers"]) == set(up.TIER_MULTIPLIERS)
 
 
@@ -378,5 +381,31 @@ def test_committed_table_is_what_the_script_generates():
     committed = json.loads((ROOT / "assets" / "pricing.json").read_text())
     report = up.BuildReport()
     new = up.build_table(litellm, report=report)
-    assert report.rejected == {}
+    # the few entries left out are OpenAI-compatible hosts' (e.g. a 0 embedding price): unknown there
+    assert all(name.startswith(tuple(pre for _, pre in up.COMPAT_PREFIXES.values())) for name in report.rejected)
     assert up.diff_tables(committed, new) == []
+
+
+def test_compatible_hosts_keep_their_prefixed_keys_and_deepseek_cache_prices():
+    """OpenAI-compatible hosts' entries keep LiteLLM's prefixed key (a name prices only on its own
+    host); keys without the prefix are left out; DeepSeek's cache-hit price is its cached input
+    and its 0 cache-write price is dropped (writes then price as input, never at $0)."""
+    data = {
+        "deepseek/deepseek-chat": {"litellm_provider": "deepseek", "mode": "chat", "input_cost_per_token": 2.8e-07,
+                                   "output_cost_per_token": 4.2e-07, "input_cost_per_token_cache_hit": 2.8e-08,
+                                   "cache_creation_input_token_cost": 0.0, "max_input_tokens": 131072},
+        "deepseek-chat": {"litellm_provider": "deepseek", "mode": "chat", "input_cost_per_token": 2.8e-07,
+                          "output_cost_per_token": 4.2e-07},
+        "groq/llama-3.1-8b-instant": {"litellm_provider": "groq", "mode": "chat", "input_cost_per_token": 5e-08,
+                                      "output_cost_per_token": 8e-08},
+        "fireworks-ai-up-to-4b": {"litellm_provider": "fireworks_ai", "mode": "chat",
+                                  "input_cost_per_token": 2e-07, "output_cost_per_token": 2e-07},
+        "groq/whisper-large-v3": {"litellm_provider": "groq", "mode": "audio_transcription",
+                                  "input_cost_per_second": 3e-05},
+    }
+    table, report = build(data)
+    compat = {k: v for k, v in table["models"].items() if k not in up.EXTRAS}
+    assert sorted(compat) == ["deepseek/deepseek-chat", "groq/llama-3.1-8b-instant"]
+    ds = compat["deepseek/deepseek-chat"]
+    assert ds["provider"] == "deepseek" and ds["cached_input"] == "0.028" and "cache_write" not in ds
+    assert compat["groq/llama-3.1-8b-instant"]["provider"] == "groq" and report.rejected == {}

@@ -3,7 +3,8 @@
 Runs in the separate client venv (scripts/make_client_venv.sh), configured purely by the
 environment: ``HTTPS_PROXY``, ``SSL_CERT_FILE`` (= the mitmproxy CA), ``OPENAI_API_KEY``.
 ``openai.OpenAI()`` is built with the SDK defaults (``max_retries`` = 2) unless the args
-contain ``"client": {...}`` (keyword arguments for ``OpenAI(...)``/``AsyncOpenAI(...)``).
+contain ``"client": {...}`` (keyword arguments for ``OpenAI(...)``/``AsyncOpenAI(...)``; with
+``"azure": true`` in it, ``AzureOpenAI(...)`` for the sync modes).
 
 Usage::
 
@@ -161,7 +162,9 @@ def defaults(mode: str, args: dict) -> dict:
 
 
 def run_sync(mode: str, n: int | None, a: dict, client_kw: dict, r: Result) -> None:
-    client = openai.OpenAI(**client_kw)
+    client_kw = dict(client_kw)
+    # "client": {"azure": true, ...}: openai.AzureOpenAI(azure_endpoint=..., api_version=..., ...)
+    client = (openai.AzureOpenAI if client_kw.pop("azure", False) else openai.OpenAI)(**client_kw)
     d = r.d
     try:
         if mode == "chat":
