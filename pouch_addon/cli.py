@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
 
-from . import admin
+from . import admin, alert_cli
 from .audit import AUDIT_FILE, AuditLog
 from .budget import Ledger, LedgerCorrupt, NotOpen
 from .home import HomeError, ledger_home
@@ -342,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_options)
 
     admin.add_commands(sub, common)
+    alert_cli.add_commands(sub, common)
     _add_runtime_commands(sub, common)
     return parser
 
@@ -409,7 +410,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args.func(args)
         sys.stdout.flush()
-    except (CliError, admin.AdminError, LedgerCorrupt, NotOpen, HomeError) as exc:
+    except (CliError, admin.AdminError, alert_cli.AlertCliError, LedgerCorrupt, NotOpen, HomeError) as exc:
         print(f"pouch: error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:

@@ -14,10 +14,13 @@
 7. ``AuditBlocks``: every request pouch answered itself goes to the hash-chained audit log.
 8. ``PresenceAddon``: ``proxy.json`` in the pouch home says this proxy serves the ledger, where it
    listens and how many calls it has in flight (``pouch status``, ``pouch run``, ``pouch doctor``).
+9. ``Alerting``: thresholds crossed, first 402 of a period, expired wallets/keys, ledger problems,
+   to a webhook, a command, the desktop and the TUI, from its own thread (``Core.observers``).
 """
 
 from __future__ import annotations
 
+from .alerting import Alerting
 from .audit_trail import AuditBlocks
 from .core import Core
 from .gate import BudgetGate
@@ -32,4 +35,4 @@ from .scope import Scope
 def make_addons() -> list[object]:
     core = Core()
     return [Route(), Scope(), Identify(core), BudgetGate(core), KeySwap(core), Metering(core), AuditBlocks(core),
-            PresenceAddon(core)]
+            PresenceAddon(core), Alerting(core)]
