@@ -20,9 +20,11 @@ from typing import Any
 from . import admin, alert_cli
 from .audit import AUDIT_FILE, AuditLog
 from .budget import Ledger, LedgerCorrupt, NotOpen
+from .forecast import describe, forecast, settle_costs
 from .home import HomeError, ledger_home
 from .ledger_audit import reconcile, restore_details
 from .money import ZERO, MoneyError, format_usd, parse_usd, usd_str
+from .periods import period_end
 from .presence import read_presence
 from .providers import model_label
 
@@ -86,10 +88,17 @@ def _print_status(ledger: Ledger, as_json: bool) -> None:
     providers = spend_by_provider(month)
     others = apps_without_wallet(month, {w.name for w in wallets})
     proxy = read_presence(ledger.home)
+    now = ledger.clock()
+    day = ledger.history(since=now - 86400, kinds=("settle",))
+    burn = forecast(settle_costs(day), st.remaining, now)
+    wallet_burn = {w.name: forecast(settle_costs(day, w.name), w.remaining, now, period_end(w.period, now))
+                   for w in wallets}
     if as_json:
         out = st.to_json()
+        out["forecast"] = [e.to_json(now) for e in burn]
         if wallets:
-            out["wallets"] = [w.to_json() for w in wallets]
+            out["wallets"] = [{**w.to_json(), "forecast": [e.to_json(now) for e in wallet_burn[w.name]]}
+                              for w in wallets]
         out["month_by_provider"] = {k: usd_str(v) for k, v in providers.items()}
         if others:
             out["apps_without_wallet"] = others
@@ -104,6 +113,7 @@ def _print_status(ledger: Ledger, as_json: bool) -> None:
     print(f"reserved   {format_usd(st.reserved)}  ({st.in_flight} in flight)")
     print(f"remaining  {format_usd(st.remaining)}")
     print(f"requests   {st.requests} settled, {st.blocked} blocked, {st.flagged} flagged for review")
+    print(f"forecast   {describe(burn)}")
     if providers:
         print("this month " + ", ".join(f"{name} {format_usd(v)}" for name, v in providers.items()))
     if proxy is None:
@@ -117,6 +127,8 @@ def _print_status(ledger: Ledger, as_json: bool) -> None:
     if wallets:
         print()
         admin.print_wallets(wallets)
+        for w in wallets:
+            print(f"  {w.name}: {describe(wallet_burn[w.name])}")
     if others:
         print()
         print("apps without a wallet this month (charged to the global budget only):")
