@@ -173,11 +173,20 @@ def cmd_history(args: argparse.Namespace) -> None:
     since = _parse_since(args.since) if args.since else None
     if args.limit is not None and args.limit < 1:
         raise CliError(f"--limit must be at least 1, not {args.limit}")
-    kinds = None if args.blocked else ("settle",)
     ledger = open_ledger(args.home)
+    if args.follow:
+        if not args.jsonl or args.limit is not None:
+            raise CliError("--follow goes with --jsonl (and --since, --wallet; not --limit)")
+        from .follow import follow
+        follow(ledger, sys.stdout, since=since, wallet=args.wallet)
+        return
+    kinds = None if args.blocked or args.jsonl else ("settle",)
     entries = ledger.history(since=since, limit=args.limit, kinds=kinds, wallet=args.wallet)
     entries.reverse()  # oldest first, like a statement
-    if args.json:
+    if args.jsonl:  # settles and blocks, one JSON object a line (a stream for other tools)
+        for e in entries:
+            print(json.dumps(e, separators=(",", ":")))
+    elif args.json:
         print(json.dumps(entries, indent=1))
     elif args.csv:
         writer = csv.DictWriter(sys.stdout, HISTORY_COLUMNS, extrasaction="ignore")
@@ -315,6 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true")
     fmt.add_argument("--csv", action="store_true")
+    fmt.add_argument("--jsonl", action="store_true", help="settles and blocks, one JSON object a line")
+    p.add_argument("--follow", action="store_true",
+                   help="with --jsonl: keep printing each new settle and block as it happens (from --since, else from now)")
     p.add_argument("--since", metavar="ISO", help="only entries at or after this UTC date/time")
     p.add_argument("--limit", type=int, default=None, help="at most N most recent entries (N >= 1)")
     p.add_argument("--blocked", action="store_true", help="include blocked requests")
