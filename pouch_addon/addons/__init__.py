@@ -16,6 +16,7 @@
    listens and how many calls it has in flight (``pouch status``, ``pouch run``, ``pouch doctor``).
 9. ``Alerting``: thresholds crossed, first 402 of a period, expired wallets/keys, ledger problems,
    to a webhook, a command, the desktop and the TUI, from its own thread (``Core.observers``).
+10. ``Metrics``: Prometheus ``/metrics`` (``pouch_metrics=HOST:PORT``; off by default).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from .gate import BudgetGate
 from .identity import Identify
 from .keys import KeySwap
 from .meter import Metering
+from .metrics import Metrics
 from .presence import PresenceAddon
 from .route import Route
 from .scope import Scope
@@ -35,4 +37,4 @@ from .scope import Scope
 def make_addons() -> list[object]:
     core = Core()
     return [Route(), Scope(), Identify(core), BudgetGate(core), KeySwap(core), Metering(core), AuditBlocks(core),
-            PresenceAddon(core), Alerting(core)]
+            PresenceAddon(core), Alerting(core), Metrics(core)]

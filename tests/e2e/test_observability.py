@@ -62,3 +62,59 @@ def test_history_follow_prints_a_settle_as_it_happens(e2e, fake, tmp_path):
     finally:
         follow.terminate()
         follow.wait(5)
+
+
+def scrape(port: int) -> dict[tuple, float]:
+    """``/metrics`` parsed by prometheus_client's own parser: (sample name, sorted labels) -> value."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    text = opener.open(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
+def total(samples: dict[tuple, float], name: str, **match: str) -> float:
+    return sum(v for (n, labels), v in samples.items()
+               if n == name and all(dict(labels).get(k) == want for k, want in match.items()))
+
+
+def test_metrics_are_scraped_and_equal_the_ledger(e2e, fake, tmp_path):
+    from harness import free_port
+
+    home = tmp_path / "home"
+    ledger = Ledger(home)
+    ledger.set_budget(D(1))
+    ledger.add_wallet("app", D("0.5"))
+    port = free_port()
+    proxy = e2e.start_proxy(home, {"pouch_metrics": f"127.0.0.1:{port}", "pouch_metrics_wallets": 1})
+    env = e2e.client_env(proxy)
+    app = {**env, "HTTPS_PROXY": f"http://app:x@127.0.0.1:{proxy.port}", "https_proxy": f"http://app:x@127.0.0.1:{proxy.port}"}
+    assert all(r["ok"] for r in e2e.run_sdk_batch([("chat_stream", CHAT), ("chat", CHAT)], app))
+    assert all(r["ok"] for r in e2e.run_sdk_batch([("chat", CHAT)] * 2, env))  # wallet "python...": folded into other
+    e2e.run_cli(home, "pause")
+    blocked = e2e.run_curl("https://api.openai.com/v1/chat/completions", env=env,
+                           json_body={"model": "gpt-4o", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]})
+    assert blocked.status == 402
+    wait_until(lambda: ledger.status().requests == 4, 10, "four settles")
+    settles = ledger.history(kinds=("settle",))
+    wait_until(lambda: total(scrape(port), "pouch_requests_total") == 4, 10, "four requests in /metrics")
+    m = scrape(port)
+    spent = sum(D(e["cost"]) for e in settles)
+    assert spent == ledger.status().spent > 0
+    assert total(m, "pouch_spend_usd_total") == pytest.approx(float(spent), rel=1e-12)
+    assert total(m, "pouch_spend_usd_total", wallet="app") == pytest.approx(
+        float(sum(D(e["cost"]) for e in settles if e["wallet"] == "app")), rel=1e-12)
+    assert {dict(labels)["wallet"] for (n, labels) in m if n == "pouch_spend_usd_total"} == {"app", "other"}
+    for kind in ("input", "cached", "output", "reasoning"):
+        assert total(m, "pouch_tokens_total", type=kind) == sum(e[f"{kind}_tokens"] for e in settles) > 0
+    assert total(m, "pouch_requests_total", provider="openai", model="gpt-4o-mini", status="ok") == 4
+    assert total(m, "pouch_blocks_total", reason="pouch_paused") == 1 == ledger.status().blocked
+    assert total(m, "pouch_in_flight_requests") == 0 and total(m, "pouch_reserved_usd") == 0
+    wait_until(lambda: total(scrape(port), "pouch_spent_usd") == pytest.approx(float(spent)), 10, "spent gauge")
+    assert total(scrape(port), "pouch_remaining_usd") == pytest.approx(float(ledger.status().remaining), rel=1e-12)
+    assert total(m, "pouch_request_added_seconds_count") == 4
+    assert total(m, "pouch_upstream_seconds_count") == 4
+    assert total(m, "pouch_ledger_commit_seconds_count") == 4
