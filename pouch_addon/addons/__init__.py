@@ -17,6 +17,7 @@
 9. ``Alerting``: thresholds crossed, first 402 of a period, expired wallets/keys, ledger problems,
    to a webhook, a command, the desktop and the TUI, from its own thread (``Core.observers``).
 10. ``Metrics``: Prometheus ``/metrics`` (``pouch_metrics=HOST:PORT``; off by default).
+11. ``Tracing``: one OpenTelemetry span per LLM call (``pouch_otel=true``, extra ``pouch[otel]``).
 """
 
 from __future__ import annotations
@@ -32,9 +33,10 @@ from .metrics import Metrics
 from .presence import PresenceAddon
 from .route import Route
 from .scope import Scope
+from .tracing import Tracing
 
 
 def make_addons() -> list[object]:
     core = Core()
     return [Route(), Scope(), Identify(core), BudgetGate(core), KeySwap(core), Metering(core), AuditBlocks(core),
-            PresenceAddon(core), Alerting(core), Metrics(core)]
+            PresenceAddon(core), Alerting(core), Metrics(core), Tracing(core)]

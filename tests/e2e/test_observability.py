@@ -118,3 +118,75 @@ def test_metrics_are_scraped_and_equal_the_ledger(e2e, fake, tmp_path):
     assert total(m, "pouch_request_added_seconds_count") == 4
     assert total(m, "pouch_upstream_seconds_count") == 4
     assert total(m, "pouch_ledger_commit_seconds_count") == 4
+
+
+class OtlpReceiver:
+    """A local OTLP/HTTP trace receiver: each POST /v1/traces body parsed as protobuf."""
+
+    def __init__(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+        self.spans: list = []
+        self.resources: list = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                data = self.rfile.read(int(self.headers.get("content-length", "0")))
+                req = ExportTraceServiceRequest()
+                req.ParseFromString(data)
+                for rs in req.resource_spans:
+                    outer.resources.append(rs.resource)
+                    for ss in rs.scope_spans:
+                        outer.spans.extend(ss.spans)
+                self.send_response(200)
+                self.send_header("content-type", "application/x-protobuf")
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *a) -> None:  # noqa: ANN002
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def attributes(span) -> dict:
+    out = {}
+    for kv in span.attributes:
+        v = kv.value
+        out[kv.key] = (v.string_value if v.HasField("string_value") else v.int_value if v.HasField("int_value")
+                       else [x.string_value for x in v.array_value.values] if v.HasField("array_value") else None)
+    return out
+
+
+def test_spans_reach_an_otlp_receiver_with_the_genai_attributes(e2e, fake, tmp_path, monkeypatch):
+    receiver = OtlpReceiver()
+    try:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.url)
+        monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "200")
+        home = tmp_path / "home"
+        ledger = Ledger(home)
+        ledger.set_budget(D(1))
+        proxy = e2e.start_proxy(home, {"pouch_otel": True})
+        env = e2e.client_env(proxy)
+        assert all(r["ok"] for r in e2e.run_sdk_batch([("chat_stream", CHAT), ("chat", CHAT)], env))
+        wait_until(lambda: len(receiver.spans) >= 2, 20, "two spans at the OTLP receiver")
+        settles = {e["id"]: e for e in ledger.history(kinds=("settle",))}
+        assert len(receiver.spans) == 2
+        for span in receiver.spans:
+            a = attributes(span)
+            e = settles[a["pouch.reservation_id"]]
+            assert span.name == "chat gpt-4o-mini"
+            assert a["gen_ai.system"] == "openai" and a["gen_ai.request.model"] == "gpt-4o-mini"
+            assert (a["gen_ai.usage.input_tokens"], a["gen_ai.usage.output_tokens"]) == (30, 7)
+            assert (a["gen_ai.usage.cached_tokens"], a["gen_ai.usage.reasoning_tokens"]) == (10, 2)
+            assert a["pouch.cost_usd"] == e["cost"] and a["pouch.reserved_usd"] == e["reserved"]
+            assert span.end_time_unix_nano >= span.start_time_unix_nano > 0
+        service = {kv.key: kv.value.string_value for r in receiver.resources for kv in r.attributes}
+        assert service["service.name"] == "pouch"
+    finally:
+        receiver.server.shutdown()
