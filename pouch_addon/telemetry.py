@@ -19,7 +19,7 @@ def parse_listen(text: str) -> tuple[str, int]:
         n = int(port)
     except ValueError:
         raise ValueError(f"expected HOST:PORT like 127.0.0.1:9464, got {text!r}") from None
-    if not 0 < n < 65536:
+    if not 0 <= n < 65536:  # 0: any free port
         raise ValueError(f"port out of range in {text!r}")
     return (host.strip("[]") or "127.0.0.1"), n
 

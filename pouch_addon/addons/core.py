@@ -102,11 +102,10 @@ def _log_failed_give_back(res_id: str, done: Future) -> None:
 
 @dataclass(frozen=True)
 class SettleViews:
-    """What one settle left: the global budget's and the call's wallet's spend, and what is reserved."""
+    """What one settle left: the global budget's and the call's wallet's spend."""
 
     global_: SpendView
     wallet: SpendView | None
-    reserved: Decimal
 
 
 def with_views(op: Callable[[Any], dict], wallet: str | None) -> Callable[[Any], tuple[dict, SettleViews]]:
@@ -115,6 +114,5 @@ def with_views(op: Callable[[Any], dict], wallet: str | None) -> Callable[[Any],
     def run(txn: Any) -> tuple[dict, SettleViews]:
         entry = op(txn)
         st = txn.state
-        return entry, SettleViews(global_view(st), wallet_view(st, wallet, entry["ts"]) if wallet else None,
-                                  st.reserved)
+        return entry, SettleViews(global_view(st), wallet_view(st, wallet, entry["ts"]) if wallet else None)
     return run

@@ -20,7 +20,7 @@ def test_parse_listen(text, want):
     assert parse_listen(text) == want
 
 
-@pytest.mark.parametrize("text", ["x", "1.2.3.4:0", "h:70000"])
+@pytest.mark.parametrize("text", ["x", "1.2.3.4:-1", "h:70000"])
 def test_parse_listen_refuses(text):
     with pytest.raises(ValueError):
         parse_listen(text)
