@@ -249,5 +249,6 @@ def spend_by(entries: list[dict[str, Any]], now: float, what: str) -> dict[str, 
 
 
 def burn_costs(agg: Aggregates) -> list[tuple[float, Decimal]]:
-    """``(ts, cost)`` per minute of spend, for ``forecast.forecast`` (a minute's spend at its last second)."""
-    return [(m * 60.0 + 59.999, c) for m, c in agg.per_minute.items()]
+    """``(ts, cost)`` per minute of spend, for ``forecast.forecast`` (a minute's spend at its first
+    second: never in the future, so the current minute counts)."""
+    return [(m * 60.0, c) for m, c in agg.per_minute.items()]

@@ -19,7 +19,6 @@ import logging
 import queue
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Optional
 
@@ -77,6 +76,20 @@ def emit(home: Path, state: AlertState, alerts: list[Alert], sinks: Sinks, send:
         send(sinks, a.to_json())
 
 
+class Sender(threading.Thread):
+    """Delivers to one sink, alert after alert (a daemon: a sink that hangs never holds up the exit)."""
+
+    def __init__(self, name: str, sinks: Sinks) -> None:
+        super().__init__(name=f"pouch-alert-{name}", daemon=True)
+        self.sink, self.sinks = name, sinks
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.start()
+
+    def run(self) -> None:
+        while (payload := self.queue.get()) is not _STOP:
+            deliver_one(self.sinks, self.sink, payload)
+
+
 class AlertWorker(threading.Thread):
     """The one thread that applies the alert rules; deliveries run on a pool beside it."""
 
@@ -85,8 +98,7 @@ class AlertWorker(threading.Thread):
         self.home, self.sinks, self.scan_s = home, sinks, scan_s
         self.events: queue.SimpleQueue = queue.SimpleQueue()
         # one sender per sink, so a webhook that hangs holds back only its own deliveries
-        self.senders = {name: ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"pouch-alert-{name}")
-                        for name in sinks.names()}
+        self.senders = {name: Sender(name, sinks) for name in sinks.names()}
         self.state = AlertState()
         self.ledger = Ledger(home)  # its own reader: never the proxy's committer
         self._config: tuple[float, AlertConfig] | None = None
@@ -127,17 +139,15 @@ class AlertWorker(threading.Thread):
                 log.exception("pouch: the alert thread failed on one event")
 
     def _send(self, sinks: Sinks, payload: dict[str, Any]) -> None:
-        for name, sender in self.senders.items():
-            try:
-                sender.submit(deliver_one, sinks, name, payload)
-            except RuntimeError:  # shutting down
-                pass
+        for sender in self.senders.values():
+            sender.queue.put(payload)
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Apply what is queued, then stop; deliveries still retrying are not waited for (daemon threads)."""
         self.events.put(_STOP)
         self.join(timeout)
         for sender in self.senders.values():
-            sender.shutdown(wait=False, cancel_futures=False)
+            sender.queue.put(_STOP)
 
     # -- rules ------------------------------------------------------------------------------------
     def _settle(self, entry: dict[str, Any], views: SettleViews) -> list[Alert]:
