@@ -23,7 +23,7 @@ from typing import Any
 from mitmproxy import ctx, exceptions, http
 
 from ..money import ZERO
-from ..telemetry import LabelCap, parse_listen, tokens_by_type
+from ..telemetry import TOKEN_TYPES, LabelCap, parse_listen
 from .core import CALL, Core, FlowCall, SettleViews
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ class Metrics:
         self.listen = listen
         if not listen:
             return
-        self._build()
+        self.build(ctx.options.pouch_metrics_wallets)
         from prometheus_client import start_http_server
         try:
             self.server, _ = start_http_server(port, host, registry=self.registry)
@@ -78,11 +78,13 @@ class Metrics:
         self.on = True
         log.info(f"pouch: metrics at http://{host}:{self.server.server_port}/metrics")
 
-    def _build(self) -> None:
+    def build(self, wallets: int) -> None:
+        """The registry and its metrics (``wallets``: how many wallet labels before ``other``)."""
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         r = self.registry = CollectorRegistry()
-        self.wallet_label = LabelCap(ctx.options.pouch_metrics_wallets)
+        self._children: dict[tuple, tuple] = {}
+        self.wallet_label = LabelCap(wallets)
         self.model_label = LabelCap(MODEL_LABELS)
         who = ("provider", "model", "wallet")
         self.requests = Counter("pouch_requests", "LLM calls settled, by outcome", (*who, "status"), registry=r)
@@ -151,15 +153,22 @@ class Metrics:
         if not self.on:
             return
         self.budget, self.spent = views.global_.budget, views.global_.spent
-        labels = (str(entry.get("provider") or "openai"), self.model_label(entry.get("model")),
-                  self.wallet_label(call.wallet))
-        self.requests.labels(*labels, str(entry.get("status", ""))).inc()
-        cost = Decimal(entry.get("cost", "0"))
-        if cost:
-            self.spend.labels(*labels).inc(float(cost))
-        for kind, n in tokens_by_type(entry).items():
+        key = (str(entry.get("provider") or "openai"), entry.get("model"), call.wallet, str(entry.get("status", "")))
+        children = self._children.get(key)
+        if children is None:  # labels() costs microseconds: look each combination up once
+            labels = (key[0], self.model_label(key[1]), self.wallet_label(key[2]))
+            children = self._children[key] = (
+                self.requests.labels(*labels, key[3]), self.spend.labels(*labels),
+                tuple(self.tokens.labels(*labels, kind) for kind in TOKEN_TYPES))
+        requests, spend, tokens = children
+        requests.inc()
+        cost = entry.get("cost", "0")
+        if cost != "0":
+            spend.inc(float(cost))  # exported as a float; the ledger keeps the exact amount
+        for child, kind in zip(tokens, TOKEN_TYPES):
+            n = entry.get(f"{kind}_tokens")
             if n:
-                self.tokens.labels(*labels, kind).inc(n)
+                child.inc(n)
         self.commit.observe(commit_s)
 
     def request(self, flow: http.HTTPFlow) -> None:
