@@ -252,7 +252,11 @@ class Alerting:
         ledger = self.core.ledger
         if ledger is None:
             return
-        cfg = read_config(ledger.home)
+        try:
+            cfg = read_config(ledger.home)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.error(f"pouch: {ledger.home / CONFIG_FILE} is unreadable ({exc}); alerts use the defaults")
+            cfg = AlertConfig()
         sinks = Sinks(webhook=ctx.options.pouch_alert_webhook or cfg.webhook,
                       command=ctx.options.pouch_alert_command or cfg.command,
                       desktop=ctx.options.pouch_alert_desktop and cfg.desktop)
