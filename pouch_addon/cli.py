@@ -17,12 +17,14 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
 
-from . import admin, azure_map
+from . import admin, alert_cli, azure_map
 from .audit import AUDIT_FILE, AuditLog
 from .budget import Ledger, LedgerCorrupt, NotOpen
+from .forecast import describe, forecast, settle_costs
 from .home import HomeError, ledger_home
 from .ledger_audit import reconcile, restore_details
 from .money import ZERO, MoneyError, format_usd, parse_usd, usd_str
+from .periods import period_end
 from .presence import read_presence
 from .providers import model_label
 
@@ -86,10 +88,17 @@ def _print_status(ledger: Ledger, as_json: bool) -> None:
     providers = spend_by_provider(month)
     others = apps_without_wallet(month, {w.name for w in wallets})
     proxy = read_presence(ledger.home)
+    now = ledger.clock()
+    day = ledger.history(since=now - 86400, kinds=("settle",))
+    burn = forecast(settle_costs(day), st.remaining, now)
+    wallet_burn = {w.name: forecast(settle_costs(day, w.name), w.remaining, now, period_end(w.period, now))
+                   for w in wallets}
     if as_json:
         out = st.to_json()
+        out["forecast"] = [e.to_json(now) for e in burn]
         if wallets:
-            out["wallets"] = [w.to_json() for w in wallets]
+            out["wallets"] = [{**w.to_json(), "forecast": [e.to_json(now) for e in wallet_burn[w.name]]}
+                              for w in wallets]
         out["month_by_provider"] = {k: usd_str(v) for k, v in providers.items()}
         if others:
             out["apps_without_wallet"] = others
@@ -104,6 +113,7 @@ def _print_status(ledger: Ledger, as_json: bool) -> None:
     print(f"reserved   {format_usd(st.reserved)}  ({st.in_flight} in flight)")
     print(f"remaining  {format_usd(st.remaining)}")
     print(f"requests   {st.requests} settled, {st.blocked} blocked, {st.flagged} flagged for review")
+    print(f"forecast   {describe(burn)}")
     if providers:
         print("this month " + ", ".join(f"{name} {format_usd(v)}" for name, v in providers.items()))
     if proxy is None:
@@ -117,6 +127,8 @@ def _print_status(ledger: Ledger, as_json: bool) -> None:
     if wallets:
         print()
         admin.print_wallets(wallets)
+        for w in wallets:
+            print(f"  {w.name}: {describe(wallet_burn[w.name])}")
     if others:
         print()
         print("apps without a wallet this month (charged to the global budget only):")
@@ -161,11 +173,20 @@ def cmd_history(args: argparse.Namespace) -> None:
     since = _parse_since(args.since) if args.since else None
     if args.limit is not None and args.limit < 1:
         raise CliError(f"--limit must be at least 1, not {args.limit}")
-    kinds = None if args.blocked else ("settle",)
     ledger = open_ledger(args.home)
+    if args.follow:
+        if not args.jsonl or args.limit is not None:
+            raise CliError("--follow goes with --jsonl (and --since, --wallet; not --limit)")
+        from .follow import follow
+        follow(ledger, sys.stdout, since=since, wallet=args.wallet)
+        return
+    kinds = None if args.blocked or args.jsonl else ("settle",)
     entries = ledger.history(since=since, limit=args.limit, kinds=kinds, wallet=args.wallet)
     entries.reverse()  # oldest first, like a statement
-    if args.json:
+    if args.jsonl:  # settles and blocks, one JSON object a line (a stream for other tools)
+        for e in entries:
+            print(json.dumps(e, separators=(",", ":")))
+    elif args.json:
         print(json.dumps(entries, indent=1))
     elif args.csv:
         writer = csv.DictWriter(sys.stdout, HISTORY_COLUMNS, extrasaction="ignore")
@@ -303,6 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true")
     fmt.add_argument("--csv", action="store_true")
+    fmt.add_argument("--jsonl", action="store_true", help="settles and blocks, one JSON object a line")
+    p.add_argument("--follow", action="store_true",
+                   help="with --jsonl: keep printing each new settle and block as it happens (from --since, else from now)")
     p.add_argument("--since", metavar="ISO", help="only entries at or after this UTC date/time")
     p.add_argument("--limit", type=int, default=None, help="at most N most recent entries (N >= 1)")
     p.add_argument("--blocked", action="store_true", help="include blocked requests")
@@ -343,6 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     admin.add_commands(sub, common)
     azure_map.add_commands(sub, common)
+    alert_cli.add_commands(sub, common)
     _add_runtime_commands(sub, common)
     from .models import add_parser as add_models_parser
     add_models_parser(sub, common)  # pouch models
@@ -412,7 +437,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args.func(args)
         sys.stdout.flush()
-    except (CliError, admin.AdminError, LedgerCorrupt, NotOpen, HomeError) as exc:
+    except (CliError, admin.AdminError, alert_cli.AlertCliError, LedgerCorrupt, NotOpen, HomeError) as exc:
         print(f"pouch: error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:

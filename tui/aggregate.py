@@ -105,8 +105,9 @@ class Periods:
 
     @property
     def first(self) -> float:
-        """The earliest instant any aggregate needs (the week may start in the previous month)."""
-        return min(self.week, self.month)
+        """The earliest instant any aggregate needs (the week may start in the previous month;
+        the 24 h burn rate needs yesterday)."""
+        return min(self.week, self.month, self.day - 86400)
 
     def same(self, now: float) -> bool:
         """Whether ``now`` is still in the same UTC day (so the aggregates stay valid)."""
@@ -134,6 +135,7 @@ class Aggregates:
     block_reasons: Counter[str] = field(default_factory=Counter)
     blocks: list[dict[str, Any]] = field(default_factory=list)  # oldest first, the newest BLOCKS_KEPT
     entries: int = 0  # entries folded in (any period)
+    per_minute: dict[int, Decimal] = field(default_factory=dict)  # minute (epoch // 60) -> spend, since yesterday 00:00
 
     @classmethod
     def empty(cls, now: float) -> Aggregates:
@@ -166,6 +168,9 @@ class Aggregates:
         if kind != "settle":
             return
         cost = to_decimal(entry.get("cost"))
+        if ts >= p.day - 86400:  # for the burn rate (forecast): two days of minutes at most
+            minute = int(ts // 60)
+            self.per_minute[minute] = self.per_minute.get(minute, ZERO) + cost
         if ts >= p.week:
             self.week += cost
         if ts >= p.day:
@@ -199,6 +204,7 @@ class Aggregates:
             self,
             per_hour=list(self.per_hour),
             per_day=list(self.per_day),
+            per_minute=dict(self.per_minute),
             by_model={k: replace(v) for k, v in self.by_model.items()},
             by_app={k: replace(v) for k, v in self.by_app.items()},
             block_reasons=Counter(self.block_reasons),
@@ -240,3 +246,9 @@ def spend_by(entries: list[dict[str, Any]], now: float, what: str) -> dict[str, 
     """This month's buckets by ``"model"`` or ``"app"`` (see :func:`caller_key`)."""
     agg = Aggregates.empty(now).add_all(entries)
     return agg.by_model if what == "model" else agg.by_app
+
+
+def burn_costs(agg: Aggregates) -> list[tuple[float, Decimal]]:
+    """``(ts, cost)`` per minute of spend, for ``forecast.forecast`` (a minute's spend at its first
+    second: never in the future, so the current minute counts)."""
+    return [(m * 60.0, c) for m, c in agg.per_minute.items()]

@@ -28,10 +28,14 @@ from pouch_addon.budget import Ledger, LedgerCorrupt
 from pouch_addon.money import format_usd
 
 from .aggregate import Aggregates
-from .messages import AggregatesUpdated, HistoryUpdated, LedgerProblem, LedgerSnapshot, LedgerUpdated
+from .messages import AggregatesUpdated, AlertsUpdated, HistoryUpdated, LedgerProblem, LedgerSnapshot, LedgerUpdated
 from .screens import ConfirmScreen, DetailScreen, HelpScreen, MoneyDialog
 from .watcher import PAGE, LedgerWatcher
 from .widgets import BlockedPanel, Breakdown, BudgetGauge, HistoryTable, InFlightTable, SpendChart, StateBanner
+
+
+#: how long (s) the proxy's latest alert stays in the banner
+ALERT_BANNER_S = 24 * 3600
 
 
 def default_home(home: str | Path | None) -> Path:
@@ -77,6 +81,7 @@ class PouchApp(App[None]):
         self.now = now
         self.tick_interval = tick_interval
         self.snapshot: LedgerSnapshot | None = None
+        self.latest_alert: dict[str, Any] | None = None  # the proxy's newest alert (alerts-state.json)
         self.aggregates: Aggregates | None = None
         self.history: list[dict[str, Any]] = []
         self.history_more = False  # older entries exist beyond the loaded pages (m loads more)
@@ -171,6 +176,10 @@ class PouchApp(App[None]):
             self._check_first_paint()
         self.update_banner()
 
+    def on_alerts_updated(self, message: AlertsUpdated) -> None:
+        self.latest_alert = message.latest
+        self.update_banner()
+
     def update_banner(self) -> None:
         banner = self.banner
         kind, text = self.problem
@@ -178,8 +187,11 @@ class PouchApp(App[None]):
             banner.show(kind, text)
             return
         snap = self.snapshot
+        alert = self.latest_alert
         if snap is None:
             banner.show("ok", "")
+        elif alert is not None and self.now() - float(alert.get("ts", 0)) < ALERT_BANNER_S:
+            banner.show("warning", f"{alert.get('time', '')} {alert.get('text', '')}")
         elif snap.dead_owners:
             n = len(snap.dead_owners)
             banner.show("warning", f"{n} request{'s' if n != 1 else ''} in flight belong to a proxy process that is "

@@ -55,3 +55,11 @@ class LedgerProblem(Message):
         super().__init__()
         self.kind = kind
         self.message = message
+
+
+class AlertsUpdated(Message):
+    """The proxy's latest alert (``alerts-state.json``), for the banner; None: none yet."""
+
+    def __init__(self, latest: dict[str, Any] | None) -> None:
+        super().__init__()
+        self.latest = latest

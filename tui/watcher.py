@@ -22,11 +22,12 @@ from pathlib import Path
 
 from textual.message import Message
 
+from pouch_addon.alerts import STATE_FILE as ALERTS_FILE, AlertState
 from pouch_addon.budget import Ledger, LedgerCorrupt, owner_alive
 from pouch_addon.ledger_store import HISTORY_DIR, STATE_FILE, WAL_FILE
 
 from .aggregate import Aggregates
-from .messages import AggregatesUpdated, HistoryUpdated, LedgerProblem, LedgerSnapshot, LedgerUpdated
+from .messages import AggregatesUpdated, AlertsUpdated, HistoryUpdated, LedgerProblem, LedgerSnapshot, LedgerUpdated
 from .reader import PartitionFollower, read_recent
 
 Post = Callable[[Message], object]
@@ -65,6 +66,7 @@ class LedgerWatcher(threading.Thread):
         self._history_size = 0
         self._have_state = False
         self.polls = 0
+        self._alerts_sig: tuple | None = None
 
     # -- control (from the UI thread) ----------------------------------------------------------
     def close(self) -> None:
@@ -116,6 +118,7 @@ class LedgerWatcher(threading.Thread):
             return
         if self._ledger is None:
             self._ledger = Ledger(self.home)
+        self._alerts()
         state_path = self.home / STATE_FILE
         try:
             st = os.stat(state_path)
@@ -159,6 +162,23 @@ class LedgerWatcher(threading.Thread):
             self._problem = None
             self.post(LedgerProblem("ok", ""))
         self._aggregate(hist_dir)
+
+    def _alerts(self) -> None:
+        """Post the newest alert when the proxy's ``alerts-state.json`` changed (the TUI banner sink)."""
+        path = self.home / ALERTS_FILE
+        try:
+            st = os.stat(path)
+            sig: tuple = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            sig = ("missing",)
+        if sig == self._alerts_sig:
+            return
+        self._alerts_sig = sig
+        try:
+            recent = AlertState.loads(path.read_text()).recent if sig != ("missing",) else []
+        except (OSError, ValueError, KeyError, TypeError):
+            recent = []
+        self.post(AlertsUpdated(recent[-1] if recent else None))
 
     def _aggregate(self, hist_dir: Path) -> None:
         """Fold newly applied history into the month's aggregates, at most ``AGG_SLICE`` seconds per

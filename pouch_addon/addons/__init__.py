@@ -17,10 +17,15 @@
 10. ``AuditBlocks``: every request pouch answered itself goes to the hash-chained audit log.
 11. ``PresenceAddon``: ``proxy.json`` in the pouch home says this proxy serves the ledger, where it
     listens and how many calls it has in flight (``pouch status``, ``pouch run``, ``pouch doctor``).
+12. ``Alerting``: thresholds crossed, first 402 of a period, expired wallets/keys, ledger problems,
+    to a webhook, a command, the desktop and the TUI, from its own thread (``Core.observers``).
+13. ``Metrics``: Prometheus ``/metrics`` (``pouch_metrics=HOST:PORT``; off by default).
+14. ``Tracing``: one OpenTelemetry span per LLM call (``pouch_otel=true``, extra ``pouch[otel]``).
 """
 
 from __future__ import annotations
 
+from .alerting import Alerting
 from .audit_trail import AuditBlocks
 from .azure_map import AzureDeployments
 from .core import Core
@@ -30,9 +35,11 @@ from .keys import KeySwap
 from .local import LocalModels
 from .mock import Mock
 from .meter import Metering
+from .metrics import Metrics
 from .presence import PresenceAddon
 from .route import Route
 from .scope import Scope
+from .tracing import Tracing
 
 
 def make_addons() -> list[object]:
@@ -40,4 +47,4 @@ def make_addons() -> list[object]:
     local = LocalModels()
     return [Route(), local, Scope(local), AzureDeployments(core), Identify(core), BudgetGate(core), KeySwap(core), Mock(core),
             Metering(core), AuditBlocks(core),
-            PresenceAddon(core)]
+            PresenceAddon(core), Alerting(core), Metrics(core), Tracing(core)]

@@ -10,8 +10,9 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from ..alerts import SpendView, global_view, wallet_view
 from ..budget import Ledger, Refusal, Reservation
 from ..keystore import KeyStore
 from ..limits import RateBook
@@ -60,6 +61,9 @@ class Core:
         self.vault: Vault | None = None  # real provider keys, opened at start (addons/keys.py)
         self.vault_problem: str | None = None  # why the vault is not open, for clear 503s
         self.limits = RateBook()  # per-wallet rpm/tpm, in memory per proxy process
+        # addons told of every settle (alerts, metrics, traces): ``on_settle(call, entry, views, commit_s)``
+        # on the event loop, so each must only hand the facts on (microseconds)
+        self.observers: list[Any] = []
 
     def require(self) -> tuple[Ledger, PriceTable]:
         if self.ledger is None or self.table is None:
@@ -94,3 +98,21 @@ def _give_back(ledger: Ledger, fut: asyncio.Future) -> None:
 def _log_failed_give_back(res_id: str, done: Future) -> None:
     if done.exception() is not None:  # left open: the orphan rule settles it at the next start
         log.error(f"pouch: could not give back abandoned reservation {res_id}: {done.exception()!r}")
+
+
+@dataclass(frozen=True)
+class SettleViews:
+    """What one settle left: the global budget's and the call's wallet's spend."""
+
+    global_: SpendView
+    wallet: SpendView | None
+
+
+def with_views(op: Callable[[Any], dict], wallet: str | None) -> Callable[[Any], tuple[dict, SettleViews]]:
+    """A settle operation that also returns :class:`SettleViews` as the same transaction left the
+    state (so observers see the spend the settle made, with no read of the ledger file)."""
+    def run(txn: Any) -> tuple[dict, SettleViews]:
+        entry = op(txn)
+        st = txn.state
+        return entry, SettleViews(global_view(st), wallet_view(st, wallet, entry["ts"]) if wallet else None)
+    return run

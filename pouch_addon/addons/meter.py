@@ -28,7 +28,7 @@ from ..budget import Ledger, NotOpen
 from ..metering import StreamMeter
 from ..money import format_usd
 from ..providers import PROVIDERS, openai
-from .core import CALL, Core, FlowCall
+from .core import CALL, Core, FlowCall, with_views
 from .replies import PROVIDER
 
 log = logging.getLogger(__name__)
@@ -255,17 +255,19 @@ class Metering:
                         f"priced at what it reported (an Azure deployment mapped to the wrong model? `pouch azure map`)")
         details = {**result.details(), "http_status": http_status, "estimated_cost": str(call.plan.worst_case)}
         try:
+            op = ledger.settle_op(call.reservation.id, result.cost, status=result.status, details=details)
+            if self.core.observers:  # alerts, metrics, traces: the spend as this settle left it
+                op = with_views(op, call.wallet)
             # nobody waits for a settle: it rides with the next admission's commit (see Ledger.submit)
-            fut = ledger.submit_async(ledger.settle_op(call.reservation.id, result.cost, status=result.status,
-                                                       details=details), lazy=True)
+            fut = ledger.submit_async(op, lazy=True)
         except Exception:
             # the reservation stays open and is settled conservatively by the orphan rule at restart
             log.exception(f"pouch: could not settle reservation {call.reservation.id}")
             return
         self._settles.add(fut)
-        fut.add_done_callback(partial(self._settled, call, result))
+        fut.add_done_callback(partial(self._settled, call, result, time.perf_counter()))
 
-    def _settled(self, call: FlowCall, result: settlement.Settlement, fut: asyncio.Future) -> None:
+    def _settled(self, call: FlowCall, result: settlement.Settlement, submitted: float, fut: asyncio.Future) -> None:
         """Done callback of a settle write: say what failed (the orphan rule settles what stays open)."""
         self._settles.discard(fut)
         exc = None if fut.cancelled() else fut.exception()
@@ -274,9 +276,21 @@ class Metering:
         elif exc is not None or fut.cancelled():
             log.error(f"pouch: could not settle reservation {call.reservation.id}",
                       exc_info=exc if exc is not None else None)
-        elif log.isEnabledFor(logging.DEBUG):  # per call: DEBUG, a log record costs tens of µs on the loop
-            log.debug(f"pouch: {call.plan.model} {result.status}: {format_usd(result.cost)} "
-                      f"(reserved {format_usd(call.reserved)})")
+            for o in self.core.observers:
+                if hasattr(o, "on_ledger_problem"):
+                    o.on_ledger_problem(f"could not write the settle of reservation {call.reservation.id}: {exc!r}")
+        else:
+            if self.core.observers:
+                entry, views = fut.result()
+                commit_s = time.perf_counter() - submitted
+                for o in self.core.observers:
+                    try:
+                        o.on_settle(call, entry, views, commit_s)
+                    except Exception:  # an observer never changes what happened to the call
+                        log.exception("pouch: a settle observer failed")
+            if log.isEnabledFor(logging.DEBUG):  # per call: DEBUG, a log record costs tens of µs on the loop
+                log.debug(f"pouch: {call.plan.model} {result.status}: {format_usd(result.cost)} "
+                          f"(reserved {format_usd(call.reserved)})")
 
     # -- checkpoints ----------------------------------------------------------------------------
     async def _checkpoint_loop(self) -> None:

@@ -244,3 +244,22 @@ def test_calls_are_grouped_by_wallet_when_the_proxy_named_one():
     assert set(callers) == {"127.0.0.1", "billing"}
     assert (callers["billing"].requests, callers["billing"].blocked, callers["billing"].cost) == (1, 1, D("0.25"))
     assert caller_key({"client": "10.0.0.1:5"}) == "10.0.0.1"
+
+
+def test_burn_rate_minutes_reach_back_over_yesterday_for_the_forecast():
+    from pouch_addon.forecast import forecast
+    from pouch_tui.aggregate import burn_costs
+
+    monday_first = datetime(2026, 6, 1, 12, tzinfo=UTC).timestamp()  # a Monday and the 1st: week = month = today
+    agg = Aggregates.empty(monday_first)
+    assert agg.periods.first == day_start(monday_first) - 86400
+    agg.add_all([
+        {"kind": "settle", "ts": monday_first - 13 * 3600, "cost": "2.4"},  # yesterday, inside the last 24 h
+        {"kind": "settle", "ts": monday_first - 60, "cost": "0.5"},
+        {"kind": "settle", "ts": monday_first - 50, "cost": "0.25"},  # same minute: one bucket
+        {"kind": "block", "ts": monday_first - 40, "cost": "0"},
+    ])
+    assert agg.month == D("0.75") and len(agg.per_minute) == 2
+    one, day = forecast(burn_costs(agg), D("3"), monday_first)
+    assert one.rate == D("0.75") and one.seconds == 4 * 3600
+    assert day.rate == D("3.15") / 24

@@ -415,3 +415,31 @@ def test_panels_take_data_before_they_are_mounted():
             assert history.row_count == len(entries)
 
     asyncio.run(main())
+
+
+def test_the_proxys_latest_alert_shows_in_the_banner_and_the_forecast_in_the_gauge(home: Path):
+    import json
+    import time
+
+    from pouch_addon.alerts import STATE_FILE, Alert, AlertState
+
+    ledger = Ledger(home)
+    ledger.set_budget(D(4))
+    r = ledger.reserve(D(2))
+    ledger.settle(r.id, D(2))  # $2 in the last hour, $2 left: runs out in 1 h at that rate
+    app = make_app(home)
+    now = time.time()
+
+    async def scenario(pilot):
+        await loaded(pilot)
+        assert banner(app).kind == "ok"
+        await wait_for(pilot, lambda: "runs out in 1 h" in gauge_text(app))
+        assert "burn $2.00/h" in gauge_text(app)
+        st = AlertState()
+        st.remember([Alert("threshold", "global", "pouch: the global budget is 50% spent: $2.00 of $4.00", now)])
+        (home / STATE_FILE).write_text(json.dumps(st.to_json()))
+        app.watcher.wake()
+        await wait_for(pilot, lambda: "50% spent" in banner(app).message)
+        assert banner(app).kind == "warning" and banner(app).display
+
+    run(app, scenario)

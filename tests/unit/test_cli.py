@@ -27,11 +27,15 @@ def test_budget_and_status_json(tmp_path):
     ledger.settle(r.id, D("0.125"))
     ledger.reserve(D("0.5"))
     out = json.loads(pouch(tmp_path, "status", "--json").stdout)
+    one, day = out.pop("forecast")  # $0.125 spent in the last hour, $11.875 left: 95 h at that rate
+    assert (one["window"], one["usd_per_hour"], one["runs_out_in_s"]) == ("1h", "0.125", 95 * 3600)
+    assert (day["window"], day["usd_per_hour"]) == ("24h", "0.0052083333")
     assert out == {"budget_usd": "12.5", "spent_usd": "0.125", "reserved_usd": "0.5", "remaining_usd": "11.875",
                    "in_flight": 1, "requests": 1, "blocked": 0, "flagged": 0, "paused": False,
                    "month_by_provider": {"openai": "0.125"}, "proxy": None}
     text = pouch(tmp_path, "status").stdout
     assert "$11.875" in text and "1 in flight" in text and "this month openai $0.125" in text
+    assert "forecast   burn $0.125/h (1 h), $0.0052083333/h (24 h); runs out in 4.0 days at the 1 h rate" in text
     r = ledger.reserve(D("0.5"), {"provider": "anthropic", "model": "claude-sonnet-4-5"})
     ledger.settle(r.id, D("0.25"))
     assert "this month anthropic $0.25, openai $0.125" in pouch(tmp_path, "status").stdout

@@ -8,7 +8,9 @@ from decimal import Decimal
 from textual.content import Content
 from textual.widget import Widget
 
-from ..aggregate import Aggregates
+from pouch_addon.forecast import Estimate, duration_text, forecast
+
+from ..aggregate import Aggregates, burn_costs
 from ..format import bar, duration, fitting, money, ratio
 from ..messages import LedgerSnapshot
 
@@ -124,4 +126,27 @@ class BudgetGauge(Widget):
             last = "no ledger file yet" if snap.modified is None else f"last write {duration(self.now - snap.modified)} ago"
             note = Content.styled(last, "$text-muted")
         lines.append(note)
+        if agg is not None:  # last: on a short panel the forecast is what is cut, never the note above
+            lines.append(burn_line(forecast(burn_costs(agg), s.remaining, self.now), width))
         return Content("\n").join(line.truncate(width, ellipsis=True) for line in lines)
+
+
+def burn_line(estimates: list[Estimate], width: int) -> Content:
+    """``burn $0.50/h (1 h) · $0.20/h (24 h) · runs out in 3 h 20 min`` (at the 1 h rate, else the 24 h one)."""
+    one, day = estimates
+    first = next((e for e in estimates if e.seconds is not None), None)
+    if first is None:
+        when = ("no spend in 24 h", "$text-muted")
+    elif first.seconds == 0:
+        when = ("nothing left", "$error")
+    else:
+        assert first.seconds is not None
+        when = (f"runs out in {duration_text(first.seconds)}", "bold $warning" if first.seconds < 86400 else "bold")
+    r1, r24 = (money(one.rate), "bold"), (money(day.rate), "bold")
+    return fitting(
+        width,
+        Content.assemble(("burn ", "$text-muted"), r1, ("/h (1 h) · ", "$text-muted"), r24,
+                         ("/h (24 h) · ", "$text-muted"), when),
+        Content.assemble(("burn ", "$text-muted"), r1, ("/h · ", "$text-muted"), when),
+        Content.assemble(when),
+    )
