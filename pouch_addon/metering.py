@@ -210,10 +210,23 @@ def _plain(text: str) -> bool:
     return '"' not in text and "\\" not in text and text.isprintable()
 
 
+def _member_value(data: str, name: str, value: str) -> int:
+    """Where the string value ``value`` of the only member ``name`` begins in the JSON ``data``
+    (written ``"name":"value"`` as OpenAI does, or ``"name": "value"`` as ``json.dumps`` does),
+    else -1. ``"name":"`` cannot lie inside a JSON string (a quote there is escaped, so no quote
+    follows a letter), so a match is the member; the caller checks the split by parsing."""
+    for key in (f'"{name}":"', f'"{name}": "'):
+        at = data.find(key + value + '"')
+        if at >= 0:
+            start = at + len(key)
+            if data.find(key, start) >= 0 or data.find(f'"{name}":', 0, at) >= 0:
+                return -1
+            return start
+    return -1
+
+
 #: the keys a plain content chunk's choice may have (all null but index and delta)
 _PLAIN_CHOICE_KEYS = frozenset({"index", "delta", "logprobs", "finish_reason"})
-_CONTENT_KEY = '"content":"'
-_PADDING_KEY = '"obfuscation":"'
 #: how many qualifying chunks a stream may try to learn a template from (each try parses twice)
 _TEMPLATE_TRIES = 3
 
@@ -484,10 +497,9 @@ class StreamMeter(DecodingMeter):
             return
         self._tpl_tries += 1
         data = ev.data
-        at = data.find(_CONTENT_KEY + text + '"')
-        if at < 0 or data.find(_CONTENT_KEY, at + 1) >= 0:
+        start = _member_value(data, "content", text)
+        if start < 0:
             return
-        start = at + len(_CONTENT_KEY)
         prefix, suffix = data[:start], data[start + len(text):]
         expect = {**obj, "choices": [{**choice, "delta": {"content": "x"}}]}
         pad = obj.get("obfuscation")
@@ -495,10 +507,10 @@ class StreamMeter(DecodingMeter):
         if pad.__class__ is str:
             if not _plain(pad):
                 return
-            i = suffix.find(_PADDING_KEY + pad + '"')
-            if i < 0 or suffix.find(_PADDING_KEY, i + 1) >= 0:
+            i = _member_value(suffix, "obfuscation", pad)
+            if i < 0:
                 return
-            mid, end = suffix[:i + len(_PADDING_KEY)], suffix[i + len(_PADDING_KEY) + len(pad):]
+            mid, end = suffix[:i], suffix[i + len(pad):]
             filled = prefix + "x" + mid + "y" + end
             expect["obfuscation"] = "y"
         else:

@@ -64,7 +64,7 @@ TEXTS = ["Hello", " there", ", friend", "!", "", " caf\u00e9", " \u4f60\u597d", 
 
 def random_stream(rng: random.Random) -> list[bytes]:
     pad = rng.choice([None, "ab12", "X"])
-    spaced = rng.random() < 0.1
+    spaced = rng.random() < 0.3
     usage_mode = rng.choice(["null", "null", "absent"])
     chunks = [chunk({"role": "assistant", "content": "", "refusal": None}, pad=pad, usage=usage_mode)]
     for _ in range(rng.randint(0, 30)):
@@ -105,14 +105,16 @@ def test_templated_chunks_give_the_same_bytes_and_state_as_parsing_each(seed):
         run(meter(hide=hide, reservation=reservation, templates=False), chunks)
 
 
-def test_content_chunks_skip_the_json_scanner(monkeypatch):
+@pytest.mark.parametrize("spaced", [False, True])  # OpenAI's compact JSON, and json.dumps's default
+@pytest.mark.parametrize("pad", [True, False])
+def test_content_chunks_skip_the_json_scanner(monkeypatch, spaced, pad):
     """The point of the template: after the first plain content chunk, none is JSON-decoded."""
     scans = []
     real = metering._scan_json
     monkeypatch.setattr(metering, "_scan_json", lambda s, i: scans.append(s) or real(s, i))
-    chunks = [chunk({"role": "assistant", "content": "", "refusal": None})]
-    chunks += [chunk({"content": f" tok{k}"}, pad="p" * (k % 7)) for k in range(50)]
-    chunks += [chunk({}, finish="stop"), chunk({}, choices=[], usage=USAGE), DONE]
+    chunks = [chunk({"role": "assistant", "content": "", "refusal": None}, spaced=spaced)]
+    chunks += [chunk({"content": f" tok{k}"}, pad="p" * (k % 7) if pad else None, spaced=spaced) for k in range(50)]
+    chunks += [chunk({}, finish="stop", spaced=spaced), chunk({}, choices=[], usage=USAGE, spaced=spaced), DONE]
     m = meter()
     out, st = run(m, chunks)
     assert len(scans) <= 5, len(scans)  # role, the first content chunk, finish, usage ([DONE] is not scanned)
@@ -120,10 +122,15 @@ def test_content_chunks_skip_the_json_scanner(monkeypatch):
     assert b'"usage":null' not in b"".join(out) and st["usage_hidden"]
 
 
-def test_a_changed_layout_is_parsed():
+def test_a_changed_layout_is_parsed(monkeypatch):
+    scans = []
+    real = metering._scan_json
+    monkeypatch.setattr(metering, "_scan_json", lambda s, i: scans.append(s) or real(s, i))
     m = meter()
-    run(m, [chunk({"content": "a"}), chunk({"content": "b"}, spaced=True)])
-    assert m.events == 2 and m.output_tokens_counted == count_text("ab", "gpt-4o")
+    run(m, [chunk({"content": "a"}), chunk({"content": "b"}, spaced=True), chunk({"content": "c"}, model="gpt-4o-x"),
+            chunk({"content": "d"})])
+    assert len(scans) == 3 and m.events == 4 and m.output_tokens_counted == count_text("abcd", "gpt-4o")
+    assert m.model_reported == "gpt-4o-2024-08-06"  # the last chunk's model, from the template
 
 
 CAP_TEXTS = ["\U0001F600", "\U0001F9D1\u200D\U0001F680", "\u4f60", " \u0416\u0436", "\U00010348", "a", " the",
