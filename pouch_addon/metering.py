@@ -296,6 +296,23 @@ class StreamMeter(DecodingMeter):
         """Meter a chunk; return what to forward now (complete events only)."""
         if self.cut or not chunk:
             return []
+        tpl = self._tpl
+        if (tpl is not None and chunk.__class__ is bytes and chunk.startswith(b"data: ") and chunk.endswith(b"\n\n")
+                and len(chunk) <= self._parser.max_event_bytes and self._parser.at_boundary()):
+            # the usual chunk: exactly one templated content event (its data, one line, has no line
+            # end: the template's bytes have none and a plain text or padding none either)
+            try:
+                fwd = self._templated(tpl, chunk[6:-2].decode("utf-8"), chunk)
+            except UnicodeDecodeError:
+                fwd = None
+            if fwd is not None:
+                self.events += 1
+                if (not self.done and not self._usage_final
+                        and (self._usage is not None
+                             or (self._cut_at is not None and self._output + self._pending_bytes >= self._cut_at))
+                        and self._over()):
+                    return [fwd + self._budget_cut()]
+                return [fwd]
         try:
             events = self._parser.feed(chunk)
         except SSEError as exc:
@@ -396,48 +413,26 @@ class StreamMeter(DecodingMeter):
                          or (self._cut_at is not None
                              and self._output + self._pending_bytes >= self._cut_at))
                     and self._over()):
-                msg = (f"pouch: budget reservation of {format_usd(self.reservation)} reached after "
-                       f"{self._output} output tokens; stream cut off")
-                out.append(self._cut_event(BUDGET_EXCEEDED, msg))
-                self.cut = True
+                out.append(self._budget_cut())
                 break
         return out
+
+    def _budget_cut(self) -> bytes:
+        """The error event of a cut-off at the reservation (``cut`` is set)."""
+        msg = (f"pouch: budget reservation of {format_usd(self.reservation)} reached after "
+               f"{self._output} output tokens; stream cut off")
+        self.cut = True
+        return self._cut_event(BUDGET_EXCEEDED, msg)
 
     def _on_event(self, ev: SSEEvent) -> bool:
         """Update the state from one event with data; True to forward it."""
         self.events += 1
         data = ev.data
         tpl = self._tpl
-        if (tpl is not None and ev.event is None and len(data) >= tpl.min_len and data.startswith(tpl.prefix)
-                and data.endswith(tpl.end)):
-            start, stop = len(tpl.prefix), len(data) - len(tpl.end)
-            if tpl.mid is None:
-                text = data[start:stop]
-                plain = _plain(text)
-            else:  # the text ends at the first quote; the padding lies between mid and end
-                at = data.find('"', start, stop)
-                text = data[start:at]
-                plain = (at >= 0 and data.startswith(tpl.mid, at) and at + len(tpl.mid) <= stop
-                         and "\\" not in text and text.isprintable() and _plain(data[at + len(tpl.mid):stop]))
-            cut = None
-            if plain and tpl.hide_null_usage:
-                cut = _cut_null_usage(ev.raw)
-                plain = cut is not None
-            if plain:
-                # what _chat_chunk does for the learnt chunk with this text (see _ContentTemplate)
-                if tpl.model is not None:
-                    self.model_reported = tpl.model
-                if tpl.tier is not None and tpl.tier != self.service_tier:
-                    self._set_tier(tpl.tier)
-                if text:
-                    texts = self._pending.get(tpl.key)
-                    if texts is None:
-                        self._pending[tpl.key] = [text]
-                    else:
-                        texts.append(text)
-                    self._pending_bytes += (len(text) if text.isascii()
-                                            else len(text.encode("utf-8", "surrogatepass")))
-                self._cut_raw = cut
+        if tpl is not None and ev.event is None:
+            fwd = self._templated(tpl, data, ev.raw)
+            if fwd is not None:
+                self._cut_raw = fwd if fwd is not ev.raw else None
                 return True
         try:  # _json_object, inline
             obj, end = _scan_json(data, 0)
@@ -471,6 +466,43 @@ class StreamMeter(DecodingMeter):
             self._learn_template(ev, obj)
         return keep
 
+    def _templated(self, tpl: _ContentTemplate, data: str, raw: bytes) -> bytes | None:
+        """When ``data`` is the learnt content chunk with another plain text (and padding), do
+        what :meth:`_chat_chunk` does for it and return the bytes to forward (``raw``, or ``raw``
+        without its ``"usage": null``); else None, and nothing changed (see
+        :class:`_ContentTemplate`). The caller counts the event."""
+        if len(data) < tpl.min_len or not data.startswith(tpl.prefix) or not data.endswith(tpl.end):
+            return None
+        start, stop = len(tpl.prefix), len(data) - len(tpl.end)
+        if tpl.mid is None:
+            text = data[start:stop]
+            if not _plain(text):
+                return None
+        else:  # the text ends at the first quote; the padding lies between mid and end
+            at = data.find('"', start, stop)
+            if at < 0 or not data.startswith(tpl.mid, at) or at + len(tpl.mid) > stop:
+                return None
+            text = data[start:at]
+            if "\\" in text or not text.isprintable() or not _plain(data[at + len(tpl.mid):stop]):
+                return None
+        fwd = raw
+        if tpl.hide_null_usage:
+            fwd = _cut_null_usage(raw)
+            if fwd is None:
+                return None
+        if tpl.model is not None:
+            self.model_reported = tpl.model
+        if tpl.tier is not None and tpl.tier != self.service_tier:
+            self._set_tier(tpl.tier)
+        if text:
+            texts = self._pending.get(tpl.key)
+            if texts is None:
+                self._pending[tpl.key] = [text]
+            else:
+                texts.append(text)
+            self._pending_bytes += len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+        return fwd
+
     def _learn_template(self, ev: SSEEvent, obj: dict[str, Any]) -> None:
         """Remember the shape of a plain Chat content chunk (see :class:`_ContentTemplate`).
 
@@ -497,6 +529,8 @@ class StreamMeter(DecodingMeter):
             return
         self._tpl_tries += 1
         data = ev.data
+        if "\n" in data or "\r" in data:  # one data line: feed frames a templated chunk itself
+            return
         start = _member_value(data, "content", text)
         if start < 0:
             return

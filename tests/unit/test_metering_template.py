@@ -105,6 +105,20 @@ def test_templated_chunks_give_the_same_bytes_and_state_as_parsing_each(seed):
         run(meter(hide=hide, reservation=reservation, templates=False), chunks)
 
 
+@pytest.mark.parametrize("seed", range(150))
+def test_same_with_templates_however_the_stream_is_cut(seed):
+    """Chunks that are not whole events (a templated one split, several in one chunk, a partial
+    tail held by the parser) must give what parsing every event gives."""
+    rng = random.Random(10_000 + seed)
+    stream = b"".join(random_stream(rng))
+    hide = rng.random() < 0.7
+    cuts = sorted(rng.sample(range(1, len(stream)), min(len(stream) - 1, rng.randint(1, 40))))
+    chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)])]
+    got_out, got = run(meter(hide=hide), chunks)
+    want_out, want = run(meter(hide=hide, templates=False), chunks)
+    assert b"".join(got_out) == b"".join(want_out) and got == want
+
+
 @pytest.mark.parametrize("spaced", [False, True])  # OpenAI's compact JSON, and json.dumps's default
 @pytest.mark.parametrize("pad", [True, False])
 def test_content_chunks_skip_the_json_scanner(monkeypatch, spaced, pad):
