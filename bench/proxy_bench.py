@@ -738,8 +738,10 @@ def run_probe(b: Bench, ratios: list[str]) -> None:
     for cfg in b.configs:
         b.start(cfg)
     try:
-        for cfg in b.configs:  # warm-up
+        for cfg in b.configs:  # warm-up: steady state (certificates, and pouch's one-off tokenizer load,
+            # which holds the GIL ~0.1 s in tiktoken's constructor, happen before the first round)
             asyncio.run(closed_loop(cfg.proxy, MODELS_REQUEST, False, 1, min(1.0, a.warmup)))
+            asyncio.run(closed_loop(cfg.proxy, chat_request(stream=True, chunks=5), True, 1, 0.3))
         res: dict[str, list[dict]] = {c.name: [] for c in b.configs}
         print(f"   {'round':>5} {'config':<6} {'probes':>6} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8} "
               f"{'streams':>7} {'errors':>6} | {'proxy%':>6} {'fake%':>6} {'gen%':>6} {'other%':>6}")
