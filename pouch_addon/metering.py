@@ -192,8 +192,9 @@ class _ContentTemplate:
     ``prefix`` + text + ``mid`` + padding + ``end`` (or ``prefix`` + text + ``end`` without
     padding). An event of exactly that shape whose text and padding need no JSON unescaping (no
     quote, backslash or control character) means the same as the learnt chunk with that text, so
-    :meth:`StreamMeter._on_event` takes its text without running the JSON scanner (the larger
-    part of a chunk's cost). Anything else is parsed as before."""
+    :meth:`StreamMeter._templated` takes its text without running the JSON scanner (the larger
+    part of a chunk's cost), and ``feed`` frames a chunk that is exactly one such event without
+    the SSE parser. Anything else is parsed as before."""
 
     prefix: str
     mid: str | None        # from the quote closing the text to the padding's opening quote
