@@ -158,6 +158,19 @@ def _strip_null_usage(raw: bytes, obj: dict[str, Any]) -> bytes:
     followed by at least two closers). Any other layout of a one-line data event is
     re-serialised compactly without the key; an event of several lines (rare) is forwarded as
     it came. Per chunk: a search from the end and a copy, well under a microsecond."""
+    cut = _cut_null_usage(raw)
+    if cut is not None:
+        return cut
+    line = raw.rstrip(b"\r\n")
+    if line.startswith(b"data:") and b"\n" not in line and b"\r" not in line:
+        data = json.dumps({k: v for k, v in obj.items() if k != "usage"}, ensure_ascii=False, separators=(",", ":"))
+        return b"data: " + data.encode("utf-8", "surrogatepass") + raw[len(line):]
+    return raw
+
+
+def _cut_null_usage(raw: bytes) -> bytes | None:
+    """``raw`` with its last ``,"usage":null`` member cut out when that is the top-level one (see
+    :func:`_strip_null_usage`), else None."""
     i = raw.rfind(b',"usage":null')
     n = 13
     if i < 0:
@@ -167,11 +180,56 @@ def _strip_null_usage(raw: bytes, obj: dict[str, Any]) -> bytes:
         end = i + n
         if raw.count(b"}", end) == 1 and raw.find(b"]", end) < 0:
             return raw[:i] + raw[end:]
-    line = raw.rstrip(b"\r\n")
-    if line.startswith(b"data:") and b"\n" not in line and b"\r" not in line:
-        data = json.dumps({k: v for k, v in obj.items() if k != "usage"}, ensure_ascii=False, separators=(",", ":"))
-        return b"data: " + data.encode("utf-8", "surrogatepass") + raw[len(line):]
-    return raw
+    return None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _ContentTemplate:
+    """The bytes around the text of a plain Chat content chunk, learnt from one that was parsed.
+
+    Within one stream OpenAI repeats every byte of a content chunk but its text and its
+    ``obfuscation`` padding (id, created, model, tier, fingerprint, index, the nulls): ``data`` =
+    ``prefix`` + text + ``mid`` + padding + ``end`` (or ``prefix`` + text + ``end`` without
+    padding). An event of exactly that shape whose text and padding need no JSON unescaping (no
+    quote, backslash or control character) means the same as the learnt chunk with that text, so
+    :meth:`StreamMeter._templated` takes its text without running the JSON scanner (the larger
+    part of a chunk's cost), and ``feed`` frames a chunk that is exactly one such event without
+    the SSE parser. Anything else is parsed as before."""
+
+    prefix: str
+    mid: str | None        # from the quote closing the text to the padding's opening quote
+    end: str
+    min_len: int           # len(prefix) + len(mid) + len(end)
+    key: tuple             # the pending-text key (index, "content")
+    model: str | None
+    tier: str | None
+    hide_null_usage: bool  # _process cuts the chunk's "usage": null out
+
+
+def _plain(text: str) -> bool:
+    """A JSON string body that is its own value: no quote, backslash or control character."""
+    return '"' not in text and "\\" not in text and text.isprintable()
+
+
+def _member_value(data: str, name: str, value: str) -> int:
+    """Where the string value ``value`` of the only member ``name`` begins in the JSON ``data``
+    (written ``"name":"value"`` as OpenAI does, or ``"name": "value"`` as ``json.dumps`` does),
+    else -1. ``"name":"`` cannot lie inside a JSON string (a quote there is escaped, so no quote
+    follows a letter), so a match is the member; the caller checks the split by parsing."""
+    for key in (f'"{name}":"', f'"{name}": "'):
+        at = data.find(key + value + '"')
+        if at >= 0:
+            start = at + len(key)
+            if data.find(key, start) >= 0 or data.find(f'"{name}":', 0, at) >= 0:
+                return -1
+            return start
+    return -1
+
+
+#: the keys a plain content chunk's choice may have (all null but index and delta)
+_PLAIN_CHOICE_KEYS = frozenset({"index", "delta", "logprobs", "finish_reason"})
+#: how many qualifying chunks a stream may try to learn a template from (each try parses twice)
+_TEMPLATE_TRIES = 3
 
 
 class StreamMeter(DecodingMeter):
@@ -206,6 +264,7 @@ class StreamMeter(DecodingMeter):
         self.provider_error: dict[str, Any] | None = None  # first error the provider streamed
         self.usage_hidden = False              # the usage-only chunk was dropped
         self._null_usage: dict[str, Any] | None = None  # this chunk's "usage": null is to be cut out
+        self._cut_raw: bytes | None = None     # ... already cut out (a templated content chunk)
 
         self._parser = SSEParser(max_event_bytes)
         self._counters: dict[tuple, StreamTokenCounter] = {}
@@ -225,6 +284,9 @@ class StreamMeter(DecodingMeter):
         self.unpriced_calls = False            # a tool call with no fee was seen
         self._pricing_tier = self.tier
         self._cut_at = self._threshold()
+        # Chat only: the shape of a plain content chunk, once one was parsed (see _ContentTemplate)
+        self._tpl: _ContentTemplate | None = None
+        self._tpl_tries = 0 if api == "chat" else _TEMPLATE_TRIES
 
         # a compressed stream (see the module docstring): decoded before it is framed
         self.undecodable: str | None = None    # why the stream cannot be decoded (fail closed)
@@ -235,6 +297,23 @@ class StreamMeter(DecodingMeter):
         """Meter a chunk; return what to forward now (complete events only)."""
         if self.cut or not chunk:
             return []
+        tpl = self._tpl
+        if (tpl is not None and chunk.__class__ is bytes and chunk.startswith(b"data: ") and chunk.endswith(b"\n\n")
+                and len(chunk) <= self._parser.max_event_bytes and self._parser.at_boundary()):
+            # the usual chunk: exactly one templated content event (its data, one line, has no line
+            # end: the template's bytes have none and a plain text or padding none either)
+            try:
+                fwd = self._templated(tpl, chunk[6:-2].decode("utf-8"), chunk)
+            except UnicodeDecodeError:
+                fwd = None
+            if fwd is not None:
+                self.events += 1
+                if (not self.done and not self._usage_final
+                        and (self._usage is not None
+                             or (self._cut_at is not None and self._output + self._pending_bytes >= self._cut_at))
+                        and self._over()):
+                    return [fwd + self._budget_cut()]
+                return [fwd]
         try:
             events = self._parser.feed(chunk)
         except SSEError as exc:
@@ -321,7 +400,10 @@ class StreamMeter(DecodingMeter):
         out: list[bytes] = []
         for ev in events:
             if not ev.has_data or self._on_event(ev):  # no data: comments, keep-alives, blank lines
-                if self._null_usage is None:
+                if self._cut_raw is not None:  # a templated content chunk without its "usage": null
+                    out.append(self._cut_raw)
+                    self._cut_raw = None
+                elif self._null_usage is None:
                     out.append(ev.raw)
                 else:
                     out.append(_strip_null_usage(ev.raw, self._null_usage))
@@ -332,17 +414,27 @@ class StreamMeter(DecodingMeter):
                          or (self._cut_at is not None
                              and self._output + self._pending_bytes >= self._cut_at))
                     and self._over()):
-                msg = (f"pouch: budget reservation of {format_usd(self.reservation)} reached after "
-                       f"{self._output} output tokens; stream cut off")
-                out.append(self._cut_event(BUDGET_EXCEEDED, msg))
-                self.cut = True
+                out.append(self._budget_cut())
                 break
         return out
+
+    def _budget_cut(self) -> bytes:
+        """The error event of a cut-off at the reservation (``cut`` is set)."""
+        msg = (f"pouch: budget reservation of {format_usd(self.reservation)} reached after "
+               f"{self._output} output tokens; stream cut off")
+        self.cut = True
+        return self._cut_event(BUDGET_EXCEEDED, msg)
 
     def _on_event(self, ev: SSEEvent) -> bool:
         """Update the state from one event with data; True to forward it."""
         self.events += 1
         data = ev.data
+        tpl = self._tpl
+        if tpl is not None and ev.event is None:
+            fwd = self._templated(tpl, data, ev.raw)
+            if fwd is not None:
+                self._cut_raw = fwd if fwd is not ev.raw else None
+                return True
         try:  # _json_object, inline
             obj, end = _scan_json(data, 0)
         except (StopIteration, ValueError):
@@ -370,7 +462,109 @@ class StreamMeter(DecodingMeter):
         if self._responses:
             self._responses_event(obj, typ if typ.__class__ is str else (ev.event or ""))
             return True
-        return self._chat_chunk(obj)
+        keep = self._chat_chunk(obj)
+        if self._tpl_tries < _TEMPLATE_TRIES and ev.event is None:
+            self._learn_template(ev, obj)
+        return keep
+
+    def _templated(self, tpl: _ContentTemplate, data: str, raw: bytes) -> bytes | None:
+        """When ``data`` is the learnt content chunk with another plain text (and padding), do
+        what :meth:`_chat_chunk` does for it and return the bytes to forward (``raw``, or ``raw``
+        without its ``"usage": null``); else None, and nothing changed (see
+        :class:`_ContentTemplate`). The caller counts the event."""
+        if len(data) < tpl.min_len or not data.startswith(tpl.prefix) or not data.endswith(tpl.end):
+            return None
+        start, stop = len(tpl.prefix), len(data) - len(tpl.end)
+        if tpl.mid is None:
+            text = data[start:stop]
+            if not _plain(text):
+                return None
+        else:  # the text ends at the first quote; the padding lies between mid and end
+            at = data.find('"', start, stop)
+            if at < 0 or not data.startswith(tpl.mid, at) or at + len(tpl.mid) > stop:
+                return None
+            text = data[start:at]
+            if "\\" in text or not text.isprintable() or not _plain(data[at + len(tpl.mid):stop]):
+                return None
+        fwd = raw
+        if tpl.hide_null_usage:
+            fwd = _cut_null_usage(raw)
+            if fwd is None:
+                return None
+        if tpl.model is not None:
+            self.model_reported = tpl.model
+        if tpl.tier is not None and tpl.tier != self.service_tier:
+            self._set_tier(tpl.tier)
+        if text:
+            texts = self._pending.get(tpl.key)
+            if texts is None:
+                self._pending[tpl.key] = [text]
+            else:
+                texts.append(text)
+            self._pending_bytes += len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+        return fwd
+
+    def _learn_template(self, ev: SSEEvent, obj: dict[str, Any]) -> None:
+        """Remember the shape of a plain Chat content chunk (see :class:`_ContentTemplate`).
+
+        A chunk qualifies when it holds nothing the meter acts on but one choice's text: one
+        choice, whose delta is only a non-empty ``content`` that needs no unescaping, no usage
+        but null, no error, no ``type``. The text's place in ``data`` is the only ``"content":"``
+        (a quote inside a JSON string is escaped, so that is the key), the padding's the only
+        ``"obfuscation":"``; the split is checked by parsing ``data`` with another text (and
+        padding) in those places: it must give the same chunk with them."""
+        choices = obj.get("choices")
+        if choices.__class__ is not list or len(choices) != 1:
+            return
+        choice = choices[0]
+        if choice.__class__ is not dict or not _PLAIN_CHOICE_KEYS.issuperset(choice):
+            return
+        delta = choice.get("delta")
+        if delta.__class__ is not dict or len(delta) != 1:
+            return
+        text = delta.get("content")
+        if (text.__class__ is not str or not text or not _plain(text)
+                or choice.get("logprobs") is not None or choice.get("finish_reason") is not None):
+            return
+        if obj.get("usage") is not None or "error" in obj or "type" in obj:
+            return
+        self._tpl_tries += 1
+        data = ev.data
+        if "\n" in data or "\r" in data:  # one data line: feed frames a templated chunk itself
+            return
+        start = _member_value(data, "content", text)
+        if start < 0:
+            return
+        prefix, suffix = data[:start], data[start + len(text):]
+        expect = {**obj, "choices": [{**choice, "delta": {"content": "x"}}]}
+        pad = obj.get("obfuscation")
+        mid = None
+        if pad.__class__ is str:
+            if not _plain(pad):
+                return
+            i = _member_value(suffix, "obfuscation", pad)
+            if i < 0:
+                return
+            mid, end = suffix[:i], suffix[i + len(pad):]
+            filled = prefix + "x" + mid + "y" + end
+            expect["obfuscation"] = "y"
+        else:
+            end = suffix
+            filled = prefix + "x" + end
+        try:
+            if json.loads(filled) != expect:
+                return
+        except ValueError:
+            return
+        idx = choice.get("index", 0)
+        model, tier = obj.get("model"), obj.get("service_tier")
+        self._tpl = _ContentTemplate(
+            prefix, mid, end, len(prefix) + len(mid or "") + len(end),
+            (idx if idx.__class__ is int or idx.__class__ is str else None, "content"),
+            model if model.__class__ is str and model else None,
+            tier if tier.__class__ is str and tier else None,
+            self.hide_usage_chunk and "usage" in obj)
+        self._tpl_tries = _TEMPLATE_TRIES
 
     def _chat_chunk(self, obj: dict[str, Any]) -> bool:
         """Chat Completions / legacy Completions chunk; False to drop it."""

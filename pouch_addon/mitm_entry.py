@@ -2,8 +2,11 @@
 
 ``-s`` needs a file, not a package; this one imports the installed package, so mitmdump and
 pouch must live in the same Python environment (``pouch proxy`` takes care of that).
+pouch's concern addons go into mitmproxy's chain as one ``Chain`` (``addons/chain.py``): mitmproxy
+then looks each event up once for pouch instead of once per concern.
 """
 
 from pouch_addon.addons import make_addons
+from pouch_addon.addons.chain import Chain
 
-addons = make_addons()
+addons = [Chain(make_addons())]

@@ -123,6 +123,11 @@ class SSEParser:
             return [SSEEvent(name.decode("utf-8", "replace"), data.decode("utf-8", "replace"), chunk)]
         return self._feed_lf(chunk)
 
+    def at_boundary(self) -> bool:
+        """Nothing is held and the byte-order mark is settled: the next byte starts an event (a
+        caller may frame a chunk that is exactly one event itself, leaving the parser as it is)."""
+        return self._bom_checked and not self._buf
+
     def flush(self) -> tuple[list[SSEEvent], bytes]:
         """End of stream: the remaining events (a final one without its blank line included) and
         any leftover bytes that form no event (e.g. a trailing comment). Resets the parser."""

@@ -382,3 +382,14 @@ def test_crlf_single_event_shapes():
                 b"data: a\r\r\n\r\n", b"data: a\n\r\n\r\n", b"data: x\r\n\r\n\r\n", b"event: e\r\ndata: d\r\n\r\n"):
         assert SSEParser().feed(raw) == GeneralParser().feed(raw), raw
     assert SSEParser().feed(b"data: {}\r\n\r\n") == [SSEEvent(None, "{}", b"data: {}\r\n\r\n")]
+
+
+def test_at_boundary_only_when_nothing_is_held():
+    p = SSEParser()
+    assert not p.at_boundary()  # the byte-order mark is not settled yet
+    assert [e.data for e in p.feed(b"data: a\n\n")] == ["a"] and p.at_boundary()
+    p.feed(b"data: b\n")
+    assert not p.at_boundary()
+    assert [e.data for e in p.feed(b"\n")] == ["b"] and p.at_boundary()
+    p.feed(b"data: c\n\ndata: d")
+    assert not p.at_boundary()

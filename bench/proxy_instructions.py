@@ -1,0 +1,125 @@
+"""Instructions per request of mitmdump, bare vs with pouch, under callgrind: a figure the
+machine's load does not move (``proxy_bench.py``'s CPU times do, on a shared 2-CPU VM).
+
+Each configuration runs a fresh mitmdump under ``valgrind --tool=callgrind`` with
+instrumentation off; after a warm-up of 30 requests (certificates, the tokenizer, lazy imports)
+it is switched on (``callgrind_control -i on``) for ``--requests`` requests over 10 keep-alive
+connections, then dumped. The count covers every thread of mitmdump (pouch's ledger committer
+too) in user space; what the kernel does (syscalls, thread switches) is not in it, so the
+capacity ratio of ``proxy_bench.py`` is lower than this one.
+
+    .venv/bin/python bench/proxy_instructions.py [--workload sse50|nonstream] [--requests N]
+        [--only bare|pouch]
+
+Needs ``valgrind`` (``callgrind_control``). About 2-3 minutes per configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import glob
+import os
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from decimal import Decimal
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "bench"))
+import proxy_bench as PB  # noqa: E402
+
+H = PB.H
+
+
+def wrapper(out_dir: Path) -> Path:
+    """A mitmdump that runs under callgrind, instrumentation off until switched on."""
+    script = out_dir / "mitmdump-callgrind"
+    mitmdump = H.mitmdump_path()
+    script.write_text("#!/bin/sh\n"
+                      f'exec valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="{out_dir}/cg.%p" '
+                      f'"{sys.executable}" "{mitmdump}" "$@" 2>>"{out_dir}/valgrind.log"\n')
+    script.chmod(0o755)
+    return script
+
+
+async def requests(proxy: H.Proxy, raw: bytes, stream: bool, n: int, conns: int = 10) -> None:
+    ctx = ssl.create_default_context(cafile=str(proxy.ca))
+    clients = await asyncio.gather(*(PB.Client.open(proxy.port, ctx, timeout=120) for _ in range(conns)))
+    left = [n]
+
+    async def worker(c: PB.Client) -> None:
+        while left[0] > 0:
+            left[0] -= 1
+            status, body = await c.request(raw)
+            if not PB.check(status, body, stream):
+                raise RuntimeError(f"bad response {status}: {body[:300]!r}")
+
+    try:
+        await asyncio.gather(*(worker(c) for c in clients))
+    finally:
+        for c in clients:
+            c.close()
+
+
+def measure(pouch: bool, raw: bytes, stream: bool, n: int) -> float:
+    """Instructions (millions) per request of one fresh mitmdump."""
+    work = Path(tempfile.mkdtemp(prefix="pouch-instructions-"))
+    out = work / "callgrind"
+    out.mkdir()
+    os.environ["POUCH_MITMDUMP"] = str(wrapper(out))
+    h = H.Harness(work)
+    try:
+        fake = PB.start_quiet_fake(h)
+        if pouch:
+            from pouch_addon.budget import Ledger
+            home = work / "home"
+            home.mkdir()
+            Ledger(home).set_budget(Decimal("1000000"))
+            proxy = h.start_proxy(home=home, pouch=True, fake=fake, timeout=600)
+        else:
+            proxy = h.start_proxy(pouch=False, fake=fake, timeout=600)
+        pid = str(proxy.proc.pid)
+        asyncio.run(requests(proxy, raw, stream, 30))  # warm-up, not counted
+        subprocess.run(["callgrind_control", "-i", "on", pid], check=True, capture_output=True)
+        asyncio.run(requests(proxy, raw, stream, n))
+        subprocess.run(["callgrind_control", "-i", "off", pid], check=True, capture_output=True)
+        subprocess.run(["callgrind_control", "-d", pid], check=True, capture_output=True)
+        time.sleep(1)
+        total = 0
+        for f in glob.glob(str(out / "cg.*")):
+            with open(f, errors="replace") as fh:
+                for line in fh:
+                    if line.startswith("totals:"):
+                        total += int(line.split()[1])
+        return total / n / 1e6
+    finally:
+        h.stop()
+        os.environ.pop("POUCH_MITMDUMP", None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workload", choices=["sse50", "nonstream"], default="sse50")
+    ap.add_argument("--requests", type=int, help="measured requests (default: 100 sse50, 200 nonstream)")
+    ap.add_argument("--only", choices=["bare", "pouch"])
+    a = ap.parse_args(argv)
+    stream = a.workload == "sse50"
+    n = a.requests or (100 if stream else 200)
+    raw = PB.chat_request(stream=stream, chunks=50)
+    got = {}
+    for name in ("bare", "pouch"):
+        if a.only in (None, name):
+            got[name] = measure(name == "pouch", raw, stream, n)
+            print(f"{a.workload} {name}: {got[name]:.3f} M instructions per request ({n} requests)", flush=True)
+    if len(got) == 2:
+        print(f"RATIO proxy {a.workload} instructions bare/pouch = {got['bare'] / got['pouch']:.3f} "
+              f"(capacity if instructions were the limit; CPU-time target {PB.CAPACITY_TARGETS[a.workload]})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""StreamMeter's templated content chunks: the same bytes and state as parsing every chunk, and
+the cut-off still exact at the cap (the byte bound never under-counts)."""
+
+from __future__ import annotations
+
+import json
+import random
+from decimal import Decimal
+
+import pytest
+
+from pouch_addon import metering
+from pouch_addon.metering import _TEMPLATE_TRIES, StreamMeter, output_threshold
+from pouch_addon.pricing import PriceTable, Usage
+from pouch_addon.tokens import count_text
+
+D = Decimal
+PRICE = PriceTable.load().resolve("gpt-4o")  # $2.50 in / $10 out per 1M tokens
+
+
+def chunk(delta, *, index=0, finish=None, usage="null", model="gpt-4o-2024-08-06", tier="default",
+          pad: str | None = "ab12", choices=None, spaced=False) -> bytes:
+    """A Chat chunk laid out as OpenAI writes it (usage before the padding)."""
+    obj = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": model,
+           "service_tier": tier, "system_fingerprint": "fp_1",
+           "choices": choices if choices is not None else [
+               {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+    if usage != "absent":
+        obj["usage"] = None if usage == "null" else usage
+    if pad is not None:
+        obj["obfuscation"] = pad
+    seps = (", ", ": ") if spaced else (",", ":")
+    return b"data: " + json.dumps(obj, separators=seps, ensure_ascii=False).encode() + b"\n\n"
+
+
+USAGE = {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
+DONE = b"data: [DONE]\n\n"
+
+
+def meter(*, hide=True, reservation="1", templates=True) -> StreamMeter:
+    m = StreamMeter("chat", PRICE, "gpt-4o", 100, D(reservation), hide)
+    if not templates:
+        m._tpl_tries = _TEMPLATE_TRIES  # never learns one: every chunk parsed
+    return m
+
+
+def run(m: StreamMeter, chunks: list[bytes]) -> tuple[list[bytes], dict]:
+    out = []
+    for c in chunks:
+        out.append(b"".join(m.feed(c)))
+    out.append(b"".join(m.finish()))
+    st = {"cut": m.cut, "cut_reason": m.cut_reason, "done": m.done, "events": m.events,
+          "parse_errors": m.parse_errors, "model_reported": m.model_reported, "service_tier": m.service_tier,
+          "provider_error": m.provider_error, "usage_hidden": m.usage_hidden, "usage_source": m.usage_source,
+          "usage_final": m.usage_final, "final_usage": m.final_usage(), "running_cost": m.running_cost,
+          "output_tokens": m.output_tokens_counted, "checkpoint": m.checkpoint()}
+    return out, st
+
+
+TEXTS = ["Hello", " there", ", friend", "!", "", " caf\u00e9", " \u4f60\u597d", " \U0001F600\U0001F680", ' say "hi"',
+         " back\\slash", " tab\there", " line\nend", " \u2028sep", " }],\"usage\":null", " \x7f", " \"usage\":{\"x\":1}",
+         ' "content":"x"', " obfuscation", " data: [DONE]"]
+
+
+def random_stream(rng: random.Random) -> list[bytes]:
+    pad = rng.choice([None, "ab12", "X"])
+    spaced = rng.random() < 0.3
+    usage_mode = rng.choice(["null", "null", "absent"])
+    chunks = [chunk({"role": "assistant", "content": "", "refusal": None}, pad=pad, usage=usage_mode)]
+    for _ in range(rng.randint(0, 30)):
+        r = rng.random()
+        pad_i = pad if pad is None else "".join(rng.choice("aZ09-_") for _ in range(rng.randint(0, 12)))
+        if r < 0.7:
+            chunks.append(chunk({"content": rng.choice(TEXTS)}, pad=pad_i, usage=usage_mode, spaced=spaced))
+        elif r < 0.75:
+            chunks.append(chunk({"content": rng.choice(TEXTS)}, index=1, pad=pad_i, usage=usage_mode))
+        elif r < 0.8:
+            chunks.append(chunk({"content": rng.choice(TEXTS)}, model="gpt-4o-other", pad=pad_i, usage=usage_mode))
+        elif r < 0.85:
+            chunks.append(chunk({"content": rng.choice(TEXTS)}, tier=rng.choice(["flex", "priority", "default"]),
+                                pad=pad_i, usage=usage_mode))
+        elif r < 0.9:
+            chunks.append(chunk({"refusal": rng.choice(TEXTS)}, pad=pad_i, usage=usage_mode))
+        elif r < 0.93:
+            chunks.append(chunk({"content": "x"}, pad=pad_i, usage=USAGE))  # a running usage
+        elif r < 0.96:
+            # a padding that needs unescaping, or odd bytes: parsed
+            chunks.append(chunk({"content": "y"}, pad='q"\\', usage=usage_mode))
+        else:
+            chunks.append(b": keep-alive\n\n")
+    chunks.append(chunk({}, finish="stop", pad=pad, usage=usage_mode))
+    if usage_mode == "null":
+        chunks.append(chunk({}, choices=[], usage=USAGE, pad=pad))
+    chunks.append(DONE)
+    return chunks
+
+
+@pytest.mark.parametrize("seed", range(300))
+def test_templated_chunks_give_the_same_bytes_and_state_as_parsing_each(seed):
+    rng = random.Random(seed)
+    chunks = random_stream(rng)
+    hide = rng.random() < 0.7
+    reservation = rng.choice(["1", "0.0003", "0.00026", "0.0002600001", "0.00027"])
+    assert run(meter(hide=hide, reservation=reservation), chunks) == \
+        run(meter(hide=hide, reservation=reservation, templates=False), chunks)
+
+
+@pytest.mark.parametrize("seed", range(150))
+def test_same_with_templates_however_the_stream_is_cut(seed):
+    """Chunks that are not whole events (a templated one split, several in one chunk, a partial
+    tail held by the parser) must give what parsing every event gives."""
+    rng = random.Random(10_000 + seed)
+    stream = b"".join(random_stream(rng))
+    hide = rng.random() < 0.7
+    cuts = sorted(rng.sample(range(1, len(stream)), min(len(stream) - 1, rng.randint(1, 40))))
+    chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)])]
+    got_out, got = run(meter(hide=hide), chunks)
+    want_out, want = run(meter(hide=hide, templates=False), chunks)
+    assert b"".join(got_out) == b"".join(want_out) and got == want
+
+
+@pytest.mark.parametrize("spaced", [False, True])  # OpenAI's compact JSON, and json.dumps's default
+@pytest.mark.parametrize("pad", [True, False])
+def test_content_chunks_skip_the_json_scanner(monkeypatch, spaced, pad):
+    """The point of the template: after the first plain content chunk, none is JSON-decoded."""
+    scans = []
+    real = metering._scan_json
+    monkeypatch.setattr(metering, "_scan_json", lambda s, i: scans.append(s) or real(s, i))
+    chunks = [chunk({"role": "assistant", "content": "", "refusal": None}, spaced=spaced)]
+    chunks += [chunk({"content": f" tok{k}"}, pad="p" * (k % 7) if pad else None, spaced=spaced) for k in range(50)]
+    chunks += [chunk({}, finish="stop", spaced=spaced), chunk({}, choices=[], usage=USAGE, spaced=spaced), DONE]
+    m = meter()
+    out, st = run(m, chunks)
+    assert len(scans) <= 5, len(scans)  # role, the first content chunk, finish, usage ([DONE] is not scanned)
+    assert st["output_tokens"] == count_text("".join(f" tok{k}" for k in range(50)), "gpt-4o")
+    assert b'"usage":null' not in b"".join(out) and st["usage_hidden"]
+
+
+def test_a_changed_layout_is_parsed(monkeypatch):
+    scans = []
+    real = metering._scan_json
+    monkeypatch.setattr(metering, "_scan_json", lambda s, i: scans.append(s) or real(s, i))
+    m = meter()
+    run(m, [chunk({"content": "a"}), chunk({"content": "b"}, spaced=True), chunk({"content": "c"}, model="gpt-4o-x"),
+            chunk({"content": "d"})])
+    assert len(scans) == 3 and m.events == 4 and m.output_tokens_counted == count_text("abcd", "gpt-4o")
+    assert m.model_reported == "gpt-4o-2024-08-06"  # the last chunk's model, from the template
+
+
+CAP_TEXTS = ["\U0001F600", "\U0001F9D1\u200D\U0001F680", "\u4f60", " \u0416\u0436", "\U00010348", "a", " the",
+             "\u00e9\u00e8", "\u0e01\u0e32", "\U0001F1FA\U0001F1F8"]
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_cut_off_stays_exact_at_the_cap_with_templated_chunks(seed):
+    """Texts of many tokens per character (emoji, rare scripts): a bound that counted characters,
+    or anything under the exact count, would let the stream run past its cap. The meter must cut
+    at the first event whose text so far reaches the exact token threshold, and not before."""
+    rng = random.Random(seed)
+    texts = ["a"] + [rng.choice(CAP_TEXTS) * rng.randint(1, 3) for _ in range(60)]  # "a": a plain chunk first
+    # a reservation a few tokens above the input's cost: the cap falls inside the stream
+    extra = D(rng.randint(5, 60)) * PRICE.rates.output / 1_000_000
+    reservation = D(100) * PRICE.rates.input / 1_000_000 + extra
+    threshold = output_threshold(PRICE, Usage(input_tokens=100), None, reservation)
+    m = StreamMeter("chat", PRICE, "gpt-4o", 100, reservation, True)
+    m.feed(chunk({"role": "assistant", "content": "", "refusal": None}))
+    seen = ""
+    for i, t in enumerate(texts):
+        seen += t
+        out = m.feed(chunk({"content": t}, pad="z" * (i % 5)))
+        exact = count_text(seen, "gpt-4o")
+        if exact >= threshold:
+            assert m.cut, (i, exact, threshold)
+            assert b"budget_exceeded" in out[0]
+            break
+        assert not m.cut, (i, exact, threshold)
+    else:
+        pytest.fail("the cap was never reached")
+    assert m._tpl is not None  # the templated path was the one tested
