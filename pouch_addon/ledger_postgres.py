@@ -50,11 +50,11 @@ from typing import Any, Callable
 from urllib.parse import urlsplit, urlunsplit
 
 from . import ledger_pg_schema as schema
-from .budget import (
-    BUSY_WINDOW, IDLE_EXIT, LAZY_DELAY, Ledger, LedgerState, NotOpen, Owner, Reservation, Status, _deliver_all,
-    _Slot, _Txn,
-)
+from .budget import LedgerOps
 from .home import resolve_home
+from .ledger_local import BUSY_WINDOW, IDLE_EXIT, LAZY_DELAY, _deliver_all, _Slot, _Txn
+from .ledger_owner import Owner
+from .ledger_rules import LedgerState, NotOpen
 from .money import ZERO
 from .periods import period_key
 
@@ -123,7 +123,7 @@ class _PGTxn(_Txn):
 class _SettleOp:
     """A settle operation that can be written to the spool and replayed (idempotent by id)."""
 
-    def __init__(self, ledger: PostgresLedger, res_id: str, cost: Decimal, status: str,
+    def __init__(self, ledger: PostgresStore, res_id: str, cost: Decimal, status: str,
                  details: dict[str, Any], ts: float | None = None) -> None:
         self.ledger, self.res_id, self.cost, self.status, self.details = ledger, res_id, cost, status, details
         self.ts = ts
@@ -147,8 +147,8 @@ class _SettleOp:
                           sort_keys=True, separators=(",", ":"), default=str).encode() + b"\n"
 
 
-class PostgresLedger(Ledger):
-    """The ledger in PostgreSQL: :class:`budget.Ledger`'s operations over a shared database.
+class PostgresStore:
+    """The store's side of the seam (see ``ledger_local``) over a shared PostgreSQL database.
 
     ``home`` is still the proxy's local pouch home: the real provider keys (vault), virtual
     keys, the spool and ``proxy.json`` stay there, never in the shared database."""
@@ -208,6 +208,12 @@ class PostgresLedger(Ledger):
             text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             why = f" ({text})"
         return f"pouch: the team ledger database {self.display_url} is unreachable{why}"
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def close(self) -> None:
         self._closed.set()
@@ -390,20 +396,33 @@ class PostgresLedger(Ledger):
             with self._commit_lock:
                 self._drain()
 
-    def _snapshot_due(self) -> bool:
-        return False
+    def submit(self, op: Callable[[_Txn], Any], *, lazy: bool = False) -> Future:
+        """Queue ``op`` for this ledger's committer thread (``LocalStore.submit``'s contract)."""
+        slot = _Slot(op, Future())
+        self._enqueue(slot, lazy)
+        return slot.future  # type: ignore[return-value]
 
-    def compact(self) -> None:
-        return None
+    def submit_async(self, op: Callable[[_Txn], Any], *, lazy: bool = False) -> asyncio.Future:
+        """:meth:`submit` for a coroutine on the running event loop; await the returned future."""
+        slot = _Slot(op, asyncio.get_running_loop().create_future())
+        self._enqueue(slot, lazy)
+        return slot.future  # type: ignore[return-value]
 
-    def transaction(self):  # type: ignore[override]
-        raise NotImplementedError("the PostgreSQL ledger runs operations only (use _run)")
+    def _enqueue(self, slot: _Slot, lazy: bool) -> None:
+        with self._wake:
+            self._pending.append(slot)
+            if not lazy:
+                self._urgent += 1
+            elif self._lazy_since is None:
+                self._lazy_since = time.monotonic()
+            else:
+                return
+            if self._committer is None:
+                self._committer = threading.Thread(target=self._commit_loop, name="pouch-ledger", daemon=True)
+                self._committer.start()
+            self._wake.notify()
 
-    def settle_op(self, res_id: str, cost: Decimal, *, status: str = "ok",  # type: ignore[override]
-                  details: dict[str, Any] | None = None) -> _SettleOp:
-        return _SettleOp(self, res_id, cost, status, dict(details or {}))
-
-    def _wallet_costs(self, txn: _Txn, name: str, since: float | None) -> list[tuple[float, Decimal]]:
+    def wallet_costs(self, txn: _Txn, name: str, since: float | None) -> list[tuple[float, Decimal]]:
         conn = txn.conn  # type: ignore[attr-defined]
         rows = conn.execute("SELECT ts, entry->>'cost' FROM pouch_history WHERE kind = 'settle' AND wallet = %s "
                             "AND ts >= %s", (name, since if since is not None else float("-inf"))).fetchall()
@@ -443,65 +462,12 @@ class PostgresLedger(Ledger):
         with self._connection() as conn:
             return [r[0] for r in conn.execute(sql, args)]
 
-    def verify(self) -> list[str]:
-        """The state's invariant, and spent / requests / each wallet's window against the history."""
-        with self._connection() as conn:
-            with conn.transaction():
-                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                _version, doc = conn.execute("SELECT version, doc FROM pouch_ledger WHERE id = 1").fetchone()
-                st = self._load_state(conn, doc)
-                total, count = conn.execute("SELECT coalesce(sum((entry->>'cost')::numeric), 0)::text, count(*) "
-                                            "FROM pouch_history WHERE kind = 'settle'").fetchone()
-                blocked = conn.execute("SELECT count(*) FROM pouch_history WHERE kind = 'block'").fetchone()[0]
-                seqs = conn.execute("SELECT coalesce(max(seq), 0), count(*) FROM pouch_history").fetchone()
-                wallet_rows = conn.execute("SELECT wallet, ts, entry->>'cost' FROM pouch_history "
-                                           "WHERE kind = 'settle' AND wallet = ANY(%s)", (list(st.wallets),)).fetchall()
-        problems = st.problems()
-        if Decimal(total) != st.spent:
-            problems.append(f"spent {st.spent} != sum of settled history {Decimal(total)}")
-        if count != st.requests:
-            problems.append(f"requests {st.requests} != settled history entries {count}")
-        if blocked != st.blocked:
-            problems.append(f"blocked {st.blocked} != blocked history entries {blocked}")
-        if seqs[0] != st.seq or seqs[1] != st.seq:
-            problems.append(f"history seq runs to {seqs[0]} in {seqs[1]} entries, the ledger is at seq {st.seq}")
-        for w in st.wallets.values():
-            in_window = sum((Decimal(c) for name, ts, c in wallet_rows
-                             if name == w.name and period_key(w.period, ts) == w.window), ZERO)
-            if in_window != w.spent:
-                problems.append(f"wallet {w.name}: spent {w.spent} != settled history in {w.window} {in_window}")
-        return problems
-
-    def status(self) -> Status:
-        return self.snapshot().status()
-
-    def open_reservations(self) -> list[Reservation]:
-        return sorted(self.snapshot().open.values(), key=lambda r: r.created)
-
     def restore_backup(self) -> Path:
         raise LedgerUnavailable("the team ledger has no local backup: PostgreSQL's own backups restore it")
 
     # -- leases and orphans --------------------------------------------------------------------
     def live_leases(self, conn: Any) -> set[str]:
         return {r[0] for r in conn.execute("SELECT id FROM pouch_leases WHERE expires > now()")}
-
-    def recover_orphans(self, is_alive: Callable[[Owner], bool] | None = None) -> list[dict[str, Any]]:
-        """Settle the reservations whose proxy's lease expired (the local orphan rule)."""
-        def op(txn: _Txn) -> list[dict[str, Any]]:
-            conn = txn.conn  # type: ignore[attr-defined]
-            if is_alive is None:
-                live = self.live_leases(conn) | {self.lease}
-                alive: Callable[[Owner], bool] = lambda o: lease_id(o) in live
-            else:
-                alive = is_alive
-            entries = txn.state.orphan_entries(alive, now=self.clock())
-            txn.entries.extend(entries)
-            if entries:
-                txn.changed()
-            conn.execute("DELETE FROM pouch_leases l WHERE expires <= now() AND NOT EXISTS "
-                         "(SELECT 1 FROM pouch_open o WHERE o.lease = l.id)")
-            return entries
-        return self._run(op)
 
     def orphans_waiting(self) -> bool:
         with self._connection() as conn:
@@ -545,6 +511,64 @@ class PostgresLedger(Ledger):
                 self._renew_only(cur)
         self._start_heartbeat()
         self.heartbeat()
+
+
+class PostgresLedger(LedgerOps, PostgresStore):
+    """The team ledger: the operations (``budget.LedgerOps``) over the PostgreSQL store. Three
+    operations differ from the local ledger's: a settle can be spooled and is idempotent by id,
+    orphans are told by their lease, and ``verify`` asks the database for the sums."""
+
+    def settle_op(self, res_id: str, cost: Decimal, *, status: str = "ok",  # type: ignore[override]
+                  details: dict[str, Any] | None = None) -> _SettleOp:
+        return _SettleOp(self, res_id, cost, status, dict(details or {}))
+
+    def recover_orphans(self, is_alive: Callable[[Owner], bool] | None = None) -> list[dict[str, Any]]:
+        """Settle the reservations whose proxy's lease expired (the local orphan rule)."""
+        def op(txn: _Txn) -> list[dict[str, Any]]:
+            conn = txn.conn  # type: ignore[attr-defined]
+            if is_alive is None:
+                live = self.live_leases(conn) | {self.lease}
+                alive: Callable[[Owner], bool] = lambda o: lease_id(o) in live
+            else:
+                alive = is_alive
+            entries = txn.state.orphan_entries(alive, now=self.clock())
+            txn.entries.extend(entries)
+            if entries:
+                txn.changed()
+            conn.execute("DELETE FROM pouch_leases l WHERE expires <= now() AND NOT EXISTS "
+                         "(SELECT 1 FROM pouch_open o WHERE o.lease = l.id)")
+            return entries
+        return self._run(op)
+
+    def verify(self) -> list[str]:
+        """The state's invariant, and spent / requests / each wallet's window against the history."""
+        with self._connection() as conn:
+            with conn.transaction():
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                _version, doc = conn.execute("SELECT version, doc FROM pouch_ledger WHERE id = 1").fetchone()
+                st = self._load_state(conn, doc)
+                total, count = conn.execute("SELECT coalesce(sum((entry->>'cost')::numeric), 0)::text, count(*) "
+                                            "FROM pouch_history WHERE kind = 'settle'").fetchone()
+                blocked = conn.execute("SELECT count(*) FROM pouch_history WHERE kind = 'block'").fetchone()[0]
+                seqs = conn.execute("SELECT coalesce(max(seq), 0), count(*) FROM pouch_history").fetchone()
+                wallet_rows = conn.execute("SELECT wallet, ts, entry->>'cost' FROM pouch_history "
+                                           "WHERE kind = 'settle' AND wallet = ANY(%s)", (list(st.wallets),)).fetchall()
+        problems = st.problems()
+        if Decimal(total) != st.spent:
+            problems.append(f"spent {st.spent} != sum of settled history {Decimal(total)}")
+        if count != st.requests:
+            problems.append(f"requests {st.requests} != settled history entries {count}")
+        if blocked != st.blocked:
+            problems.append(f"blocked {st.blocked} != blocked history entries {blocked}")
+        if seqs[0] != st.seq or seqs[1] != st.seq:
+            problems.append(f"history seq runs to {seqs[0]} in {seqs[1]} entries, the ledger is at seq {st.seq}")
+        for w in st.wallets.values():
+            in_window = sum((Decimal(c) for name, ts, c in wallet_rows
+                             if name == w.name and period_key(w.period, ts) == w.window), ZERO)
+            if in_window != w.spent:
+                problems.append(f"wallet {w.name}: spent {w.spent} != settled history in {w.window} {in_window}")
+        return problems
+
 
 
 def init(url: str) -> list[int]:
