@@ -132,8 +132,9 @@ def _secret_for(args: argparse.Namespace) -> tuple[str | None, dict[str, Any]]:
 
 
 def cmd_wallet(args: argparse.Namespace) -> None:
-    home = ledger_home(args.home, create=args.action == "add")
-    ledger = Ledger(home)
+    from .ledger_postgres import ledger_for, ledger_url
+    home = resolve_home(args.home) if ledger_url() else ledger_home(args.home, create=args.action == "add")
+    ledger = ledger_for(home)
     if args.action == "list":
         wallets = ledger.wallets()
         if args.json:

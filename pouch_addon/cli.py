@@ -20,7 +20,9 @@ from typing import Any
 from . import admin
 from .audit import AUDIT_FILE, AuditLog
 from .budget import Ledger, LedgerCorrupt, NotOpen
-from .home import HomeError, ledger_home
+from .home import HomeError, ledger_home, resolve_home
+from .ledger_pg_schema import SchemaError
+from .ledger_postgres import LedgerUnavailable, ledger_for, ledger_url
 from .ledger_audit import reconcile, restore_details
 from .money import ZERO, MoneyError, format_usd, parse_usd, usd_str
 from .presence import read_presence
@@ -47,7 +49,11 @@ def _parse_since(text: str) -> float:
 
 
 def open_ledger(home: str | None, *, create: bool = False) -> Ledger:
-    """The ledger at ``home``; only commands that set something up create one (``create``)."""
+    """The ledger at ``home``; only commands that set something up create one (``create``).
+    With ``--ledger URL`` or ``$POUCH_LEDGER``: the team ledger in PostgreSQL (``home`` keeps the
+    local things: keys, vault, audit log)."""
+    if ledger_url():
+        return ledger_for(resolve_home(home))
     return Ledger(ledger_home(home, create=create))
 
 
@@ -230,6 +236,15 @@ def _status_line(st: Any) -> str:
 
 
 def cmd_ledger(args: argparse.Namespace) -> None:
+    if args.action == "init":
+        from .ledger_postgres import init, redact_url
+        url = ledger_url()
+        if url is None:
+            raise CliError("pouch ledger init: give the team ledger with --ledger postgresql://... or $POUCH_LEDGER")
+        applied = init(url)
+        print(f"ledger {redact_url(url)}: " + (f"schema migrations {applied} applied" if applied
+                                                else "schema up to date"))
+        return
     ledger = open_ledger(args.home)
     if args.action == "verify":
         problems = ledger.verify()
@@ -278,6 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--home", metavar="DIR", default=argparse.SUPPRESS,
                         help="data directory (default: $POUCH_HOME or ~/.pouch)")
+    common.add_argument("--ledger", metavar="URL", default=argparse.SUPPRESS,
+                        help="the team ledger, postgresql://... (default: $POUCH_LEDGER, else the local ledger)")
     parser = argparse.ArgumentParser(
         prog="pouch", parents=[common],
         description="pouch: a budget firewall for pay-per-token LLM APIs (a mitmproxy addon).",
@@ -334,8 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="override the body's model")
     p.set_defaults(func=cmd_tokens)
 
-    p = sub.add_parser("ledger", parents=[common], help="check, restore or recover the ledger")
-    p.add_argument("action", choices=["verify", "restore", "recover"])
+    p = sub.add_parser("ledger", parents=[common],
+                       help="check, restore or recover the ledger; init the team ledger's schema")
+    p.add_argument("action", choices=["verify", "restore", "recover", "init"])
     p.set_defaults(func=cmd_ledger)
 
     p = sub.add_parser("options", parents=[common], help="pouch's mitmproxy options (--set pouch_...=...) with their help")
@@ -406,10 +424,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.mitm_args = mitm
     if not hasattr(args, "home"):
         args.home = None
+    if getattr(args, "ledger", None):
+        os.environ["POUCH_LEDGER"] = args.ledger  # every command (and the TUI) opens the same ledger
     try:
         args.func(args)
         sys.stdout.flush()
-    except (CliError, admin.AdminError, LedgerCorrupt, NotOpen, HomeError) as exc:
+    except (CliError, admin.AdminError, LedgerCorrupt, NotOpen, HomeError, LedgerUnavailable, SchemaError) as exc:
         print(f"pouch: error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:

@@ -579,3 +579,18 @@ def init(url: str) -> list[int]:
             return schema.migrate(conn)
     except psycopg.OperationalError as exc:
         raise LedgerUnavailable(f"pouch: cannot reach {redact_url(url)}: {str(exc).strip()}") from None
+
+
+def ledger_url(url: str | None = None) -> str | None:
+    """The team ledger's URL: ``url`` (``--ledger``, ``pouch_ledger``), else ``$POUCH_LEDGER``; None: local."""
+    url = url or os.environ.get("POUCH_LEDGER") or None
+    if url is not None and not is_url(url):
+        raise LedgerUnavailable(f"pouch: the ledger must be a postgresql:// URL, not {redact_url(url)!r}")
+    return url
+
+
+def ledger_for(home: str | os.PathLike[str] | None, url: str | None = None, **kw: Any) -> Any:
+    """The ledger a process uses: the team ledger at ``ledger_url(url)``, else the local one at ``home``."""
+    from .budget import Ledger
+    chosen = ledger_url(url)
+    return PostgresLedger(chosen, home, **kw) if chosen else Ledger(home, **kw)
