@@ -68,6 +68,11 @@ POOL_MAX = 4  # the committer, readers (CLI/TUI calls, verify), the lease heartb
 CHANNEL = "pouch_ledger"  # NOTIFY channel: the new version after each commit
 
 
+#: a lease is live until it expires, and in any case for one lease period after the database
+#: (re)started: while it was down nobody could renew, so a restart must not orphan live proxies
+LEASE_LIVE = "greatest(l.expires, pg_postmaster_start_time() + (l.expires - l.heartbeat)) > now()"
+
+
 class LedgerUnavailable(RuntimeError):
     """The ledger database cannot be reached; the message says which and why (never the password)."""
 
@@ -192,6 +197,22 @@ class PostgresStore:
                 schema.check(conn)
 
     # -- connections -----------------------------------------------------------------------------
+    def _read(self, fn: Callable[[Any], Any]) -> Any:
+        """``fn(conn)`` on a pooled connection; once more on a fresh one if the first was broken
+        (a database restart breaks every pooled connection; reads are safe to repeat)."""
+        try:
+            with self._connection() as conn:
+                return fn(conn)
+        except LedgerUnavailable:
+            self._check_pool()
+            with self._connection() as conn:
+                return fn(conn)
+
+    def _check_pool(self) -> None:
+        """Drop every idle pooled connection that a database restart broke (one round trip each)."""
+        with contextlib.suppress(Exception):
+            self.pool.check()
+
     @contextlib.contextmanager
     def _connection(self):
         try:
@@ -279,26 +300,39 @@ class PostgresStore:
         self._start_heartbeat()
 
     def _execute(self, batch: list[_Slot]) -> None:
-        """Run a batch of operations in one database transaction (the caller holds ``_commit_lock``)."""
+        """Run a batch of operations in one database transaction (the caller holds ``_commit_lock``).
+
+        A pooled connection broken by a database restart fails on the transaction's first
+        statement, before anything was sent that could have committed: the batch is then tried
+        once more on a fresh connection. A failure after that point is final for this batch."""
         spooled = self._read_spool()
         try:
-            with self._connection() as conn:
-                with conn.transaction():
-                    txn = self._begin(conn)
-                    for op in spooled:
-                        try:
-                            op(txn)
-                        except NotOpen as exc:  # settled otherwise meanwhile (e.g. as an orphan)
-                            log.error(f"pouch: spooled settle of {op.res_id} not applied: {exc}")
-                    for s in batch:
-                        try:
-                            s.result = s.op(txn)
-                        except Exception as exc:  # one bad operation does not fail the others
-                            s.error = exc
-                    self._pending_cache = None
-                    self._write(txn)
-                if self._pending_cache is not None:
-                    self._cache = self._pending_cache
+            for attempt in (1, 2):
+                begun = False
+                try:
+                    with self._connection() as conn:
+                        with conn.transaction():
+                            txn = self._begin(conn)
+                            begun = True
+                            for op in spooled:
+                                try:
+                                    op(txn)
+                                except NotOpen as exc:  # settled otherwise meanwhile (e.g. as an orphan)
+                                    log.error(f"pouch: spooled settle of {op.res_id} not applied: {exc}")
+                            for s in batch:
+                                try:
+                                    s.result, s.error = s.op(txn), None
+                                except Exception as exc:  # one bad operation does not fail the others
+                                    s.error = exc
+                            self._pending_cache = None
+                            self._write(txn)
+                        if self._pending_cache is not None:
+                            self._cache = self._pending_cache
+                    break
+                except LedgerUnavailable:
+                    if begun or attempt == 2:
+                        raise
+                    self._check_pool()
             if spooled:
                 self._spool_path.unlink(missing_ok=True)
                 log.warning(f"pouch: wrote {len(spooled)} spooled settle(s) to the team ledger")
@@ -433,15 +467,15 @@ class PostgresStore:
 
     # -- reads -----------------------------------------------------------------------------------
     def snapshot(self) -> LedgerState:
-        with self._connection() as conn:
+        def read(conn: Any) -> LedgerState:
             with conn.transaction():
                 conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                 version, doc = conn.execute("SELECT version, doc FROM pouch_ledger WHERE id = 1").fetchone()
                 return self._load_state(conn, doc)
+        return self._read(read)
 
     def version(self) -> int:
-        with self._connection() as conn:
-            return int(conn.execute("SELECT version FROM pouch_ledger WHERE id = 1").fetchone()[0])
+        return self._read(lambda conn: int(conn.execute("SELECT version FROM pouch_ledger WHERE id = 1").fetchone()[0]))
 
     def history(self, *, since: float | None = None, limit: int | None = None, kinds: Iterable[str] | None = None,
                 wallet: str | None = None) -> list[dict[str, Any]]:
@@ -459,26 +493,22 @@ class PostgresStore:
         if limit is not None:
             sql += " LIMIT %s"
             args.append(limit)
-        with self._connection() as conn:
-            return [r[0] for r in conn.execute(sql, args)]
+        return self._read(lambda conn: [r[0] for r in conn.execute(sql, args)])
 
     def restore_backup(self) -> Path:
         raise LedgerUnavailable("the team ledger has no local backup: PostgreSQL's own backups restore it")
 
     # -- leases and orphans --------------------------------------------------------------------
     def live_leases(self, conn: Any) -> set[str]:
-        return {r[0] for r in conn.execute("SELECT id FROM pouch_leases WHERE expires > now()")}
+        return {r[0] for r in conn.execute(f"SELECT id FROM pouch_leases l WHERE {LEASE_LIVE}")}
 
     def orphans_waiting(self) -> bool:
-        with self._connection() as conn:
-            return conn.execute("SELECT EXISTS (SELECT 1 FROM pouch_open o WHERE NOT EXISTS (SELECT 1 FROM "
-                                "pouch_leases l WHERE l.id = o.lease AND l.expires > now()))").fetchone()[0]
+        return self._read(lambda conn: conn.execute("SELECT EXISTS (SELECT 1 FROM pouch_open o WHERE NOT EXISTS (SELECT 1 FROM "
+                                f"pouch_leases l WHERE l.id = o.lease AND {LEASE_LIVE}))").fetchone()[0])
 
     def heartbeat(self) -> None:
         """Renew this proxy's lease; recover expired ones; write the spool once the database is back."""
-        with self._connection() as conn:
-            with conn.cursor() as cur:
-                self._renew_only(cur)
+        self._read(lambda conn: self._renew_only(conn.cursor()))
         if self.orphans_waiting():
             for e in self.recover_orphans():
                 log.warning(f"pouch: settled reservation {e['id']} of an expired lease at {e['cost']} "
@@ -498,11 +528,15 @@ class PostgresStore:
             self._beat.start()
 
     def _heartbeat_loop(self) -> None:
-        while not self._closed.wait(self.lease_seconds / 3):
+        wait = self.lease_seconds / 3
+        while not self._closed.wait(wait):
             try:
                 self.heartbeat()
-            except Exception as exc:  # down: the next beat retries; admissions fail closed meanwhile
-                log.warning(f"pouch: team ledger heartbeat failed: {exc}")
+                wait = self.lease_seconds / 3
+            except Exception as exc:  # down: retry every second (renew as soon as it is back); admissions fail closed
+                if wait > 1.0:
+                    log.warning(f"pouch: team ledger heartbeat failed: {exc}")
+                wait = 1.0
 
     def start(self) -> None:
         """A proxy's start: take the lease, write any spool left by a previous run, recover orphans."""
@@ -535,7 +569,7 @@ class PostgresLedger(LedgerOps, PostgresStore):
             txn.entries.extend(entries)
             if entries:
                 txn.changed()
-            conn.execute("DELETE FROM pouch_leases l WHERE expires <= now() AND NOT EXISTS "
+            conn.execute(f"DELETE FROM pouch_leases l WHERE NOT ({LEASE_LIVE}) AND NOT EXISTS "
                          "(SELECT 1 FROM pouch_open o WHERE o.lease = l.id)")
             return entries
         return self._run(op)

@@ -82,6 +82,11 @@ class BudgetGate:
                  "else the local ledger in pouch_home.",
         )
         loader.add_option(
+            name="pouch_ledger_lease_s", typespec=int, default=30,
+            help="With pouch_ledger: how long (s) this proxy's lease outlives its last heartbeat; after it, "
+                 "any live proxy settles the proxy's open reservations by the orphan rule.",
+        )
+        loader.add_option(
             name="pouch_prices", typespec=Optional[str], default=None,
             help="A price table to use instead of the packaged assets/pricing.json.",
         )
@@ -132,13 +137,17 @@ class BudgetGate:
         if "pouch_commit_delay_ms" in updated and not 0 <= ctx.options.pouch_commit_delay_ms <= 100:
             raise exceptions.OptionsError(
                 f"pouch_commit_delay_ms: expected 0 to 100 ms, got {ctx.options.pouch_commit_delay_ms}")
-        if updated & {"pouch_home", "pouch_ledger"} or self.core.ledger is None:
+        if not 3 <= ctx.options.pouch_ledger_lease_s <= 3600:
+            raise exceptions.OptionsError(
+                f"pouch_ledger_lease_s: expected 3 to 3600 s, got {ctx.options.pouch_ledger_lease_s}")
+        if updated & {"pouch_home", "pouch_ledger", "pouch_ledger_lease_s"} or self.core.ledger is None:
             try:
                 url = ledger_url(ctx.options.pouch_ledger)
             except LedgerUnavailable as exc:
                 raise exceptions.OptionsError(f"pouch_ledger: {exc}") from None
             try:
-                ledger = ledger_for(ctx.options.pouch_home, url)
+                ledger = (ledger_for(ctx.options.pouch_home, url, lease_seconds=float(ctx.options.pouch_ledger_lease_s))
+                          if url else ledger_for(ctx.options.pouch_home))
                 ledger.snapshot()  # a corrupt ledger stops the proxy at start, with the way out
             except Exception as exc:
                 where = f"pouch_ledger {redact_url(url)}" if url else "pouch_home"
