@@ -165,7 +165,7 @@ class PostgresStore:
         self.url = url
         self.display_url = redact_url(url)
         self.home = resolve_home(home)
-        self.state_path = Path(self.display_url)  # what messages name as "the ledger"
+        self.state_path = self.display_url  # what messages name as "the ledger"
         self.clock = clock
         self.owner = Owner.current()
         self.lease = lease_id(self.owner)
@@ -193,8 +193,11 @@ class PostgresStore:
             reconnect_timeout=24 * 3600)
         self.pool.open(wait=False)
         if check_schema:
-            with self._connection() as conn:
-                schema.check(conn)
+            try:
+                self._read(schema.check)
+            except BaseException:
+                self.close()
+                raise
 
     # -- connections -----------------------------------------------------------------------------
     def _read(self, fn: Callable[[Any], Any]) -> Any:
