@@ -42,6 +42,7 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable
 from concurrent.futures import Future
 from decimal import Decimal
@@ -55,6 +56,7 @@ from .home import resolve_home
 from .ledger_local import BUSY_WINDOW, IDLE_EXIT, LAZY_DELAY, _deliver_all, _Slot, _Txn
 from .ledger_owner import Owner
 from .ledger_rules import LedgerState, NotOpen
+from .limits import RateBook, RateWindow
 from .money import ZERO
 from .periods import period_key
 
@@ -113,6 +115,48 @@ def _unreachable(exc: BaseException) -> bool:
     psycopg, psycopg_pool, _ = _driver()
     return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError, psycopg_pool.PoolTimeout,
                             LedgerUnavailable))
+
+
+class SharedRates(RateBook):
+    """rpm/tpm windows shared by every proxy of the team ledger (``limits.RateBook``'s interface).
+
+    The events of the last window live in ``pouch_rate``; each write transaction that may admit
+    a call to a rate-limited wallet reads them under the ledger row lock (:meth:`load`), so the
+    sliding-window rule (``limits.RateWindow``, unchanged) checks and records atomically across
+    all proxies; the events it admitted are written by the same transaction (:meth:`write`).
+    Counted on the wall clock: the proxies are on different machines."""
+
+    clock = staticmethod(time.time)
+
+    def __init__(self, window: float = 60.0) -> None:
+        super().__init__(window)
+        self._events: dict[str, deque[tuple[float, int]]] = {}
+        self._new: list[tuple[str, float, int]] = []
+
+    def load(self, conn: Any) -> None:
+        self._events, self._new = {}, []
+        rows = conn.execute("SELECT wallet, ts, tokens FROM pouch_rate WHERE ts > %s ORDER BY ts",
+                            (time.time() - self.window,)).fetchall()
+        for wallet, ts, tokens in rows:
+            self._events.setdefault(wallet, deque()).append((float(ts), int(tokens)))
+
+    def admit(self, wallet: str, rpm: int | None, tpm: int | None, now: float, tokens: int = 0) -> float | None:
+        if rpm is None and tpm is None:
+            return None
+        win = RateWindow(rpm, tpm, self.window)
+        events = self._events.setdefault(wallet, deque())
+        win._events, win._tokens = deque(events), sum(n for _, n in events)
+        retry = win.admit(now, tokens)
+        if retry is None:
+            events.append(win._events[-1])
+            self._new.append((wallet, *win._events[-1]))
+        return retry
+
+    def write(self, cur: Any) -> None:
+        if self._new:
+            cur.executemany("INSERT INTO pouch_rate (wallet, ts, tokens) VALUES (%s, %s, %s)", self._new)
+            cur.execute("DELETE FROM pouch_rate WHERE ts <= %s", (time.time() - self.window,))
+            self._new = []
 
 
 class _PGTxn(_Txn):
@@ -185,6 +229,7 @@ class PostgresStore:
         self._lazy_since: float | None = None
         self._cache: tuple[int, LedgerState] | None = None
         self._spool_path = self.home / SPOOL_FILE
+        self.rates = SharedRates()
         self._beat: threading.Thread | None = None
         self._closed = threading.Event()
         self.pool = psycopg_pool.ConnectionPool(
@@ -255,10 +300,15 @@ class PostgresStore:
         version, doc = conn.execute("SELECT version, doc FROM pouch_ledger WHERE id = 1 FOR UPDATE").fetchone()
         cached, self._cache = self._cache, None  # the operations mutate it: valid again once committed
         state = cached[1] if cached is not None and cached[0] == version else self._load_state(conn, doc)
+        if any(w.rpm is not None or w.tpm is not None for w in state.wallets.values()):
+            self.rates.load(conn)
         return _PGTxn(state, conn, version)
 
     def _write(self, txn: _PGTxn) -> None:
         """Write what the transaction changed, still under the row lock; NOTIFY the new version."""
+        if self.rates._new:
+            with txn.conn.cursor() as cur:
+                self.rates.write(cur)
         if not txn.dirty:
             self._cache = (txn.version, txn.state)
             return

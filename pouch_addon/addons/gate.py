@@ -10,7 +10,8 @@ The request is charged to the wallet ``Identify`` found (``flow.metadata["pouch_
 and to the global budget, in one atomic reservation whose amount is decided inside the ledger
 transaction (:class:`Admission`): the injected output cap is fitted to the balance the
 reservation is checked against, with no separate read. Then the wallet's rpm/tpm limits are
-applied in memory (``Core.limits``, one sliding window per wallet *per proxy process*): a
+applied in memory (``Core.limits``, one sliding window per wallet *per proxy process*; with the
+team ledger, windows shared by every proxy: ``ledger_postgres.SharedRates``): a
 request over the limit is answered 429 with ``retry-after`` (whole seconds) and
 ``x-should-retry: true``, so the OpenAI SDKs wait and retry by themselves; a request whose
 worst-case tokens (estimated input with margin + output cap x n) exceed the whole tpm can never
@@ -216,7 +217,9 @@ class BudgetGate:
             await ledger.submit_async(ledger.block_op(Refusal("invalid", Decimal(0), Decimal(0)),
                                                       {**meta, "why": exc.code, "detail": str(exc)}))
             return
-        admission = Admission(draft, wallet, meta, self.core.limits)
+        # rpm/tpm: the team ledger's windows are shared by every proxy (read and written in the
+        # admitting transaction); the local ledger's are this process's
+        admission = Admission(draft, wallet, meta, getattr(ledger, "rates", None) or self.core.limits)
         result = await reserve(ledger, ledger.reserve_op(admission.decide, meta, wallet=wallet))
         if isinstance(result, Refusal):
             self._refuse(flow, result, admission)
@@ -308,7 +311,9 @@ class Admission:
         if w is None or (w.rpm is None and w.tpm is None):
             return plan.worst_case
         self.tokens = plan.reserved_input_tokens + plan.output_cap * plan.choices
-        retry = self.limits.admit(self.wallet, w.rpm, w.tpm, time.monotonic(), self.tokens)
+        # the team ledger's shared windows count on the wall clock (several machines); a proxy's own on monotonic
+        retry = self.limits.admit(self.wallet, w.rpm, w.tpm, getattr(self.limits, "clock", time.monotonic)(),
+                                  self.tokens)
         if retry is None:
             return plan.worst_case
         self.retry, self.limited_by = retry, w

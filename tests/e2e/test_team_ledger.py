@@ -184,3 +184,18 @@ def test_postgres_down_for_five_seconds_under_load(e2e, fake, team, pg):
         return rs[0]["ok"]
     wait_until(served, 30, "the proxy admitting again", interval=0.5)
     no_password_logged([a, b])
+
+
+def test_rpm_is_enforced_across_proxies(e2e, fake, team):
+    """A wallet with rpm 4, eight calls through two proxies: four pass in all, not four per proxy."""
+    url, ledger = team
+    ledger.set_budget(D(1))
+    ledger.add_wallet("limited", D(1), rpm=4)
+    a, b = proxies(e2e, url, 2)
+    rs = []
+    for p in (a, b, a, b, a, b, a, b):
+        rs += results(burst(e2e, p, [stream_spec(chunks=2, delay_ms=0)], app="limited"))
+    assert [r["ok"] for r in rs].count(True) == 4, rs
+    assert sorted(r["status_code"] for r in rs if not r["ok"]) == [429] * 4
+    with ledger._connection() as conn:
+        assert conn.execute("SELECT count(*) FROM pouch_rate WHERE wallet = 'limited'").fetchone()[0] == 4
