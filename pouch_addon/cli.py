@@ -21,6 +21,7 @@ from . import admin
 from .audit import AUDIT_FILE, AuditLog
 from .budget import Ledger, LedgerCorrupt, NotOpen
 from .home import HomeError, ledger_home, resolve_home
+from .ledger_migrate import MigrateError
 from .ledger_pg_schema import SchemaError
 from .ledger_postgres import LedgerUnavailable, ledger_for, ledger_url
 from .ledger_audit import reconcile, restore_details
@@ -245,11 +246,24 @@ def cmd_ledger(args: argparse.Namespace) -> None:
         print(f"ledger {redact_url(url)}: " + (f"schema migrations {applied} applied" if applied
                                                 else "schema up to date"))
         return
+    if args.action == "migrate":
+        from .ledger_migrate import migrate
+        from .ledger_postgres import redact_url
+        if not args.to:
+            raise CliError("pouch ledger migrate: give the team ledger with --to postgresql://...")
+        os.environ.pop("POUCH_LEDGER", None)  # the source is the local ledger in --home
+        done = migrate(Ledger(ledger_home(args.home)), ledger_url(args.to))
+        print(f"copied the local ledger to {redact_url(args.to)}: {done['history']} history entries, "
+              f"{done['wallets']} wallet(s), {done['audit']} audit entries; {_status_line(done['status'])}")
+        print("checked: the copy is exact (status, wallets, every history entry, the audit head)")
+        return
     ledger = open_ledger(args.home)
     if args.action == "verify" and getattr(ledger, "url", None):
         # the team ledger: the database's own checks (settings changes are audited in each
         # administrator's home, not in the shared database; see README "Team")
-        admin.report_problems(ledger.verify(), lambda: f"ledger {ledger.state_path} is consistent")
+        from .ledger_migrate import audit_problems
+        admin.report_problems(ledger.verify() + audit_problems(ledger),
+                              lambda: f"ledger {ledger.state_path} is consistent")
     elif args.action == "verify":
         problems = ledger.verify()
         audit_problems = admin.audit_log_problems(ledger.home)
@@ -357,7 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ledger", parents=[common],
                        help="check, restore or recover the ledger; init the team ledger's schema")
-    p.add_argument("action", choices=["verify", "restore", "recover", "init"])
+    p.add_argument("action", choices=["verify", "restore", "recover", "init", "migrate"])
+    p.add_argument("--to", metavar="URL", default=None, help="migrate: the (empty) team ledger to copy the local one into")
     p.set_defaults(func=cmd_ledger)
 
     p = sub.add_parser("options", parents=[common], help="pouch's mitmproxy options (--set pouch_...=...) with their help")
@@ -433,7 +448,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args.func(args)
         sys.stdout.flush()
-    except (CliError, admin.AdminError, LedgerCorrupt, NotOpen, HomeError, LedgerUnavailable, SchemaError) as exc:
+    except (CliError, admin.AdminError, LedgerCorrupt, NotOpen, HomeError, LedgerUnavailable, SchemaError,
+            MigrateError) as exc:
         print(f"pouch: error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:

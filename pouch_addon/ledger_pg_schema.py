@@ -57,6 +57,11 @@ CREATE TABLE pouch_audit (
     seq bigint PRIMARY KEY,
     entry jsonb NOT NULL                     -- an audit.py entry, hash-chained as in the local file
 );
+CREATE TABLE pouch_audit_head (
+    id integer PRIMARY KEY CHECK (id = 1),
+    count bigint NOT NULL,
+    hash text NOT NULL                       -- audit.py's head: entry count and last hash
+);
 """),
 ]
 
