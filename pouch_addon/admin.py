@@ -52,6 +52,14 @@ def audit(home: Path, action: str, details: dict[str, Any]) -> None:
         AuditLog(home / AUDIT_FILE).append(action, details)
     except (AuditError, OSError) as exc:
         raise AdminError(f"the change was made, but the audit log refused it: {exc}") from None
+    from .ledger_postgres import LedgerUnavailable, PostgresLedger, ledger_url
+    url = ledger_url()
+    if url:  # the team ledger: the team's audit log in the database too (who changed the shared budget)
+        try:
+            with PostgresLedger(url, home) as team:
+                team.audit_append(action, details)
+        except LedgerUnavailable as exc:
+            raise AdminError(f"the change was made, but the team audit log refused it: {exc}") from None
 
 
 def audit_log_problems(home: Path) -> list[str]:

@@ -548,6 +548,34 @@ class PostgresStore:
             args.append(limit)
         return self._read(lambda conn: [r[0] for r in conn.execute(sql, args)])
 
+    def audit_append(self, action: str, details: dict[str, Any] | None = None, *,
+                     actor: str | None = None) -> dict[str, Any]:
+        """Append to the team's audit log in the database (``audit.py``'s entry, hash chain and
+        head; the head row is locked first, so concurrent appends from any machine chain in order)."""
+        from .audit import GENESIS, _canonical, _default_actor, entry_hash, redact
+        from datetime import UTC, datetime
+
+        def append(conn: Any) -> dict[str, Any]:
+            with conn.transaction():
+                conn.execute("INSERT INTO pouch_audit_head (id, count, hash) VALUES (1, 0, %s) "
+                             "ON CONFLICT (id) DO NOTHING", (GENESIS,))
+                count, prev = conn.execute("SELECT count, hash FROM pouch_audit_head WHERE id = 1 "
+                                           "FOR UPDATE").fetchone()
+                ts = time.time()
+                entry: dict[str, Any] = {
+                    "seq": int(count) + 1, "ts": ts,
+                    "time": datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+                    "actor": actor or _default_actor(), "action": str(action), "details": redact(details or {}),
+                    "prev": prev}
+                entry = json.loads(_canonical(entry))
+                entry["hash"] = entry_hash(entry)
+                conn.execute("INSERT INTO pouch_audit (seq, entry) VALUES (%s, %s)", (entry["seq"], self._Jsonb(entry)))
+                conn.execute("UPDATE pouch_audit_head SET count = %s, hash = %s WHERE id = 1",
+                             (entry["seq"], entry["hash"]))
+                return entry
+        with self._connection() as conn:
+            return append(conn)
+
     def restore_backup(self) -> Path:
         raise LedgerUnavailable("the team ledger has no local backup: PostgreSQL's own backups restore it")
 

@@ -37,6 +37,12 @@ def test_cli_on_the_team_ledger(pg_url, tmp_path):
     assert json.loads(pouch("status", "--json", home=b, env=env).stdout)["paused"] is False
     r = pouch("ledger", "verify", home=a, env=env)
     assert r.returncode == 0 and "is consistent" in r.stdout and PASSWORD not in r.stdout, r.stdout + r.stderr
+    from pouch_addon.ledger_migrate import team_audit
+    from pouch_addon.ledger_postgres import PostgresLedger
+    with PostgresLedger(pg_url, a) as team:
+        rows, head = team_audit(team)
+    assert [e["action"] for e in rows] == ["budget.set", "wallet.add", "pause", "resume"]
+    assert head == {"count": 4, "hash": rows[-1]["hash"]}
     r = pouch("ledger", "recover", home=a, env=env)
     assert r.returncode == 0 and "settled 0 reservation(s)" in r.stdout
     r = pouch("history", "--json", home=a, env=env)
