@@ -28,8 +28,8 @@ any live proxy's heartbeat or by ``pouch ledger recover``.
 
 Database down: an operation that cannot reach the database fails with
 :class:`LedgerUnavailable` (the gate answers 503: new calls fail closed). A settle that
-cannot be written is appended to a local spool file (fsync'd, ``ledger-spool.jsonl`` in the
-pouch home) and its future completes; the spool is written to the database at the next
+cannot be written is appended to a local spool file (fsync'd, ``ledger-spool-<tag>.jsonl`` in the
+pouch home, one per database) and its future completes; the spool is written to the database at the next
 commit that reaches it, also after a restart (idempotent, as above).
 """
 
@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -228,7 +229,9 @@ class PostgresStore:
         self._urgent = 0
         self._lazy_since: float | None = None
         self._cache: tuple[int, LedgerState] | None = None
-        self._spool_path = self.home / SPOOL_FILE
+        # one spool per database (a home may serve several): named by the URL without its password
+        tag = hashlib.sha256(self.display_url.encode()).hexdigest()[:12]
+        self._spool_path = self.home / SPOOL_FILE.replace(".jsonl", f"-{tag}.jsonl")
         self.rates = SharedRates()
         self._beat: threading.Thread | None = None
         self._closed = threading.Event()
