@@ -113,6 +113,10 @@ def _print_status(ledger: Ledger, as_json: bool) -> None:
     print(f"requests   {st.requests} settled, {st.blocked} blocked, {st.flagged} flagged for review")
     if providers:
         print("this month " + ", ".join(f"{name} {format_usd(v)}" for name, v in providers.items()))
+    if getattr(ledger, "url", None):  # the team ledger: every proxy holding a live lease, on any machine
+        leases = ledger.live_lease_rows()
+        print(f"ledger     team ledger {ledger.state_path}: {len(leases)} proxy lease(s) live"
+              + (" (" + ", ".join(f"{host} pid {pid}" for host, pid in leases) + ")" if leases else ""))
     if proxy is None:
         print("proxy      none is serving this ledger (start one: `pouch proxy`)")
     elif proxy.state == "starting":

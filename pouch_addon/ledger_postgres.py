@@ -640,6 +640,11 @@ class PostgresLedger(LedgerOps, PostgresStore):
                   details: dict[str, Any] | None = None) -> _SettleOp:
         return _SettleOp(self, res_id, cost, status, dict(details or {}))
 
+    def live_lease_rows(self) -> list[tuple[str, int]]:
+        """(host, pid) of every proxy whose lease is live, for ``pouch status``."""
+        return self._read(lambda conn: [(r[0], int(r[1])) for r in conn.execute(
+            f"SELECT host, pid FROM pouch_leases l WHERE {LEASE_LIVE} ORDER BY host, pid")])
+
     def recover_orphans(self, is_alive: Callable[[Owner], bool] | None = None) -> list[dict[str, Any]]:
         """Settle the reservations whose proxy's lease expired (the local orphan rule)."""
         def op(txn: _Txn) -> list[dict[str, Any]]:

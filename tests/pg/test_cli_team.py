@@ -35,6 +35,9 @@ def test_cli_on_the_team_ledger(pg_url, tmp_path):
     assert [(w["name"], w["budget_usd"], w["period"]) for w in wallets] == [("ci", "2", "daily")]
     assert pouch("resume", home=a, env=env).returncode == 0
     assert json.loads(pouch("status", "--json", home=b, env=env).stdout)["paused"] is False
+    r = pouch("status", home=a, env=env)
+    assert r.returncode == 0 and "team ledger postgresql://pouch:***@" in r.stdout and "0 proxy lease(s) live" in r.stdout
+    assert PASSWORD not in r.stdout
     r = pouch("ledger", "verify", home=a, env=env)
     assert r.returncode == 0 and "is consistent" in r.stdout and PASSWORD not in r.stdout, r.stdout + r.stderr
     from pouch_addon.ledger_migrate import team_audit
