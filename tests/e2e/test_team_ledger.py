@@ -199,3 +199,31 @@ def test_rpm_is_enforced_across_proxies(e2e, fake, team):
     assert sorted(r["status_code"] for r in rs if not r["ok"]) == [429] * 4
     with ledger._connection() as conn:
         assert conn.execute("SELECT count(*) FROM pouch_rate WHERE wallet = 'limited'").fetchone()[0] == 4
+
+
+def test_spooled_settles_survive_a_proxy_restart(e2e, fake, team, pg):
+    """Streams end while PostgreSQL is down: their settles are spooled in the proxy's home; the
+    proxy is stopped, the database comes back, a new proxy on the same home writes them."""
+    url, ledger = team
+    ledger.set_budget(D(1))
+    first = proxies(e2e, url, 1)[0]
+    streams = burst(e2e, first, [stream_spec(chunks=6, delay_ms=600) for _ in range(2)])
+    wait_until(lambda: ledger.status().in_flight == 2, 30, "two streams admitted")
+    pg.stop()
+    try:
+        rs = results(streams)
+        assert all(r["ok"] for r in rs), rs
+        def spooled():
+            return sum(len(p.read_text().splitlines()) for p in first.home.glob("ledger-spool-*.jsonl"))
+        wait_until(lambda: spooled() == 2, 30, "two settles spooled")
+        first.stop()
+    finally:
+        pg.start()
+    assert ledger.status().in_flight == 2  # nothing of them reached the database yet
+    again = e2e.start_proxy(first.home, {"pouch_ledger": url}, quiet=False)
+    entries = settled(ledger, 2, timeout=60)
+    assert len(entries) == 2 and all(e["status"] == "ok" for e in entries)
+    assert not list(first.home.glob("ledger-spool-*.jsonl"))
+    st = ledger.status()
+    assert st.reserved == 0 and st.spent == sum(D(e["cost"]) for e in entries) and ledger.verify() == []
+    no_password_logged([first, again])
