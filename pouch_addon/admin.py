@@ -52,6 +52,14 @@ def audit(home: Path, action: str, details: dict[str, Any]) -> None:
         AuditLog(home / AUDIT_FILE).append(action, details)
     except (AuditError, OSError) as exc:
         raise AdminError(f"the change was made, but the audit log refused it: {exc}") from None
+    from .ledger_postgres import LedgerUnavailable, PostgresLedger, ledger_url
+    url = ledger_url()
+    if url:  # the team ledger: the team's audit log in the database too (who changed the shared budget)
+        try:
+            with PostgresLedger(url, home) as team:
+                team.audit_append(action, details)
+        except LedgerUnavailable as exc:
+            raise AdminError(f"the change was made, but the team audit log refused it: {exc}") from None
 
 
 def audit_log_problems(home: Path) -> list[str]:
@@ -132,8 +140,9 @@ def _secret_for(args: argparse.Namespace) -> tuple[str | None, dict[str, Any]]:
 
 
 def cmd_wallet(args: argparse.Namespace) -> None:
-    home = ledger_home(args.home, create=args.action == "add")
-    ledger = Ledger(home)
+    from .ledger_postgres import ledger_for, ledger_url
+    home = resolve_home(args.home) if ledger_url() else ledger_home(args.home, create=args.action == "add")
+    ledger = ledger_for(home)
     if args.action == "list":
         wallets = ledger.wallets()
         if args.json:

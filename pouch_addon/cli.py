@@ -21,7 +21,10 @@ from . import admin, alert_cli, azure_map
 from .audit import AUDIT_FILE, AuditLog
 from .budget import Ledger, LedgerCorrupt, NotOpen
 from .forecast import describe, forecast, settle_costs
-from .home import HomeError, ledger_home
+from .home import HomeError, ledger_home, resolve_home
+from .ledger_migrate import MigrateError
+from .ledger_pg_schema import SchemaError
+from .ledger_postgres import LedgerUnavailable, ledger_for, ledger_url
 from .ledger_audit import reconcile, restore_details
 from .money import ZERO, MoneyError, format_usd, parse_usd, usd_str
 from .periods import period_end
@@ -49,7 +52,11 @@ def _parse_since(text: str) -> float:
 
 
 def open_ledger(home: str | None, *, create: bool = False) -> Ledger:
-    """The ledger at ``home``; only commands that set something up create one (``create``)."""
+    """The ledger at ``home``; only commands that set something up create one (``create``).
+    With ``--ledger URL`` or ``$POUCH_LEDGER``: the team ledger in PostgreSQL (``home`` keeps the
+    local things: keys, vault, audit log)."""
+    if ledger_url():
+        return ledger_for(resolve_home(home))
     return Ledger(ledger_home(home, create=create))
 
 
@@ -116,6 +123,10 @@ def _print_status(ledger: Ledger, as_json: bool) -> None:
     print(f"forecast   {describe(burn)}")
     if providers:
         print("this month " + ", ".join(f"{name} {format_usd(v)}" for name, v in providers.items()))
+    if getattr(ledger, "url", None):  # the team ledger: every proxy holding a live lease, on any machine
+        leases = ledger.live_lease_rows()
+        print(f"ledger     team ledger {ledger.state_path}: {len(leases)} proxy lease(s) live"
+              + (" (" + ", ".join(f"{host} pid {pid}" for host, pid in leases) + ")" if leases else ""))
     if proxy is None:
         print("proxy      none is serving this ledger (start one: `pouch proxy`)")
     elif proxy.state == "starting":
@@ -251,8 +262,34 @@ def _status_line(st: Any) -> str:
 
 
 def cmd_ledger(args: argparse.Namespace) -> None:
+    if args.action == "init":
+        from .ledger_postgres import init, redact_url
+        url = ledger_url()
+        if url is None:
+            raise CliError("pouch ledger init: give the team ledger with --ledger postgresql://... or $POUCH_LEDGER")
+        applied = init(url)
+        print(f"ledger {redact_url(url)}: " + (f"schema migrations {applied} applied" if applied
+                                                else "schema up to date"))
+        return
+    if args.action == "migrate":
+        from .ledger_migrate import migrate
+        from .ledger_postgres import redact_url
+        if not args.to:
+            raise CliError("pouch ledger migrate: give the team ledger with --to postgresql://...")
+        os.environ.pop("POUCH_LEDGER", None)  # the source is the local ledger in --home
+        done = migrate(Ledger(ledger_home(args.home)), ledger_url(args.to))
+        print(f"copied the local ledger to {redact_url(args.to)}: {done['history']} history entries, "
+              f"{done['wallets']} wallet(s), {done['audit']} audit entries; {_status_line(done['status'])}")
+        print("checked: the copy is exact (status, wallets, every history entry, the audit head)")
+        return
     ledger = open_ledger(args.home)
-    if args.action == "verify":
+    if args.action == "verify" and getattr(ledger, "url", None):
+        # the team ledger: the database's own checks (settings changes are audited in each
+        # administrator's home, not in the shared database; see README "Team")
+        from .ledger_migrate import audit_problems
+        admin.report_problems(ledger.verify() + audit_problems(ledger),
+                              lambda: f"ledger {ledger.state_path} is consistent")
+    elif args.action == "verify":
         problems = ledger.verify()
         audit_problems = admin.audit_log_problems(ledger.home)
         problems += [f"audit log: {p}" for p in audit_problems]
@@ -299,6 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--home", metavar="DIR", default=argparse.SUPPRESS,
                         help="data directory (default: $POUCH_HOME or ~/.pouch)")
+    common.add_argument("--ledger", metavar="URL", default=argparse.SUPPRESS,
+                        help="the team ledger, postgresql://... (default: $POUCH_LEDGER, else the local ledger)")
     parser = argparse.ArgumentParser(
         prog="pouch", parents=[common],
         description="pouch: a budget firewall for pay-per-token LLM APIs (a mitmproxy addon).",
@@ -358,8 +397,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="override the body's model")
     p.set_defaults(func=cmd_tokens)
 
-    p = sub.add_parser("ledger", parents=[common], help="check, restore or recover the ledger")
-    p.add_argument("action", choices=["verify", "restore", "recover"])
+    p = sub.add_parser("ledger", parents=[common],
+                       help="check, restore or recover the ledger; init the team ledger's schema")
+    p.add_argument("action", choices=["verify", "restore", "recover", "init", "migrate"])
+    p.add_argument("--to", metavar="URL", default=None, help="migrate: the (empty) team ledger to copy the local one into")
     p.set_defaults(func=cmd_ledger)
 
     p = sub.add_parser("options", parents=[common], help="pouch's mitmproxy options (--set pouch_...=...) with their help")
@@ -434,10 +475,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.mitm_args = mitm
     if not hasattr(args, "home"):
         args.home = None
+    if getattr(args, "ledger", None):
+        os.environ["POUCH_LEDGER"] = args.ledger  # every command (and the TUI) opens the same ledger
     try:
         args.func(args)
         sys.stdout.flush()
-    except (CliError, admin.AdminError, alert_cli.AlertCliError, LedgerCorrupt, NotOpen, HomeError) as exc:
+    except (CliError, admin.AdminError, alert_cli.AlertCliError, LedgerCorrupt, NotOpen, HomeError, LedgerUnavailable,
+            SchemaError, MigrateError) as exc:
         print(f"pouch: error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:

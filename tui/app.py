@@ -24,7 +24,7 @@ from textual.containers import Horizontal
 from textual.widgets import DataTable, Footer, Header, TabbedContent, TabPane
 
 from pouch_addon.audit import AUDIT_FILE, AuditLog
-from pouch_addon.budget import Ledger, LedgerCorrupt
+from pouch_addon.budget import LedgerCorrupt
 from pouch_addon.money import format_usd
 
 from .aggregate import Aggregates
@@ -124,7 +124,13 @@ class PouchApp(App[None]):
         self.history_table.focus()
         self.theme_changed_signal.subscribe(self, lambda _theme: self.render_all())
         self.set_interval(self.tick_interval, self.tick)
-        self.watcher = LedgerWatcher(self.home, self.post_message, interval=self.poll_interval, now=self.now)
+        from pouch_addon.ledger_postgres import ledger_url
+        url = ledger_url()
+        if url:  # the team ledger: read when PostgreSQL notifies a write (LISTEN/NOTIFY), never polled
+            from .team_watcher import TeamWatcher
+            self.watcher = TeamWatcher(url, self.home, self.post_message, now=self.now)  # type: ignore[assignment]
+        else:
+            self.watcher = LedgerWatcher(self.home, self.post_message, interval=self.poll_interval, now=self.now)
         self.watcher.start()
 
     def on_unmount(self) -> None:
@@ -309,7 +315,8 @@ class PouchApp(App[None]):
     def write_ledger(self, what: str, value: Decimal | bool) -> None:
         """Ledger writes take the cross-process lock and fsync: never on the event loop."""
         try:
-            ledger = Ledger(self.home)
+            from pouch_addon.ledger_postgres import LedgerUnavailable, ledger_for
+            ledger = ledger_for(self.home)
             if what == "add":
                 assert isinstance(value, Decimal)
                 status = ledger.add_budget(value)
@@ -325,10 +332,12 @@ class PouchApp(App[None]):
                 action = {"add": "budget.add", "set": "budget.set"}.get(what) or ("pause" if value else "resume")
                 details = {"amount": value, "budget": status.budget} if what != "pause" else {}
                 AuditLog(ledger.home / AUDIT_FILE).append(action, {**details, "via": "tui"})
+                if hasattr(ledger, "audit_append"):  # the team ledger: the team's audit log too
+                    ledger.audit_append(action, {**details, "via": "tui"})
             except Exception as exc:  # noqa: BLE001
                 self.call_from_thread(self.notify, f"The audit log refused the change: {exc}",
                                       title="Not audited", severity="warning", timeout=10)
-        except (LedgerCorrupt, ValueError, OSError) as exc:
+        except (LedgerCorrupt, ValueError, OSError, LedgerUnavailable) as exc:
             self.call_from_thread(self.notify, str(exc), title="Nothing was changed", severity="error", timeout=10)
             return
         except Exception as exc:  # noqa: BLE001 - the ledger refused: say so, never crash the dashboard

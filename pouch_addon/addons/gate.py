@@ -10,7 +10,8 @@ The request is charged to the wallet ``Identify`` found (``flow.metadata["pouch_
 and to the global budget, in one atomic reservation whose amount is decided inside the ledger
 transaction (:class:`Admission`): the injected output cap is fitted to the balance the
 reservation is checked against, with no separate read. Then the wallet's rpm/tpm limits are
-applied in memory (``Core.limits``, one sliding window per wallet *per proxy process*): a
+applied in memory (``Core.limits``, one sliding window per wallet *per proxy process*; with the
+team ledger, windows shared by every proxy: ``ledger_postgres.SharedRates``): a
 request over the limit is answered 429 with ``retry-after`` (whole seconds) and
 ``x-should-retry: true``, so the OpenAI SDKs wait and retry by themselves; a request whose
 worst-case tokens (estimated input with margin + output cap x n) exceed the whole tpm can never
@@ -31,8 +32,9 @@ from typing import Any, Optional
 
 from mitmproxy import ctx, exceptions, http
 
-from ..budget import Ledger, LedgerState, Refusal, Wallet
+from ..budget import LedgerState, Refusal, Wallet
 from ..keystore import KeyStore
+from ..ledger_postgres import LedgerUnavailable, ledger_for, ledger_url, redact_url
 from ..money import ZERO, format_usd
 from ..limits import RateBook
 from ..plan import (
@@ -73,6 +75,17 @@ class BudgetGate:
             name="pouch_home", typespec=Optional[str], default=None,
             help="pouch's data directory, shared with the `pouch` CLI and TUI "
                  "(default: $POUCH_HOME or ~/.pouch).",
+        )
+        loader.add_option(
+            name="pouch_ledger", typespec=Optional[str], default=None,
+            help="The team ledger shared by many proxies: postgresql://user@host/db (sslmode etc. as URL "
+                 "parameters; the password from the URL, PGPASSFILE or PGPASSWORD). Default: $POUCH_LEDGER, "
+                 "else the local ledger in pouch_home.",
+        )
+        loader.add_option(
+            name="pouch_ledger_lease_s", typespec=int, default=30,
+            help="With pouch_ledger: how long (s) this proxy's lease outlives its last heartbeat; after it, "
+                 "any live proxy settles the proxy's open reservations by the orphan rule.",
         )
         loader.add_option(
             name="pouch_prices", typespec=Optional[str], default=None,
@@ -125,24 +138,35 @@ class BudgetGate:
         if "pouch_commit_delay_ms" in updated and not 0 <= ctx.options.pouch_commit_delay_ms <= 100:
             raise exceptions.OptionsError(
                 f"pouch_commit_delay_ms: expected 0 to 100 ms, got {ctx.options.pouch_commit_delay_ms}")
-        if "pouch_home" in updated or self.core.ledger is None:
+        if not 3 <= ctx.options.pouch_ledger_lease_s <= 3600:
+            raise exceptions.OptionsError(
+                f"pouch_ledger_lease_s: expected 3 to 3600 s, got {ctx.options.pouch_ledger_lease_s}")
+        if updated & {"pouch_home", "pouch_ledger", "pouch_ledger_lease_s"} or self.core.ledger is None:
             try:
-                ledger = Ledger(ctx.options.pouch_home)
+                url = ledger_url(ctx.options.pouch_ledger)
+            except LedgerUnavailable as exc:
+                raise exceptions.OptionsError(f"pouch_ledger: {exc}") from None
+            try:
+                ledger = (ledger_for(ctx.options.pouch_home, url, lease_seconds=float(ctx.options.pouch_ledger_lease_s))
+                          if url else ledger_for(ctx.options.pouch_home))
                 ledger.snapshot()  # a corrupt ledger stops the proxy at start, with the way out
             except Exception as exc:
-                raise exceptions.OptionsError(f"pouch_home: {exc}") from None
+                where = f"pouch_ledger {redact_url(url)}" if url else "pouch_home"
+                raise exceptions.OptionsError(f"{where}: {exc}") from None
             self.core.ledger = ledger
             self.core.keys = KeyStore(ledger.home)
         self.core.ledger.commit_delay = ctx.options.pouch_commit_delay_ms / 1000  # a new ledger's, or a changed delay
 
     async def running(self) -> None:
         ledger, table = self.core.require()
+        if hasattr(ledger, "start"):  # the team ledger: take this proxy's lease, write a spool left behind
+            await asyncio.to_thread(ledger.start)
         recovered = await asyncio.to_thread(ledger.recover_orphans)
         for e in recovered:
             log.warning(f"pouch: settled reservation {e['id']} left open by a dead process at "
                         f"{format_usd(Decimal(e['cost']))} (flagged orphaned; see `pouch history`)")
         st = await asyncio.to_thread(ledger.status)
-        log.info(f"pouch: ledger {ledger.home}: remaining {format_usd(st.remaining)} of {format_usd(st.budget)}; "
+        log.info(f"pouch: ledger {getattr(ledger, 'display_url', ledger.home)}: remaining {format_usd(st.remaining)} of {format_usd(st.budget)}; "
                  f"prices updated {table.updated}")
         if st.budget == 0 and st.spent == 0:
             log.warning("pouch: no budget set: `pouch budget set AMOUNT` (until then every LLM call is answered 402)")
@@ -152,6 +176,10 @@ class BudgetGate:
             return
         try:
             await self._gate(flow)
+        except LedgerUnavailable as exc:  # fail closed: nothing was reserved, nothing is sent
+            if flow.response is None:
+                reply(flow, 503, f"{exc}; the request was not sent (pouch cannot reserve its cost)",
+                      code="pouch_ledger_unavailable", type_="server_error")
         except Exception as exc:  # fail closed: an unexpected error never lets a call through unbudgeted
             log.exception("pouch: internal error while budgeting a request")
             # answer first: the reply is what keeps the request from being sent, even if the
@@ -191,7 +219,9 @@ class BudgetGate:
             await ledger.submit_async(ledger.block_op(Refusal("invalid", Decimal(0), Decimal(0)),
                                                       {**meta, "why": exc.code, "detail": str(exc)}))
             return
-        admission = Admission(draft, wallet, meta, self.core.limits)
+        # rpm/tpm: the team ledger's windows are shared by every proxy (read and written in the
+        # admitting transaction); the local ledger's are this process's
+        admission = Admission(draft, wallet, meta, getattr(ledger, "rates", None) or self.core.limits)
         result = await reserve(ledger, ledger.reserve_op(admission.decide, meta, wallet=wallet))
         if isinstance(result, Refusal):
             self._refuse(flow, result, admission)
@@ -283,7 +313,9 @@ class Admission:
         if w is None or (w.rpm is None and w.tpm is None):
             return plan.worst_case
         self.tokens = plan.reserved_input_tokens + plan.output_cap * plan.choices
-        retry = self.limits.admit(self.wallet, w.rpm, w.tpm, time.monotonic(), self.tokens)
+        # the team ledger's shared windows count on the wall clock (several machines); a proxy's own on monotonic
+        retry = self.limits.admit(self.wallet, w.rpm, w.tpm, getattr(self.limits, "clock", time.monotonic)(),
+                                  self.tokens)
         if retry is None:
             return plan.worst_case
         self.retry, self.limited_by = retry, w

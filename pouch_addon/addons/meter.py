@@ -24,6 +24,7 @@ from typing import Any
 from mitmproxy import ctx, http
 
 from .. import settlement
+from ..ledger_postgres import LedgerUnavailable
 from ..budget import Ledger, NotOpen
 from ..metering import StreamMeter
 from ..money import format_usd
@@ -319,6 +320,8 @@ class Metering:
         for ledger, batch in updates.items():
             try:
                 await ledger.submit_async(ledger.checkpoint_op(batch), lazy=True)
+            except LedgerUnavailable as exc:  # the team ledger is down: the settles are spooled meanwhile
+                log.warning(f"pouch: checkpoint not written: {exc}")
             except Exception:
                 log.exception("pouch: checkpoint write failed")
 

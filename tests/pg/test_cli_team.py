@@ -1,0 +1,61 @@
+"""The `pouch` command on the team ledger (--ledger URL / $POUCH_LEDGER), as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from pgserver import PASSWORD
+
+
+def pouch(*args, env=None, home):
+    e = {**os.environ, "POUCH_HOME": str(home), **(env or {})}
+    e.pop("POUCH_LEDGER", None) if env is None or "POUCH_LEDGER" not in env else None
+    return subprocess.run([sys.executable, "-m", "pouch_addon.cli", *args], capture_output=True, text=True,
+                          env=e, timeout=60)
+
+
+def test_cli_on_the_team_ledger(pg_url, tmp_path):
+    a, b = tmp_path / "alice", tmp_path / "bob"  # two machines' homes, one database
+    r = pouch("ledger", "init", "--ledger", pg_url, home=a)
+    assert r.returncode == 0 and "schema migrations [1] applied" in r.stdout, r.stderr
+    assert PASSWORD not in r.stdout + r.stderr and "pouch:***@" in r.stdout
+    assert pouch("ledger", "init", "--ledger", pg_url, home=b).stdout.rstrip().endswith("schema up to date")
+    assert pouch("budget", "set", "5", "--ledger", pg_url, home=a).returncode == 0
+    env = {"POUCH_LEDGER": pg_url}
+    r = pouch("wallet", "add", "ci", "--budget", "2", "--period", "daily", home=b, env=env)
+    assert r.returncode == 0, r.stderr
+    r = pouch("pause", home=b, env=env)
+    assert r.returncode == 0, r.stderr
+    st = json.loads(pouch("status", "--json", home=a, env=env).stdout)
+    assert (st["budget_usd"], st["paused"]) == ("5", True)
+    wallets = json.loads(pouch("wallet", "list", "--json", home=a, env=env).stdout)
+    assert [(w["name"], w["budget_usd"], w["period"]) for w in wallets] == [("ci", "2", "daily")]
+    assert pouch("resume", home=a, env=env).returncode == 0
+    assert json.loads(pouch("status", "--json", home=b, env=env).stdout)["paused"] is False
+    r = pouch("status", home=a, env=env)
+    assert r.returncode == 0 and "team ledger postgresql://pouch:***@" in r.stdout and "0 proxy lease(s) live" in r.stdout
+    assert PASSWORD not in r.stdout
+    r = pouch("ledger", "verify", home=a, env=env)
+    assert r.returncode == 0 and "is consistent" in r.stdout and PASSWORD not in r.stdout, r.stdout + r.stderr
+    from pouch_addon.ledger_migrate import team_audit
+    from pouch_addon.ledger_postgres import PostgresLedger
+    with PostgresLedger(pg_url, a) as team:
+        rows, head = team_audit(team)
+    assert [e["action"] for e in rows] == ["budget.set", "wallet.add", "pause", "resume"]
+    assert head == {"count": 4, "hash": rows[-1]["hash"]}
+    r = pouch("ledger", "recover", home=a, env=env)
+    assert r.returncode == 0 and "settled 0 reservation(s)" in r.stdout
+    r = pouch("history", "--json", home=a, env=env)
+    assert r.returncode == 0 and json.loads(r.stdout) == []
+    # unreachable: a clear one-line error, without the password
+    bad = pg_url.replace(pg_url.split("@")[1].split("/")[0], "127.0.0.1:1")
+    r = pouch("status", "--ledger", bad, home=a)
+    assert r.returncode == 2 and "unreachable" in r.stderr and PASSWORD not in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    # no schema yet: says how to create it
+    fresh = pg_url.rsplit("/", 1)[0] + "/postgres"
+    r = pouch("status", "--ledger", fresh, home=a)
+    assert r.returncode == 2 and "pouch ledger init" in r.stderr, r.stderr
