@@ -257,7 +257,7 @@ def test_readers_never_see_a_torn_file_while_writers_run(tmp_path):
 
 def test_a_killed_unreaped_process_counts_as_dead(tmp_path):
     p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    from pouch_addon.budget import _process_start, owner_alive
+    from pouch_addon.ledger_owner import _process_start, owner_alive
     owner = Owner(p.pid, _process_start(p.pid), Owner.current().host)
     assert owner_alive(owner)
     os.kill(p.pid, signal.SIGKILL)

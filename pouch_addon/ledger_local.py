@@ -1,0 +1,497 @@
+"""The local store: the ledger as files on this machine, shared by its processes.
+
+A TinyDB-format snapshot (``state.json``) plus a write-ahead log of group commits
+(``ledger_wal``), history partitions and a cross-process lock (``ledger_store``). Every write is
+one transaction under the lock, so check-and-reserve is a single atomic step and no path reads
+the balance and writes it in two steps. The store knows nothing of the rules beyond applying
+them: the operations (``budget.LedgerOps``) hand it closures over a transaction.
+
+The store's side of the seam (what ``LedgerOps`` uses, and what another store provides):
+``_run(op)`` (run and commit, blocking), ``submit(op, lazy=)`` / ``submit_async(op, lazy=)``
+(queue for a group commit), ``snapshot()``, ``history(...)``, ``wallet_costs(txn, name, since)``,
+and the attributes ``clock`` and ``owner``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import threading
+import time
+from concurrent.futures import Future
+from collections.abc import Iterable, Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Callable
+
+from .home import resolve_home
+from .ledger_owner import Owner
+from .ledger_rules import LedgerState, partition_for
+from .ledger_store import (
+    HISTORY_DIR,
+    LOCK_FILE,
+    STATE_FILE,
+    WAL_FILE,
+    AtomicJSONStorage,
+    FileLock,
+    HistoryLog,
+    LedgerCorrupt,
+    canonical_json,
+    corrupt_message,
+)
+from .ledger_wal import RecordLog
+
+#: a ledger that committed less than this long ago (s) is busy: its committer waits ``commit_delay``
+BUSY_WINDOW = 0.02
+#: a lazy ledger operation (see ``Ledger.submit``) is committed at the latest this long after it came (s)
+LAZY_DELAY = 0.025
+#: a committer thread with nothing to do for this long ends; the next submission starts a new one (s)
+IDLE_EXIT = 30.0
+#: the committer writes a snapshot of the state (dropping the write-ahead log) after this many
+#: log records, or this long (s) after the oldest record the snapshot does not hold yet
+SNAPSHOT_RECORDS = 500
+SNAPSHOT_SECONDS = 1.0
+
+
+class _Txn:
+    """One open transaction: the state plus history entries to write ahead of it."""
+
+    def __init__(self, state: LedgerState, key: Any = None) -> None:
+        self.state = state
+        self.key = key  # (state file identity, log size) when the transaction began
+        self.before = frozenset(state.open)  # open reservation ids when it began (for the log record)
+        self.checkpointed: set[str] = set()
+        self.log = False  # commit as one log record (the committer) instead of a snapshot
+        self.entries: list[dict[str, Any]] = []
+        self.dirty = False
+        self.durable = False  # checkpoints alone are advisory and skip fsync
+
+    def record(self, entry: dict[str, Any]) -> dict[str, Any]:
+        self.state.apply(entry)
+        self.entries.append(entry)
+        self.changed()
+        return entry
+
+    def changed(self, *, durable: bool = True) -> None:
+        self.dirty = True
+        self.durable = self.durable or durable
+
+
+class _Slot:
+    """An operation waiting for a group commit, and its outcome (also set on ``future``, if any:
+    a ``concurrent.futures.Future``, or an asyncio future completed on its own loop)."""
+
+    __slots__ = ("op", "done", "result", "error", "future")
+
+    def __init__(self, op: Callable[[_Txn], Any], future: Future | asyncio.Future | None = None) -> None:
+        self.op = op
+        self.done = False
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.future = future
+
+    def outcome(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+    def deliver(self) -> None:
+        """Complete the future (an asyncio one on its loop's thread); a waiter that gave up is skipped."""
+        fut = self.future
+        if fut is None or fut.done():
+            return
+        if self.error is not None:
+            fut.set_exception(self.error)
+        else:
+            fut.set_result(self.result)
+
+
+def _deliver_all(slots: list[_Slot]) -> None:
+    for s in slots:
+        s.deliver()
+
+
+class LocalStore:
+    """The ledger's files on this machine. Methods block on disk I/O: call them off the event loop."""
+
+    def __init__(
+        self, home: str | os.PathLike[str] | None = None, *, durable: bool = True,
+        clock: Callable[[], float] = time.time, commit_delay: float = 0.0,
+    ) -> None:
+        self.home = resolve_home(home)
+        self.clock = clock  # wall clock (tests inject one to cross period boundaries)
+        self.state_path = self.home / STATE_FILE
+        self._storage = AtomicJSONStorage(self.state_path, durable=durable)
+        self._history = HistoryLog(self.home / HISTORY_DIR, durable=durable)
+        self._lock = FileLock(self.home / LOCK_FILE)
+        self._wal = RecordLog(self.home / WAL_FILE, durable=durable)
+        self.snapshot_records = SNAPSHOT_RECORDS
+        self.snapshot_seconds = SNAPSHOT_SECONDS
+        self._unsnapped = 0  # log records this object wrote since its last snapshot
+        self._unsnapped_since = 0.0
+        self._wal_ino = -1  # the log's inode when the current transaction began
+        self._committed: tuple[Any, LedgerState] | None = None  # (file identity, state) after our last commit
+        self._pending: list[_Slot] = []
+        self._pending_lock = threading.Lock()
+        self._wake = threading.Condition(self._pending_lock)
+        self._committer: threading.Thread | None = None
+        self._last_commit = 0.0  # time.monotonic() at the end of the last group commit
+        self._urgent = 0  # pending operations someone waits on
+        self._lazy_since: float | None = None  # when the oldest pending lazy operation came
+        self.commit_delay = commit_delay
+        self.lazy_delay = LAZY_DELAY
+        self.idle_exit = IDLE_EXIT
+        self.commits = 0  # group commits written by this object, and the operations they carried
+        self.operations = 0
+        self.owner = Owner.current()
+
+    # -- transactions ------------------------------------------------------------------------
+    def _key(self) -> tuple[Any, int]:
+        """(state file identity, log size): changes whenever any process commits (a log record only
+        ever grows the log; a snapshot replaces the state file)."""
+        ino, size = self._wal.stat()
+        self._wal_ino = ino
+        return (self._storage.identity(), size)
+
+    def _load(self, *, repair: bool = False) -> LedgerState:
+        """The snapshot plus the log records after it. A writer (``repair``, under the lock) also
+        cuts a torn final record and re-appends history lines a power loss took from the page cache."""
+        tables = self._storage.read()
+        if tables is None:
+            if self._history.partitions() or self._wal.read()[2]:
+                raise LedgerCorrupt(corrupt_message(self.state_path, "the file is missing but history exists"))
+            return LedgerState()
+        try:
+            state = LedgerState.from_tables(tables)
+        except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
+            raise LedgerCorrupt(corrupt_message(self.state_path, f"unexpected content ({exc!r})")) from None
+        records, end, size = self._wal.read()
+        for raw in records:
+            try:
+                record = json.loads(raw)
+                if record["lsn"] <= state.lsn:
+                    continue  # already in the snapshot (its writer died before emptying the log)
+                state.apply_record(record)
+            except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
+                raise LedgerCorrupt(corrupt_message(self.state_path, f"its log {self._wal.path} does not follow it "
+                                                                     f"({exc})")) from None
+            if repair:
+                self._repair_history(record)
+        if repair and end < size:
+            self._wal.truncate(end)  # a torn final record: that group commit never happened
+        problems = state.problems()
+        if problems:
+            raise LedgerCorrupt(corrupt_message(self.state_path, "; ".join(problems)))
+        return state
+
+    def _repair_history(self, record: dict[str, Any]) -> None:
+        for name, start, lines in record["hist"]:
+            data = b"".join(canonical_json(line) + b"\n" for line in lines)
+            have = self._history.size(name)
+            if have >= start + len(data):
+                continue
+            if have < start:
+                raise LedgerCorrupt(corrupt_message(self.state_path, f"history {name} is shorter than its log says"))
+            self._history.truncate(name, start)
+            self._history.append_bytes(name, data, durable=False)
+
+    def _replay(self, txn: _Txn) -> None:
+        """Apply history written ahead of a state write that never happened (a crashed writer)."""
+        st = txn.state
+        names = [n for n in self._history.partitions() if st.history_file is None or n >= st.history_file]
+        for name in names:
+            offset = st.history_size if name == st.history_file else 0
+            if self._history.size(name) <= offset:
+                continue
+            entries, end = self._history.tail_from(name, offset)
+            for entry in entries:
+                st.apply(entry)
+            if end < self._history.size(name):
+                self._history.truncate(name, end)  # a torn line: that settle never happened
+            st.history_file, st.history_size = name, end
+            txn.changed()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[_Txn]:
+        """One transaction under the cross-process lock (tests, tools); operations use :meth:`_run`."""
+        with self._lock.hold():
+            txn = self._begin()
+            yield txn
+            self._commit(txn)
+
+    def _begin(self) -> _Txn:
+        """Open a transaction (the caller holds the lock). The state this process committed last
+        is reused as it is when the file is still the one it wrote (same inode, size and
+        mtime: every write replaces the file), so a busy proxy does not re-parse every open
+        reservation per transaction; any other writer's change shows as a new file and is read."""
+        cached = self._committed
+        key = self._key()
+        state = cached[1] if cached is not None and cached[0] == key else self._load(repair=True)
+        self._committed = None  # the transaction mutates it: valid again only once committed
+        txn = _Txn(state, key)
+        self._replay(txn)
+        return txn
+
+    def _commit(self, txn: _Txn) -> None:
+        """Write the transaction: one log record (``txn.log``: the committer's group commits, once a
+        snapshot exists) or a snapshot of the whole state, which then empties the log."""
+        if not txn.dirty:
+            self._committed = (self._key(), txn.state)
+            return
+        if txn.log and txn.key[0] is not None:
+            self._commit_log(txn)
+            return
+        st = txn.state
+        by_partition: dict[str, list[dict[str, Any]]] = {}
+        for entry in txn.entries:
+            name = max(partition_for(entry["ts"]), st.history_file or "")
+            by_partition.setdefault(name, []).append(entry)
+        for name in sorted(by_partition):
+            st.history_size = self._history.append(name, by_partition[name])
+            st.history_file = name
+        # a checkpoint-only transaction skips fsync; any other follows the ledger's own setting
+        logged = txn.key[1] > 0 if txn.key is not None else False
+        durable = None if txn.durable or logged else False
+        for name in sorted(st.unsynced):  # appended by log records this snapshot replaces
+            self._history.sync(name)
+        identity = self._storage.write_canonical(st.canonical_tables(), durable=durable)
+        if logged:
+            self._wal.truncate(0)
+        st.unsynced.clear()
+        self._unsnapped = 0
+        self._committed = ((identity, 0), st)
+
+    def _commit_log(self, txn: _Txn) -> None:
+        """The durable step of a group commit: one record appended to the log, one fdatasync.
+
+        The history lines are appended first without fsync (readers see them at once; the record
+        carries them, so a writer re-appends what a power loss dropped, see :meth:`_load`)."""
+        st = txn.state
+        by_partition: dict[str, list[dict[str, Any]]] = {}
+        for entry in txn.entries:
+            name = max(partition_for(entry["ts"]), st.history_file or "")
+            by_partition.setdefault(name, []).append(entry)
+        hist = []
+        for name in sorted(by_partition):
+            lines = by_partition[name]
+            data = b"".join(canonical_json(line) + b"\n" for line in lines)
+            end = self._history.append_bytes(name, data, durable=False)
+            hist.append([name, end - len(data), lines])
+            st.history_file, st.history_size = name, end
+            st.unsynced.add(name)
+        st.lsn += 1
+        before, now_open = txn.before, st.open
+        added = [r.canonical_json() for i, r in now_open.items() if i not in before]
+        dropped = [i for i in before if i not in now_open]
+        ckpt = {i: now_open[i].checkpoint for i in txn.checkpointed if i in now_open and i in before}
+        record = b'{"add":[%s],"ckpt":%s,"drop":%s,"hist":%s,"lsn":%d,"top":%s}' % (
+            b",".join(added), canonical_json(ckpt), canonical_json(dropped), canonical_json(hist), st.lsn,
+            canonical_json(st.to_tables_without_open()))
+        size = self._wal.append([record], durable=None if txn.durable else False, ino=self._wal_ino)
+        self._committed = ((txn.key[0], size), st)
+        if not self._unsnapped:
+            self._unsnapped_since = time.monotonic()
+        self._unsnapped += 1
+
+    def compact(self) -> None:
+        """Write a snapshot of the state and empty the log (off the hot path: the committer calls it
+        every ``snapshot_records`` records or ``snapshot_seconds``; any process may)."""
+        try:
+            with self._lock.hold():
+                txn = self._begin()
+                if txn.key[1] > 0 or txn.dirty:
+                    txn.changed()
+                self._commit(txn)
+        finally:
+            self._unsnapped = 0  # written, or written by another process; a failure retries with the next record
+
+    def _snapshot_due(self) -> bool:
+        return bool(self._unsnapped) and (self._unsnapped >= self.snapshot_records
+                                          or time.monotonic() - self._unsnapped_since >= self.snapshot_seconds)
+
+    def _run(self, op: Callable[[_Txn], Any]) -> Any:
+        """Run ``op`` in a transaction, sharing it with the operations other threads submit meanwhile.
+
+        Group commit: whichever thread gets the lock runs every pending operation in one
+        transaction (one read, one history append, one fsync'd state write), so concurrent calls
+        cost about one disk round trip instead of one each. Each operation still sees and
+        changes the state atomically, in submission order.
+        """
+        slot = _Slot(op)
+        with self._pending_lock:
+            self._pending.append(slot)
+        with self._lock.thread_lock:
+            if not slot.done:
+                self._drain()
+        return slot.outcome()
+
+    def submit(self, op: Callable[[_Txn], Any], *, lazy: bool = False) -> Future:
+        """Queue ``op`` for this ledger's committer thread; its outcome arrives on the future.
+
+        For callers that must not block (an event loop uses :meth:`submit_async`). No
+        worker thread waits per operation; the committer runs whatever is queued in one group
+        commit. When the last commit ended less than ``BUSY_WINDOW`` ago (the proxy is under
+        load), it first waits ``commit_delay`` seconds for more operations to join, so one disk
+        round trip serves many calls (as PostgreSQL's ``commit_delay``); an idle ledger commits
+        at once.
+
+        A ``lazy`` operation (a settle nobody waits for, a checkpoint) does not start a commit
+        by itself: it rides along with the next one, or is committed ``lazy_delay`` seconds
+        after it came. Under load this roughly halves the commits (each admission's commit
+        carries the settles finished meanwhile); a crash inside that window leaves the
+        reservation open, and the orphan rule settles it conservatively.
+        """
+        slot = _Slot(op, Future())
+        self._enqueue(slot, lazy)
+        return slot.future  # type: ignore[return-value]
+
+    def submit_async(self, op: Callable[[_Txn], Any], *, lazy: bool = False) -> asyncio.Future:
+        """:meth:`submit` for a coroutine on the running event loop; await the returned future.
+
+        The committer wakes the loop once per group commit for all of that commit's operations
+        (``call_soon_threadsafe``), instead of once per operation: every wake-up is a write to
+        the loop's self-pipe, and on a busy proxy a thread switch."""
+        loop = asyncio.get_running_loop()
+        slot = _Slot(op, loop.create_future())
+        self._enqueue(slot, lazy)
+        return slot.future  # type: ignore[return-value]
+
+    def _enqueue(self, slot: _Slot, lazy: bool) -> None:
+        with self._wake:
+            self._pending.append(slot)
+            if not lazy:
+                self._urgent += 1
+            elif self._lazy_since is None:
+                self._lazy_since = time.monotonic()
+            else:
+                return  # the committer already waits for the first lazy one: no need to wake it
+            if self._committer is None:
+                self._committer = threading.Thread(target=self._commit_loop, name="pouch-ledger", daemon=True)
+                self._committer.start()
+            self._wake.notify()
+
+    def _commit_loop(self) -> None:
+        while True:
+            with self._wake:
+                while not self._urgent:
+                    if self._lazy_since is None:
+                        if self._unsnapped and not self._urgent:
+                            left = self._unsnapped_since + self.snapshot_seconds - time.monotonic()
+                            if left > 0:
+                                self._wake.wait(min(left, self.idle_exit))
+                                continue
+                            break  # nothing to commit: write the snapshot that is due
+                        if not self._wake.wait(self.idle_exit) and not self._urgent and self._lazy_since is None:
+                            # idle: end the thread (the next submission starts another), so a
+                            # ledger dropped by its owner (pouch_home changed) leaves none behind
+                            self._committer = None
+                            return
+                        continue
+                    left = self._lazy_since + self.lazy_delay - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._wake.wait(left)
+            if self.commit_delay > 0 and time.monotonic() - self._last_commit < BUSY_WINDOW:
+                time.sleep(self.commit_delay)
+            with self._lock.thread_lock:
+                self._drain(log=True)
+            if self._snapshot_due():
+                with contextlib.suppress(Exception):  # the log stays durable; the next commit retries
+                    self.compact()
+
+    def _drain(self, *, log: bool = False) -> None:
+        """Run every pending operation in one transaction; the caller holds the thread lock."""
+        with self._pending_lock:
+            batch, self._pending = self._pending, []
+            self._urgent, self._lazy_since = 0, None
+        if not batch:
+            return
+        try:
+            with self._lock.hold_file():
+                txn = self._begin()
+                txn.log = log
+                for s in batch:
+                    try:
+                        s.result = s.op(txn)
+                    except Exception as exc:  # one bad operation does not fail the others
+                        s.error = exc
+                self._commit(txn)
+            self.commits += 1
+            self.operations += len(batch)
+        except Exception as exc:  # the load or the commit failed: nothing of the batch happened
+            for s in batch:
+                s.error = exc
+        finally:
+            self._last_commit = time.monotonic()
+            by_loop: dict[asyncio.AbstractEventLoop, list[_Slot]] = {}
+            for s in batch:
+                s.done = True
+                if isinstance(s.future, asyncio.Future):
+                    by_loop.setdefault(s.future.get_loop(), []).append(s)
+                else:
+                    s.deliver()
+            for loop, slots in by_loop.items():
+                with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
+                    loop.call_soon_threadsafe(_deliver_all, slots)
+
+    # -- reads (lock-free: the state file is replaced atomically) -------------------------------
+    def snapshot(self) -> LedgerState:
+        return self._load()
+
+    def history(
+        self, *, since: float | None = None, limit: int | None = None, kinds: Iterable[str] | None = None,
+        wallet: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Applied history entries, newest first, reading only the partitions needed
+        (``wallet``: only entries of calls charged to, or blocked for, that wallet)."""
+        st = self.snapshot()
+        wanted = set(kinds) if kinds else None
+        first = partition_for(since) if since is not None else ""
+        out: list[dict[str, Any]] = []
+        for name in reversed(self._history.partitions()):
+            if st.history_file is None or name > st.history_file:
+                continue  # not applied yet
+            if name < first:
+                break
+            limit_size = st.history_size if name == st.history_file else None
+            for entry in reversed(self._history.read_partition(name, limit_size)):
+                if since is not None and entry["ts"] < since:
+                    continue
+                if (wanted is None or entry["kind"] in wanted) and (wallet is None or entry.get("wallet") == wallet):
+                    out.append(entry)
+                    if limit is not None and len(out) >= limit:
+                        return out
+        return out
+
+    def wallet_costs(self, txn: _Txn, name: str, since: float | None) -> list[tuple[float, Decimal]]:
+        """``(ts, cost)`` of wallet ``name``'s settles at or after ``since``, as of this transaction."""
+        st = txn.state
+        first = partition_for(since) if since is not None else ""
+        entries: list[dict[str, Any]] = []
+        for part in self._history.partitions():
+            if part < first or st.history_file is None or part > st.history_file:
+                continue
+            entries.extend(self._history.read_partition(part, st.history_size if part == st.history_file else None))
+        entries.extend(txn.entries)  # applied earlier in this group commit, not on disk yet
+        return [(float(e["ts"]), Decimal(e["cost"])) for e in entries
+                if e.get("kind") == "settle" and e.get("wallet") == name and (since is None or e["ts"] >= since)]
+
+    def restore_backup(self) -> Path:
+        """Put the last good copy of the state back (the corrupt file is kept beside it)."""
+        backup = self.state_path.with_name(self.state_path.name + ".bak")
+        with self._lock.hold():
+            tables = AtomicJSONStorage(backup).read()  # must itself be valid
+            if self.state_path.exists():
+                kept = self.state_path.with_name(f"{self.state_path.name}.corrupt-{int(time.time())}")
+                os.replace(self.state_path, kept)
+            os.link(backup, self.state_path)
+            # log records that do not follow the older snapshot are set aside (their settles are
+            # in history beyond its pointer and are replayed from there)
+            lsn = int(((tables or {}).get("ledger", {}).get("1", {})).get("lsn", 0))
+            after = [r for r in (json.loads(raw) for raw in self._wal.read()[0]) if r["lsn"] > lsn]
+            if after and after[0]["lsn"] != lsn + 1:
+                os.replace(self._wal.path, self._wal.path.with_name(f"{WAL_FILE}.set-aside-{int(time.time())}"))
+            self._committed = None
+        return self.state_path
