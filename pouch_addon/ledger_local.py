@@ -43,7 +43,8 @@ from .ledger_store import (
 )
 from .ledger_wal import RecordLog
 
-#: a ledger that committed less than this long ago (s) is busy: its committer waits ``commit_delay``
+#: a ledger where two admissions were in flight at once less than this long ago (s) is busy: its
+#: committer waits ``commit_delay`` before a commit, for others to share it
 BUSY_WINDOW = 0.02
 #: a lazy ledger operation (see ``Ledger.submit``) is committed at the latest this long after it came (s)
 LAZY_DELAY = 0.025
@@ -83,10 +84,11 @@ class _Slot:
     """An operation waiting for a group commit, and its outcome (also set on ``future``, if any:
     a ``concurrent.futures.Future``, or an asyncio future completed on its own loop)."""
 
-    __slots__ = ("op", "done", "result", "error", "future")
+    __slots__ = ("op", "done", "result", "error", "future", "urgent")
 
     def __init__(self, op: Callable[[_Txn], Any], future: Future | asyncio.Future | None = None) -> None:
         self.op = op
+        self.urgent = False  # someone waits for it (not a lazy operation), counted in ``_waiting``
         self.done = False
         self.result: Any = None
         self.error: BaseException | None = None
@@ -139,6 +141,8 @@ class LocalStore:
         self._committer: threading.Thread | None = None
         self._last_commit = 0.0  # time.monotonic() at the end of the last group commit
         self._urgent = 0  # pending operations someone waits on
+        self._waiting = 0  # operations someone waits on, submitted and not answered yet
+        self._concurrent_at = float("-inf")  # when one came while another was still waiting
         self._lazy_since: float | None = None  # when the oldest pending lazy operation came
         self.commit_delay = commit_delay
         self.lazy_delay = LAZY_DELAY
@@ -332,10 +336,11 @@ class LocalStore:
 
         For callers that must not block (an event loop uses :meth:`submit_async`). No
         worker thread waits per operation; the committer runs whatever is queued in one group
-        commit. When the last commit ended less than ``BUSY_WINDOW`` ago (the proxy is under
-        load), it first waits ``commit_delay`` seconds for more operations to join, so one disk
-        round trip serves many calls (as PostgreSQL's ``commit_delay``); an idle ledger commits
-        at once.
+        commit. When operations arrive together (one came while another was still waiting for its
+        answer, less than ``BUSY_WINDOW`` ago: the proxy is under load), it first waits
+        ``commit_delay`` seconds for more operations to join, so one commit serves many calls (as
+        PostgreSQL's ``commit_delay`` with ``commit_siblings``). A lone caller, whose next call
+        only comes once the previous one was answered, never waits, however close its calls are.
 
         A ``lazy`` operation (a settle nobody waits for, a checkpoint) does not start a commit
         by itself: it rides along with the next one, or is committed ``lazy_delay`` seconds
@@ -363,6 +368,10 @@ class LocalStore:
             self._pending.append(slot)
             if not lazy:
                 self._urgent += 1
+                slot.urgent = True
+                if self._waiting:
+                    self._concurrent_at = time.monotonic()  # others are arriving: waiting can gather
+                self._waiting += 1
             elif self._lazy_since is None:
                 self._lazy_since = time.monotonic()
             else:
@@ -393,7 +402,7 @@ class LocalStore:
                     if left <= 0:
                         break
                     self._wake.wait(left)
-            if self.commit_delay > 0 and time.monotonic() - self._last_commit < BUSY_WINDOW:
+            if self.commit_delay > 0 and time.monotonic() - self._concurrent_at < BUSY_WINDOW:
                 time.sleep(self.commit_delay)
             with self._lock.thread_lock:
                 self._drain(log=True)
@@ -425,6 +434,10 @@ class LocalStore:
                 s.error = exc
         finally:
             self._last_commit = time.monotonic()
+            answered = sum(s.urgent for s in batch)
+            if answered:
+                with self._pending_lock:
+                    self._waiting -= answered
             by_loop: dict[asyncio.AbstractEventLoop, list[_Slot]] = {}
             for s in batch:
                 s.done = True

@@ -89,8 +89,9 @@ class BudgetGate:
         )
         loader.add_option(
             name="pouch_commit_delay_ms", typespec=int, default=3,
-            help="Under load, how long (ms) a ledger write waits for other requests' reservations and "
-                 "settles to share its durable write (group commit). An idle proxy writes at once. 0: never wait.",
+            help="When requests arrive together, how long (ms) a ledger write waits for other requests' "
+                 "reservations and settles to share it (group commit). A lone caller's calls never wait. "
+                 "0: never wait.",
         )
         loader.add_option(
             name="pouch_inject_usage", typespec=bool, default=True,
