@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import threading
 import time
@@ -28,7 +29,7 @@ from typing import Any, Callable
 
 from .home import resolve_home
 from .ledger_owner import Owner
-from .ledger_rules import LedgerState, partition_for
+from .ledger_rules import LedgerState, Refusal, partition_for
 from .ledger_store import (
     HISTORY_DIR,
     LOCK_FILE,
@@ -42,6 +43,15 @@ from .ledger_store import (
     corrupt_message,
 )
 from .ledger_wal import RecordLog
+
+log = logging.getLogger(__name__)
+
+#: how a group commit's log record reaches the disk before its operations are answered:
+#: ``overlap`` (the default): written to the log (in the kernel's page cache: a killed process
+#: cannot lose it) before the answer, flushed (``fdatasync``) by the flusher thread while the
+#: admitted requests are in flight; ``strict``: flushed before the answer (a power loss cannot
+#: lose it either). A refusal is answered before the flush in both.
+DURABILITY = ("overlap", "strict")
 
 #: a ledger where two admissions were in flight at once less than this long ago (s) is busy: its
 #: committer waits ``commit_delay`` before a commit, for others to share it
@@ -68,6 +78,7 @@ class _Txn:
         self.entries: list[dict[str, Any]] = []
         self.dirty = False
         self.durable = False  # checkpoints alone are advisory and skip fsync
+        self.flush = False  # a log record was written that must still be flushed (``_drain``)
 
     def record(self, entry: dict[str, Any]) -> dict[str, Any]:
         self.state.apply(entry)
@@ -115,6 +126,20 @@ def _deliver_all(slots: list[_Slot]) -> None:
         s.deliver()
 
 
+def _deliver(batch: list[_Slot]) -> None:
+    """Mark ``batch`` done and complete its futures: asyncio ones with one wake-up per loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[_Slot]] = {}
+    for s in batch:
+        s.done = True
+        if isinstance(s.future, asyncio.Future):
+            by_loop.setdefault(s.future.get_loop(), []).append(s)
+        else:
+            s.deliver()
+    for loop, slots in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
+            loop.call_soon_threadsafe(_deliver_all, slots)
+
+
 class LocalStore:
     """The ledger's files on this machine. Methods block on disk I/O: call them off the event loop."""
 
@@ -145,6 +170,12 @@ class LocalStore:
         self._concurrent_at = float("-inf")  # when one came while another was still waiting
         self._lazy_since: float | None = None  # when the oldest pending lazy operation came
         self.commit_delay = commit_delay
+        self.durability = "overlap"  # see DURABILITY
+        self._flush_cond = threading.Condition()
+        self._flusher: threading.Thread | None = None
+        self._written = 0  # overlapped log records written by this object, and how many are flushed
+        self._flushed = 0
+        self._flush_error: BaseException | None = None  # the last overlapped flush failed: flush inline
         self.lazy_delay = LAZY_DELAY
         self.idle_exit = IDLE_EXIT
         self.commits = 0  # group commits written by this object, and the operations they carried
@@ -268,7 +299,8 @@ class LocalStore:
         self._committed = ((identity, 0), st)
 
     def _commit_log(self, txn: _Txn) -> None:
-        """The durable step of a group commit: one record appended to the log, one fdatasync.
+        """The durable step of a group commit: one record appended to the log (its one fdatasync
+        follows in ``_drain``).
 
         The history lines are appended first without fsync (readers see them at once; the record
         carries them, so a writer re-appends what a power loss dropped, see :meth:`_load`)."""
@@ -293,7 +325,9 @@ class LocalStore:
         record = b'{"add":[%s],"ckpt":%s,"drop":%s,"hist":%s,"lsn":%d,"top":%s}' % (
             b",".join(added), canonical_json(ckpt), canonical_json(dropped), canonical_json(hist), st.lsn,
             canonical_json(st.to_tables_without_open()))
-        size = self._wal.append([record], durable=None if txn.durable else False, ino=self._wal_ino)
+        # written here; flushed by ``_drain`` (before or after answering, see DURABILITY)
+        size = self._wal.append([record], durable=False, ino=self._wal_ino)
+        txn.flush = txn.durable and self._wal.durable
         self._committed = ((txn.key[0], size), st)
         if not self._unsnapped:
             self._unsnapped_since = time.monotonic()
@@ -404,6 +438,9 @@ class LocalStore:
                     self._wake.wait(left)
             if self.commit_delay > 0 and time.monotonic() - self._concurrent_at < BUSY_WINDOW:
                 time.sleep(self.commit_delay)
+            # the log may run at most one record ahead of the flush in progress: at any time at
+            # most two group commits' records are written and not yet known to be on disk
+            self._await_flush(1)
             with self._lock.thread_lock:
                 self._drain(log=True)
             if self._snapshot_due():
@@ -417,6 +454,7 @@ class LocalStore:
             self._urgent, self._lazy_since = 0, None
         if not batch:
             return
+        flush = False
         try:
             with self._lock.hold_file():
                 txn = self._begin()
@@ -427,6 +465,7 @@ class LocalStore:
                     except Exception as exc:  # one bad operation does not fail the others
                         s.error = exc
                 self._commit(txn)
+                flush = txn.flush
             self.commits += 1
             self.operations += len(batch)
         except Exception as exc:  # the load or the commit failed: nothing of the batch happened
@@ -438,16 +477,55 @@ class LocalStore:
             if answered:
                 with self._pending_lock:
                     self._waiting -= answered
-            by_loop: dict[asyncio.AbstractEventLoop, list[_Slot]] = {}
-            for s in batch:
-                s.done = True
-                if isinstance(s.future, asyncio.Future):
-                    by_loop.setdefault(s.future.get_loop(), []).append(s)
-                else:
-                    s.deliver()
-            for loop, slots in by_loop.items():
-                with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
-                    loop.call_soon_threadsafe(_deliver_all, slots)
+            if flush and (self.durability == "strict" or self._flush_error is not None):
+                # a refusal or an error made nothing that needs the disk: answered first
+                later = [s for s in batch if s.error is None and not isinstance(s.result, Refusal)]
+                _deliver([s for s in batch if s.error is not None or isinstance(s.result, Refusal)])
+                try:
+                    self._wal.sync()
+                    self._flush_error = None
+                except Exception as exc:  # not on disk: the admissions fail (closed)
+                    for s in later:
+                        s.error = exc
+                _deliver(later)
+            else:
+                _deliver(batch)
+                if flush:
+                    self._flush_later()
+
+    # -- the overlapped flush (durability "overlap") ---------------------------------------------
+    def _flush_later(self) -> None:
+        """Hand the record just written to the flusher thread (started on demand)."""
+        with self._flush_cond:
+            self._written += 1
+            if self._flusher is None:
+                self._flusher = threading.Thread(target=self._flush_loop, name="pouch-ledger-flush", daemon=True)
+                self._flusher.start()
+            self._flush_cond.notify()
+
+    def _flush_loop(self) -> None:
+        """One fdatasync covers every record written before it started."""
+        while True:
+            with self._flush_cond:
+                while self._flushed >= self._written:
+                    if not self._flush_cond.wait(self.idle_exit) and self._flushed >= self._written:
+                        self._flusher = None  # idle: the next record starts another
+                        return
+                target = self._written
+            try:
+                self._wal.sync()
+            except Exception as exc:  # the next commit flushes before answering, and fails if this recurs
+                log.error(f"pouch: flushing the ledger's log {self._wal.path} failed: {exc!r}")
+                self._flush_error = exc
+            with self._flush_cond:
+                self._flushed = target
+                self._flush_cond.notify_all()
+
+    def _await_flush(self, behind: int) -> None:
+        """Wait until at most ``behind`` overlapped records written by this object are not flushed."""
+        with self._flush_cond:
+            while self._written - self._flushed > behind:
+                self._flush_cond.wait()
 
     # -- reads (lock-free: the state file is replaced atomically) -------------------------------
     def snapshot(self) -> LedgerState:

@@ -32,6 +32,7 @@ from typing import Any, Optional
 from mitmproxy import ctx, exceptions, http
 
 from ..budget import Ledger, LedgerState, Refusal, Wallet
+from ..ledger_local import DURABILITY
 from ..keystore import KeyStore
 from ..money import ZERO, format_usd
 from ..limits import RateBook
@@ -94,6 +95,13 @@ class BudgetGate:
                  "0: never wait.",
         )
         loader.add_option(
+            name="pouch_durability", typespec=str, default="overlap",
+            help="When a reservation reaches the disk. overlap: written to the ledger's log before the "
+                 "request leaves (a killed pouch cannot lose it) and flushed while the request is in "
+                 "flight (a power loss in those milliseconds can). strict: flushed before the request "
+                 "leaves (each call waits for the disk). Refusals never wait for the disk.",
+        )
+        loader.add_option(
             name="pouch_inject_usage", typespec=bool, default=True,
             help="Ask for stream_options.include_usage on streamed chat/completions requests so the "
                  "provider reports exact usage; the extra chunk is hidden from clients that did not ask.",
@@ -126,6 +134,9 @@ class BudgetGate:
         if "pouch_commit_delay_ms" in updated and not 0 <= ctx.options.pouch_commit_delay_ms <= 100:
             raise exceptions.OptionsError(
                 f"pouch_commit_delay_ms: expected 0 to 100 ms, got {ctx.options.pouch_commit_delay_ms}")
+        if "pouch_durability" in updated and ctx.options.pouch_durability not in DURABILITY:
+            raise exceptions.OptionsError(
+                f"pouch_durability: expected one of {', '.join(DURABILITY)}, got {ctx.options.pouch_durability!r}")
         if "pouch_home" in updated or self.core.ledger is None:
             try:
                 ledger = Ledger(ctx.options.pouch_home)
@@ -135,6 +146,7 @@ class BudgetGate:
             self.core.ledger = ledger
             self.core.keys = KeyStore(ledger.home)
         self.core.ledger.commit_delay = ctx.options.pouch_commit_delay_ms / 1000  # a new ledger's, or a changed delay
+        self.core.ledger.durability = ctx.options.pouch_durability
 
     async def running(self) -> None:
         ledger, table = self.core.require()

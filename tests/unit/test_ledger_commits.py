@@ -325,3 +325,82 @@ def test_operations_arriving_together_make_the_committer_wait_to_gather(tmp_path
     third = ledger.submit(ledger.reserve_op(D("0.1")))
     assert isinstance(third.result(timeout=10), Reservation)
     assert slept and set(slept) == {0.05}
+
+
+class _SlowDisk:
+    """``os.fdatasync`` held until ``release()``: a flush the test can keep in progress."""
+
+    def __init__(self, monkeypatch, fail: bool = False) -> None:
+        import os
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+        self.fail = fail
+        self.calls = 0
+        real = os.fdatasync
+
+        def fdatasync(fd: int) -> None:
+            self.calls += 1
+            if self.fail:
+                raise OSError(5, "Input/output error (test)")
+            self.entered.set()
+            self.gate.wait(60)
+            real(fd)
+
+        monkeypatch.setattr(os, "fdatasync", fdatasync)
+
+    def release(self) -> None:
+        self.gate.set()
+
+
+def test_a_reservation_is_answered_once_written_and_flushed_while_its_request_is_in_flight(tmp_path, monkeypatch):
+    """Issue 20, default durability (``overlap``): the reservation's log record is written (so a
+    killed process cannot lose it) before the answer, and its fdatasync runs after the answer."""
+    ledger = Ledger(tmp_path)  # the default durability
+    ledger.set_budget(D("1"))
+    disk = _SlowDisk(monkeypatch)
+    try:
+        res = ledger.submit(ledger.reserve_op(D("0.1"))).result(timeout=20)  # the flush has not finished
+        assert isinstance(res, Reservation)
+        assert disk.entered.wait(20) and not disk.gate.is_set()  # its flush runs meanwhile
+        assert res.id in Ledger(tmp_path).snapshot().open  # already in the log another process reads
+        # the next admission does not wait for the flush in progress either
+        res2 = ledger.submit(ledger.reserve_op(D("0.1"))).result(timeout=20)
+        assert isinstance(res2, Reservation) and not disk.gate.is_set()
+    finally:
+        disk.release()
+    ledger._await_flush(0)
+    assert set(Ledger(tmp_path).snapshot().open) == {res.id, res2.id}
+
+
+def test_strict_durability_flushes_before_answering_but_a_refusal_never_waits_for_the_disk(tmp_path, monkeypatch):
+    ledger = Ledger(tmp_path)
+    ledger.durability = "strict"
+    ledger.set_budget(D("1"))
+    disk = _SlowDisk(monkeypatch)
+    try:
+        with ledger._lock.thread_lock:  # both in one group commit
+            admitted = ledger.submit(ledger.reserve_op(D("0.1")))
+            refused = ledger.submit(ledger.reserve_op(D("5")))
+        r = refused.result(timeout=20)  # a 402 does not depend on a flush
+        assert isinstance(r, Refusal) and r.reason == "insufficient"
+        assert disk.entered.wait(20)
+        assert not admitted.done()  # strict: the reservation is answered only once it is on disk
+    finally:
+        disk.release()
+    assert isinstance(admitted.result(timeout=20), Reservation)
+
+
+def test_a_failed_overlapped_flush_makes_the_next_commit_flush_first_and_fail_closed(tmp_path, monkeypatch):
+    ledger = Ledger(tmp_path)
+    ledger.set_budget(D("1"))
+    disk = _SlowDisk(monkeypatch, fail=True)
+    first = ledger.submit(ledger.reserve_op(D("0.1"))).result(timeout=20)  # written; its flush fails later
+    assert isinstance(first, Reservation)
+    ledger._await_flush(0)
+    assert disk.calls == 1
+    with pytest.raises(OSError):  # the disk cannot be trusted: no admission until a flush succeeds
+        ledger.submit(ledger.reserve_op(D("0.1"))).result(timeout=20)
+    disk.fail = False
+    disk.release()
+    assert isinstance(ledger.submit(ledger.reserve_op(D("0.1"))).result(timeout=20), Reservation)
+    assert ledger.verify() == []
