@@ -7,7 +7,9 @@ measures exactly that, against the same local fake api.openai.com (TLS, ``tests/
 - ``bare``: bare mitmdump (the redirect addon, ``stream_large_bodies=1``);
 - ``pouch``: mitmdump with pouch, default options;
 - ``pouch-strict``: pouch with ``pouch_durability=strict`` (flush before forwarding);
-- any ``--config NAME:OPTION=VALUE,...`` added (e.g. ``--config d0:pouch_commit_delay_ms=0``).
+- any ``--config NAME:OPTION=VALUE,...`` added (e.g. ``--config d0:pouch_commit_delay_ms=0``);
+- any ``--tree NAME=DIR`` added: pouch from another checkout (``git archive`` of an older
+  commit), measured in the same run, so a before/after shares the machine's noise.
 
 One keep-alive connection per configuration, sequential requests; the configurations take turns
 round by round (``--rounds``), so drift of the shared machine hits them alike. Two workloads:
@@ -23,7 +25,8 @@ operations per group commit, so that the gathering under load stays visible next
 caller's latency. Nothing is asserted; each target ends as a ``RATIO`` line:
 pouch's added p50 <= bare's + 1 ms (non-stream) and TTFB <= bare's + 1 ms (stream).
 
-    .venv/bin/python bench/latency_bench.py [--n 150] [--rounds 5] [--no-load] [--config NAME:OPT=V,...]
+    .venv/bin/python bench/latency_bench.py [--n 60] [--rounds 5] [--no-load] [--config NAME:OPT=V,...]
+        [--tree NAME=DIR[:OPT=V,...]]
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ class Cfg:
     name: str
     kind: str  # "direct" | "bare" | "pouch"
     sets: list[str] = field(default_factory=list)
+    tree: str | None = None  # another checkout of pouch to run (``--tree``), e.g. the code before a change
     proxy: Any = None
     home: Path | None = None
     client: Any = None
@@ -122,6 +126,10 @@ class Run:
         for spec in args.config:
             name, _, opts = spec.partition(":")
             self.cfgs.append(Cfg(name, "pouch", [o for o in opts.split(",") if o]))
+        for spec in args.tree:
+            name, _, rest = spec.partition("=")
+            tree, _, opts = rest.partition(":")
+            self.cfgs.append(Cfg(name, "pouch", [o for o in opts.split(",") if o], tree=str(Path(tree).resolve())))
 
     def start(self, cfg: Cfg) -> None:
         if cfg.kind == "direct":
@@ -133,12 +141,18 @@ class Run:
         cfg.home = self.workdir / f"home-{cfg.name}"
         cfg.home.mkdir(parents=True, exist_ok=True)
         Ledger(cfg.home).set_budget(Decimal("1000000"))
+        env, entry = H._proxy_env, H.pouch_entry_script
+        if cfg.tree:  # mitmdump imports pouch_addon from that checkout (PYTHONPATH comes first)
+            H._proxy_env = lambda: {**env(), "PYTHONPATH": cfg.tree}
+            H.pouch_entry_script = lambda python=None: str(Path(cfg.tree) / "pouch_addon" / "mitm_entry.py")
         try:
             cfg.proxy = self.pin.start_proxy(self.h, home=cfg.home, pouch=True, fake=self.fake, sets=cfg.sets,
                                              timeout=20)
         except H.HarnessError as exc:  # e.g. an option this version of pouch does not know
             cfg.skipped = str(exc).splitlines()[0][:200]
             return
+        finally:
+            H._proxy_env, H.pouch_entry_script = env, entry
         time.sleep(1.0)  # an unknown option stops mitmdump just after it opened its port
         if not cfg.proxy.alive():
             err = [ln for ln in cfg.proxy.stderr().splitlines() + cfg.proxy.stdout().splitlines() if ln.strip()]
@@ -249,6 +263,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--chunks-ns", type=int, default=20, help="completion tokens of the non-stream answer")
     ap.add_argument("--config", action="append", default=[], metavar="NAME:OPTION=VALUE,...",
                     help="another pouch configuration (repeatable)")
+    ap.add_argument("--tree", action="append", default=[], metavar="NAME=DIR[:OPTION=VALUE,...]",
+                    help="a pouch configuration running the code of another checkout (e.g. `git archive` of "
+                         "the commit before a change, for a before/after in one run; repeatable)")
     ap.add_argument("--no-load", action="store_true", help="skip the closed-loop phase")
     ap.add_argument("--load", type=int, default=20, help="connections of the closed-loop phase")
     ap.add_argument("--load-seconds", type=float, default=4.0)

@@ -166,6 +166,7 @@ class LocalStore:
         self._committer: threading.Thread | None = None
         self._last_commit = 0.0  # time.monotonic() at the end of the last group commit
         self._urgent = 0  # pending operations someone waits on
+        self._sleeping = False  # the committer waits longer than lazy_delay: a lazy operation must wake it
         self._waiting = 0  # operations someone waits on, submitted and not answered yet
         self._concurrent_at = float("-inf")  # when one came while another was still waiting
         self._lazy_since: float | None = None  # when the oldest pending lazy operation came
@@ -406,10 +407,11 @@ class LocalStore:
                 if self._waiting:
                     self._concurrent_at = time.monotonic()  # others are arriving: waiting can gather
                 self._waiting += 1
-            elif self._lazy_since is None:
-                self._lazy_since = time.monotonic()
             else:
-                return  # the committer already waits for the first lazy one: no need to wake it
+                if self._lazy_since is None:
+                    self._lazy_since = time.monotonic()
+                if self._committer is not None and not self._sleeping:
+                    return  # the committer will see it within lazy_delay without being woken
             if self._committer is None:
                 self._committer = threading.Thread(target=self._commit_loop, name="pouch-ledger", daemon=True)
                 self._committer.start()
@@ -419,23 +421,32 @@ class LocalStore:
         while True:
             with self._wake:
                 while not self._urgent:
-                    if self._lazy_since is None:
-                        if self._unsnapped and not self._urgent:
-                            left = self._unsnapped_since + self.snapshot_seconds - time.monotonic()
-                            if left > 0:
-                                self._wake.wait(min(left, self.idle_exit))
-                                continue
+                    now = time.monotonic()
+                    if self._lazy_since is not None:
+                        timeout: float | None = self._lazy_since + self.lazy_delay - now
+                        if timeout <= 0:
+                            break
+                    elif self._unsnapped:
+                        timeout = self._unsnapped_since + self.snapshot_seconds - now
+                        if timeout <= 0:
                             break  # nothing to commit: write the snapshot that is due
-                        if not self._wake.wait(self.idle_exit) and not self._urgent and self._lazy_since is None:
-                            # idle: end the thread (the next submission starts another), so a
-                            # ledger dropped by its owner (pouch_home changed) leaves none behind
-                            self._committer = None
-                            return
-                        continue
-                    left = self._lazy_since + self.lazy_delay - time.monotonic()
-                    if left <= 0:
-                        break
-                    self._wake.wait(left)
+                    else:
+                        timeout = None
+                    # right after a commit the settle of a call just answered is likely: stay on
+                    # a timer no longer than lazy_delay, so that a lazy operation need not wake
+                    # this thread (a thread switch, on a busy proxy a GIL hand-off) to be seen
+                    recent = self._last_commit + self.lazy_delay - now
+                    if recent > 0 and (timeout is None or recent < timeout):
+                        timeout = recent
+                    self._sleeping = timeout is None or timeout > self.lazy_delay
+                    woke = self._wake.wait(self.idle_exit if timeout is None else timeout)
+                    self._sleeping = False
+                    if (timeout is None and not woke and not self._urgent and self._lazy_since is None
+                            and not self._unsnapped):
+                        # idle: end the thread (the next submission starts another), so a
+                        # ledger dropped by its owner (pouch_home changed) leaves none behind
+                        self._committer = None
+                        return
             if self.commit_delay > 0 and time.monotonic() - self._concurrent_at < BUSY_WINDOW:
                 time.sleep(self.commit_delay)
             # the log may run at most one record ahead of the flush in progress: at any time at
