@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 import os
+import queue
 import threading
 import time
 from concurrent.futures import Future
@@ -172,7 +173,8 @@ class LocalStore:
         self._lazy_since: float | None = None  # when the oldest pending lazy operation came
         self.commit_delay = commit_delay
         self.durability = "overlap"  # see DURABILITY
-        self._flush_cond = threading.Condition()
+        self._flush_cond = threading.Condition()  # guards _written/_flushed/_flusher; run-ahead waits on it
+        self._flush_queue: queue.SimpleQueue[int] = queue.SimpleQueue()  # records written, for the flusher
         self._flusher: threading.Thread | None = None
         self._written = 0  # overlapped log records written by this object, and how many are flushed
         self._flushed = 0
@@ -506,23 +508,30 @@ class LocalStore:
 
     # -- the overlapped flush (durability "overlap") ---------------------------------------------
     def _flush_later(self) -> None:
-        """Hand the record just written to the flusher thread (started on demand)."""
+        """Hand the record just written to the flusher thread (started on demand; it blocks on a
+        C-level queue, so a put wakes it without Python-level lock traffic)."""
         with self._flush_cond:
             self._written += 1
+            self._flush_queue.put(self._written)
             if self._flusher is None:
                 self._flusher = threading.Thread(target=self._flush_loop, name="pouch-ledger-flush", daemon=True)
                 self._flusher.start()
-            self._flush_cond.notify()
 
     def _flush_loop(self) -> None:
         """One fdatasync covers every record written before it started."""
+        q = self._flush_queue
         while True:
-            with self._flush_cond:
-                while self._flushed >= self._written:
-                    if not self._flush_cond.wait(self.idle_exit) and self._flushed >= self._written:
+            try:
+                target = q.get(timeout=self.idle_exit)
+            except queue.Empty:
+                with self._flush_cond:
+                    if q.empty():
                         self._flusher = None  # idle: the next record starts another
                         return
-                target = self._written
+                continue
+            with contextlib.suppress(queue.Empty):
+                while True:  # records written meanwhile: this flush covers them too
+                    target = q.get_nowait()
             try:
                 self._wal.sync()
             except Exception as exc:  # the next commit flushes before answering, and fails if this recurs

@@ -404,3 +404,19 @@ def test_a_failed_overlapped_flush_makes_the_next_commit_flush_first_and_fail_cl
     disk.release()
     assert isinstance(ledger.submit(ledger.reserve_op(D("0.1"))).result(timeout=20), Reservation)
     assert ledger.verify() == []
+
+
+def test_a_settle_right_after_a_commit_does_not_wake_the_committer(tmp_path):
+    """The settle of a call just answered rides with the next admission: the committer, which
+    just committed, is on a lazy_delay timer and sees it without a wake-up (a thread switch)."""
+    ledger = Ledger(tmp_path)
+    ledger.lazy_delay = 30.0  # however slow this machine is today, the settle comes within it
+    ledger.set_budget(D("1"))
+    r = ledger.submit(ledger.reserve_op(D("0.1"))).result(timeout=10)
+    wakes: list[int] = []
+    real = ledger._wake.notify
+    ledger._wake.notify = lambda n=1: (wakes.append(n), real(n))[1]  # type: ignore[method-assign]
+    settle = ledger.submit(ledger.settle_op(r.id, D("0.05")), lazy=True)
+    assert wakes == []
+    r2 = ledger.submit(ledger.reserve_op(D("0.1"))).result(timeout=10)  # this one wakes it, and carries the settle
+    assert wakes == [1] and settle.result(timeout=10)["cost"] == "0.05" and isinstance(r2, Reservation)
