@@ -312,12 +312,13 @@ class LocalStore:
         for entry in txn.entries:
             name = max(partition_for(entry["ts"]), st.history_file or "")
             by_partition.setdefault(name, []).append(entry)
-        hist = []
+        hist = []  # each line serialised once, for its partition and for the record
         for name in sorted(by_partition):
-            lines = by_partition[name]
-            data = b"".join(canonical_json(line) + b"\n" for line in lines)
+            encoded = [canonical_json(line) for line in by_partition[name]]
+            data = b"".join(e + b"\n" for e in encoded)
             end = self._history.append_bytes(name, data, durable=False)
-            hist.append([name, end - len(data), lines])
+            # canonical_json([name, start, lines]): a partition name is "YYYY-MM-DD.jsonl"
+            hist.append(b'["%s",%d,[%s]]' % (name.encode(), end - len(data), b",".join(encoded)))
             st.history_file, st.history_size = name, end
             st.unsynced.add(name)
         st.lsn += 1
@@ -325,9 +326,9 @@ class LocalStore:
         added = [r.canonical_json() for i, r in now_open.items() if i not in before]
         dropped = [i for i in before if i not in now_open]
         ckpt = {i: now_open[i].checkpoint for i in txn.checkpointed if i in now_open and i in before}
-        record = b'{"add":[%s],"ckpt":%s,"drop":%s,"hist":%s,"lsn":%d,"top":%s}' % (
-            b",".join(added), canonical_json(ckpt), canonical_json(dropped), canonical_json(hist), st.lsn,
-            canonical_json(st.to_tables_without_open()))
+        record = b'{"add":[%s],"ckpt":%s,"drop":%s,"hist":[%s],"lsn":%d,"top":%s}' % (
+            b",".join(added), canonical_json(ckpt) if ckpt else b"{}", canonical_json(dropped) if dropped else b"[]",
+            b",".join(hist), st.lsn, canonical_json(st.to_tables_without_open()))
         # written here; flushed by ``_drain`` (before or after answering, see DURABILITY)
         size = self._wal.append([record], durable=False, ino=self._wal_ino)
         txn.flush = txn.durable and self._wal.durable

@@ -420,3 +420,21 @@ def test_a_settle_right_after_a_commit_does_not_wake_the_committer(tmp_path):
     assert wakes == []
     r2 = ledger.submit(ledger.reserve_op(D("0.1"))).result(timeout=10)  # this one wakes it, and carries the settle
     assert wakes == [1] and settle.result(timeout=10)["cost"] == "0.05" and isinstance(r2, Reservation)
+
+
+def test_a_log_record_is_canonical_json(tmp_path):
+    """The record is assembled from pieces serialised once each; it must still be exactly the
+    canonical serialisation of what it holds."""
+    from pouch_addon.ledger_store import canonical_json
+    ledger = Ledger(tmp_path)
+    ledger.set_budget(D("1"))
+    r = ledger.submit(ledger.reserve_op(D("0.1"), {"model": "gpt-4o", "note": "é \" \n"})).result(timeout=10)
+    ledger.submit(ledger.checkpoint_op({r.id: {"output_tokens": 3}}), lazy=True)
+    with ledger._lock.thread_lock:  # the settle, a checkpoint and a new reservation in one record
+        ledger.submit(ledger.settle_op(r.id, D("0.05"), details={"why": "ünïcode \u2028"}), lazy=True)
+        last = ledger.submit(ledger.reserve_op(D("0.2")))
+    last.result(timeout=10)
+    records = [json.loads(raw) for raw in ledger._wal.read()[0]]
+    assert len(records) >= 2 and any(rec["hist"] and rec["drop"] for rec in records)
+    for raw in ledger._wal.read()[0]:
+        assert raw == canonical_json(json.loads(raw))
