@@ -450,11 +450,16 @@ class LocalStore:
                         # ledger dropped by its owner (pouch_home changed) leaves none behind
                         self._committer = None
                         return
-            if self.commit_delay > 0 and time.monotonic() - self._concurrent_at < BUSY_WINDOW:
-                time.sleep(self.commit_delay)
-            # the log may run at most one record ahead of the flush in progress: at any time at
-            # most two group commits' records are written and not yet known to be on disk
-            self._await_flush(1)
+            if time.monotonic() - self._concurrent_at < BUSY_WINDOW:
+                # under load the flush in progress paces the commits (as an inline flush did), so
+                # each still gathers what arrives during a flush plus ``commit_delay``
+                self._await_flush(0)
+                if self.commit_delay > 0:
+                    time.sleep(self.commit_delay)
+            else:
+                # a lone caller's next admission does not wait for the previous flush: the log may
+                # run one record ahead of it (at most two records written and not yet flushed)
+                self._await_flush(1)
             with self._lock.thread_lock:
                 self._drain(log=True)
             if self._snapshot_due():

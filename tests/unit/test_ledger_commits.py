@@ -438,3 +438,29 @@ def test_a_log_record_is_canonical_json(tmp_path):
     assert len(records) >= 2 and any(rec["hist"] and rec["drop"] for rec in records)
     for raw in ledger._wal.read()[0]:
         assert raw == canonical_json(json.loads(raw))
+
+
+def test_under_load_the_flush_in_progress_paces_the_commits(tmp_path, monkeypatch):
+    """Operations arriving together: the next commit waits for the previous record's flush (as an
+    inline flush did), so it gathers what arrives meanwhile; the requests already admitted are
+    not held by that flush."""
+    import concurrent.futures
+    from pouch_addon import ledger_local
+    monkeypatch.setattr(ledger_local, "BUSY_WINDOW", 600.0)
+    ledger = Ledger(tmp_path, commit_delay=0.001)
+    ledger.set_budget(D("10"))
+    disk = _SlowDisk(monkeypatch)
+    try:
+        with ledger._lock.thread_lock:  # two admissions in flight at once: the ledger is busy
+            first = ledger.submit(ledger.reserve_op(D("0.1")))
+            second = ledger.submit(ledger.reserve_op(D("0.1")))
+        assert isinstance(first.result(timeout=20), Reservation)  # answered, its flush held
+        assert isinstance(second.result(timeout=20), Reservation)
+        assert disk.entered.wait(20)
+        later = [ledger.submit(ledger.reserve_op(D("0.1"))) for _ in range(3)]
+        with pytest.raises(concurrent.futures.TimeoutError):
+            later[0].result(timeout=1.0)  # not committed while the previous flush runs
+    finally:
+        disk.release()
+    assert all(isinstance(f.result(timeout=20), Reservation) for f in later)
+    assert ledger.verify() == []
