@@ -57,6 +57,8 @@ DURABILITY = ("overlap", "strict")
 #: a ledger where two admissions were in flight at once less than this long ago (s) is busy: its
 #: committer waits ``commit_delay`` before a commit, for others to share it
 BUSY_WINDOW = 0.02
+#: with this many other calls in flight (``LocalStore.siblings``) a commit waits ``commit_delay``
+BUSY_SIBLINGS = 2
 #: a lazy ledger operation (see ``Ledger.submit``) is committed at the latest this long after it came (s)
 LAZY_DELAY = 0.025
 #: a committer thread with nothing to do for this long ends; the next submission starts a new one (s)
@@ -170,6 +172,8 @@ class LocalStore:
         self._sleeping = False  # the committer waits longer than lazy_delay: a lazy operation must wake it
         self._waiting = 0  # operations someone waits on, submitted and not answered yet
         self._concurrent_at = float("-inf")  # when one came while another was still waiting
+        #: how many calls the owner has in flight (the proxy sets it; see ``_busy``)
+        self.siblings: Callable[[], int] | None = None
         self._lazy_since: float | None = None  # when the oldest pending lazy operation came
         self.commit_delay = commit_delay
         self.durability = "overlap"  # see DURABILITY
@@ -450,7 +454,7 @@ class LocalStore:
                         # ledger dropped by its owner (pouch_home changed) leaves none behind
                         self._committer = None
                         return
-            if time.monotonic() - self._concurrent_at < BUSY_WINDOW:
+            if self._busy():
                 # under load the flush in progress paces the commits (as an inline flush did), so
                 # each still gathers what arrives during a flush plus ``commit_delay``
                 self._await_flush(0)
@@ -465,6 +469,17 @@ class LocalStore:
             if self._snapshot_due():
                 with contextlib.suppress(Exception):  # the log stays durable; the next commit retries
                     self.compact()
+
+    def _busy(self) -> bool:
+        """Whether other operations are arriving, so that waiting can gather them: one came while
+        another still waited (under ``BUSY_WINDOW`` ago), or the owner says at least
+        ``BUSY_SIBLINGS`` other calls are in flight (``siblings``: a proxy whose event loop is
+        CPU-bound hands the ledger one admission at a time, yet each call in flight brings a
+        settle and its client's next call; PostgreSQL's ``commit_siblings``)."""
+        if time.monotonic() - self._concurrent_at < BUSY_WINDOW:
+            return True
+        siblings = self.siblings
+        return siblings is not None and siblings() >= BUSY_SIBLINGS
 
     def _drain(self, *, log: bool = False) -> None:
         """Run every pending operation in one transaction; the caller holds the thread lock."""

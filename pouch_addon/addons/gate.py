@@ -147,6 +147,8 @@ class BudgetGate:
             self.core.keys = KeyStore(ledger.home)
         self.core.ledger.commit_delay = ctx.options.pouch_commit_delay_ms / 1000  # a new ledger's, or a changed delay
         self.core.ledger.durability = ctx.options.pouch_durability
+        # calls in flight: with others in flight a commit waits pouch_commit_delay_ms to gather
+        self.core.ledger.siblings = self.core.active.__len__
 
     async def running(self) -> None:
         ledger, table = self.core.require()

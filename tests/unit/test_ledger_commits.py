@@ -464,3 +464,18 @@ def test_under_load_the_flush_in_progress_paces_the_commits(tmp_path, monkeypatc
         disk.release()
     assert all(isinstance(f.result(timeout=20), Reservation) for f in later)
     assert ledger.verify() == []
+
+
+def test_with_other_calls_in_flight_a_commit_waits_to_gather(tmp_path, monkeypatch):
+    """A proxy whose event loop is CPU-bound hands the ledger one admission at a time; the calls
+    it has in flight (``siblings``, the gate's count) still say that waiting can gather."""
+    ledger = Ledger(tmp_path, commit_delay=0.05)
+    ledger.set_budget(D("100"))
+    slept = _record_delays(monkeypatch, ledger)
+    in_flight = [1]
+    ledger.siblings = lambda: in_flight[0]
+    assert isinstance(ledger.submit(ledger.reserve_op(D("0.1"))).result(timeout=10), Reservation)
+    assert slept == []  # one other call in flight: a lone agent's previous call, not a crowd
+    in_flight[0] = 5
+    assert isinstance(ledger.submit(ledger.reserve_op(D("0.1"))).result(timeout=10), Reservation)
+    assert slept == [0.05]
