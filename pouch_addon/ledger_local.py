@@ -454,18 +454,21 @@ class LocalStore:
                         # ledger dropped by its owner (pouch_home changed) leaves none behind
                         self._committer = None
                         return
-            if self._busy():
-                # under load the flush in progress paces the commits (as an inline flush did), so
-                # each still gathers what arrives during a flush plus ``commit_delay``
+            busy = self._busy()
+            if busy:
+                # under load the committer flushes each record itself, after answering (so each
+                # commit gathers what arrives during a flush plus ``commit_delay``, as before, and
+                # no other thread has to win the GIL from a CPU-bound event loop per commit)
                 self._await_flush(0)
                 if self.commit_delay > 0:
                     time.sleep(self.commit_delay)
             else:
-                # a lone caller's next admission does not wait for the previous flush: the log may
-                # run one record ahead of it (at most two records written and not yet flushed)
+                # a lone caller's next admission does not wait for the previous flush (the flusher
+                # thread's): the log may run one record ahead of it (at most two records written
+                # and not yet flushed)
                 self._await_flush(1)
             with self._lock.thread_lock:
-                self._drain(log=True)
+                self._drain(log=True, flush_here=busy)
             if self._snapshot_due():
                 with contextlib.suppress(Exception):  # the log stays durable; the next commit retries
                     self.compact()
@@ -481,8 +484,9 @@ class LocalStore:
         siblings = self.siblings
         return siblings is not None and siblings() >= BUSY_SIBLINGS
 
-    def _drain(self, *, log: bool = False) -> None:
-        """Run every pending operation in one transaction; the caller holds the thread lock."""
+    def _drain(self, *, log: bool = False, flush_here: bool = False) -> None:
+        """Run every pending operation in one transaction; the caller holds the thread lock.
+        ``flush_here``: an overlapped flush runs in this thread, after answering."""
         with self._pending_lock:
             batch, self._pending = self._pending, []
             self._urgent, self._lazy_since = 0, None
@@ -524,7 +528,13 @@ class LocalStore:
                 _deliver(later)
             else:
                 _deliver(batch)
-                if flush:
+                if flush and flush_here:
+                    try:
+                        self._wal.sync()
+                    except Exception as exc:  # the next commit flushes before answering
+                        log.error(f"pouch: flushing the ledger's log {self._wal.path} failed: {exc!r}")
+                        self._flush_error = exc
+                elif flush:
                     self._flush_later()
 
     # -- the overlapped flush (durability "overlap") ---------------------------------------------

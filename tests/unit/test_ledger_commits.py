@@ -479,3 +479,29 @@ def test_with_other_calls_in_flight_a_commit_waits_to_gather(tmp_path, monkeypat
     in_flight[0] = 5
     assert isinstance(ledger.submit(ledger.reserve_op(D("0.1"))).result(timeout=10), Reservation)
     assert slept == [0.05]
+
+
+def test_under_load_the_committer_flushes_itself_after_answering(tmp_path, monkeypatch):
+    """Busy: no flusher thread has to win the GIL from a CPU-bound event loop per commit; the
+    committer answers, then flushes the record itself."""
+    import os
+    from pouch_addon import ledger_local
+    monkeypatch.setattr(ledger_local, "BUSY_WINDOW", 600.0)
+    ledger = Ledger(tmp_path, commit_delay=0.001)
+    ledger.set_budget(D("10"))
+    flushed_by: list[tuple[str, bool]] = []
+    real = os.fdatasync
+    pending: list = []
+
+    def fdatasync(fd: int) -> None:
+        flushed_by.append((threading.current_thread().name, all(f.done() for f in pending)))
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    with ledger._lock.thread_lock:  # two admissions in flight at once: the ledger is busy
+        pending[:] = [ledger.submit(ledger.reserve_op(D("0.1"))), ledger.submit(ledger.reserve_op(D("0.1")))]
+    [f.result(timeout=20) for f in pending]
+    pending[:] = [ledger.submit(ledger.reserve_op(D("0.1")))]
+    assert isinstance(pending[0].result(timeout=20), Reservation)
+    ledger._await_flush(0)
+    assert flushed_by[-1] == ("pouch-ledger", True)  # the committer, once the admission was answered
