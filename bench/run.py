@@ -7,6 +7,8 @@
 - ``proxy_bench.py``: pouch vs bare mitmdump, same run: throughput and latency (with the floor of
   ``floor.py``, pouch's own mandatory work per request), latency of a
   small request under streaming load, peak memory of long streams (``--quick``: ~1-2 min);
+- ``latency_bench.py``: one agent's sequential calls on one connection, the latency each proxy
+  adds over a direct call (bare mitmdump, pouch, pouch strict), and ledger operations per commit;
 - ``meter_bench.py``: the per-chunk cost of metering an SSE stream vs splitting + ``json.loads``;
 - ``checkpoint_bench.py``: the longest event-loop stall of the checkpoint pass over 20 and 100
   streams, sliced vs one unbroken pass;
@@ -102,6 +104,8 @@ def main() -> int:
     plan: list[tuple[str, list[str], float]] = [
         ("ledger_bench", [py, str(BENCH / "ledger_bench.py")] + (["--big", "200000"] if args.quick else []), 1200),
         ("proxy_bench", [py, str(BENCH / "proxy_bench.py")] + (["--quick"] if args.quick else []), 1200),
+        ("latency_bench", [py, str(BENCH / "latency_bench.py")] + (["--n", "30", "--rounds", "3"] if args.quick else []),
+         900),
     ]
     for name in ("meter_bench", "checkpoint_bench", "identity_bench"):
         script = BENCH / f"{name}.py"

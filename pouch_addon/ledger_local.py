@@ -17,7 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
+import queue
 import threading
 import time
 from concurrent.futures import Future
@@ -28,7 +30,7 @@ from typing import Any, Callable
 
 from .home import resolve_home
 from .ledger_owner import Owner
-from .ledger_rules import LedgerState, partition_for
+from .ledger_rules import LedgerState, Refusal, partition_for
 from .ledger_store import (
     HISTORY_DIR,
     LOCK_FILE,
@@ -43,8 +45,20 @@ from .ledger_store import (
 )
 from .ledger_wal import RecordLog
 
-#: a ledger that committed less than this long ago (s) is busy: its committer waits ``commit_delay``
+log = logging.getLogger(__name__)
+
+#: how a group commit's log record reaches the disk before its operations are answered:
+#: ``overlap`` (the default): written to the log (in the kernel's page cache: a killed process
+#: cannot lose it) before the answer, flushed (``fdatasync``) by the flusher thread while the
+#: admitted requests are in flight; ``strict``: flushed before the answer (a power loss cannot
+#: lose it either). A refusal is answered before the flush in both.
+DURABILITY = ("overlap", "strict")
+
+#: a ledger where two admissions were in flight at once less than this long ago (s) is busy: its
+#: committer waits ``commit_delay`` before a commit, for others to share it
 BUSY_WINDOW = 0.02
+#: with this many other calls in flight (``LocalStore.siblings``) a commit waits ``commit_delay``
+BUSY_SIBLINGS = 2
 #: a lazy ledger operation (see ``Ledger.submit``) is committed at the latest this long after it came (s)
 LAZY_DELAY = 0.025
 #: a committer thread with nothing to do for this long ends; the next submission starts a new one (s)
@@ -67,6 +81,7 @@ class _Txn:
         self.entries: list[dict[str, Any]] = []
         self.dirty = False
         self.durable = False  # checkpoints alone are advisory and skip fsync
+        self.flush = False  # a log record was written that must still be flushed (``_drain``)
 
     def record(self, entry: dict[str, Any]) -> dict[str, Any]:
         self.state.apply(entry)
@@ -83,10 +98,11 @@ class _Slot:
     """An operation waiting for a group commit, and its outcome (also set on ``future``, if any:
     a ``concurrent.futures.Future``, or an asyncio future completed on its own loop)."""
 
-    __slots__ = ("op", "done", "result", "error", "future")
+    __slots__ = ("op", "done", "result", "error", "future", "urgent")
 
     def __init__(self, op: Callable[[_Txn], Any], future: Future | asyncio.Future | None = None) -> None:
         self.op = op
+        self.urgent = False  # someone waits for it (not a lazy operation), counted in ``_waiting``
         self.done = False
         self.result: Any = None
         self.error: BaseException | None = None
@@ -111,6 +127,20 @@ class _Slot:
 def _deliver_all(slots: list[_Slot]) -> None:
     for s in slots:
         s.deliver()
+
+
+def _deliver(batch: list[_Slot]) -> None:
+    """Mark ``batch`` done and complete its futures: asyncio ones with one wake-up per loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[_Slot]] = {}
+    for s in batch:
+        s.done = True
+        if isinstance(s.future, asyncio.Future):
+            by_loop.setdefault(s.future.get_loop(), []).append(s)
+        else:
+            s.deliver()
+    for loop, slots in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
+            loop.call_soon_threadsafe(_deliver_all, slots)
 
 
 class LocalStore:
@@ -139,8 +169,20 @@ class LocalStore:
         self._committer: threading.Thread | None = None
         self._last_commit = 0.0  # time.monotonic() at the end of the last group commit
         self._urgent = 0  # pending operations someone waits on
+        self._sleeping = False  # the committer waits longer than lazy_delay: a lazy operation must wake it
+        self._waiting = 0  # operations someone waits on, submitted and not answered yet
+        self._concurrent_at = float("-inf")  # when one came while another was still waiting
+        #: how many calls the owner has in flight (the proxy sets it; see ``_busy``)
+        self.siblings: Callable[[], int] | None = None
         self._lazy_since: float | None = None  # when the oldest pending lazy operation came
         self.commit_delay = commit_delay
+        self.durability = "overlap"  # see DURABILITY
+        self._flush_cond = threading.Condition()  # guards _written/_flushed/_flusher; run-ahead waits on it
+        self._flush_queue: queue.SimpleQueue[int] = queue.SimpleQueue()  # records written, for the flusher
+        self._flusher: threading.Thread | None = None
+        self._written = 0  # overlapped log records written by this object, and how many are flushed
+        self._flushed = 0
+        self._flush_error: BaseException | None = None  # the last overlapped flush failed: flush inline
         self.lazy_delay = LAZY_DELAY
         self.idle_exit = IDLE_EXIT
         self.commits = 0  # group commits written by this object, and the operations they carried
@@ -264,7 +306,8 @@ class LocalStore:
         self._committed = ((identity, 0), st)
 
     def _commit_log(self, txn: _Txn) -> None:
-        """The durable step of a group commit: one record appended to the log, one fdatasync.
+        """The durable step of a group commit: one record appended to the log (its one fdatasync
+        follows in ``_drain``).
 
         The history lines are appended first without fsync (readers see them at once; the record
         carries them, so a writer re-appends what a power loss dropped, see :meth:`_load`)."""
@@ -273,12 +316,13 @@ class LocalStore:
         for entry in txn.entries:
             name = max(partition_for(entry["ts"]), st.history_file or "")
             by_partition.setdefault(name, []).append(entry)
-        hist = []
+        hist = []  # each line serialised once, for its partition and for the record
         for name in sorted(by_partition):
-            lines = by_partition[name]
-            data = b"".join(canonical_json(line) + b"\n" for line in lines)
+            encoded = [canonical_json(line) for line in by_partition[name]]
+            data = b"".join(e + b"\n" for e in encoded)
             end = self._history.append_bytes(name, data, durable=False)
-            hist.append([name, end - len(data), lines])
+            # canonical_json([name, start, lines]): a partition name is "YYYY-MM-DD.jsonl"
+            hist.append(b'["%s",%d,[%s]]' % (name.encode(), end - len(data), b",".join(encoded)))
             st.history_file, st.history_size = name, end
             st.unsynced.add(name)
         st.lsn += 1
@@ -286,10 +330,12 @@ class LocalStore:
         added = [r.canonical_json() for i, r in now_open.items() if i not in before]
         dropped = [i for i in before if i not in now_open]
         ckpt = {i: now_open[i].checkpoint for i in txn.checkpointed if i in now_open and i in before}
-        record = b'{"add":[%s],"ckpt":%s,"drop":%s,"hist":%s,"lsn":%d,"top":%s}' % (
-            b",".join(added), canonical_json(ckpt), canonical_json(dropped), canonical_json(hist), st.lsn,
-            canonical_json(st.to_tables_without_open()))
-        size = self._wal.append([record], durable=None if txn.durable else False, ino=self._wal_ino)
+        record = b'{"add":[%s],"ckpt":%s,"drop":%s,"hist":[%s],"lsn":%d,"top":%s}' % (
+            b",".join(added), canonical_json(ckpt) if ckpt else b"{}", canonical_json(dropped) if dropped else b"[]",
+            b",".join(hist), st.lsn, canonical_json(st.to_tables_without_open()))
+        # written here; flushed by ``_drain`` (before or after answering, see DURABILITY)
+        size = self._wal.append([record], durable=False, ino=self._wal_ino)
+        txn.flush = txn.durable and self._wal.durable
         self._committed = ((txn.key[0], size), st)
         if not self._unsnapped:
             self._unsnapped_since = time.monotonic()
@@ -332,10 +378,11 @@ class LocalStore:
 
         For callers that must not block (an event loop uses :meth:`submit_async`). No
         worker thread waits per operation; the committer runs whatever is queued in one group
-        commit. When the last commit ended less than ``BUSY_WINDOW`` ago (the proxy is under
-        load), it first waits ``commit_delay`` seconds for more operations to join, so one disk
-        round trip serves many calls (as PostgreSQL's ``commit_delay``); an idle ledger commits
-        at once.
+        commit. When operations arrive together (one came while another was still waiting for its
+        answer, less than ``BUSY_WINDOW`` ago: the proxy is under load), it first waits
+        ``commit_delay`` seconds for more operations to join, so one commit serves many calls (as
+        PostgreSQL's ``commit_delay`` with ``commit_siblings``). A lone caller, whose next call
+        only comes once the previous one was answered, never waits, however close its calls are.
 
         A ``lazy`` operation (a settle nobody waits for, a checkpoint) does not start a commit
         by itself: it rides along with the next one, or is committed ``lazy_delay`` seconds
@@ -363,10 +410,15 @@ class LocalStore:
             self._pending.append(slot)
             if not lazy:
                 self._urgent += 1
-            elif self._lazy_since is None:
-                self._lazy_since = time.monotonic()
+                slot.urgent = True
+                if self._waiting:
+                    self._concurrent_at = time.monotonic()  # others are arriving: waiting can gather
+                self._waiting += 1
             else:
-                return  # the committer already waits for the first lazy one: no need to wake it
+                if self._lazy_since is None:
+                    self._lazy_since = time.monotonic()
+                if self._committer is not None and not self._sleeping:
+                    return  # the committer will see it within lazy_delay without being woken
             if self._committer is None:
                 self._committer = threading.Thread(target=self._commit_loop, name="pouch-ledger", daemon=True)
                 self._committer.start()
@@ -376,38 +428,71 @@ class LocalStore:
         while True:
             with self._wake:
                 while not self._urgent:
-                    if self._lazy_since is None:
-                        if self._unsnapped and not self._urgent:
-                            left = self._unsnapped_since + self.snapshot_seconds - time.monotonic()
-                            if left > 0:
-                                self._wake.wait(min(left, self.idle_exit))
-                                continue
+                    now = time.monotonic()
+                    if self._lazy_since is not None:
+                        timeout: float | None = self._lazy_since + self.lazy_delay - now
+                        if timeout <= 0:
+                            break
+                    elif self._unsnapped:
+                        timeout = self._unsnapped_since + self.snapshot_seconds - now
+                        if timeout <= 0:
                             break  # nothing to commit: write the snapshot that is due
-                        if not self._wake.wait(self.idle_exit) and not self._urgent and self._lazy_since is None:
-                            # idle: end the thread (the next submission starts another), so a
-                            # ledger dropped by its owner (pouch_home changed) leaves none behind
-                            self._committer = None
-                            return
-                        continue
-                    left = self._lazy_since + self.lazy_delay - time.monotonic()
-                    if left <= 0:
-                        break
-                    self._wake.wait(left)
-            if self.commit_delay > 0 and time.monotonic() - self._last_commit < BUSY_WINDOW:
-                time.sleep(self.commit_delay)
+                    else:
+                        timeout = None
+                    # right after a commit the settle of a call just answered is likely: stay on
+                    # a timer no longer than lazy_delay, so that a lazy operation need not wake
+                    # this thread (a thread switch, on a busy proxy a GIL hand-off) to be seen
+                    recent = self._last_commit + self.lazy_delay - now
+                    if recent > 0 and (timeout is None or recent < timeout):
+                        timeout = recent
+                    self._sleeping = timeout is None or timeout > self.lazy_delay
+                    woke = self._wake.wait(self.idle_exit if timeout is None else timeout)
+                    self._sleeping = False
+                    if (timeout is None and not woke and not self._urgent and self._lazy_since is None
+                            and not self._unsnapped):
+                        # idle: end the thread (the next submission starts another), so a
+                        # ledger dropped by its owner (pouch_home changed) leaves none behind
+                        self._committer = None
+                        return
+            busy = self._busy()
+            if busy:
+                # under load the committer flushes each record itself, after answering (so each
+                # commit gathers what arrives during a flush plus ``commit_delay``, as before, and
+                # no other thread has to win the GIL from a CPU-bound event loop per commit)
+                self._await_flush(0)
+                if self.commit_delay > 0:
+                    time.sleep(self.commit_delay)
+            else:
+                # a lone caller's next admission does not wait for the previous flush (the flusher
+                # thread's): the log may run one record ahead of it (at most two records written
+                # and not yet flushed)
+                self._await_flush(1)
             with self._lock.thread_lock:
-                self._drain(log=True)
+                self._drain(log=True, flush_here=busy)
             if self._snapshot_due():
                 with contextlib.suppress(Exception):  # the log stays durable; the next commit retries
                     self.compact()
 
-    def _drain(self, *, log: bool = False) -> None:
-        """Run every pending operation in one transaction; the caller holds the thread lock."""
+    def _busy(self) -> bool:
+        """Whether other operations are arriving, so that waiting can gather them: one came while
+        another still waited (under ``BUSY_WINDOW`` ago), or the owner says at least
+        ``BUSY_SIBLINGS`` other calls are in flight (``siblings``: a proxy whose event loop is
+        CPU-bound hands the ledger one admission at a time, yet each call in flight brings a
+        settle and its client's next call; PostgreSQL's ``commit_siblings``)."""
+        if time.monotonic() - self._concurrent_at < BUSY_WINDOW:
+            return True
+        siblings = self.siblings
+        return siblings is not None and siblings() >= BUSY_SIBLINGS
+
+    def _drain(self, *, log: bool = False, flush_here: bool = False) -> None:
+        """Run every pending operation in one transaction; the caller holds the thread lock.
+        ``flush_here``: an overlapped flush runs in this thread, after answering."""
         with self._pending_lock:
             batch, self._pending = self._pending, []
             self._urgent, self._lazy_since = 0, None
         if not batch:
             return
+        flush = False
         try:
             with self._lock.hold_file():
                 txn = self._begin()
@@ -418,6 +503,7 @@ class LocalStore:
                     except Exception as exc:  # one bad operation does not fail the others
                         s.error = exc
                 self._commit(txn)
+                flush = txn.flush
             self.commits += 1
             self.operations += len(batch)
         except Exception as exc:  # the load or the commit failed: nothing of the batch happened
@@ -425,16 +511,72 @@ class LocalStore:
                 s.error = exc
         finally:
             self._last_commit = time.monotonic()
-            by_loop: dict[asyncio.AbstractEventLoop, list[_Slot]] = {}
-            for s in batch:
-                s.done = True
-                if isinstance(s.future, asyncio.Future):
-                    by_loop.setdefault(s.future.get_loop(), []).append(s)
-                else:
-                    s.deliver()
-            for loop, slots in by_loop.items():
-                with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
-                    loop.call_soon_threadsafe(_deliver_all, slots)
+            answered = sum(s.urgent for s in batch)
+            if answered:
+                with self._pending_lock:
+                    self._waiting -= answered
+            if flush and (self.durability == "strict" or self._flush_error is not None):
+                # a refusal or an error made nothing that needs the disk: answered first
+                later = [s for s in batch if s.error is None and not isinstance(s.result, Refusal)]
+                _deliver([s for s in batch if s.error is not None or isinstance(s.result, Refusal)])
+                try:
+                    self._wal.sync()
+                    self._flush_error = None
+                except Exception as exc:  # not on disk: the admissions fail (closed)
+                    for s in later:
+                        s.error = exc
+                _deliver(later)
+            else:
+                _deliver(batch)
+                if flush and flush_here:
+                    try:
+                        self._wal.sync()
+                    except Exception as exc:  # the next commit flushes before answering
+                        log.error(f"pouch: flushing the ledger's log {self._wal.path} failed: {exc!r}")
+                        self._flush_error = exc
+                elif flush:
+                    self._flush_later()
+
+    # -- the overlapped flush (durability "overlap") ---------------------------------------------
+    def _flush_later(self) -> None:
+        """Hand the record just written to the flusher thread (started on demand; it blocks on a
+        C-level queue, so a put wakes it without Python-level lock traffic)."""
+        with self._flush_cond:
+            self._written += 1
+            self._flush_queue.put(self._written)
+            if self._flusher is None:
+                self._flusher = threading.Thread(target=self._flush_loop, name="pouch-ledger-flush", daemon=True)
+                self._flusher.start()
+
+    def _flush_loop(self) -> None:
+        """One fdatasync covers every record written before it started."""
+        q = self._flush_queue
+        while True:
+            try:
+                target = q.get(timeout=self.idle_exit)
+            except queue.Empty:
+                with self._flush_cond:
+                    if q.empty():
+                        self._flusher = None  # idle: the next record starts another
+                        return
+                continue
+            with contextlib.suppress(queue.Empty):
+                while True:  # records written meanwhile: this flush covers them too
+                    target = q.get_nowait()
+            try:
+                self._wal.sync()
+            except Exception as exc:  # the next commit flushes before answering, and fails if this recurs
+                log.error(f"pouch: flushing the ledger's log {self._wal.path} failed: {exc!r}")
+                self._flush_error = exc
+            with self._flush_cond:
+                self._flushed = target
+                self._flush_cond.notify_all()
+
+    def _await_flush(self, behind: int) -> None:
+        """Wait until at most ``behind`` overlapped records written by this object are not flushed."""
+        with self._flush_cond:
+            while self._written - self._flushed > behind:
+                self._flush_cond.wait()
 
     # -- reads (lock-free: the state file is replaced atomically) -------------------------------
     def snapshot(self) -> LedgerState:

@@ -3,7 +3,7 @@
 Why: a group commit that rewrites a state file re-serialises every open reservation and pays a
 rename, a link and two fsyncs. Appending one record per group commit to a log, with one
 ``fdatasync``, is the cheapest durable step there is; the state file then only needs to be a
-snapshot written now and then (issue 16; not wired into ``Ledger`` yet, see ARCHITECTURE.md).
+snapshot written now and then (issue 16; see ``ledger_local`` and ARCHITECTURE.md).
 
 Each record is framed as ``length (4 bytes, big-endian) | crc32 of the payload (4 bytes) |
 payload``. A writer killed mid-append leaves a torn final record: a short header, a short
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
 import zlib
 from pathlib import Path
 
@@ -63,6 +64,9 @@ class RecordLog:
         # process truncated the file, and a replaced file shows as a new inode (see ``append``)
         self._fd: int | None = None
         self._ino = -1
+        # held while the descriptor is flushed (``sync``, from another thread) or replaced/closed,
+        # so a flush never runs on a descriptor closed (and its number reused) meanwhile
+        self._fd_lock = threading.Lock()
 
     def stat(self) -> tuple[int, int]:
         """``(inode, size)`` of the log, ``(-1, 0)`` when there is none."""
@@ -80,9 +84,10 @@ class RecordLog:
         data = b"".join(frame(p) for p in payloads)
         fd = self._fd
         if fd is None or ino is None or ino != self._ino:
-            self.close()
-            fd = self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            self._ino = os.fstat(fd).st_ino
+            with self._fd_lock:
+                self._close()
+                fd = self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+                self._ino = os.fstat(fd).st_ino
         try:
             os.write(fd, data)
             if self.durable if durable is None else durable:
@@ -92,7 +97,20 @@ class RecordLog:
             self.close()
             raise
 
+    def sync(self) -> bool:
+        """``fdatasync`` what was appended through the kept descriptor (the overlapped flush of
+        ``ledger_local``; safe from another thread). False when there is no descriptor to flush."""
+        with self._fd_lock:
+            if self._fd is None:
+                return False
+            os.fdatasync(self._fd)
+            return True
+
     def close(self) -> None:
+        with self._fd_lock:
+            self._close()
+
+    def _close(self) -> None:
         fd, self._fd, self._ino = self._fd, None, -1
         if fd is not None:
             os.close(fd)

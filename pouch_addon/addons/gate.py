@@ -33,6 +33,7 @@ from typing import Any, Optional
 from mitmproxy import ctx, exceptions, http
 
 from ..budget import LedgerState, Refusal, Wallet
+from ..ledger_local import DURABILITY
 from ..keystore import KeyStore
 from ..ledger_postgres import LedgerUnavailable, ledger_for, ledger_url, redact_url
 from ..money import ZERO, format_usd
@@ -102,8 +103,16 @@ class BudgetGate:
         )
         loader.add_option(
             name="pouch_commit_delay_ms", typespec=int, default=3,
-            help="Under load, how long (ms) a ledger write waits for other requests' reservations and "
-                 "settles to share its durable write (group commit). An idle proxy writes at once. 0: never wait.",
+            help="When requests arrive together, how long (ms) a ledger write waits for other requests' "
+                 "reservations and settles to share it (group commit). A lone caller's calls never wait. "
+                 "0: never wait.",
+        )
+        loader.add_option(
+            name="pouch_durability", typespec=str, default="overlap",
+            help="When a reservation reaches the disk. overlap: written to the ledger's log before the "
+                 "request leaves (a killed pouch cannot lose it) and flushed while the request is in "
+                 "flight (a power loss in those milliseconds can). strict: flushed before the request "
+                 "leaves (each call waits for the disk). Refusals never wait for the disk.",
         )
         loader.add_option(
             name="pouch_inject_usage", typespec=bool, default=True,
@@ -138,6 +147,9 @@ class BudgetGate:
         if "pouch_commit_delay_ms" in updated and not 0 <= ctx.options.pouch_commit_delay_ms <= 100:
             raise exceptions.OptionsError(
                 f"pouch_commit_delay_ms: expected 0 to 100 ms, got {ctx.options.pouch_commit_delay_ms}")
+        if "pouch_durability" in updated and ctx.options.pouch_durability not in DURABILITY:
+            raise exceptions.OptionsError(
+                f"pouch_durability: expected one of {', '.join(DURABILITY)}, got {ctx.options.pouch_durability!r}")
         if not 3 <= ctx.options.pouch_ledger_lease_s <= 3600:
             raise exceptions.OptionsError(
                 f"pouch_ledger_lease_s: expected 3 to 3600 s, got {ctx.options.pouch_ledger_lease_s}")
@@ -156,6 +168,9 @@ class BudgetGate:
             self.core.ledger = ledger
             self.core.keys = KeyStore(ledger.home)
         self.core.ledger.commit_delay = ctx.options.pouch_commit_delay_ms / 1000  # a new ledger's, or a changed delay
+        self.core.ledger.durability = ctx.options.pouch_durability
+        # calls in flight: with others in flight a commit waits pouch_commit_delay_ms to gather
+        self.core.ledger.siblings = self.core.active.__len__
 
     async def running(self) -> None:
         ledger, table = self.core.require()

@@ -63,6 +63,7 @@ def run_mitmdump(home: Path, *sets: str) -> subprocess.CompletedProcess:
     ("pouch_route=nonsense", "pouch_route 'nonsense': expected HOST=ADDRESS:PORT"),
     ("pouch_input_margin=lots", "pouch_input_margin: expected a fraction"),
     ("pouch_unknown_endpoints=maybe", "pouch_unknown_endpoints"),
+    ("pouch_durability=fsync", "pouch_durability: expected one of overlap, strict, got 'fsync'"),
     # mitmproxy would send a streamed request body upstream before pouch could price it
     ("stream_large_bodies=1", "stream_large_bodies cannot be used with pouch"),
 ])

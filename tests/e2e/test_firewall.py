@@ -336,8 +336,9 @@ def test_fifty_concurrent_streams_never_overspend(e2e, fake, tmp_path):
     assert all(e["status"] == "ok" and D(e["cost"]) <= D(e["reserved"]) for e in entries)
 
 
-def test_sigkill_mid_stream_then_restart_recovers_the_reservation(e2e, fake, tmp_path):
-    home, proxy, env = start(e2e, tmp_path)
+@pytest.mark.parametrize("durability", ["overlap", "strict"])
+def test_sigkill_mid_stream_then_restart_recovers_the_reservation(e2e, fake, tmp_path, durability):
+    home, proxy, env = start(e2e, tmp_path, sets={"pouch_durability": durability})
     client = e2e.start_sdk("chat_stream", {"model": "gpt-4o", "max_tokens": 100, "extra_headers": headers(
         prompt_tokens=5, chunks=100, delay_ms=100)}, env)
     fake.wait_for(lambda e: e["ev"] == "chunk_sent" and e.get("i", 0) >= 3, timeout=15)

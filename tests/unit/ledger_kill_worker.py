@@ -1,6 +1,6 @@
 """A ledger writer that reports every acknowledged operation, for the random SIGKILL test.
 
-Usage: python ledger_kill_worker.py HOME SEED JOURNAL
+Usage: python ledger_kill_worker.py HOME SEED JOURNAL [DURABILITY]
 It prints ``ready`` once the ledger is open, then reserves and settles forever: two threads
 submit to the committer (one write-ahead log record per group commit, a snapshot every few
 records, so kills land between log appends and snapshots), one calls the ledger directly (a
@@ -20,6 +20,8 @@ from pouch_addon.budget import Ledger, Refusal
 def main() -> None:
     home, seed, journal = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     ledger = Ledger(home)
+    if len(sys.argv) > 4:
+        ledger.durability = sys.argv[4]  # "overlap": answered once written, flushed meanwhile
     ledger.snapshot_records = 1 + seed % 7  # compact often: many kills fall around a snapshot
     out = open(journal, "a", buffering=1)
     out_lock = threading.Lock()

@@ -279,3 +279,229 @@ def test_a_cancelled_admission_gives_its_reservation_back(tmp_path):
     assert (st.spent, st.reserved) == (D("0"), D("0.2"))
     (entry,) = ledger.history(kinds=("settle",))
     assert entry["n"] == "gone" and entry["status"] == "abandoned" and entry["cost"] == "0"
+
+
+def _record_delays(monkeypatch, ledger: Ledger) -> list[float]:
+    """Record every commit delay the committer sleeps (it sleeps nothing else)."""
+    from pouch_addon import ledger_local
+    slept: list[float] = []
+    real = time.sleep
+
+    def sleep(s: float) -> None:
+        if threading.current_thread().name == "pouch-ledger":
+            slept.append(s)
+        real(s)
+
+    monkeypatch.setattr(ledger_local.time, "sleep", sleep)
+    return slept
+
+
+def test_a_lone_caller_never_waits_for_a_commit_delay(tmp_path, monkeypatch):
+    """Issue 20: one agent making one call after another has nobody to share a commit with, so
+    its reservations are committed at once, however close together they come."""
+    ledger = Ledger(tmp_path, commit_delay=0.05)
+    ledger.set_budget(D("100"))
+    slept = _record_delays(monkeypatch, ledger)
+    prev = None
+    for _ in range(12):
+        if prev is not None:  # the previous call's settle: lazy, as the meter sends it
+            ledger.submit(ledger.settle_op(prev.id, D("0.01")), lazy=True)
+        prev = ledger.submit(ledger.reserve_op(D("0.1"))).result(timeout=10)
+        assert isinstance(prev, Reservation)
+    assert slept == [] and ledger.operations == 1 + 12 + 11  # set_budget, reserves, settles
+
+
+def test_operations_arriving_together_make_the_committer_wait_to_gather(tmp_path, monkeypatch):
+    """Two admissions in flight at once: from then on a commit waits ``commit_delay`` for others."""
+    from pouch_addon import ledger_local
+    monkeypatch.setattr(ledger_local, "BUSY_WINDOW", 600.0)  # however slow this machine is today
+    ledger = Ledger(tmp_path, commit_delay=0.05)
+    ledger.set_budget(D("100"))
+    slept = _record_delays(monkeypatch, ledger)
+    with ledger._lock.thread_lock:  # the committer cannot finish the first before the second comes
+        first = ledger.submit(ledger.reserve_op(D("0.1")))
+        second = ledger.submit(ledger.reserve_op(D("0.1")))
+    assert isinstance(first.result(timeout=10), Reservation) and isinstance(second.result(timeout=10), Reservation)
+    third = ledger.submit(ledger.reserve_op(D("0.1")))
+    assert isinstance(third.result(timeout=10), Reservation)
+    assert slept and set(slept) == {0.05}
+
+
+class _SlowDisk:
+    """``os.fdatasync`` held until ``release()``: a flush the test can keep in progress."""
+
+    def __init__(self, monkeypatch, fail: bool = False) -> None:
+        import os
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+        self.fail = fail
+        self.calls = 0
+        real = os.fdatasync
+
+        def fdatasync(fd: int) -> None:
+            self.calls += 1
+            if self.fail:
+                raise OSError(5, "Input/output error (test)")
+            self.entered.set()
+            self.gate.wait(60)
+            real(fd)
+
+        monkeypatch.setattr(os, "fdatasync", fdatasync)
+
+    def release(self) -> None:
+        self.gate.set()
+
+
+def test_a_reservation_is_answered_once_written_and_flushed_while_its_request_is_in_flight(tmp_path, monkeypatch):
+    """Issue 20, default durability (``overlap``): the reservation's log record is written (so a
+    killed process cannot lose it) before the answer, and its fdatasync runs after the answer."""
+    ledger = Ledger(tmp_path)  # the default durability
+    ledger.set_budget(D("1"))
+    disk = _SlowDisk(monkeypatch)
+    try:
+        res = ledger.submit(ledger.reserve_op(D("0.1"))).result(timeout=20)  # the flush has not finished
+        assert isinstance(res, Reservation)
+        assert disk.entered.wait(20) and not disk.gate.is_set()  # its flush runs meanwhile
+        assert res.id in Ledger(tmp_path).snapshot().open  # already in the log another process reads
+        # the next admission does not wait for the flush in progress either
+        res2 = ledger.submit(ledger.reserve_op(D("0.1"))).result(timeout=20)
+        assert isinstance(res2, Reservation) and not disk.gate.is_set()
+    finally:
+        disk.release()
+    ledger._await_flush(0)
+    assert set(Ledger(tmp_path).snapshot().open) == {res.id, res2.id}
+
+
+def test_strict_durability_flushes_before_answering_but_a_refusal_never_waits_for_the_disk(tmp_path, monkeypatch):
+    ledger = Ledger(tmp_path)
+    ledger.durability = "strict"
+    ledger.set_budget(D("1"))
+    disk = _SlowDisk(monkeypatch)
+    try:
+        with ledger._lock.thread_lock:  # both in one group commit
+            admitted = ledger.submit(ledger.reserve_op(D("0.1")))
+            refused = ledger.submit(ledger.reserve_op(D("5")))
+        r = refused.result(timeout=20)  # a 402 does not depend on a flush
+        assert isinstance(r, Refusal) and r.reason == "insufficient"
+        assert disk.entered.wait(20)
+        assert not admitted.done()  # strict: the reservation is answered only once it is on disk
+    finally:
+        disk.release()
+    assert isinstance(admitted.result(timeout=20), Reservation)
+
+
+def test_a_failed_overlapped_flush_makes_the_next_commit_flush_first_and_fail_closed(tmp_path, monkeypatch):
+    ledger = Ledger(tmp_path)
+    ledger.set_budget(D("1"))
+    disk = _SlowDisk(monkeypatch, fail=True)
+    first = ledger.submit(ledger.reserve_op(D("0.1"))).result(timeout=20)  # written; its flush fails later
+    assert isinstance(first, Reservation)
+    ledger._await_flush(0)
+    assert disk.calls == 1
+    with pytest.raises(OSError):  # the disk cannot be trusted: no admission until a flush succeeds
+        ledger.submit(ledger.reserve_op(D("0.1"))).result(timeout=20)
+    disk.fail = False
+    disk.release()
+    assert isinstance(ledger.submit(ledger.reserve_op(D("0.1"))).result(timeout=20), Reservation)
+    assert ledger.verify() == []
+
+
+def test_a_settle_right_after_a_commit_does_not_wake_the_committer(tmp_path):
+    """The settle of a call just answered rides with the next admission: the committer, which
+    just committed, is on a lazy_delay timer and sees it without a wake-up (a thread switch)."""
+    ledger = Ledger(tmp_path)
+    ledger.lazy_delay = 30.0  # however slow this machine is today, the settle comes within it
+    ledger.set_budget(D("1"))
+    r = ledger.submit(ledger.reserve_op(D("0.1"))).result(timeout=10)
+    wakes: list[int] = []
+    real = ledger._wake.notify
+    ledger._wake.notify = lambda n=1: (wakes.append(n), real(n))[1]  # type: ignore[method-assign]
+    settle = ledger.submit(ledger.settle_op(r.id, D("0.05")), lazy=True)
+    assert wakes == []
+    r2 = ledger.submit(ledger.reserve_op(D("0.1"))).result(timeout=10)  # this one wakes it, and carries the settle
+    assert wakes == [1] and settle.result(timeout=10)["cost"] == "0.05" and isinstance(r2, Reservation)
+
+
+def test_a_log_record_is_canonical_json(tmp_path):
+    """The record is assembled from pieces serialised once each; it must still be exactly the
+    canonical serialisation of what it holds."""
+    from pouch_addon.ledger_store import canonical_json
+    ledger = Ledger(tmp_path)
+    ledger.set_budget(D("1"))
+    r = ledger.submit(ledger.reserve_op(D("0.1"), {"model": "gpt-4o", "note": "é \" \n"})).result(timeout=10)
+    ledger.submit(ledger.checkpoint_op({r.id: {"output_tokens": 3}}), lazy=True)
+    with ledger._lock.thread_lock:  # the settle, a checkpoint and a new reservation in one record
+        ledger.submit(ledger.settle_op(r.id, D("0.05"), details={"why": "ünïcode \u2028"}), lazy=True)
+        last = ledger.submit(ledger.reserve_op(D("0.2")))
+    last.result(timeout=10)
+    records = [json.loads(raw) for raw in ledger._wal.read()[0]]
+    assert len(records) >= 2 and any(rec["hist"] and rec["drop"] for rec in records)
+    for raw in ledger._wal.read()[0]:
+        assert raw == canonical_json(json.loads(raw))
+
+
+def test_under_load_the_flush_in_progress_paces_the_commits(tmp_path, monkeypatch):
+    """Operations arriving together: the next commit waits for the previous record's flush (as an
+    inline flush did), so it gathers what arrives meanwhile; the requests already admitted are
+    not held by that flush."""
+    import concurrent.futures
+    from pouch_addon import ledger_local
+    monkeypatch.setattr(ledger_local, "BUSY_WINDOW", 600.0)
+    ledger = Ledger(tmp_path, commit_delay=0.001)
+    ledger.set_budget(D("10"))
+    disk = _SlowDisk(monkeypatch)
+    try:
+        with ledger._lock.thread_lock:  # two admissions in flight at once: the ledger is busy
+            first = ledger.submit(ledger.reserve_op(D("0.1")))
+            second = ledger.submit(ledger.reserve_op(D("0.1")))
+        assert isinstance(first.result(timeout=20), Reservation)  # answered, its flush held
+        assert isinstance(second.result(timeout=20), Reservation)
+        assert disk.entered.wait(20)
+        later = [ledger.submit(ledger.reserve_op(D("0.1"))) for _ in range(3)]
+        with pytest.raises(concurrent.futures.TimeoutError):
+            later[0].result(timeout=1.0)  # not committed while the previous flush runs
+    finally:
+        disk.release()
+    assert all(isinstance(f.result(timeout=20), Reservation) for f in later)
+    assert ledger.verify() == []
+
+
+def test_with_other_calls_in_flight_a_commit_waits_to_gather(tmp_path, monkeypatch):
+    """A proxy whose event loop is CPU-bound hands the ledger one admission at a time; the calls
+    it has in flight (``siblings``, the gate's count) still say that waiting can gather."""
+    ledger = Ledger(tmp_path, commit_delay=0.05)
+    ledger.set_budget(D("100"))
+    slept = _record_delays(monkeypatch, ledger)
+    in_flight = [1]
+    ledger.siblings = lambda: in_flight[0]
+    assert isinstance(ledger.submit(ledger.reserve_op(D("0.1"))).result(timeout=10), Reservation)
+    assert slept == []  # one other call in flight: a lone agent's previous call, not a crowd
+    in_flight[0] = 5
+    assert isinstance(ledger.submit(ledger.reserve_op(D("0.1"))).result(timeout=10), Reservation)
+    assert slept == [0.05]
+
+
+def test_under_load_the_committer_flushes_itself_after_answering(tmp_path, monkeypatch):
+    """Busy: no flusher thread has to win the GIL from a CPU-bound event loop per commit; the
+    committer answers, then flushes the record itself."""
+    import os
+    from pouch_addon import ledger_local
+    monkeypatch.setattr(ledger_local, "BUSY_WINDOW", 600.0)
+    ledger = Ledger(tmp_path, commit_delay=0.001)
+    ledger.set_budget(D("10"))
+    flushed_by: list[tuple[str, bool]] = []
+    real = os.fdatasync
+    pending: list = []
+
+    def fdatasync(fd: int) -> None:
+        flushed_by.append((threading.current_thread().name, all(f.done() for f in pending)))
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    with ledger._lock.thread_lock:  # two admissions in flight at once: the ledger is busy
+        pending[:] = [ledger.submit(ledger.reserve_op(D("0.1"))), ledger.submit(ledger.reserve_op(D("0.1")))]
+    [f.result(timeout=20) for f in pending]
+    pending[:] = [ledger.submit(ledger.reserve_op(D("0.1")))]
+    assert isinstance(pending[0].result(timeout=20), Reservation)
+    ledger._await_flush(0)
+    assert flushed_by[-1] == ("pouch-ledger", True)  # the committer, once the admission was answered

@@ -11,6 +11,8 @@ from collections import Counter
 from decimal import Decimal as D
 from pathlib import Path
 
+import pytest
+
 from pouch_addon.budget import Ledger
 
 WORKER = Path(__file__).with_name("ledger_kill_worker.py")
@@ -20,13 +22,16 @@ def _settle_ids(ledger: Ledger) -> Counter:
     return Counter(e["id"] for e in ledger.history(kinds=("settle",)))
 
 
-def test_random_sigkills_keep_acknowledged_work_and_settle_exactly_once(tmp_path):
+@pytest.mark.parametrize("durability", ["overlap", "strict"])
+def test_random_sigkills_keep_acknowledged_work_and_settle_exactly_once(tmp_path, durability):
+    """In both durability modes: "overlap" answers once the record is written (the page cache
+    outlives a killed process) and flushes meanwhile; "strict" answers once it is flushed."""
     home, journal = tmp_path / "home", tmp_path / "journal"
     ledger = Ledger(home)
     ledger.set_budget(D("100000"))
     rng = random.Random(16)
     for i in range(30):
-        p = subprocess.Popen([sys.executable, str(WORKER), str(home), str(i), str(journal)],
+        p = subprocess.Popen([sys.executable, str(WORKER), str(home), str(i), str(journal), durability],
                              stdout=subprocess.PIPE, text=True)
         assert p.stdout.readline().strip() == "ready"
         time.sleep(rng.uniform(0.0, 0.08))  # a random point of its commits
@@ -53,4 +58,4 @@ def test_random_sigkills_keep_acknowledged_work_and_settle_exactly_once(tmp_path
         st = ledger.snapshot()
         assert st.open == {} and st.budget == st.remaining + st.reserved + st.spent
         assert ledger.verify() == []
-    assert len(_settle_ids(ledger)) > 100  # the writers really did work before dying
+    assert len(_settle_ids(ledger)) > 30  # the writers really did work before dying (fewer on a loaded machine)
