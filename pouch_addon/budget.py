@@ -7,32 +7,8 @@ operations every process uses (proxy, CLI, TUI), written once over a store's pri
 Each operation is one atomic transaction of its store, so check-and-reserve is a single step and
 no path reads the balance and writes it in two steps.
 
-The invariant, checked by :meth:`LedgerState.problems`:
-``budget == remaining + reserved + spent``, where ``reserved`` is the sum of the open
-reservations (derived, so it cannot drift) and ``spent`` the sum of settled costs in history.
-A settle above its reservation is recorded as it happened and flagged ``over_reservation``;
-``remaining`` may then go negative, which blocks every later request.
-
-Wallets (per-app budget scopes): a request may be charged to a wallet *and* to the global
-budget; :meth:`LedgerState.reserve` checks both in the same atomic step, so neither can be
-overspent. A wallet's ``spent`` is the settled spend of its current period window (see
-``periods``): it is always a function of history, the wallet's period and the time:
-
-- rollover is lazy: the first reserve or settle whose timestamp falls in a newer window starts
-  the wallet's spend from zero (history keeps the old window's entries); a cost counts in the
-  window of its *settle* time, so a call straddling midnight counts in the new day;
-- adding a wallet, or changing its period, recomputes its spend from history with
-  :func:`periods.spend_in_new_period` (settled costs of that wallet in the new window holding
-  now), so spend is never carried over, prorated, created or lost;
-- a wallet name nobody configured is only a label: such requests are charged to the global
-  budget alone (and shown under their name everywhere).
-
-:meth:`Ledger.verify` checks every wallet's ``spent`` against history.
-
-Orphans: a reservation whose owning process died (SIGKILL, power loss) is found at the next
-start and settled conservatively at its full reserved amount, flagged ``orphaned`` for review,
-unless its last checkpoint recorded a final cost (the response had ended and only the settle
-write was lost), in which case that cost is used.
+The rules themselves (the invariant ``budget == remaining + reserved + spent``, wallets and their
+period windows, orphans) are described where they live, in ``ledger_rules``.
 """
 
 from __future__ import annotations

@@ -54,7 +54,7 @@ from urllib.parse import urlsplit, urlunsplit
 from . import ledger_pg_schema as schema
 from .budget import LedgerOps
 from .home import resolve_home
-from .ledger_local import BUSY_WINDOW, IDLE_EXIT, LAZY_DELAY, _deliver_all, _Slot, _Txn
+from .ledger_local import BUSY_WINDOW, IDLE_EXIT, LAZY_DELAY, _deliver, _Slot, _Txn
 from .ledger_owner import Owner
 from .ledger_rules import LedgerState, NotOpen
 from .limits import RateBook, RateWindow
@@ -457,16 +457,7 @@ class PostgresStore:
             self._execute(batch)
         finally:
             self._last_commit = time.monotonic()
-            by_loop: dict[asyncio.AbstractEventLoop, list[_Slot]] = {}
-            for s in batch:
-                s.done = True
-                if isinstance(s.future, asyncio.Future):
-                    by_loop.setdefault(s.future.get_loop(), []).append(s)
-                else:
-                    s.deliver()
-            for loop, slots in by_loop.items():
-                with contextlib.suppress(RuntimeError):
-                    loop.call_soon_threadsafe(_deliver_all, slots)
+            _deliver(batch)
 
     def _commit_loop(self) -> None:
         while True:
