@@ -401,12 +401,13 @@ class PostgresStore:
                                   else LedgerUnavailable(self.unavailable_message(exc)))
             for s in batch:
                 s.result, s.error = None, err
-                if unreachable and isinstance(s.op, _SettleOp):
+                settle = getattr(s.op, "settle_op", s.op)  # unwrapped from ``core.with_views``
+                if unreachable and isinstance(settle, _SettleOp):
                     try:
-                        self._spool(s.op)
-                        s.error, s.result = None, {"kind": "settle", "id": s.op.res_id, "spooled": True}
+                        self._spool(settle)
+                        s.error, s.result = None, {"kind": "settle", "id": settle.res_id, "spooled": True}
                     except OSError as spool_exc:
-                        log.error(f"pouch: could not spool the settle of {s.op.res_id}: {spool_exc}")
+                        log.error(f"pouch: could not spool the settle of {settle.res_id}: {spool_exc}")
 
     # -- the spool (settles written while the database is unreachable) ---------------------------
     def _spool(self, op: _SettleOp) -> None:

@@ -115,4 +115,5 @@ def with_views(op: Callable[[Any], dict], wallet: str | None) -> Callable[[Any],
         entry = op(txn)
         st = txn.state
         return entry, SettleViews(global_view(st), wallet_view(st, wallet, entry["ts"]) if wallet else None)
+    run.settle_op = op  # type: ignore[attr-defined]  # the settle itself, for a store that spools it (ledger_postgres)
     return run

@@ -281,8 +281,9 @@ class Metering:
                 if hasattr(o, "on_ledger_problem"):
                     o.on_ledger_problem(f"could not write the settle of reservation {call.reservation.id}: {exc!r}")
         else:
-            if self.core.observers:
-                entry, views = fut.result()
+            outcome = fut.result()
+            if self.core.observers and isinstance(outcome, tuple):  # a spooled settle (team ledger down) has no views
+                entry, views = outcome
                 commit_s = time.perf_counter() - submitted
                 for o in self.core.observers:
                     try:
