@@ -76,3 +76,14 @@ def test_span_bytes_decode_as_otlp_with_every_attribute():
     assert (s.start_time_unix_nano, s.end_time_unix_nano) == (1_700_000_000_000_000_000, 1_700_000_000_500_000_000)
     assert (s.status.code, s.status.message) == (2, "upstream_error")
     assert not s2.HasField("status") and (s2.start_time_unix_nano, s2.end_time_unix_nano) == (1, 2)
+
+
+def test_buckets_count_at_or_below_each_bound():
+    from pouch_addon.telemetry import Buckets
+
+    b = Buckets((0.1, 1, 0.5))
+    for v in (0.05, 0.1, 0.3, 1.0, 7.0):
+        b.observe(v)
+    cum, total = b.cumulative()
+    assert cum == [(0.1, 2), (0.5, 3), (1.0, 4), (float("inf"), 5)]
+    assert total == pytest.approx(8.45)
