@@ -15,6 +15,9 @@ capacity ratio of ``proxy_bench.py`` is lower than this one.
 ``pouch_metrics=127.0.0.1:0`` and ``pouch_otel=true``; traces then go to a local OTLP/HTTP sink in
 this process, which is not counted). Both sides wait ``--settle-s`` seconds after the last request
 before the count stops, so spans batched by the exporter's thread are exported inside the count.
+Under callgrind mitmdump runs some 50 times slower, so what a thread does per second (a batch
+posted every ``OTEL_BSP_SCHEDULE_DELAY``, ~1.3 ms of CPU each) weighs some 50 times more per
+request here than at full speed, where a batch carries up to 512 spans.
 
 Needs ``valgrind`` (``callgrind_control``). About 2-3 minutes per configuration.
 """
@@ -91,7 +94,9 @@ def measure(pouch: bool, raw: bytes, stream: bool, n: int, sets: list[str] | Non
         pid = str(proxy.proc.pid)
         asyncio.run(requests(proxy, raw, stream, 30))  # warm-up, not counted
         subprocess.run(["callgrind_control", "-i", "on", pid], check=True, capture_output=True)
+        t0 = time.monotonic()
         asyncio.run(requests(proxy, raw, stream, n))
+        print(f"   {n} requests in {time.monotonic() - t0:.1f} s under callgrind (+{settle_s:.0f} s after)", flush=True)
         time.sleep(settle_s)  # the exporter's batches of the measured calls (its schedule delay)
         subprocess.run(["callgrind_control", "-i", "off", pid], check=True, capture_output=True)
         subprocess.run(["callgrind_control", "-d", pid], check=True, capture_output=True)
