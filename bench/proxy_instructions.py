@@ -9,7 +9,15 @@ too) in user space; what the kernel does (syscalls, thread switches) is not in i
 capacity ratio of ``proxy_bench.py`` is lower than this one.
 
     .venv/bin/python bench/proxy_instructions.py [--workload sse50|nonstream] [--requests N]
-        [--only bare|pouch]
+        [--only bare|pouch] [--against-pouch --pouch-set OPTION=VALUE ...]
+
+``--against-pouch`` compares plain pouch with pouch plus the ``--pouch-set`` options (e.g.
+``pouch_metrics=127.0.0.1:0`` and ``pouch_otel=true``; traces then go to a local OTLP/HTTP sink in
+this process, which is not counted). Both sides wait ``--settle-s`` seconds after the last request
+before the count stops, so spans batched by the exporter's thread are exported inside the count.
+Under callgrind mitmdump runs some 50 times slower, so what a thread does per second (a batch
+posted every ``OTEL_BSP_SCHEDULE_DELAY``, ~1.3 ms of CPU each) weighs some 50 times more per
+request here than at full speed, where a batch carries up to 512 spans.
 
 Needs ``valgrind`` (``callgrind_control``). About 2-3 minutes per configuration.
 """
@@ -65,7 +73,8 @@ async def requests(proxy: H.Proxy, raw: bytes, stream: bool, n: int, conns: int 
             c.close()
 
 
-def measure(pouch: bool, raw: bytes, stream: bool, n: int) -> float:
+def measure(pouch: bool, raw: bytes, stream: bool, n: int, sets: list[str] | None = None,
+            settle_s: float = 0.0) -> float:
     """Instructions (millions) per request of one fresh mitmdump."""
     work = Path(tempfile.mkdtemp(prefix="pouch-instructions-"))
     out = work / "callgrind"
@@ -79,13 +88,16 @@ def measure(pouch: bool, raw: bytes, stream: bool, n: int) -> float:
             home = work / "home"
             home.mkdir()
             Ledger(home).set_budget(Decimal("1000000"))
-            proxy = h.start_proxy(home=home, pouch=True, fake=fake, timeout=600)
+            proxy = h.start_proxy(home=home, sets=sets or None, pouch=True, fake=fake, timeout=600)
         else:
             proxy = h.start_proxy(pouch=False, fake=fake, timeout=600)
         pid = str(proxy.proc.pid)
         asyncio.run(requests(proxy, raw, stream, 30))  # warm-up, not counted
         subprocess.run(["callgrind_control", "-i", "on", pid], check=True, capture_output=True)
+        t0 = time.monotonic()
         asyncio.run(requests(proxy, raw, stream, n))
+        print(f"   {n} requests in {time.monotonic() - t0:.1f} s under callgrind (+{settle_s:.0f} s after)", flush=True)
+        time.sleep(settle_s)  # the exporter's batches of the measured calls (its schedule delay)
         subprocess.run(["callgrind_control", "-i", "off", pid], check=True, capture_output=True)
         subprocess.run(["callgrind_control", "-d", pid], check=True, capture_output=True)
         time.sleep(1)
@@ -106,7 +118,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workload", choices=["sse50", "nonstream"], default="sse50")
     ap.add_argument("--requests", type=int, help="measured requests (default: 100 sse50, 200 nonstream)")
     ap.add_argument("--only", choices=["bare", "pouch"])
+    ap.add_argument("--against-pouch", action="store_true", help="plain pouch vs pouch with --pouch-set options")
+    ap.add_argument("--pouch-set", action="append", default=[], metavar="OPTION=VALUE")
+    ap.add_argument("--settle-s", type=float, default=8.0, help="wait after the last request (--against-pouch)")
     a = ap.parse_args(argv)
+    if a.against_pouch:
+        os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = PB.otlp_sink()  # the proxies inherit it (harness)
+        got = {}
+        for name, sets in (("pouch", []), ("pouch+", a.pouch_set)):
+            got[name] = measure(True, PB.chat_request(stream=a.workload == "sse50", chunks=50),
+                                a.workload == "sse50", a.requests or (100 if a.workload == "sse50" else 200),
+                                sets, a.settle_s)
+            print(f"{a.workload} {name}: {got[name]:.3f} M instructions per request", flush=True)
+        print(f"RATIO proxy {a.workload} instructions pouch/pouch+ = {got['pouch'] / got['pouch+']:.3f} "
+              f"(target 0.97; pouch+ = {' '.join(a.pouch_set)})")
+        return 0
     stream = a.workload == "sse50"
     n = a.requests or (100 if stream else 200)
     raw = PB.chat_request(stream=stream, chunks=50)

@@ -1,8 +1,9 @@
 """Prometheus metrics: ``--set pouch_metrics=127.0.0.1:9464`` serves ``/metrics`` (prometheus-client).
 
-Off by default. Counters and histograms are updated in memory on the event loop (a few
-microseconds a call): settles from ``Core.observers`` (the entry and the spend its transaction
-left), blocks from the ``request`` hook, times from the flow's timestamps. A scrape runs in
+Off by default. Counters and histograms are plain numbers updated on the event loop (about two
+microseconds a settle: list additions and ``telemetry.Buckets``, no lock, no label lookup) and
+turned into prometheus-client metric families at a scrape (``_Settled``, a custom collector):
+settles from ``Core.observers`` (the entry and the spend its transaction left), blocks from the ``request`` hook, times from the flow's timestamps. A scrape runs in
 prometheus-client's own server thread and reads only memory: the live reservations of this proxy
 (``Core.active``) and the budget and spend of the last settle, refreshed from a ledger snapshot
 by a worker thread every ``REFRESH_S`` (budget changes made with the CLI). It never touches the
@@ -23,7 +24,7 @@ from typing import Any
 from mitmproxy import ctx, exceptions, http
 
 from ..money import ZERO
-from ..telemetry import TOKEN_TYPES, LabelCap, parse_listen
+from ..telemetry import TOKEN_TYPES, Buckets, LabelCap, parse_listen
 from .core import CALL, Core, FlowCall, SettleViews
 
 log = logging.getLogger(__name__)
@@ -80,18 +81,18 @@ class Metrics:
 
     def build(self, wallets: int) -> None:
         """The registry and its metrics (``wallets``: how many wallet labels before ``other``)."""
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+        from prometheus_client import CollectorRegistry, Counter, Gauge
 
         r = self.registry = CollectorRegistry()
-        self._children: dict[tuple, tuple] = {}
+        self._rows: dict[tuple, list] = {}
         self.wallet_label = LabelCap(wallets)
         self.model_label = LabelCap(MODEL_LABELS)
-        who = ("provider", "model", "wallet")
-        self.requests = Counter("pouch_requests", "LLM calls settled, by outcome", (*who, "status"), registry=r)
+        self.settled: dict[tuple, list] = {}  # labels -> [calls, spend (Decimal), tokens by TOKEN_TYPES...]
         self.blocks = Counter("pouch_blocks", "Requests pouch answered itself, by reason", ("reason",), registry=r)
-        self.spend = Counter("pouch_spend_usd", "USD settled", who, registry=r)
-        self.tokens = Counter("pouch_tokens", "Tokens settled (cached is part of input, reasoning of output)",
-                              (*who, "type"), registry=r)
+        self.added = Buckets(SECONDS)
+        self.upstream = Buckets(SECONDS)
+        self.commit = Buckets(SECONDS)
+        r.register(_Settled(self, time.time()))
         Gauge("pouch_in_flight_requests", "Calls reserved and not settled yet (this proxy)", registry=r
               ).set_function(lambda: len(self._active()))
         Gauge("pouch_reserved_usd", "USD reserved by calls in flight (this proxy)", registry=r
@@ -101,14 +102,6 @@ class Metrics:
         Gauge("pouch_budget_usd", "The global budget", registry=r).set_function(lambda: float(self.budget))
         Gauge("pouch_spent_usd", "Settled spend against the global budget", registry=r
               ).set_function(lambda: float(self.spent))
-        self.added = Histogram("pouch_request_added_seconds",
-                               "Time pouch held a billed request before sending it (plan, reservation)",
-                               buckets=SECONDS, registry=r)
-        self.upstream = Histogram("pouch_upstream_seconds",
-                                  "Time from sending a billed request to the end of its response",
-                                  buckets=SECONDS, registry=r)
-        self.commit = Histogram("pouch_ledger_commit_seconds", "Time from a settle's submission to its durable commit",
-                                buckets=SECONDS, registry=r)
 
     def _active(self) -> list[FlowCall]:
         for _ in range(5):  # the event loop may change the set while a scrape copies it
@@ -154,21 +147,18 @@ class Metrics:
             return
         self.budget, self.spent = views.global_.budget, views.global_.spent
         key = (str(entry.get("provider") or "openai"), entry.get("model"), call.wallet, str(entry.get("status", "")))
-        children = self._children.get(key)
-        if children is None:  # labels() costs microseconds: look each combination up once
-            labels = (key[0], self.model_label(key[1]), self.wallet_label(key[2]))
-            children = self._children[key] = (
-                self.requests.labels(*labels, key[3]), self.spend.labels(*labels),
-                tuple(self.tokens.labels(*labels, kind) for kind in TOKEN_TYPES))
-        requests, spend, tokens = children
-        requests.inc()
+        row = self._rows.get(key)
+        if row is None:  # the capped labels of each combination, looked up once
+            labels = (key[0], self.model_label(key[1]), self.wallet_label(key[2]), key[3])
+            row = self._rows[key] = self.settled.setdefault(labels, [0, ZERO, 0, 0, 0, 0])
+        row[0] += 1
         cost = entry.get("cost", "0")
         if cost != "0":
-            spend.inc(float(cost))  # exported as a float; the ledger keeps the exact amount
-        for child, kind in zip(tokens, TOKEN_TYPES):
-            n = entry.get(f"{kind}_tokens")
-            if n:
-                child.inc(n)
+            row[1] += Decimal(cost)  # exact; a float only in the scrape
+        row[2] += entry.get("input_tokens") or 0
+        row[3] += entry.get("cached_tokens") or 0
+        row[4] += entry.get("output_tokens") or 0
+        row[5] += entry.get("reasoning_tokens") or 0
         self.commit.observe(commit_s)
 
     def request(self, flow: http.HTTPFlow) -> None:
@@ -195,3 +185,42 @@ class Metrics:
         if self.on and sent is not None:
             end = flow.response.timestamp_end if flow.response is not None and flow.response.timestamp_end else time.time()
             self.upstream.observe(max(0.0, end - sent))
+
+
+class _Settled:
+    """The settle counters and the time histograms, read at a scrape (prometheus-client's custom
+    collector): the event loop only adds to lists and ``Buckets`` (no lock, no label lookup)."""
+
+    def __init__(self, metrics: Metrics, created: float) -> None:
+        self.m = metrics
+        self.created = created
+
+    def collect(self):  # noqa: ANN201
+        from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+        from prometheus_client.utils import floatToGoString
+
+        who = ["provider", "model", "wallet"]
+        requests = CounterMetricFamily("pouch_requests", "LLM calls settled, by outcome", labels=[*who, "status"])
+        spend = CounterMetricFamily("pouch_spend_usd", "USD settled", labels=who)
+        tokens = CounterMetricFamily("pouch_tokens", "Tokens settled (cached is part of input, reasoning of output)",
+                                     labels=[*who, "type"])
+        by_who: dict[tuple, list] = {}
+        for labels, row in list(self.m.settled.items()):  # a copy: the event loop may add a row
+            requests.add_metric(list(labels), row[0], created=self.created)
+            acc = by_who.setdefault(labels[:3], [ZERO, 0, 0, 0, 0])
+            for i in range(5):
+                acc[i] += row[i + 1]
+        for labels, acc in by_who.items():
+            spend.add_metric(list(labels), float(acc[0]), created=self.created)
+            for kind, n in zip(TOKEN_TYPES, acc[1:]):
+                tokens.add_metric([*labels, kind], n, created=self.created)
+        yield from (requests, spend, tokens)
+        for name, doc, b in (
+                ("pouch_request_added_seconds", "Time pouch held a billed request before sending it (plan, reservation)",
+                 self.m.added),
+                ("pouch_upstream_seconds", "Time from sending a billed request to the end of its response", self.m.upstream),
+                ("pouch_ledger_commit_seconds", "Time from a settle's submission to its durable commit", self.m.commit)):
+            cum, total = b.cumulative()
+            h = HistogramMetricFamily(name, doc, labels=[])
+            h.add_metric([], [(floatToGoString(bound), n) for bound, n in cum], total)
+            yield h

@@ -130,6 +130,7 @@ class OtlpReceiver:
 
         self.spans: list = []
         self.resources: list = []
+        self.posts = 0
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -137,6 +138,7 @@ class OtlpReceiver:
                 data = self.rfile.read(int(self.headers.get("content-length", "0")))
                 req = ExportTraceServiceRequest()
                 req.ParseFromString(data)
+                outer.posts += 1
                 for rs in req.resource_spans:
                     outer.resources.append(rs.resource)
                     for ss in rs.scope_spans:
@@ -167,7 +169,8 @@ def test_spans_reach_an_otlp_receiver_with_the_genai_attributes(e2e, fake, tmp_p
     receiver = OtlpReceiver()
     try:
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.url)
-        monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "200")
+        monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "1500")  # both calls in one window
+        monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "1")  # each span its own request
         home = tmp_path / "home"
         ledger = Ledger(home)
         ledger.set_budget(D(1))
@@ -176,7 +179,7 @@ def test_spans_reach_an_otlp_receiver_with_the_genai_attributes(e2e, fake, tmp_p
         assert all(r["ok"] for r in e2e.run_sdk_batch([("chat_stream", CHAT), ("chat", CHAT)], env))
         wait_until(lambda: len(receiver.spans) >= 2, 20, "two spans at the OTLP receiver")
         settles = {e["id"]: e for e in ledger.history(kinds=("settle",))}
-        assert len(receiver.spans) == 2
+        assert len(receiver.spans) == 2 and receiver.posts == 2
         for span in receiver.spans:
             a = attributes(span)
             e = settles[a["pouch.reservation_id"]]
