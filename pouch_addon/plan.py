@@ -509,6 +509,20 @@ def _server_tools(api: str, body: Mapping[str, Any], price: ModelPrice, table: P
     return out
 
 
+def ask_for_stream_usage(api: str, body: dict[str, Any], stream: bool, settings: PlanSettings,
+                         rewrites: dict[str, Any]) -> bool:
+    """Whether the client itself asked for usage in its Chat/Completions stream; if it did not,
+    add the ``stream_options`` rewrite that makes the server send it (``settings.inject_usage``),
+    so the stream settles from the provider's own count and the usage chunk is hidden again."""
+    if not (stream and api in ("chat", "completions")):
+        return False
+    opts = body.get("stream_options")
+    wants = isinstance(opts, dict) and opts.get("include_usage") is True
+    if not wants and settings.inject_usage:
+        rewrites["stream_options"] = {**(opts if isinstance(opts, dict) else {}), "include_usage": True}
+    return wants
+
+
 def draft_plan(
     method: str,
     path: str,
@@ -592,12 +606,7 @@ def draft_plan(
         else:
             cap, cap_field = None, fields[0]
 
-    client_wants_usage = False
-    if stream and api in ("chat", "completions"):
-        opts = body.get("stream_options")
-        client_wants_usage = isinstance(opts, dict) and opts.get("include_usage") is True
-        if not client_wants_usage and settings.inject_usage:
-            rewrites["stream_options"] = {**(opts if isinstance(opts, dict) else {}), "include_usage": True}
+    client_wants_usage = ask_for_stream_usage(api, body, stream, settings, rewrites)
 
     return DraftPlan(
         api=api, path=path, model=model, price=price, stream=stream, input_tokens=estimate,

@@ -30,7 +30,7 @@ from .. import tokens
 from ..endpoints import canonical_path
 from ..metering import StreamMeter
 from ..money import ZERO
-from ..plan import CallPlan, DraftPlan, PlanError, PlanSettings
+from ..plan import CallPlan, DraftPlan, PlanError, PlanSettings, ask_for_stream_usage
 from ..pricing import ModelPrice, Rates, Usage
 from . import openai as _openai
 from ..sse import MAX_EVENT_BYTES, SSEError
@@ -204,12 +204,7 @@ def draft(method: str, path: str, body: dict[str, Any], *, table: Any = None,
     except ValueError as exc:
         raise PlanError(f"pouch: cannot read the request: {exc}") from None
     rewrites: dict[str, Any] = {}
-    client_wants_usage = False
-    if stream and api in ("chat", "completions"):
-        opts = body.get("stream_options")
-        client_wants_usage = isinstance(opts, dict) and opts.get("include_usage") is True
-        if not client_wants_usage and settings.inject_usage:
-            rewrites["stream_options"] = {**(opts if isinstance(opts, dict) else {}), "include_usage": True}
+    client_wants_usage = ask_for_stream_usage(api, body, stream, settings, rewrites)
     n = body.get("n")
     choices = n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1
     return LocalDraft(
