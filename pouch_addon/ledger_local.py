@@ -143,7 +143,47 @@ def _deliver(batch: list[_Slot]) -> None:
             loop.call_soon_threadsafe(_deliver_all, slots)
 
 
-class LocalStore:
+class GroupCommitQueue:
+    """The queue side of a store: operations handed to its committer thread, answered on futures.
+    A store provides ``_enqueue(slot, lazy)``; the local store and the PostgreSQL one share this."""
+
+    def submit(self, op: Callable[[_Txn], Any], *, lazy: bool = False) -> Future:
+        """Queue ``op`` for this ledger's committer thread; its outcome arrives on the future.
+
+        For callers that must not block (an event loop uses :meth:`submit_async`). No
+        worker thread waits per operation; the committer runs whatever is queued in one group
+        commit. When operations arrive together (one came while another was still waiting for its
+        answer, less than ``BUSY_WINDOW`` ago: the proxy is under load), it first waits
+        ``commit_delay`` seconds for more operations to join, so one commit serves many calls (as
+        PostgreSQL's ``commit_delay`` with ``commit_siblings``). A lone caller, whose next call
+        only comes once the previous one was answered, never waits, however close its calls are.
+
+        A ``lazy`` operation (a settle nobody waits for, a checkpoint) does not start a commit
+        by itself: it rides along with the next one, or is committed ``lazy_delay`` seconds
+        after it came. Under load this roughly halves the commits (each admission's commit
+        carries the settles finished meanwhile); a crash inside that window leaves the
+        reservation open, and the orphan rule settles it conservatively.
+        """
+        slot = _Slot(op, Future())
+        self._enqueue(slot, lazy)
+        return slot.future  # type: ignore[return-value]
+
+    def submit_async(self, op: Callable[[_Txn], Any], *, lazy: bool = False) -> asyncio.Future:
+        """:meth:`submit` for a coroutine on the running event loop; await the returned future.
+
+        The committer wakes the loop once per group commit for all of that commit's operations
+        (``call_soon_threadsafe``), instead of once per operation: every wake-up is a write to
+        the loop's self-pipe, and on a busy proxy a thread switch."""
+        loop = asyncio.get_running_loop()
+        slot = _Slot(op, loop.create_future())
+        self._enqueue(slot, lazy)
+        return slot.future  # type: ignore[return-value]
+
+    def _enqueue(self, slot: _Slot, lazy: bool) -> None:
+        raise NotImplementedError
+
+
+class LocalStore(GroupCommitQueue):
     """The ledger's files on this machine. Methods block on disk I/O: call them off the event loop."""
 
     def __init__(
@@ -372,38 +412,6 @@ class LocalStore:
             if not slot.done:
                 self._drain()
         return slot.outcome()
-
-    def submit(self, op: Callable[[_Txn], Any], *, lazy: bool = False) -> Future:
-        """Queue ``op`` for this ledger's committer thread; its outcome arrives on the future.
-
-        For callers that must not block (an event loop uses :meth:`submit_async`). No
-        worker thread waits per operation; the committer runs whatever is queued in one group
-        commit. When operations arrive together (one came while another was still waiting for its
-        answer, less than ``BUSY_WINDOW`` ago: the proxy is under load), it first waits
-        ``commit_delay`` seconds for more operations to join, so one commit serves many calls (as
-        PostgreSQL's ``commit_delay`` with ``commit_siblings``). A lone caller, whose next call
-        only comes once the previous one was answered, never waits, however close its calls are.
-
-        A ``lazy`` operation (a settle nobody waits for, a checkpoint) does not start a commit
-        by itself: it rides along with the next one, or is committed ``lazy_delay`` seconds
-        after it came. Under load this roughly halves the commits (each admission's commit
-        carries the settles finished meanwhile); a crash inside that window leaves the
-        reservation open, and the orphan rule settles it conservatively.
-        """
-        slot = _Slot(op, Future())
-        self._enqueue(slot, lazy)
-        return slot.future  # type: ignore[return-value]
-
-    def submit_async(self, op: Callable[[_Txn], Any], *, lazy: bool = False) -> asyncio.Future:
-        """:meth:`submit` for a coroutine on the running event loop; await the returned future.
-
-        The committer wakes the loop once per group commit for all of that commit's operations
-        (``call_soon_threadsafe``), instead of once per operation: every wake-up is a write to
-        the loop's self-pipe, and on a busy proxy a thread switch."""
-        loop = asyncio.get_running_loop()
-        slot = _Slot(op, loop.create_future())
-        self._enqueue(slot, lazy)
-        return slot.future  # type: ignore[return-value]
 
     def _enqueue(self, slot: _Slot, lazy: bool) -> None:
         with self._wake:

@@ -35,7 +35,6 @@ commit that reaches it, also after a restart (idempotent, as above).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import json
@@ -45,7 +44,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable
-from concurrent.futures import Future
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Callable
@@ -54,7 +52,7 @@ from urllib.parse import urlsplit, urlunsplit
 from . import ledger_pg_schema as schema
 from .budget import LedgerOps
 from .home import resolve_home
-from .ledger_local import BUSY_WINDOW, IDLE_EXIT, LAZY_DELAY, _deliver, _Slot, _Txn
+from .ledger_local import BUSY_WINDOW, GroupCommitQueue, IDLE_EXIT, LAZY_DELAY, _deliver, _Slot, _Txn
 from .ledger_owner import Owner
 from .ledger_rules import LedgerState, NotOpen
 from .limits import RateBook, RateWindow
@@ -197,7 +195,7 @@ class _SettleOp:
                           sort_keys=True, separators=(",", ":"), default=str).encode() + b"\n"
 
 
-class PostgresStore:
+class PostgresStore(GroupCommitQueue):
     """The store's side of the seam (see ``ledger_local``) over a shared PostgreSQL database.
 
     ``home`` is still the proxy's local pouch home: the real provider keys (vault), virtual
@@ -477,18 +475,6 @@ class PostgresStore:
                 time.sleep(self.commit_delay)
             with self._commit_lock:
                 self._drain()
-
-    def submit(self, op: Callable[[_Txn], Any], *, lazy: bool = False) -> Future:
-        """Queue ``op`` for this ledger's committer thread (``LocalStore.submit``'s contract)."""
-        slot = _Slot(op, Future())
-        self._enqueue(slot, lazy)
-        return slot.future  # type: ignore[return-value]
-
-    def submit_async(self, op: Callable[[_Txn], Any], *, lazy: bool = False) -> asyncio.Future:
-        """:meth:`submit` for a coroutine on the running event loop; await the returned future."""
-        slot = _Slot(op, asyncio.get_running_loop().create_future())
-        self._enqueue(slot, lazy)
-        return slot.future  # type: ignore[return-value]
 
     def _enqueue(self, slot: _Slot, lazy: bool) -> None:
         with self._wake:
