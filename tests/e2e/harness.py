@@ -817,6 +817,7 @@ class Harness:
             data_f = d / "request-body"
             data_f.write_bytes(data.encode() if isinstance(data, str) else data)
             cmd += ["--data-binary", f"@{data_f}"]
+        cmd += [str(a) for a in extra_args]
         cmd.append(url)
         rec: dict[str, Any] = {"kind": "curl", "cmd": cmd}
         self.client_runs.append(rec)

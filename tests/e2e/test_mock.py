@@ -120,3 +120,26 @@ def test_readme_mock_block_as_written(tmp_path, client_python):
     assert '"content":"Pouch keeps every call' in out, out
     assert "pouch: budget exceeded: this request may cost up to" in out, out
     assert " mock " in out, out  # `pouch history` shows the mock call
+
+
+@pytest.mark.parametrize("http", ["--http1.1", "--http2"])
+def test_mock_client_hanging_up_during_the_latency_settles_once_quietly(e2e, tmp_path, http):
+    """A client that gives up while mock mode waits ``pouch_mock_latency_ms``: the meter settles the
+    call when the client goes; the mock must not answer (and settle) it a second time."""
+    home = tmp_path / "home"
+    Ledger(home).set_budget(D("1"))
+    proxy = e2e.start_proxy(home, {"pouch_mock": True, "pouch_mock_latency_ms": 2500})
+    env = e2e.client_env(proxy)
+    r = e2e.run_curl("https://api.openai.com/v1/chat/completions", env=env, timeout=1, extra_args=[http],
+                     headers={"authorization": "Bearer k"},
+                     json_body={"model": "gpt-4o-mini", "max_tokens": 20, "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status != 200
+    entries = settled(home, 1)
+    assert len(entries) == 1
+    # the mock's own answer after the delay finds the call settled and leaves it alone
+    ledger = Ledger(home)
+    import time
+    time.sleep(3)  # past the latency: the mock's wake-up has happened
+    out = proxy.stdout() + proxy.stderr()
+    assert "already settled" not in out and "NotOpen" not in out and "Traceback" not in out, out[-3000:]
+    assert len(ledger.history(kinds=("settle",))) == 1 and ledger.verify() == []
