@@ -70,6 +70,8 @@ def set_body(request: http.Request, body: dict[str, Any]) -> None:
 class BudgetGate:
     def __init__(self, core: Core) -> None:
         self.core = core
+        self._running = False  # set by ``running``: a ledger replaced after it is switched live
+        self._closing: set[asyncio.Task] = set()  # previous ledgers waiting for their calls to end
 
     def load(self, loader) -> None:
         loader.add_option(
@@ -165,14 +167,34 @@ class BudgetGate:
             except Exception as exc:
                 where = f"pouch_ledger {redact_url(url)}" if url else "pouch_home"
                 raise exceptions.OptionsError(f"{where}: {exc}") from None
-            self.core.ledger = ledger
+            old, self.core.ledger = self.core.ledger, ledger
             self.core.keys = KeyStore(ledger.home)
+            if self._running:
+                self._switched(old, ledger)
         self.core.ledger.commit_delay = ctx.options.pouch_commit_delay_ms / 1000  # a new ledger's, or a changed delay
         self.core.ledger.durability = ctx.options.pouch_durability
         # calls in flight: with others in flight a commit waits pouch_commit_delay_ms to gather
         self.core.ledger.siblings = self.core.active.__len__
 
+    def _switched(self, old: Any, new: Any) -> None:
+        """The ledger changed while the proxy runs (``pouch_ledger``/``pouch_home`` set at runtime): the
+        new team ledger takes this proxy's lease now (before its first reservation); the old one is
+        closed (its pool and heartbeat) once no call in flight still settles into it."""
+        if hasattr(new, "start"):
+            new.start()  # as ledger_for's snapshot() above: configure already waits for the database
+        if old is not None and hasattr(old, "close"):
+            task = asyncio.get_running_loop().create_task(self._close_when_idle(old))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    async def _close_when_idle(self, old: Any) -> None:
+        while any(call.ledger is old for call in self.core.active):
+            await asyncio.sleep(0.2)
+        await asyncio.to_thread(old.close)
+        log.info(f"pouch: closed the previous ledger {getattr(old, 'display_url', old.home)}")
+
     async def running(self) -> None:
+        self._running = True
         ledger, table = self.core.require()
         if hasattr(ledger, "start"):  # the team ledger: take this proxy's lease, write a spool left behind
             await asyncio.to_thread(ledger.start)
