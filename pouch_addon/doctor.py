@@ -102,13 +102,19 @@ def check_trust(runtime: str, result: str | None, detail: str) -> Check:
                  "start the proxy, and check --listen")
 
 
-def check_ledger(home: Path, exists: bool, problems: list[str], budget_unset: bool, paused: bool) -> list[Check]:
+def check_ledger(home: Path | str, exists: bool, problems: list[str], budget_unset: bool, paused: bool, *,
+                 team: bool = False) -> list[Check]:
+    """``home``: the local ledger's directory, or (``team``) the team ledger's URL without its password."""
+    if team and problems:
+        return [Check("ledger", "fail", f"team ledger {home}: " + "; ".join(problems[:3]),
+                      "check the URL and that the database is up (`pouch ledger init` creates the schema); "
+                      "`pouch ledger verify` shows what does not add up")]
     if not exists:
         return [Check("ledger", "fail", f"no ledger at {home}", "create one: `pouch budget set AMOUNT`")]
     if problems:
         return [Check("ledger", "fail", f"{home}: " + "; ".join(problems[:3]),
                       "see `pouch ledger verify`; `pouch ledger restore` puts back the last good copy")]
-    out = [Check("ledger", "ok", f"{home} is consistent")]
+    out = [Check("ledger", "ok", f"team ledger {home} is reachable and consistent" if team else f"{home} is consistent")]
     if budget_unset:
         out.append(Check("budget", "fail", "no budget set: every LLM call is refused (402)", "`pouch budget set AMOUNT`"))
     if paused:
@@ -276,19 +282,36 @@ def gather(home: Path, listen: str, environ: Mapping[str, str]) -> list[Check]:
     from .presence import read_presence
     from .runtime import CA_NAME, confdir, proxy_env
 
+    from .ledger_postgres import LedgerUnavailable, PostgresLedger, ledger_url, redact_url
+
     checks: list[Check] = []
-    exists = ledger_exists(home)
     problems: list[str] = []
     unset = paused = False
-    if exists:
-        try:
-            ledger = Ledger(home)
-            problems = ledger.verify()
-            st = ledger.status()
-            unset, paused = st.budget == 0 and st.spent == 0, st.paused
-        except (LedgerCorrupt, OSError, ValueError) as exc:
-            problems = [str(exc)]
-    checks += check_ledger(home, exists, problems, unset, paused)
+    try:
+        url = ledger_url(environ.get("POUCH_LEDGER"))
+    except LedgerUnavailable as exc:
+        url, problems = environ.get("POUCH_LEDGER", ""), [str(exc)]
+    if url:  # the team ledger (``--ledger`` / $POUCH_LEDGER): the database is the ledger
+        if not problems:
+            try:
+                with PostgresLedger(url, home) as team:
+                    problems = team.verify()
+                    st = team.status()
+                    unset, paused = st.budget == 0 and st.spent == 0, st.paused
+            except Exception as exc:  # unreachable, no schema, a bad password: the check says which
+                problems = [str(exc)]
+        checks += check_ledger(redact_url(url), True, problems, unset, paused, team=True)
+    else:
+        exists = ledger_exists(home)
+        if exists:
+            try:
+                ledger = Ledger(home)
+                problems = ledger.verify()
+                st = ledger.status()
+                unset, paused = st.budget == 0 and st.spent == 0, st.paused
+            except (LedgerCorrupt, OSError, ValueError) as exc:
+                problems = [str(exc)]
+        checks += check_ledger(home, exists, problems, unset, paused)
 
     presence = read_presence(home)
     probe = probe_proxy(listen)

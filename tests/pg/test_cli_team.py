@@ -59,3 +59,20 @@ def test_cli_on_the_team_ledger(pg_url, tmp_path):
     fresh = pg_url.rsplit("/", 1)[0] + "/postgres"
     r = pouch("status", "--ledger", fresh, home=a)
     assert r.returncode == 2 and "pouch ledger init" in r.stderr, r.stderr
+
+
+def test_doctor_checks_the_team_ledger(pg_url, tmp_path):
+    """`pouch doctor` with --ledger/$POUCH_LEDGER checks the database, not a local ledger in --home."""
+    home = tmp_path / "home"
+    assert pouch("ledger", "init", "--ledger", pg_url, home=home).returncode == 0
+    r = pouch("doctor", "--ledger", pg_url, "--listen", "127.0.0.1:1", home=home)
+    assert "ledger" in r.stdout and PASSWORD not in r.stdout + r.stderr, r.stdout + r.stderr
+    assert "team ledger postgresql://pouch:***@" in r.stdout and "reachable and consistent" in r.stdout, r.stdout
+    assert "no budget set" in r.stdout
+    assert pouch("budget", "set", "5", "--ledger", pg_url, home=home).returncode == 0
+    r = pouch("doctor", "--listen", "127.0.0.1:1", home=home, env={"POUCH_LEDGER": pg_url})
+    assert "reachable and consistent" in r.stdout and "no budget set" not in r.stdout, r.stdout
+    bad = pg_url.replace(pg_url.split("@")[1].split("/")[0], "127.0.0.1:1")
+    r = pouch("doctor", "--ledger", bad, "--listen", "127.0.0.1:1", home=home)
+    assert r.returncode != 0 and "unreachable" in r.stdout and PASSWORD not in r.stdout + r.stderr, r.stdout
+    assert "Traceback" not in r.stderr
