@@ -339,13 +339,33 @@ def report_problems(problems: list[str], ok: Callable[[], str]) -> None:
 
 # -- audit --------------------------------------------------------------------------------------------
 def cmd_audit(args: argparse.Namespace) -> None:
+    """The local audit log; with the team ledger (``--ledger``/``$POUCH_LEDGER``) the team's, in the
+    database (every member's changes to the shared budget, not only this machine's)."""
     home = resolve_home(args.home)
-    log = AuditLog(home / AUDIT_FILE)
-    if args.action == "verify":
-        report_problems(audit_log_problems(home),
-                        lambda: f"audit log {log.path} is intact ({len(log.entries())} entries)")
-        return
-    entries = log.entries()[-args.limit:] if args.limit else log.entries()
+    from .ledger_postgres import LedgerUnavailable, PostgresLedger, ledger_url
+    url = ledger_url()
+    if url:
+        from .ledger_migrate import audit_problems, team_audit
+        try:
+            with PostgresLedger(url, home) as team:
+                if args.action == "verify":
+                    problems = audit_problems(team)
+                    count = len(team_audit(team)[0])
+                else:
+                    entries = team_audit(team)[0]
+        except LedgerUnavailable as exc:
+            raise AdminError(str(exc)) from None
+        if args.action == "verify":
+            report_problems(problems, lambda: f"team audit log in {team.display_url} is intact ({count} entries)")
+            return
+    else:
+        log = AuditLog(home / AUDIT_FILE)
+        if args.action == "verify":
+            report_problems(audit_log_problems(home),
+                            lambda: f"audit log {log.path} is intact ({len(log.entries())} entries)")
+            return
+        entries = log.entries()
+    entries = entries[-args.limit:] if args.limit else entries
     if args.json:
         print(json.dumps(entries, indent=1))
         return

@@ -76,3 +76,24 @@ def test_doctor_checks_the_team_ledger(pg_url, tmp_path):
     r = pouch("doctor", "--ledger", bad, "--listen", "127.0.0.1:1", home=home)
     assert r.returncode != 0 and "unreachable" in r.stdout and PASSWORD not in r.stdout + r.stderr, r.stdout
     assert "Traceback" not in r.stderr
+
+
+def test_audit_show_and_verify_read_the_team_audit_log(pg_url, tmp_path):
+    """With the team ledger, `pouch audit` shows every member's changes (from the database), and
+    `pouch audit verify` checks the database's chain: an edited row is found."""
+    a, b = tmp_path / "alice", tmp_path / "bob"
+    env = {"POUCH_LEDGER": pg_url}
+    assert pouch("ledger", "init", home=a, env=env).returncode == 0
+    assert pouch("budget", "set", "5", home=a, env=env).returncode == 0
+    assert pouch("pause", home=b, env=env).returncode == 0
+    r = pouch("audit", "show", "--json", home=a, env=env)
+    assert r.returncode == 0, r.stderr
+    assert [e["action"] for e in json.loads(r.stdout)] == ["budget.set", "pause"]  # bob's change too
+    r = pouch("audit", "verify", home=b, env=env)
+    assert r.returncode == 0 and "team audit log" in r.stdout and "(2 entries)" in r.stdout, r.stdout + r.stderr
+    assert PASSWORD not in r.stdout
+    import psycopg
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("UPDATE pouch_audit SET entry = jsonb_set(entry, '{action}', '\"resume\"') WHERE seq = 2")
+    r = pouch("audit", "verify", home=a, env=env)
+    assert r.returncode == 1 and "does not chain" in r.stdout + r.stderr, r.stdout + r.stderr
