@@ -58,7 +58,7 @@ class Scope:
             help="LLM API hosts pouch decrypts and budgets: api.openai.com, api.anthropic.com and "
                  "generativelanguage.googleapis.com speak their own formats; the OpenAI-compatible hosts "
                  "(OpenRouter, DeepSeek, Groq, Mistral, xAI, Together, Fireworks, Perplexity) and Azure "
-                 "(*.openai.azure.com: `*.` is one DNS label) have their own price names; any other host "
+                 "(*.openai.azure.com, *.cognitiveservices.azure.com, *.services.ai.azure.com: `*.` is one DNS label) have their own price names; any other host "
                  "speaks OpenAI's format. Other hosts are tunnelled untouched.",
         )
         loader.add_option(

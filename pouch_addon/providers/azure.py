@@ -1,5 +1,12 @@
 """Azure OpenAI (``{resource}.openai.azure.com``): OpenAI's format, with the model chosen by a deployment.
 
+The same API answers on an Azure AI Services (Foundry) resource's other names,
+``{resource}.cognitiveservices.azure.com`` and ``{resource}.services.ai.azure.com`` (the endpoint
+the portal shows for such a resource), so those are Azure hosts too: a call there is budgeted like
+one on ``openai.azure.com``. Their other paths (Speech, Vision, Language, the Foundry model
+inference API ``/models/...``) are not priced: refused as unknown endpoints (fail closed) unless
+``pouch_unknown_endpoints=pass``, or the host is removed from ``pouch_hosts``.
+
 Pure, apart from the deployment map the shell keeps current (:func:`set_deployments`, from
 ``azure.json`` in the pouch home, written by ``pouch azure map``).
 
@@ -44,7 +51,7 @@ from .compat import CompatStreamMeter, _ScopedTable, hide_usage
 NAME = "azure"
 JSON_ARRAY_STREAMS = False
 #: host patterns: ``*.`` matches one DNS label (``providers.host_matches``)
-HOSTS = ("*.openai.azure.com",)
+HOSTS = ("*.openai.azure.com", "*.cognitiveservices.azure.com", "*.services.ai.azure.com")
 PREFIX = "azure/"
 #: the first api-version that accepts ``stream_options``
 STREAM_OPTIONS_SINCE = "2024-09-01"

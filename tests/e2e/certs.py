@@ -31,7 +31,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 CA_CN = "pouch throwaway test CA"
 LEAF_DNS = ("api.openai.com", "api.anthropic.com", "generativelanguage.googleapis.com", "other.test", "localhost",
-            "openrouter.ai", "api.deepseek.com", "api.groq.com", "api.mistral.ai", "pouchtest.openai.azure.com")
+            "openrouter.ai", "api.deepseek.com", "api.groq.com", "api.mistral.ai", "pouchtest.openai.azure.com",
+            "pouchtest.cognitiveservices.azure.com")
 LEAF_IPS = ("127.0.0.1",)
 
 

@@ -35,6 +35,8 @@ import fake_openai as fo
 
 OPENROUTER, DEEPSEEK, GROQ, MISTRAL, AZURE = ("openrouter.ai", "api.deepseek.com", "api.groq.com",
                                                "api.mistral.ai", "pouchtest.openai.azure.com")
+#: an Azure AI Services (Foundry) resource: the same Azure OpenAI API on another host name
+AZURE_SERVICES = "pouchtest.cognitiveservices.azure.com"
 FILTER = {"hate": {"filtered": False, "severity": "safe"}, "violence": {"filtered": False, "severity": "safe"}}
 
 
@@ -55,7 +57,7 @@ def _path(host: str, path: str) -> str | None:
         return "/v1" + path
     if host == MISTRAL and path.startswith("/v1/"):
         return path
-    if host == AZURE:
+    if host in (AZURE, AZURE_SERVICES):
         parts = path.strip("/").split("/")
         if parts[:2] == ["openai", "deployments"] and len(parts) > 3:
             return "/v1/" + "/".join(parts[3:])
@@ -100,13 +102,13 @@ async def stream_write(self: fo.Conn, data: bytes, i: int, kind: str) -> None:
     if obj is not None:
         if kind == "usage":
             obj["usage"] = _usage(host, req, obj.get("usage"))
-        if host == AZURE and kind == "content":
+        if host in (AZURE, AZURE_SERVICES) and kind == "content":
             for choice in obj.get("choices") or []:
                 choice["content_filter_results"] = FILTER
         data = _data(obj)
     if kind == "role" and host == OPENROUTER:
         data = b": OPENROUTER PROCESSING\n\n" + data
-    if kind == "role" and host == AZURE:
+    if kind == "role" and host in (AZURE, AZURE_SERVICES):
         first = {"id": "", "object": "", "created": 0, "model": "", "choices": [],
                  "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": FILTER}]}
         data = _data(first) + data
@@ -155,7 +157,7 @@ async def dispatch(c: fo.Conn, req: fo.Request) -> None:
     # what the proxy sent, before this fake's own changes below (``compat_request``)
     fo.LOG("compat_request", conn=c.id, req=c.req_id, host=host, path=original_path, body=original,
            headers=req.headers)
-    if host == AZURE and "x-fake-model" not in req.headers:
+    if host in (AZURE, AZURE_SERVICES) and "x-fake-model" not in req.headers:
         req.headers["x-fake-model"] = "gpt-4o-mini-2024-07-18"
     if host == MISTRAL:
         try:

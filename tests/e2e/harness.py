@@ -135,7 +135,8 @@ FAKE_SCRIPTS = {"openai": FAKE_SCRIPT, "anthropic": HERE / "fake_anthropic.py", 
 PROVIDER_HOSTS = {"openai": "api.openai.com", "anthropic": "api.anthropic.com",
                   "gemini": "generativelanguage.googleapis.com", "compat": "openrouter.ai"}
 # More hosts a kind of fake answers as (``fake_compat.py``: by the Host header)
-EXTRA_HOSTS = {"compat": ("api.deepseek.com", "api.groq.com", "api.mistral.ai", "pouchtest.openai.azure.com")}
+EXTRA_HOSTS = {"compat": ("api.deepseek.com", "api.groq.com", "api.mistral.ai", "pouchtest.openai.azure.com",
+                           "pouchtest.cognitiveservices.azure.com")}
 REDIRECT_SCRIPT = HERE / "redirect_addon.py"
 SDK_CLIENT = HERE / "clients" / "sdk_client.py"
 ANTHROPIC_CLIENT = HERE / "clients" / "anthropic_client.py"

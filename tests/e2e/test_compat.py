@@ -33,6 +33,7 @@ DEEPSEEK = "https://api.deepseek.com"
 GROQ = "https://api.groq.com/openai/v1"
 MISTRAL = "https://api.mistral.ai/v1"
 AZURE = "https://pouchtest.openai.azure.com"
+AZURE_SERVICES = "https://pouchtest.cognitiveservices.azure.com"
 
 
 def settled(home, n: int = 1) -> list[dict]:
@@ -198,9 +199,14 @@ def test_azure_openai_sdk_deployments_mapping_and_quirks(e2e, tmp_path):
     for r in results:
         assert r["ok"], r["error"]
         assert r["content"] == " zero one two"
+    # an Azure AI Services resource serves the same API on its cognitiveservices.azure.com name
+    services = {**client, "azure_endpoint": AZURE_SERVICES}
+    [r] = e2e.run_sdk_batch([("chat_stream", {"client": services, "model": "chat4o", "max_tokens": 20,
+                                              "extra_headers": h})], env)
+    assert r["ok"] and r["content"] == " zero one two", r["error"]
     # Azure's first chunk (prompt_filter_results, no choices) reaches the client; pouch's usage chunk does not
     assert results[1]["empty_choices_chunks"] == 1 and results[1]["usage"] is None
-    entries = settled(home, 3)
+    entries = settled(home, 4)
     want = cost(price("azure/gpt-4o-mini-2024-07-18"), Usage(input_tokens=50, output_tokens=3))
     for e in entries:
         assert (e["provider"], e["model"], e["wallet"]) == ("azure", "gpt-4o-mini", "azapp")
@@ -210,6 +216,14 @@ def test_azure_openai_sdk_deployments_mapping_and_quirks(e2e, tmp_path):
     assert sent[2]["headers"]["authorization"] == "Bearer az-real-key-0123456789"
     assert sent[0]["path"].startswith("/openai/deployments/chat4o/chat/completions")
     assert sent[2]["path"] == "/openai/v1/chat/completions" and sent[2]["body"]["model"] == "chat4o"
+    [via_services] = compat_requests(fake, "pouchtest.cognitiveservices.azure.com")
+    assert via_services["headers"].get("api-key") == "az-real-key-0123456789"
+    # the resource's other services are not priced: refused (fail closed), nothing sent
+    n = len(fake.requests())
+    c = e2e.run_curl("https://pouchtest.cognitiveservices.azure.com/models/chat/completions?api-version=2024-05-01-preview",
+                     env=env, headers={"api-key": vkey}, json_body={"model": "Llama-3.3-70B-Instruct", "messages": []})
+    assert c.status == 403 and c.json()["error"]["code"] == "pouch_unknown_endpoint", (c.status, c.body)
+    assert len(fake.requests()) == n
     # an unmapped deployment is refused, naming the command that maps it; nothing is sent
     n = len(fake.requests())
     r = e2e.run_sdk("chat", {"client": {**client, "max_retries": 0}, "model": "other-dep"}, env)
@@ -219,7 +233,7 @@ def test_azure_openai_sdk_deployments_mapping_and_quirks(e2e, tmp_path):
     r = e2e.run_sdk("chat", {"client": client, "model": "chat4o", "max_tokens": 20,
                              "extra_headers": {**h, "x-fake-model": "gpt-4o-2024-08-06"}}, env)
     assert r["ok"], r["error"]
-    last = settled(home, 4)[-1]
+    last = settled(home, 5)[-1]
     assert "model_reported_mismatch" in last["flags"]
     assert D(last["cost"]) == cost(price("azure/gpt-4o-2024-08-06"), Usage(input_tokens=50, output_tokens=3))
     no_traceback(proxy)
