@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pouch-set", action="append", default=[], metavar="OPTION=VALUE")
     ap.add_argument("--tree", metavar="DIR", help="pouch from the source tree DIR (e.g. main, git archive'd) "
                     "against this tree's, same run")
-    ap.add_argument("--settle-s", type=float, default=8.0, help="wait after the last request (--against-pouch)")
+    ap.add_argument("--settle-s", type=float, default=8.0, help="wait after the last request (--against-pouch, --tree)")
     a = ap.parse_args(argv)
     if a.against_pouch:
         os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = PB.otlp_sink()  # the proxies inherit it (harness)
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         raw = PB.chat_request(stream=stream, chunks=50)
         got = {}
         for name, tree in (("tree", Path(a.tree).resolve()), ("pouch", None)):
-            got[name] = measure(True, raw, stream, n, tree=tree)
+            got[name] = measure(True, raw, stream, n, settle_s=a.settle_s, tree=tree)
             print(f"{a.workload} {name}: {got[name]:.3f} M instructions per request ({n} requests)", flush=True)
         print(f"RATIO proxy {a.workload} instructions pouch/tree = {got['pouch'] / got['tree']:.3f}")
         return 0
