@@ -67,6 +67,25 @@ def cut_connections(flow: http.HTTPFlow) -> None:
     asyncio.get_running_loop().call_later(0.05, close_connection, flow, "client")
 
 
+def debug_kept() -> bool:
+    """Whether a DEBUG record of this module would reach a handler that keeps it.
+
+    mitmdump sets the root logger to DEBUG and lets its handlers filter (its terminal log keeps
+    INFO and up unless ``termlog_verbosity=debug``), so ``isEnabledFor(DEBUG)`` is always true in
+    the proxy, and a record made only to be dropped costs tens of microseconds on the loop."""
+    if not log.isEnabledFor(logging.DEBUG):
+        return False
+    c: logging.Logger | None = log
+    while c is not None:
+        for h in c.handlers:
+            if h.level <= logging.DEBUG:
+                return True
+        if not c.propagate:
+            break
+        c = c.parent
+    return False
+
+
 def meter_usage(m: Any) -> tuple[Any, int]:
     """(usage, counted output) of a meter: the provider's final usage; else, for meters that know
     the provider's input (``partial_usage``: Anthropic's message_start, Gemini's running totals),
@@ -290,7 +309,7 @@ class Metering:
                         o.on_settle(call, entry, views, commit_s)
                     except Exception:  # an observer never changes what happened to the call
                         log.exception("pouch: a settle observer failed")
-            if log.isEnabledFor(logging.DEBUG):  # per call: DEBUG, a log record costs tens of µs on the loop
+            if debug_kept():  # per call: DEBUG, a log record costs tens of µs on the loop
                 log.debug(f"pouch: {call.plan.model} {result.status}: {format_usd(result.cost)} "
                           f"(reserved {format_usd(call.reserved)})")
 
