@@ -43,9 +43,9 @@ log = logging.getLogger(__name__)
 _STOP = object()
 _WAKE = object()
 #: the alert thread, woken by a settle, gathers what else comes for this long before applying it
-#: all: under load it wakes ~20 times a second, not once per call (each wake is a thread switch
+#: all: under load it wakes ~5 times a second, not once per call (each wake is a thread switch
 #: and a turn of the GIL taken from the event loop)
-BATCH_S = 0.05
+BATCH_S = 0.2
 ATTENTION_FLAGS = ("over_reservation", "orphaned")
 
 

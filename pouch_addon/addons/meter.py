@@ -22,6 +22,7 @@ from functools import partial
 from typing import Any
 
 from mitmproxy import ctx, http
+from mitmproxy.log import LegacyLogEvents
 
 from .. import settlement
 from ..ledger_postgres import LedgerUnavailable
@@ -68,17 +69,20 @@ def cut_connections(flow: http.HTTPFlow) -> None:
 
 
 def debug_kept() -> bool:
-    """Whether a DEBUG record of this module would reach a handler that keeps it.
+    """Whether a DEBUG record of this module would reach a handler that shows it.
 
     mitmdump sets the root logger to DEBUG and lets its handlers filter (its terminal log keeps
     INFO and up unless ``termlog_verbosity=debug``), so ``isEnabledFor(DEBUG)`` is always true in
-    the proxy, and a record made only to be dropped costs tens of microseconds on the loop."""
+    the proxy. Its ``LegacyLogEvents`` handler keeps every record only to re-send it as the
+    deprecated ``add_log`` event to every addon (a cross-thread call and a walk of the whole addon
+    chain per record): it does not count here. A per-call record nobody shows cost tens of
+    microseconds on the loop."""
     if not log.isEnabledFor(logging.DEBUG):
         return False
     c: logging.Logger | None = log
     while c is not None:
         for h in c.handlers:
-            if h.level <= logging.DEBUG:
+            if h.level <= logging.DEBUG and not isinstance(h, LegacyLogEvents):
                 return True
         if not c.propagate:
             break

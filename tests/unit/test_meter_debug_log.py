@@ -11,6 +11,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from mitmproxy.log import LegacyLogEvents
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
@@ -27,15 +28,25 @@ class Quiet(logging.Handler):
         pass
 
 
-@pytest.mark.parametrize("handler_level, logged", [(logging.INFO, 0), (logging.DEBUG, 1), (logging.NOTSET, 1)])
-def test_the_settle_debug_line_only_when_a_handler_keeps_debug(tmp_path, monkeypatch, handler_level, logged):
+class QuietLegacy(LegacyLogEvents):
+    def emit(self, record: logging.LogRecord) -> None:  # no master here
+        pass
+
+
+@pytest.mark.parametrize("handler_level, legacy, logged", [
+    (logging.INFO, False, 0), (logging.DEBUG, False, 1), (logging.NOTSET, False, 1),
+    (logging.NOTSET, True, 0),  # mitmproxy's LegacyLogEvents keeps all only to re-send it as add_log
+])
+def test_the_settle_debug_line_only_when_a_handler_keeps_debug(tmp_path, monkeypatch, handler_level, legacy, logged):
     core = Core()
     core.ledger = Ledger(tmp_path, durable=False)
     core.ledger.set_budget(D("100"))
     metering = meter_addon.Metering(core)
     call = checkpoint_bench.streams_in_flight(core, PriceTable.load(), 1, events=3)[0]
-    handler = Quiet(handler_level)  # as mitmdump: root at DEBUG, its handler filters
-    monkeypatch.setattr(logging.root, "handlers", [handler])
+    handlers = [Quiet(handler_level)]  # as mitmdump: root at DEBUG, its handlers filter
+    if legacy:
+        handlers = [Quiet(logging.INFO), QuietLegacy(None)]
+    monkeypatch.setattr(logging.root, "handlers", handlers)
     old = logging.root.level
     logging.root.setLevel(logging.DEBUG)
     lines = []
