@@ -121,7 +121,9 @@ def output_threshold(price: ModelPrice, input_usage: Usage, tier: str | None, re
     reservation (exactly, in ``tier``); None when output is free and the input alone stays below
     it. Computed once per change of the input or tier, so the per-chunk cut-off test is an integer
     comparison (every stream meter uses it)."""
-    base = cost(price, dataclasses.replace(input_usage, output_tokens=0), tier) + fees
+    # (a usage without output is its own input part: no copy; output 0 means reasoning 0 too)
+    base = cost(price, input_usage if input_usage.output_tokens == 0
+                else dataclasses.replace(input_usage, output_tokens=0), tier) + fees
     if base >= reservation:
         return 0
     rate = price.rates_for(input_usage.input_tokens, tier).output
