@@ -34,6 +34,9 @@ process (it discards what it gets) and points ``OTEL_EXPORTER_OTLP_ENDPOINT`` at
 
     .venv/bin/python bench/proxy_bench.py --only throughput --against-pouch --otlp-sink \
         --pouch-set pouch_metrics=127.0.0.1:0 --pouch-set pouch_otel=true
+
+``--tree DIR`` compares another source tree's pouch (``tree``, e.g. main unpacked with ``git
+archive``) with this tree's (``pouch``) in the same run: the ratios then read tree/pouch.
 """
 
 from __future__ import annotations
@@ -489,6 +492,7 @@ class Config:
     proxy: H.Proxy | None = None
     home: Path | None = None
     sets: list[str] | None = None  # --pouch-set options of this side (None: all of them)
+    tree: Path | None = None  # run pouch_addon from this source tree (``--tree``), not this one
 
 
 class Bench:
@@ -503,6 +507,8 @@ class Bench:
         self.configs = [Config("bare", False), Config("pouch" if b_pouch else "bare2", b_pouch)]
         if args.against_pouch:  # what the --pouch-set options cost, against plain pouch
             self.configs = [Config("pouch", True, sets=[]), Config("pouch+", True)]
+        if args.tree:  # another tree's pouch (e.g. main, ``git archive``d) against this one, same run
+            self.configs = [Config("tree", True, sets=[], tree=Path(args.tree).resolve()), Config("pouch", True)]
 
     def new_home(self) -> Path:
         from pouch_addon.budget import Ledger
@@ -515,8 +521,14 @@ class Bench:
     def start(self, cfg: Config) -> H.Proxy:
         if cfg.pouch:
             cfg.home = self.new_home()
-            proxy = self.pin.start_proxy(self.h, home=cfg.home, pouch=True, fake=self.fake,
-                                         sets=self.args.pouch_set if cfg.sets is None else cfg.sets)
+            repo = H.REPO
+            if cfg.tree is not None:  # the harness puts H.REPO on the proxy's PYTHONPATH
+                H.REPO = cfg.tree
+            try:
+                proxy = self.pin.start_proxy(self.h, home=cfg.home, pouch=True, fake=self.fake,
+                                             sets=self.args.pouch_set if cfg.sets is None else cfg.sets)
+            finally:
+                H.REPO = repo
         else:
             proxy = self.pin.start_proxy(self.h, pouch=False, fake=self.fake)
         cfg.proxy = proxy
@@ -898,6 +910,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, ledgers)")
     ap.add_argument("--against-pouch", action="store_true",
                     help="compare pouch with --pouch-set options against plain pouch (same run; target 0.97)")
+    ap.add_argument("--tree", metavar="DIR",
+                    help="compare pouch from the source tree DIR (e.g. main: git archive MAIN | tar -x -C DIR) "
+                         "against this tree's pouch in the same run (configurations tree vs pouch)")
     ap.add_argument("--otlp-sink", action="store_true",
                     help="run a local OTLP/HTTP receiver that discards spans; OTEL_EXPORTER_OTLP_ENDPOINT points at it")
     ap.add_argument("--pouch-set", action="append", default=[], metavar="OPTION=VALUE",

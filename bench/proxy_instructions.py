@@ -9,7 +9,10 @@ too) in user space; what the kernel does (syscalls, thread switches) is not in i
 capacity ratio of ``proxy_bench.py`` is lower than this one.
 
     .venv/bin/python bench/proxy_instructions.py [--workload sse50|nonstream] [--requests N]
-        [--only bare|pouch] [--against-pouch --pouch-set OPTION=VALUE ...]
+        [--only bare|pouch] [--against-pouch --pouch-set OPTION=VALUE ...] [--tree DIR]
+
+``--tree DIR`` counts pouch from the source tree DIR (e.g. main: ``git archive MAIN | tar -x -C
+DIR``) and this tree's pouch, one after the other.
 
 ``--against-pouch`` compares plain pouch with pouch plus the ``--pouch-set`` options (e.g.
 ``pouch_metrics=127.0.0.1:0`` and ``pouch_otel=true``; traces then go to a local OTLP/HTTP sink in
@@ -74,8 +77,8 @@ async def requests(proxy: H.Proxy, raw: bytes, stream: bool, n: int, conns: int 
 
 
 def measure(pouch: bool, raw: bytes, stream: bool, n: int, sets: list[str] | None = None,
-            settle_s: float = 0.0) -> float:
-    """Instructions (millions) per request of one fresh mitmdump."""
+            settle_s: float = 0.0, tree: Path | None = None) -> float:
+    """Instructions (millions) per request of one fresh mitmdump (pouch from ``tree`` if given)."""
     work = Path(tempfile.mkdtemp(prefix="pouch-instructions-"))
     out = work / "callgrind"
     out.mkdir()
@@ -88,7 +91,12 @@ def measure(pouch: bool, raw: bytes, stream: bool, n: int, sets: list[str] | Non
             home = work / "home"
             home.mkdir()
             Ledger(home).set_budget(Decimal("1000000"))
-            proxy = h.start_proxy(home=home, sets=sets or None, pouch=True, fake=fake, timeout=600)
+            repo = H.REPO
+            H.REPO = tree or repo  # the harness puts H.REPO on the proxy's PYTHONPATH
+            try:
+                proxy = h.start_proxy(home=home, sets=sets or None, pouch=True, fake=fake, timeout=600)
+            finally:
+                H.REPO = repo
         else:
             proxy = h.start_proxy(pouch=False, fake=fake, timeout=600)
         pid = str(proxy.proc.pid)
@@ -120,7 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", choices=["bare", "pouch"])
     ap.add_argument("--against-pouch", action="store_true", help="plain pouch vs pouch with --pouch-set options")
     ap.add_argument("--pouch-set", action="append", default=[], metavar="OPTION=VALUE")
-    ap.add_argument("--settle-s", type=float, default=8.0, help="wait after the last request (--against-pouch)")
+    ap.add_argument("--tree", metavar="DIR", help="pouch from the source tree DIR (e.g. main, git archive'd) "
+                    "against this tree's, same run")
+    ap.add_argument("--settle-s", type=float, default=8.0, help="wait after the last request (--against-pouch, --tree)")
     a = ap.parse_args(argv)
     if a.against_pouch:
         os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = PB.otlp_sink()  # the proxies inherit it (harness)
@@ -134,6 +144,15 @@ def main(argv: list[str] | None = None) -> int:
               f"(target 0.97; pouch+ = {' '.join(a.pouch_set)})")
         return 0
     stream = a.workload == "sse50"
+    if a.tree:
+        n = a.requests or (100 if stream else 200)
+        raw = PB.chat_request(stream=stream, chunks=50)
+        got = {}
+        for name, tree in (("tree", Path(a.tree).resolve()), ("pouch", None)):
+            got[name] = measure(True, raw, stream, n, settle_s=a.settle_s, tree=tree)
+            print(f"{a.workload} {name}: {got[name]:.3f} M instructions per request ({n} requests)", flush=True)
+        print(f"RATIO proxy {a.workload} instructions pouch/tree = {got['pouch'] / got['tree']:.3f}")
+        return 0
     n = a.requests or (100 if stream else 200)
     raw = PB.chat_request(stream=stream, chunks=50)
     got = {}

@@ -121,7 +121,9 @@ def output_threshold(price: ModelPrice, input_usage: Usage, tier: str | None, re
     reservation (exactly, in ``tier``); None when output is free and the input alone stays below
     it. Computed once per change of the input or tier, so the per-chunk cut-off test is an integer
     comparison (every stream meter uses it)."""
-    base = cost(price, dataclasses.replace(input_usage, output_tokens=0), tier) + fees
+    # (a usage without output is its own input part: no copy; output 0 means reasoning 0 too)
+    base = cost(price, input_usage if input_usage.output_tokens == 0
+                else dataclasses.replace(input_usage, output_tokens=0), tier) + fees
     if base >= reservation:
         return 0
     rate = price.rates_for(input_usage.input_tokens, tier).output
@@ -171,6 +173,14 @@ def _strip_null_usage(raw: bytes, obj: dict[str, Any]) -> bytes:
 def _cut_null_usage(raw: bytes) -> bytes | None:
     """``raw`` with its last ``,"usage":null`` member cut out when that is the top-level one (see
     :func:`_strip_null_usage`), else None."""
+    span = _null_usage_span(raw)
+    if span is None:
+        return None
+    return raw[:span[0]] + raw[span[1]:]
+
+
+def _null_usage_span(raw: bytes) -> tuple[int, int] | None:
+    """Where :func:`_cut_null_usage` cuts ``raw`` (start, end), or None."""
     i = raw.rfind(b',"usage":null')
     n = 13
     if i < 0:
@@ -179,7 +189,7 @@ def _cut_null_usage(raw: bytes) -> bytes | None:
     if i >= 0:
         end = i + n
         if raw.count(b"}", end) == 1 and raw.find(b"]", end) < 0:
-            return raw[:i] + raw[end:]
+            return i, end
     return None
 
 
@@ -204,6 +214,11 @@ class _ContentTemplate:
     model: str | None
     tier: str | None
     hide_null_usage: bool  # _process cuts the chunk's "usage": null out
+    # where _cut_null_usage cuts a whole chunk ``data: `` + data + ``\n\n`` of this shape: the
+    # member's start and end, in bytes before the chunk's end, not counting the padding when the
+    # member lies before it (``cut_before_pad``); None: found per chunk
+    cut_back: tuple[int, int] | None = None
+    cut_before_pad: bool = False
 
 
 def _plain(text: str) -> bool:
@@ -303,7 +318,7 @@ class StreamMeter(DecodingMeter):
             # the usual chunk: exactly one templated content event (its data, one line, has no line
             # end: the template's bytes have none and a plain text or padding none either)
             try:
-                fwd = self._templated(tpl, chunk[6:-2].decode("utf-8"), chunk)
+                fwd = self._templated(tpl, chunk[6:-2].decode("utf-8"), chunk, True)
             except UnicodeDecodeError:
                 fwd = None
             if fwd is not None:
@@ -467,11 +482,12 @@ class StreamMeter(DecodingMeter):
             self._learn_template(ev, obj)
         return keep
 
-    def _templated(self, tpl: _ContentTemplate, data: str, raw: bytes) -> bytes | None:
+    def _templated(self, tpl: _ContentTemplate, data: str, raw: bytes, whole: bool = False) -> bytes | None:
         """When ``data`` is the learnt content chunk with another plain text (and padding), do
         what :meth:`_chat_chunk` does for it and return the bytes to forward (``raw``, or ``raw``
         without its ``"usage": null``); else None, and nothing changed (see
-        :class:`_ContentTemplate`). The caller counts the event."""
+        :class:`_ContentTemplate`). ``whole``: ``raw`` is ``data: `` + data + ``\n\n``. The
+        caller counts the event."""
         if len(data) < tpl.min_len or not data.startswith(tpl.prefix) or not data.endswith(tpl.end):
             return None
         start, stop = len(tpl.prefix), len(data) - len(tpl.end)
@@ -479,18 +495,28 @@ class StreamMeter(DecodingMeter):
             text = data[start:stop]
             if not _plain(text):
                 return None
+            pad = ""
         else:  # the text ends at the first quote; the padding lies between mid and end
             at = data.find('"', start, stop)
             if at < 0 or not data.startswith(tpl.mid, at) or at + len(tpl.mid) > stop:
                 return None
             text = data[start:at]
-            if "\\" in text or not text.isprintable() or not _plain(data[at + len(tpl.mid):stop]):
+            pad = data[at + len(tpl.mid):stop]
+            if "\\" in text or not text.isprintable() or not _plain(pad):
                 return None
         fwd = raw
         if tpl.hide_null_usage:
-            fwd = _cut_null_usage(raw)
-            if fwd is None:
-                return None
+            back = tpl.cut_back
+            if whole and back is not None and (not tpl.cut_before_pad or (
+                    pad.isascii() and "}" not in pad and "]" not in pad)):
+                # the member's place is fixed from the chunk's end (plus the padding before it):
+                # what _cut_null_usage finds, without searching (the text and padding hold no quote)
+                n = len(raw) - back[0] - (len(pad) if tpl.cut_before_pad else 0)
+                fwd = raw[:n] + raw[n + back[0] - back[1]:]
+            else:
+                fwd = _cut_null_usage(raw)
+                if fwd is None:
+                    return None
         if tpl.model is not None:
             self.model_reported = tpl.model
         if tpl.tier is not None and tpl.tier != self.service_tier:
@@ -558,12 +584,23 @@ class StreamMeter(DecodingMeter):
             return
         idx = choice.get("index", 0)
         model, tier = obj.get("model"), obj.get("service_tier")
+        hide = self.hide_usage_chunk and "usage" in obj
+        cut_back = None
+        pad_back = len((end + "\n\n").encode("utf-8"))  # where the padding goes, from the end
+        if hide:  # where _cut_null_usage cuts a whole chunk of this shape (text "x", no padding)
+            whole = ("data: " + prefix + "x" + (mid or "") + end + "\n\n").encode("utf-8")
+            span = _null_usage_span(whole)
+            if span is not None and span[0] >= len(("data: " + prefix + "x").encode("utf-8")):
+                cut_back = (len(whole) - span[0], len(whole) - span[1])
+                if mid is not None and cut_back[0] > pad_back > cut_back[1]:
+                    cut_back = None  # (cannot be: the member would hold the padding)
         self._tpl = _ContentTemplate(
             prefix, mid, end, len(prefix) + len(mid or "") + len(end),
             (idx if idx.__class__ is int or idx.__class__ is str else None, "content"),
             model if model.__class__ is str and model else None,
             tier if tier.__class__ is str and tier else None,
-            self.hide_usage_chunk and "usage" in obj)
+            hide, cut_back,
+            mid is not None and cut_back is not None and cut_back[0] > pad_back)
         self._tpl_tries = _TEMPLATE_TRIES
 
     def _chat_chunk(self, obj: dict[str, Any]) -> bool:

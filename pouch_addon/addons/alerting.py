@@ -1,7 +1,8 @@
 """Alerts from the proxy: thresholds crossed, the first 402 of a period, expired wallets and keys,
 a ledger that needs attention (the rules are ``alerts.py``; the sinks ``alert_sinks.py``).
 
-Nothing here runs on the hot path. The event loop only puts facts on a queue: the spend a settle
+Nothing here runs on the hot path. The event loop only puts facts on a queue (``AlertWorker.post``: a
+deque append; the thread is woken once per batch of ``BATCH_S``, not per call): the spend a settle
 left (``on_settle``, from the meter's settle callback, with views the settle's own transaction
 computed: no read of the ledger file) and the refusals it answered (``request``, after the audit
 trail). One alert thread applies the rules, writes ``alerts-state.json`` (so a restart does not fire
@@ -14,6 +15,7 @@ that cannot be read.
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import queue
@@ -39,6 +41,11 @@ from .identity import IDENTITY
 log = logging.getLogger(__name__)
 
 _STOP = object()
+_WAKE = object()
+#: the alert thread, woken by a settle, gathers what else comes for this long before applying it
+#: all: under load it wakes ~5 times a second, not once per call (each wake is a thread switch
+#: and a turn of the GIL taken from the event loop)
+BATCH_S = 0.2
 ATTENTION_FLAGS = ("over_reservation", "orphaned")
 
 
@@ -97,6 +104,10 @@ class AlertWorker(threading.Thread):
         super().__init__(name="pouch-alerts", daemon=True)
         self.home, self.sinks, self.scan_s = home, sinks, scan_s
         self.events: queue.SimpleQueue = queue.SimpleQueue()
+        # facts from the event loop (``post``), applied in order by one wake of this thread
+        self._pending: collections.deque = collections.deque()
+        self._signalled = False
+        self._batch_config: AlertConfig | None = None
         # one sender per sink, so a webhook that hangs holds back only its own deliveries
         self.senders = {name: Sender(name, sinks) for name in sinks.names()}
         self.state = AlertState()
@@ -104,7 +115,37 @@ class AlertWorker(threading.Thread):
         self._config: tuple[float, AlertConfig] | None = None
         self.wallet_periods: dict[str, str] = {}
 
+    def post(self, ev: tuple) -> None:
+        """Hand a fact over from the event loop: queued, and the thread woken only when it is not
+        already (the loop's side: a deque append, and a queue put per batch, not per fact)."""
+        self._pending.append(ev)
+        if not self._signalled:
+            self._signalled = True
+            self.events.put(_WAKE)
+
+    def _drain(self) -> None:
+        """Apply the posted facts in order (alerts.json read once for the batch)."""
+        self._signalled = False  # a fact posted from now on wakes the thread again
+        pending = self._pending
+        if not pending:
+            return
+        self._batch_config = None
+        self._batch_config = self.config()
+        try:
+            while pending:
+                ev = pending.popleft()
+                try:
+                    alerts = getattr(self, f"_{ev[0]}")(*ev[1:])
+                    if alerts:
+                        emit(self.home, self.state, alerts, self.sinks, self._send)
+                except Exception:
+                    log.exception("pouch: the alert thread failed on one event")
+        finally:
+            self._batch_config = None
+
     def config(self) -> AlertConfig:
+        if self._batch_config is not None:
+            return self._batch_config
         try:
             mtime = (self.home / CONFIG_FILE).stat().st_mtime
         except OSError:
@@ -126,7 +167,12 @@ class AlertWorker(threading.Thread):
             except queue.Empty:
                 ev = None
             if ev is _STOP:
+                self._drain()
                 return
+            if ev is _WAKE:
+                time.sleep(BATCH_S)  # let the facts of the calls finishing meanwhile join this batch
+                self._drain()
+                continue
             try:
                 if ev is None:
                     next_scan = time.monotonic() + self.scan_s
@@ -271,11 +317,11 @@ class Alerting:
     # -- on the event loop: hand the facts on, nothing more ---------------------------------------
     def on_settle(self, call: FlowCall, entry: dict[str, Any], views: SettleViews, commit_s: float) -> None:
         if self.worker is not None:
-            self.worker.events.put(("settle", entry, views))
+            self.worker.post(("settle", entry, views))
 
     def on_ledger_problem(self, message: str) -> None:
         if self.worker is not None:
-            self.worker.events.put(("problem", message, time.time()))
+            self.worker.post(("problem", message, time.time()))
 
     def request(self, flow: http.HTTPFlow) -> None:
         code = flow.metadata.get("pouch_blocked")
@@ -289,4 +335,4 @@ class Alerting:
             message = json.loads(flow.response.content or b"{}").get("error", {}).get("message") or ""
         except (ValueError, AttributeError):
             message = ""
-        self.worker.events.put(("block", code, ident.wallet if ident is not None else None, str(message), time.time()))
+        self.worker.post(("block", code, ident.wallet if ident is not None else None, str(message), time.time()))

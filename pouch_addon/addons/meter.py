@@ -22,6 +22,7 @@ from functools import partial
 from typing import Any
 
 from mitmproxy import ctx, http
+from mitmproxy.log import LegacyLogEvents
 
 from .. import settlement
 from ..ledger_postgres import LedgerUnavailable
@@ -65,6 +66,28 @@ def cut_connections(flow: http.HTTPFlow) -> None:
     """
     close_connection(flow, "server")
     asyncio.get_running_loop().call_later(0.05, close_connection, flow, "client")
+
+
+def debug_kept() -> bool:
+    """Whether a DEBUG record of this module would reach a handler that shows it.
+
+    mitmdump sets the root logger to DEBUG and lets its handlers filter (its terminal log keeps
+    INFO and up unless ``termlog_verbosity=debug``), so ``isEnabledFor(DEBUG)`` is always true in
+    the proxy. Its ``LegacyLogEvents`` handler keeps every record only to re-send it as the
+    deprecated ``add_log`` event to every addon (a cross-thread call and a walk of the whole addon
+    chain per record): it does not count here. A per-call record nobody shows cost tens of
+    microseconds on the loop."""
+    if not log.isEnabledFor(logging.DEBUG):
+        return False
+    c: logging.Logger | None = log
+    while c is not None:
+        for h in c.handlers:
+            if h.level <= logging.DEBUG and not isinstance(h, LegacyLogEvents):
+                return True
+        if not c.propagate:
+            break
+        c = c.parent
+    return False
 
 
 def meter_usage(m: Any) -> tuple[Any, int]:
@@ -290,7 +313,7 @@ class Metering:
                         o.on_settle(call, entry, views, commit_s)
                     except Exception:  # an observer never changes what happened to the call
                         log.exception("pouch: a settle observer failed")
-            if log.isEnabledFor(logging.DEBUG):  # per call: DEBUG, a log record costs tens of µs on the loop
+            if debug_kept():  # per call: DEBUG, a log record costs tens of µs on the loop
                 log.debug(f"pouch: {call.plan.model} {result.status}: {format_usd(result.cost)} "
                           f"(reserved {format_usd(call.reserved)})")
 

@@ -240,7 +240,13 @@ _TEXT_DELTAS = {"text_delta": "text", "thinking_delta": "thinking", "input_json_
 
 
 class AnthropicStreamMeter(ProviderStreamMeter):
-    """Meters a Messages SSE stream (see the module doc and :class:`ProviderStreamMeter`)."""
+    """Meters a Messages SSE stream (see the module doc and :class:`ProviderStreamMeter`).
+
+    A ``content_block_delta`` of a text, thinking or tool-input delta is learnt as a template
+    (``providers/templates.py``; holes: the block index and the text) and the next ones of its
+    shape are counted without the JSON scanner; a ``ping`` repeats byte for byte."""
+
+    template_tries = 6
 
     def _on_json(self, obj: dict[str, Any], event: str | None) -> bool:
         typ = obj.get("type")
@@ -276,6 +282,31 @@ class AnthropicStreamMeter(ProviderStreamMeter):
             err = obj.get("error")
             self._record_error(err if err.__class__ is dict else obj)
         return True
+
+    def _template_paths(self, obj: dict[str, Any], event: str | None) -> tuple[list[tuple], Any] | None:
+        if obj.get("type") != "content_block_delta":
+            return None
+        delta = obj.get("delta")
+        if delta.__class__ is not dict:
+            return None
+        field = _TEXT_DELTAS.get(delta.get("type"))
+        if field is None or delta.get(field).__class__ is not str:
+            return None
+        index = obj.get("index")
+        if index.__class__ is int:
+            return [("index",), ("delta", field)], None
+        return [("delta", field)], ("b", None)  # no int index: the key is fixed
+
+    def _apply_template(self, tpl: Any, text: str, holes: Any) -> None:
+        # _on_json of a text delta: _count(("b", index), text)
+        if text:
+            key = tpl.info if tpl.info is not None else ("b", int(holes[1]))
+            texts = self._pending.get(key)
+            if texts is None:
+                self._pending[key] = [text]
+            else:
+                texts.append(text)
+            self._pending_bytes += len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
     def _merge_usage(self, usage: dict[str, Any]) -> None:
         """Cumulative: assign every field present (never add)."""

@@ -258,8 +258,20 @@ def error_body(status: int, message: str, code: str, type_: str | None = None) -
 
 
 # -- streams -------------------------------------------------------------------------------------
+#: the usageMetadata counts that grow chunk by chunk (holes of a templated chunk)
+_RUNNING_COUNTS = ("candidatesTokenCount", "thoughtsTokenCount", "totalTokenCount")
+
+
 class GeminiStreamMeter(ProviderStreamMeter):
-    """Meters ``streamGenerateContent``: SSE (``alt=sse``) or a streamed JSON array."""
+    """Meters ``streamGenerateContent``: SSE (``alt=sse``) or a streamed JSON array.
+
+    An SSE chunk of one candidate with one text part (no finish reason, no error) is learnt as a
+    template (``providers/templates.py``; holes: the text and the running ``candidatesTokenCount``,
+    ``thoughtsTokenCount``, ``totalTokenCount``) and the next ones of its shape are metered
+    without the JSON scanner. The JSON-array form is framed by parsing (``JSONArrayFramer``), so
+    it has no templated path."""
+
+    template_tries = 6
 
     def _on_json(self, obj: dict[str, Any], event: str | None) -> bool:
         err = obj.get("error")
@@ -284,6 +296,66 @@ class GeminiStreamMeter(ProviderStreamMeter):
         if meta.__class__ is dict:
             self._on_usage(meta)
         return True
+
+    def _template_paths(self, obj: dict[str, Any], event: str | None) -> tuple[list[tuple], Any] | None:
+        if obj.get("error") is not None:
+            return None
+        cands = obj.get("candidates")
+        if cands.__class__ is not list or len(cands) != 1:
+            return None
+        cand = cands[0]
+        if cand.__class__ is not dict or cand.get("finishReason"):
+            return None
+        content = cand.get("content")
+        parts = content.get("parts") if content.__class__ is dict else None
+        if parts.__class__ is not list or len(parts) != 1 or parts[0].__class__ is not dict \
+                or parts[0].get("text").__class__ is not str:
+            return None
+        index = cand.get("index", 0)
+        paths: list[tuple] = [("candidates", 0, "content", "parts", 0, "text")]
+        meta = obj.get("usageMetadata")
+        counts: tuple[str, ...] = ()
+        if meta.__class__ is dict:
+            counts = tuple(k for k in _RUNNING_COUNTS if meta.get(k).__class__ is int)
+            paths += [("usageMetadata", k) for k in counts]
+        elif meta is not None:
+            return None
+        model = obj.get("modelVersion")
+        ikey = simple = None
+        if meta is not None:  # what _on_usage reads besides the holes is fixed
+            ikey = (meta.get("promptTokenCount"), meta.get("cachedContentTokenCount"),
+                    meta.get("toolUsePromptTokenCount"))
+            simple = all(k in counts or k not in meta for k in ("candidatesTokenCount", "thoughtsTokenCount"))
+        return paths, (model if model.__class__ is str and model else None,
+                       index if index.__class__ is int else 0, meta, counts, ikey, simple)
+
+    def _template_learnt(self, tpl: Any) -> None:
+        # which hole holds which count (the holes are in the order of the chunk's bytes)
+        model, index, meta, counts, ikey, simple = tpl.info
+        at = tuple((path[1], 2 * i + 1) for i, path in enumerate(tpl.paths) if path[0] == "usageMetadata")
+        tpl.info = (model, index, meta, at, ikey, simple)
+
+    def _apply_template(self, tpl: Any, text: str, holes: Any) -> None:
+        # _on_json of the learnt chunk with these values: the model, the text, the running usage
+        model, index, meta, counts, ikey, simple = tpl.info
+        if model is not None:
+            self.model_reported = model
+        if text:
+            texts = self._pending.get(index)
+            if texts is None:
+                self._pending[index] = [text]
+            else:
+                texts.append(text)
+            self._pending_bytes += len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+        if meta is not None:
+            meta = meta.copy()
+            for k, at in counts:
+                meta[k] = int(holes[at])
+            if simple and ikey == self._input_key:  # _on_usage, inline: the input key is unchanged
+                self._last_meta = meta
+                self._reported_output = meta.get("candidatesTokenCount", 0) + meta.get("thoughtsTokenCount", 0)
+            else:
+                self._on_usage(meta)
 
     _last_meta: dict[str, Any] | None = None
     _input_key: tuple[Any, ...] | None = None

@@ -27,6 +27,7 @@ from ..money import format_usd, usd_str
 from ..pricing import ModelPrice, Usage, cost, normalise_tier
 from ..sse import MAX_EVENT_BYTES, SSEError, SSEEvent, SSEParser
 from ..tokens import StreamTokenCounter
+from . import templates
 
 __all__ = ["ProviderStreamMeter", "JSONArrayFramer", "BUDGET_EXCEEDED", "UNDECODABLE"]
 
@@ -88,6 +89,11 @@ class ProviderStreamMeter(DecodingMeter):
 
     api = "provider"
     json_array = False
+    #: how many events a stream may learn a template from (each try parses its event twice);
+    #: 0 turns the templated path off (a subclass without ``_template_paths`` never learns)
+    template_tries = 0
+    #: templates a stream keeps (one per shape: text / thinking / tool-input deltas ...)
+    MAX_TEMPLATES = 4
 
     def __init__(self, price: ModelPrice, model: str, input_tokens: int, reservation: Decimal,
                  tier: str | None = None, *, max_event_bytes: int = MAX_EVENT_BYTES,
@@ -117,6 +123,9 @@ class ProviderStreamMeter(DecodingMeter):
         self._usage: Usage | None = None  # final usage
         self._pricing_tier = self.tier
         self._cut_at = self._threshold()
+        # the shapes of text events already parsed (``templates``): matched without the JSON scanner
+        self._tpls: list[templates.EventTemplate] = []
+        self._tries = 0 if self.json_array else self.template_tries
         # a compressed stream: decoded before it is framed, as ``metering.StreamMeter`` does
         # (``decoding``); what cannot be decoded fails closed (cut at once, billed the reservation)
         self.undecodable: str | None = None
@@ -127,6 +136,22 @@ class ProviderStreamMeter(DecodingMeter):
         """Meter a chunk; return what to forward now (complete events only)."""
         if self.cut or not chunk:
             return []
+        if self._tpls and chunk.__class__ is bytes and len(chunk) <= self._parser.max_event_bytes \
+                and self._parser.at_boundary():
+            # the usual chunk: exactly one event of a learnt shape, framed as the SSE parser's inline
+            # path frames it (header + one data line + blank line; a hole holds no line end)
+            for tpl in self._tpls:
+                if tpl.raw_rx is not None:
+                    got = tpl.match_raw(chunk)
+                    if got is not None:
+                        self.events += 1
+                        self._apply_template(tpl, got[0], got[1])
+                        if (self._cut_at is not None and not self.done and self._usage is None
+                                and (self._counted + self._pending_bytes >= self._cut_at
+                                     or self._reported_output >= self._cut_at)
+                                and self._over()):
+                            return [chunk + self._budget_cut()]
+                        return [chunk]
         try:
             items = self._parser.feed(chunk)
         except SSEError as exc:
@@ -162,14 +187,17 @@ class ProviderStreamMeter(DecodingMeter):
                 raw = item.raw
                 if item.has_data:
                     self.events += 1
-                    try:
-                        obj = _loads(item.data)
-                    except ValueError:
-                        obj = None
-                    if obj.__class__ is dict:
-                        on_json(obj, item.event)
-                    else:
-                        self.parse_errors += 1
+                    if not self._tpls or not self._templated(item):
+                        try:
+                            obj = _loads(item.data)
+                        except ValueError:
+                            obj = None
+                        if obj.__class__ is dict:
+                            on_json(obj, item.event)
+                            if self._tries:
+                                self._learn(item, obj)
+                        else:
+                            self.parse_errors += 1
             else:
                 raw, obj = item
                 self.events += 1
@@ -182,12 +210,55 @@ class ProviderStreamMeter(DecodingMeter):
             if (may_cut and self._cut_at is not None and not self.done and self._usage is None
                     and (self._counted + self._pending_bytes >= self._cut_at or self._reported_output >= self._cut_at)
                     and self._over()):
-                msg = (f"pouch: budget reservation of {format_usd(self.reservation)} reached after "
-                       f"{self._output()} output tokens; stream cut off")
-                out.append(self._cut_event(BUDGET_EXCEEDED, msg))
-                self.cut = True
+                out.append(self._budget_cut())
                 break
         return out
+
+    def _budget_cut(self) -> bytes:
+        """The error event of a cut-off at the reservation (``cut`` is set)."""
+        msg = (f"pouch: budget reservation of {format_usd(self.reservation)} reached after "
+               f"{self._output()} output tokens; stream cut off")
+        self.cut = True
+        return self._cut_event(BUDGET_EXCEEDED, msg)
+
+    # -- templated events (``templates``) ----------------------------------------------------------
+    def _templated(self, ev: SSEEvent) -> bool:
+        """Apply ``ev`` through a learnt template when it has that shape; False: parse it."""
+        data = ev.data
+        for tpl in self._tpls:
+            if tpl.event == ev.event:
+                got = tpl.match(data)
+                if got is not None:
+                    self._apply_template(tpl, got[0], got[1])
+                    return True
+        return False
+
+    def _learn(self, ev: SSEEvent, obj: dict[str, Any]) -> None:
+        """Learn the shape of a parsed text event (``_template_paths`` says which qualify)."""
+        got = self._template_paths(obj, ev.event)
+        if got is None:
+            return
+        self._tries -= 1
+        paths, info = got
+        tpl = templates.learn(ev.event, ev.data, ev.raw, obj, paths, info)
+        if tpl is not None:
+            self._template_learnt(tpl)
+            if len(self._tpls) >= self.MAX_TEMPLATES:
+                del self._tpls[0]
+            self._tpls.append(tpl)
+
+    def _template_paths(self, obj: dict[str, Any], event: str | None) -> tuple[list[tuple], Any] | None:
+        """The hole paths of an event whose effect on the meter, but for the values at those paths,
+        is fixed (and what ``_apply_template`` needs to repeat it); None: not such an event."""
+        return None
+
+    def _template_learnt(self, tpl: templates.EventTemplate) -> None:
+        """A template was learnt (its holes in ``tpl.paths`` order): complete ``tpl.info``."""
+
+    def _apply_template(self, tpl: templates.EventTemplate, text: str, holes: Any) -> None:  # pragma: no cover
+        """Do what ``_on_json`` does for the learnt object with ``text`` in its string hole and
+        ``holes`` in its holes (``EventTemplate.match``: hole i at 2i + 1, integers as digits, ``str`` or ``bytes``: ``int()`` them)."""
+        raise NotImplementedError
 
     # -- what a subclass reports -------------------------------------------------------------------
     def _on_json(self, obj: dict[str, Any], event: str | None) -> bool:  # pragma: no cover - abstract

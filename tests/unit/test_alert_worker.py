@@ -77,3 +77,21 @@ def test_an_unreadable_ledger_needs_attention(tmp_path):
     w, sent = worker(tmp_path)
     run(w, w.scan(time.time()))
     assert [a["kind"] for a in sent] == ["ledger"] and "needs attention" in sent[0]["text"]
+
+
+def test_facts_from_the_event_loop_wake_the_thread_once_per_batch_and_apply_in_order(tmp_path):
+    """``post`` (what on_settle / request / on_ledger_problem call on the loop) queues the fact and
+    wakes the thread only when it is not already woken: 100 settles in a burst are one wake, and
+    the thread applies every one of them, in order, before it stops."""
+    Ledger(tmp_path).set_budget(D(10))
+    w, sent = worker(tmp_path)
+    seen = []
+    w._settle = lambda entry, views: seen.append(entry["n"]) or []
+    views = SettleViews(SpendView("global", "total", D(1), D(10)), None)
+    for n in range(100):
+        w.post(("settle", {"n": n, "ts": time.time()}, views))
+    assert w.events.qsize() == 1  # one wake for the burst (the thread is not running yet)
+    w.start()
+    w.stop()
+    assert not w.is_alive()
+    assert seen == list(range(100))

@@ -69,7 +69,7 @@ def random_stream(rng: random.Random) -> list[bytes]:
     chunks = [chunk({"role": "assistant", "content": "", "refusal": None}, pad=pad, usage=usage_mode)]
     for _ in range(rng.randint(0, 30)):
         r = rng.random()
-        pad_i = pad if pad is None else "".join(rng.choice("aZ09-_") for _ in range(rng.randint(0, 12)))
+        pad_i = pad if pad is None else "".join(rng.choice("aZ09-_}]\u00e9") for _ in range(rng.randint(0, 12)))
         if r < 0.7:
             chunks.append(chunk({"content": rng.choice(TEXTS)}, pad=pad_i, usage=usage_mode, spaced=spaced))
         elif r < 0.75:
