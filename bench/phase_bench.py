@@ -53,6 +53,7 @@ PHASES = [
     ("    commit -> deliver", "c_commit1", "c_deliver0"),
     ("    deliver -> loop runs it", "c_deliver0", "l_deliverall0"),
     ("    loop callback -> gate resumes", "l_deliverall1", "g_reserve1"),
+    ("    the previous call's settle callback", "l_settled0", "l_settled1"),
     ("  after reserve (rewrite, keys...)", "g_reserve1", "rq1"),
     ("request hooks -> response head", "rq1", "rsh0"),
     ("responseheaders hooks", "rsh0", "rsh1"),
@@ -82,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", action="append", default=[], metavar="NAME:OPTION=VALUE,...",
                     help="another pouch configuration of this checkout")
     ap.add_argument("--no-pin", action="store_true")
+    ap.add_argument("--keep", metavar="DIR", help="copy each configuration's per-flow timestamps (JSON lines) there")
     ap.add_argument("--trace", action="store_true",
                     help="also print the loop callbacks run between the reservation's delivery and the gate resuming")
     args = ap.parse_args(argv)
@@ -91,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     cfgs: list[tuple[str, str | None, list[str]]] = [("bare", None, []), ("pouch", str(H.REPO), [])]
     for spec in args.config:
         name, _, opts = spec.partition(":")
-        cfgs.append((name, str(H.REPO), [o for o in opts.split(",") if o]))
+        cfgs.append((name, str(H.REPO), [o for o in opts.split(",") if o]))  # env:VAR=VALUE: an environment variable
     for spec in args.tree:
         name, _, tree = spec.partition("=")
         cfgs.append((name, str(Path(tree).resolve()), []))
@@ -102,7 +104,9 @@ def main(argv: list[str] | None = None) -> int:
         for name, tree, sets in cfgs:
             out = workdir / f"phases-{name}.jsonl"
             mode = "bare" if tree is None else "pouch"
-            H._proxy_env = lambda tree=tree, out=out, mode=mode: {
+            extra = dict(o[4:].split("=", 1) for o in sets if o.startswith("env:"))
+            sets = [o for o in sets if not o.startswith("env:")]
+            H._proxy_env = lambda tree=tree, out=out, mode=mode, extra=extra: {**extra,
                 **env0(), "PYTHONPATH": f"{tree or H.REPO}", "PHASE_OUT": str(out), "PHASE_MODE": mode,
                 **({"PHASE_HANDLES": "1"} if args.trace else {})}
             try:
@@ -147,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
             proxy.stop()
         rows: dict[str, dict[str, list[dict]]] = {}
         for name, (_, out) in proxies.items():
+            if args.keep:
+                Path(args.keep).mkdir(parents=True, exist_ok=True)
+                shutil.copy(out, Path(args.keep) / out.name)
             flows = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
             flows = [f for f in flows if "/chat/completions" in f.get("path", "")][2 * args.warmup:]
             rows[name] = {"ns": [f for f in flows if not f["stream"]], "st": [f for f in flows if f["stream"]]}

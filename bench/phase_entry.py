@@ -77,6 +77,7 @@ class Last:
             flow.response.stream = first
 
     def response(self, flow: http.HTTPFlow) -> None:
+        KEEP.clear()
         d = flow.metadata[KEY]
         d["rs1"] = now()
         r, s = flow.request, flow.response
@@ -128,12 +129,29 @@ def _instrument() -> None:
             mark("g_reserve1")
     G.reserve = timed_reserve
     wrap(G, "apply_rewrites", "g_rewrite0", None)
+    patch = os.environ.get("PHASE_PATCH", "")
+    if patch == "flush_here":  # experiment: the committer flushes after answering (no flusher thread)
+        def flush_inline(self):
+            self._wal.sync()
+        LL.LocalStore._flush_later = flush_inline
+    elif patch == "no_flush":  # experiment: no flush at all (the lower bound)
+        LL.LocalStore._flush_later = lambda self: None
+    from pouch_addon.addons import meter as M
+    wrap(M.Metering, "_settled", "l_settled0", "l_settled1")
+    if os.environ.get("PHASE_KEEP"):  # experiment: keep each settle's objects alive until the next response
+        settled = M.Metering._settled
+
+        def keep(self, *a):
+            KEEP.append(a)
+            return settled(self, *a)
+        M.Metering._settled = keep
     if os.environ.get("PHASE_HANDLES"):
         _trace_handles()
     wrap(G, "set_body", None, "g_setbody1")
 
 
 TRACE: list = []
+KEEP: list = []
 
 
 def _trace_handles() -> None:
@@ -146,10 +164,11 @@ def _trace_handles() -> None:
         if "l_deliverall0" in LAST and "g_reserve1" not in LAST:
             t, c = now(), time.thread_time()
             run(self)
+            t, c = now() - t, time.thread_time() - c
             cb = self._callback
             task = getattr(cb, "__self__", None)
             name = task.get_coro().__qualname__ if hasattr(task, "get_coro") else repr(cb)[:70]
-            TRACE.append((name, round((now() - t) * 1e6), round((time.thread_time() - c) * 1e6)))
+            TRACE.append((name, round(t * 1e6), round(c * 1e6)))
         else:
             run(self)
     asyncio.events.Handle._run = traced

@@ -40,6 +40,7 @@ class FlowCall:
     wallet: str = "default"
     started: float = field(default_factory=time.time)
     meter: StreamMeter | None = None
+    next_meter: StreamMeter | None = None  # made while the request is in flight (``Metering.request``)
     response_started: bool = False
     settled: bool = False
     last_checkpoint_events: int = -1

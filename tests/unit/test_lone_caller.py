@@ -71,3 +71,122 @@ def test_a_settle_makes_no_log_record_unless_debug_lines_are_shown(setup, root_a
         tctx.configure(metering, termlog_verbosity="debug")
         settle_one(core, metering)
         assert len(settle_lines(caplog)) == 1
+
+
+# -- a finished call is priced after its response was handed on -------------------------------
+MODEL = checkpoint_bench.MODEL
+ANSWER = (b'{"id":"x","object":"chat.completion","model":"%s","choices":[{"index":0,"message":'
+          b'{"role":"assistant","content":"hi"},"finish_reason":"stop"}],'
+          b'"usage":{"prompt_tokens":12,"completion_tokens":3,"total_tokens":15}}' % MODEL.encode())
+
+
+def reserved_flow(core, *, stream: bool):
+    from mitmproxy.test import tflow
+
+    from pouch_addon.addons.core import CALL, FlowCall
+    from pouch_addon.plan import draft_plan
+
+    body = {"model": MODEL, "max_tokens": 50, "messages": [{"role": "user", "content": "count"}]}
+    if stream:
+        body["stream"] = True
+    plan = draft_plan("POST", "/v1/chat/completions", body, table=TABLE).finish(D("100"))
+    call = FlowCall(plan=plan, reservation=core.ledger.reserve(plan.worst_case), client="127.0.0.1:1",
+                    ledger=core.ledger)
+    core.active.add(call)
+    flow = tflow.tflow(resp=True)
+    flow.response.status_code = 200
+    flow.response.headers["content-type"] = "text/event-stream" if stream else "application/json"
+    flow.response.content = ANSWER
+    flow.metadata[CALL] = call
+    return flow, call
+
+
+@pytest.fixture
+def priced(monkeypatch):
+    """Counts the pricing of non-streamed bodies."""
+    seen = []
+    real = meter_addon.settlement.from_response_body
+    monkeypatch.setattr(meter_addon.settlement, "from_response_body", lambda *a: (seen.append(a), real(*a))[1])
+    return seen
+
+
+def test_a_finished_call_is_priced_after_the_response_hook(setup, priced):
+    """The response hook only claims the call: the body is priced (and the settle queued) on the
+    next loop turn, after mitmproxy handed the response to the client's connection."""
+    core, metering = setup
+    core.table = TABLE
+    flow, call = reserved_flow(core, stream=False)
+
+    async def main():
+        await metering.response(flow)
+        assert call.settled and call not in core.active
+        assert priced == [] and not metering._settles  # nothing priced nor queued inside the hook
+        await asyncio.sleep(0)
+        assert len(priced) == 1 and len(metering._settles) == 1
+        await metering.done()
+
+    asyncio.run(main())
+    assert not core.ledger.open_reservations()
+    settle = core.ledger.history(kinds=["settle"])
+    assert len(settle) == 1 and settle[0]["status"] == "ok" and D(settle[0]["cost"]) > 0
+
+
+def test_shutdown_right_after_the_response_hook_settles_the_call_once(setup, priced):
+    core, metering = setup
+    core.table = TABLE
+    flow, call = reserved_flow(core, stream=False)
+
+    async def main():
+        await metering.response(flow)
+        await metering.done()  # before the loop turned: done prices it itself
+        await asyncio.sleep(0)  # the cancelled turn does not price it again
+
+    asyncio.run(main())
+    assert len(priced) == 1
+    assert not core.ledger.open_reservations()
+    assert [e["status"] for e in core.ledger.history(kinds=["settle"])] == ["ok"]
+
+
+def test_a_streamed_calls_meter_is_made_while_its_request_is_in_flight(setup, monkeypatch):
+    """``responseheaders`` (between the provider's first bytes and the client's) takes the meter
+    made after the request left instead of making one."""
+    from pouch_addon.providers import openai
+
+    core, metering = setup
+    core.table = TABLE
+    flow, call = reserved_flow(core, stream=True)
+    made = []
+    real = openai.new_meter
+    monkeypatch.setattr(openai, "new_meter", lambda *a, **k: (made.append(k), real(*a, **k))[1])
+
+    async def main():
+        answer, flow.response = flow.response, None
+        metering.request(flow)
+        await asyncio.sleep(0)  # the request is on its way
+        assert len(made) == 1
+        flow.response = answer
+        metering.responseheaders(flow)
+        assert len(made) == 1 and call.meter is not None and call.next_meter is None
+        assert callable(flow.response.stream)
+        await metering.done()
+
+    asyncio.run(main())
+
+
+def test_a_compressed_stream_gets_a_meter_that_decodes(setup, monkeypatch):
+    core, metering = setup
+    core.table = TABLE
+    flow, call = reserved_flow(core, stream=True)
+    flow.response.headers["content-encoding"] = "gzip"
+
+    async def main():
+        answer, flow.response = flow.response, None
+        metering.request(flow)
+        await asyncio.sleep(0)
+        prepared, flow.response = call.next_meter, answer
+        assert prepared is not None
+        metering.responseheaders(flow)
+        assert call.meter is not prepared and call.meter is not None and call.next_meter is None
+        await metering.done()
+
+    asyncio.run(main())
