@@ -98,10 +98,14 @@ class _Slot:
     """An operation waiting for a group commit, and its outcome (also set on ``future``, if any:
     a ``concurrent.futures.Future``, or an asyncio future completed on its own loop)."""
 
-    __slots__ = ("op", "done", "result", "error", "future", "urgent")
+    __slots__ = ("op", "done", "result", "error", "future", "urgent", "abandoned")
 
-    def __init__(self, op: Callable[[_Txn], Any], future: Future | asyncio.Future | None = None) -> None:
+    def __init__(self, op: Callable[[_Txn], Any], future: Future | asyncio.Future | None = None,
+                 abandoned: Callable[[Any], None] | None = None) -> None:
         self.op = op
+        #: called with the result when the future was cancelled before it came (the operation
+        #: ran, being queued, and nobody takes what it made)
+        self.abandoned = abandoned
         self.urgent = False  # someone waits for it (not a lazy operation), counted in ``_waiting``
         self.done = False
         self.result: Any = None
@@ -114,9 +118,14 @@ class _Slot:
         return self.result
 
     def deliver(self) -> None:
-        """Complete the future (an asyncio one on its loop's thread); a waiter that gave up is skipped."""
+        """Complete the future (an asyncio one on its loop's thread); a waiter that gave up is skipped
+        (its ``abandoned`` callback gets the result instead)."""
         fut = self.future
-        if fut is None or fut.done():
+        if fut is None:
+            return
+        if fut.done():
+            if fut.cancelled() and self.abandoned is not None and self.error is None:
+                self.abandoned(self.result)
             return
         if self.error is not None:
             fut.set_exception(self.error)
@@ -168,14 +177,17 @@ class GroupCommitQueue:
         self._enqueue(slot, lazy)
         return slot.future  # type: ignore[return-value]
 
-    def submit_async(self, op: Callable[[_Txn], Any], *, lazy: bool = False) -> asyncio.Future:
+    def submit_async(self, op: Callable[[_Txn], Any], *, lazy: bool = False,
+                     abandoned: Callable[[Any], None] | None = None) -> asyncio.Future:
         """:meth:`submit` for a coroutine on the running event loop; await the returned future.
 
         The committer wakes the loop once per group commit for all of that commit's operations
         (``call_soon_threadsafe``), instead of once per operation: every wake-up is a write to
-        the loop's self-pipe, and on a busy proxy a thread switch."""
+        the loop's self-pipe, and on a busy proxy a thread switch. ``abandoned``: called on the
+        loop with the operation's result if the future is cancelled before it came (so a waiter
+        need not ``asyncio.shield`` the future, a loop turn more per operation)."""
         loop = asyncio.get_running_loop()
-        slot = _Slot(op, loop.create_future())
+        slot = _Slot(op, loop.create_future(), abandoned)
         self._enqueue(slot, lazy)
         return slot.future  # type: ignore[return-value]
 

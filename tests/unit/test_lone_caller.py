@@ -190,3 +190,38 @@ def test_a_compressed_stream_gets_a_meter_that_decodes(setup, monkeypatch):
         await metering.done()
 
     asyncio.run(main())
+
+
+# -- the committer's answer reaches the gate in one loop turn ---------------------------------
+def test_an_admission_resumes_on_the_loop_turn_after_its_answer(tmp_path, monkeypatch):
+    """The committer's answer is one callback on the loop (``_deliver_all``); the awaiting gate
+    goes on at the next turn. Through ``asyncio.shield`` it took two turns (the shield's inner
+    future's callback, then the outer one's wake-up): a select() and a GIL hand-off more."""
+    from pouch_addon import ledger_local
+    from pouch_addon.addons.core import reserve
+
+    ledger = Ledger(tmp_path, durable=False)
+    ledger.set_budget(D("1"))
+    turns = {"n": 0}
+    delivered = []
+    real = ledger_local._deliver_all
+    monkeypatch.setattr(ledger_local, "_deliver_all", lambda slots: (delivered.append(turns["n"]), real(slots)))
+
+    async def ticker(stop):
+        while not stop.is_set():
+            turns["n"] += 1
+            await asyncio.sleep(0)
+
+    async def main():
+        stop = asyncio.Event()
+        tick = asyncio.ensure_future(ticker(stop))
+        await asyncio.sleep(0)
+        res = await reserve(ledger, ledger.reserve_op(D("0.1"), {"n": "one"}))
+        resumed = turns["n"]
+        stop.set()
+        await tick
+        return res, resumed
+
+    res, resumed = asyncio.run(main())
+    assert res.amount == D("0.1")
+    assert len(delivered) == 1 and resumed - delivered[0] <= 1
