@@ -66,6 +66,21 @@ PHASES = [
 WALL = {"m_req_start", "m_req_end", "m_resp_start", "m_resp_end"}
 
 
+def switches(pid: int) -> dict[str, int]:
+    """Context switches (voluntary + involuntary) of a process's threads, by thread name."""
+    out: dict[str, int] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            text = (task / "status").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
+        name = fields.get("Name", "?").strip()
+        n = int(fields.get("voluntary_ctxt_switches", 0)) + int(fields.get("nonvoluntary_ctxt_switches", 0))
+        out[name] = out.get(name, 0) + n
+    return out
+
+
 def interval(d: dict, a: str, b: str) -> float | None:
     if a not in d or b not in d or d[a] is None or d[b] is None:
         return None
@@ -146,7 +161,9 @@ def main(argv: list[str] | None = None) -> int:
                 c.close()
             return client_t
 
+        sw0 = {n: switches(p.proc.pid) for n, (p, _) in proxies.items()}
         client_t = asyncio.run(drive())
+        sw1 = {n: switches(p.proc.pid) for n, (p, _) in proxies.items()}
         for proxy, _ in proxies.values():
             proxy.stop()
         rows: dict[str, dict[str, list[dict]]] = {}
@@ -158,6 +175,10 @@ def main(argv: list[str] | None = None) -> int:
             flows = [f for f in flows if "/chat/completions" in f.get("path", "")][2 * args.warmup:]
             rows[name] = {"ns": [f for f in flows if not f["stream"]], "st": [f for f in flows if f["stream"]]}
         names = list(proxies)
+        print("\n== context switches per call (both workloads), by thread")
+        for n in names:
+            per = {t: (sw1[n].get(t, 0) - sw0[n].get(t, 0)) / (2 * (args.n + args.warmup)) for t in sw1[n]}
+            print(f"   {n:<10} total {sum(per.values()):6.2f}: " + ", ".join(f"{t} {v:.2f}" for t, v in per.items() if v))
         for key, title in (("ns", "non-stream chat completion"), ("st", "50-chunk SSE stream")):
             print(f"\n== {title}: median µs per phase ({args.n} sequential calls each)")
             print(f"   {'phase':<40}" + "".join(f"{n:>12}" for n in names))

@@ -129,6 +129,17 @@ def _instrument() -> None:
             mark("g_reserve1")
     G.reserve = timed_reserve
     wrap(G, "apply_rewrites", "g_rewrite0", None)
+    import ctypes
+    libc = ctypes.CDLL(None)
+
+    def named(fn, name):
+        def run(*a, **k):
+            libc.prctl(15, name.encode(), 0, 0, 0)  # PR_SET_NAME: the OS thread name, for /proc
+            return fn(*a, **k)
+        return run
+    LL.LocalStore._commit_loop = named(LL.LocalStore._commit_loop, "committer")
+    if hasattr(LL.LocalStore, "_flush_loop"):
+        LL.LocalStore._flush_loop = named(LL.LocalStore._flush_loop, "flusher")
     patch = os.environ.get("PHASE_PATCH", "")
     if patch == "flush_here":  # experiment: the committer flushes after answering (no flusher thread)
         def flush_inline(self):
@@ -137,6 +148,12 @@ def _instrument() -> None:
     elif patch == "no_flush":  # experiment: no flush at all (the lower bound)
         LL.LocalStore._flush_later = lambda self: None
     from pouch_addon.addons import meter as M
+    if patch == "eager_settle":  # experiment: a settle is committed at once, not with the next admission
+        sub = LL.GroupCommitQueue.submit_async
+
+        def eager(self, op, *, lazy=False, **k):
+            return sub(self, op, lazy=False, **k)
+        LL.GroupCommitQueue.submit_async = eager
     wrap(M.Metering, "_settled", "l_settled0", "l_settled1")
     if os.environ.get("PHASE_KEEP"):  # experiment: keep each settle's objects alive until the next response
         settled = M.Metering._settled
