@@ -4,6 +4,7 @@ Each test counts what a call does (log records, loop callbacks, thread wake-ups)
 
 import asyncio
 import logging
+import threading
 import sys
 from decimal import Decimal as D
 from pathlib import Path
@@ -205,7 +206,7 @@ def test_an_admission_resumes_on_the_loop_turn_after_its_answer(tmp_path, monkey
     turns = {"n": 0}
     delivered = []
     real = ledger_local._deliver_all
-    monkeypatch.setattr(ledger_local, "_deliver_all", lambda slots: (delivered.append(turns["n"]), real(slots)))
+    monkeypatch.setattr(ledger_local, "_deliver_all", lambda *a: (delivered.append(turns["n"]), real(*a)))
 
     async def ticker(stop):
         while not stop.is_set():
@@ -225,3 +226,54 @@ def test_an_admission_resumes_on_the_loop_turn_after_its_answer(tmp_path, monkey
     res, resumed = asyncio.run(main())
     assert res.amount == D("0.1")
     assert len(delivered) == 1 and resumed - delivered[0] <= 1
+
+
+# -- a lone caller's flush starts once its loop had its turn ----------------------------------
+def test_a_lone_callers_flush_is_handed_on_by_its_loop_after_the_waiter_ran(tmp_path):
+    """Overlap durability, one caller: the committer answers and goes back to sleep; the event
+    loop hands the record to the flusher thread after the waiting hook had its turn (so the
+    request is on its socket). When the committer handed it on itself, right after answering, a
+    third thread woke and wanted the GIL just when the loop needed it."""
+    ledger = Ledger(tmp_path)  # durable, overlap (the default)
+    ledger.set_budget(D("1"))
+    handed: list[tuple[str, bool]] = []
+    resumed = {"yes": False}
+    queue = ledger._flush_queue
+
+    class Spy:
+        def put(self, item):
+            handed.append((threading.current_thread().name, resumed["yes"]))
+            queue.put(item)
+
+        def __getattr__(self, name):
+            return getattr(queue, name)
+
+    ledger._flush_queue = Spy()
+
+    async def main():
+        res = await ledger.submit_async(ledger.reserve_op(D("0.1")))
+        resumed["yes"] = True  # the hook goes on here (the rest of the request hooks, the send)
+        await asyncio.sleep(0)
+        return res
+
+    res = asyncio.run(main())
+    ledger._await_flush(0)  # flushed, by the flusher thread
+    assert handed == [("MainThread", True)]
+    assert res.id in Ledger(tmp_path).snapshot().open
+
+
+def test_a_record_whose_loop_never_turns_is_still_flushed(tmp_path):
+    """The committer does not wait for a hand-off that may never come (a loop closed meanwhile):
+    waiting for a flush hands the record on itself."""
+    ledger = Ledger(tmp_path)
+    ledger.set_budget(D("1"))
+
+    async def submit_only():
+        return ledger.submit_async(ledger.reserve_op(D("0.1")))
+
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(submit_only())
+    loop.close()  # the answer's callback (and the hand-off after it) never runs
+    ledger.submit(ledger.reserve_op(D("0.1"))).result(timeout=20)  # the next commit may run one ahead
+    ledger._await_flush(0)  # returns: the committer (or this waiter) handed the records on
+    assert len(Ledger(tmp_path).snapshot().open) == 2
