@@ -125,7 +125,10 @@ class _Slot:
             return
         if fut.done():
             if fut.cancelled() and self.abandoned is not None and self.error is None:
-                self.abandoned(self.result)
+                try:
+                    self.abandoned(self.result)
+                except Exception:  # the other operations of the commit are still answered
+                    log.exception("pouch: handling the result of an abandoned ledger operation failed")
             return
         if self.error is not None:
             fut.set_exception(self.error)
