@@ -141,12 +141,6 @@ def _instrument() -> None:
     if hasattr(LL.LocalStore, "_flush_loop"):
         LL.LocalStore._flush_loop = named(LL.LocalStore._flush_loop, "flusher")
     patch = os.environ.get("PHASE_PATCH", "")
-    if patch == "flush_here":  # experiment: the committer flushes after answering (no flusher thread)
-        def flush_inline(self):
-            self._wal.sync()
-        LL.LocalStore._flush_later = flush_inline
-    elif patch == "no_flush":  # experiment: no flush at all (the lower bound)
-        LL.LocalStore._flush_later = lambda self: None
     from pouch_addon.addons import meter as M
     if patch == "eager_settle":  # experiment: a settle is committed at once, not with the next admission
         sub = LL.GroupCommitQueue.submit_async
