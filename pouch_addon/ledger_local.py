@@ -98,10 +98,14 @@ class _Slot:
     """An operation waiting for a group commit, and its outcome (also set on ``future``, if any:
     a ``concurrent.futures.Future``, or an asyncio future completed on its own loop)."""
 
-    __slots__ = ("op", "done", "result", "error", "future", "urgent")
+    __slots__ = ("op", "done", "result", "error", "future", "urgent", "abandoned")
 
-    def __init__(self, op: Callable[[_Txn], Any], future: Future | asyncio.Future | None = None) -> None:
+    def __init__(self, op: Callable[[_Txn], Any], future: Future | asyncio.Future | None = None,
+                 abandoned: Callable[[Any], None] | None = None) -> None:
         self.op = op
+        #: called with the result when the future was cancelled before it came (the operation
+        #: ran, being queued, and nobody takes what it made)
+        self.abandoned = abandoned
         self.urgent = False  # someone waits for it (not a lazy operation), counted in ``_waiting``
         self.done = False
         self.result: Any = None
@@ -114,9 +118,17 @@ class _Slot:
         return self.result
 
     def deliver(self) -> None:
-        """Complete the future (an asyncio one on its loop's thread); a waiter that gave up is skipped."""
+        """Complete the future (an asyncio one on its loop's thread); a waiter that gave up is skipped
+        (its ``abandoned`` callback gets the result instead)."""
         fut = self.future
-        if fut is None or fut.done():
+        if fut is None:
+            return
+        if fut.done():
+            if fut.cancelled() and self.abandoned is not None and self.error is None:
+                try:
+                    self.abandoned(self.result)
+                except Exception:  # the other operations of the commit are still answered
+                    log.exception("pouch: handling the result of an abandoned ledger operation failed")
             return
         if self.error is not None:
             fut.set_exception(self.error)
@@ -124,13 +136,20 @@ class _Slot:
             fut.set_result(self.result)
 
 
-def _deliver_all(slots: list[_Slot]) -> None:
+def _deliver_all(slots: list[_Slot], loop: asyncio.AbstractEventLoop | None = None,
+                 after: Callable[[], None] | None = None) -> None:
     for s in slots:
         s.deliver()
+    if after is not None and loop is not None:
+        # behind the wake-ups these results just scheduled (the ready queue is FIFO): the
+        # awaiting hooks have their turn (and a forwarded request is handed to its socket) first
+        loop.call_soon(after)
 
 
-def _deliver(batch: list[_Slot]) -> None:
-    """Mark ``batch`` done and complete its futures: asyncio ones with one wake-up per loop."""
+def _deliver(batch: list[_Slot], after: Callable[[], None] | None = None) -> None:
+    """Mark ``batch`` done and complete its futures: asyncio ones with one wake-up per loop.
+    ``after`` runs once the waiters had their turn: on the first waiting event loop, after the
+    callbacks their results scheduled; with no event loop waiting, at once."""
     by_loop: dict[asyncio.AbstractEventLoop, list[_Slot]] = {}
     for s in batch:
         s.done = True
@@ -139,8 +158,13 @@ def _deliver(batch: list[_Slot]) -> None:
         else:
             s.deliver()
     for loop, slots in by_loop.items():
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
-            loop.call_soon_threadsafe(_deliver_all, slots)
+        try:
+            loop.call_soon_threadsafe(_deliver_all, slots, loop, after)
+            after = None
+        except RuntimeError:  # the loop is closed: nobody is waiting
+            pass
+    if after is not None:
+        after()
 
 
 class GroupCommitQueue:
@@ -168,14 +192,17 @@ class GroupCommitQueue:
         self._enqueue(slot, lazy)
         return slot.future  # type: ignore[return-value]
 
-    def submit_async(self, op: Callable[[_Txn], Any], *, lazy: bool = False) -> asyncio.Future:
+    def submit_async(self, op: Callable[[_Txn], Any], *, lazy: bool = False,
+                     abandoned: Callable[[Any], None] | None = None) -> asyncio.Future:
         """:meth:`submit` for a coroutine on the running event loop; await the returned future.
 
         The committer wakes the loop once per group commit for all of that commit's operations
         (``call_soon_threadsafe``), instead of once per operation: every wake-up is a write to
-        the loop's self-pipe, and on a busy proxy a thread switch."""
+        the loop's self-pipe, and on a busy proxy a thread switch. ``abandoned``: called on the
+        loop with the operation's result if the future is cancelled before it came (so a waiter
+        need not ``asyncio.shield`` the future, a loop turn more per operation)."""
         loop = asyncio.get_running_loop()
-        slot = _Slot(op, loop.create_future())
+        slot = _Slot(op, loop.create_future(), abandoned)
         self._enqueue(slot, lazy)
         return slot.future  # type: ignore[return-value]
 
@@ -220,7 +247,8 @@ class LocalStore(GroupCommitQueue):
         self._flush_cond = threading.Condition()  # guards _written/_flushed/_flusher; run-ahead waits on it
         self._flush_queue: queue.SimpleQueue[int] = queue.SimpleQueue()  # records written, for the flusher
         self._flusher: threading.Thread | None = None
-        self._written = 0  # overlapped log records written by this object, and how many are flushed
+        self._written = 0  # overlapped log records written by this object, handed to the flusher, flushed
+        self._handed = 0
         self._flushed = 0
         self._flush_error: BaseException | None = None  # the last overlapped flush failed: flush inline
         self.lazy_delay = LAZY_DELAY
@@ -456,6 +484,8 @@ class LocalStore(GroupCommitQueue):
                     self._sleeping = timeout is None or timeout > self.lazy_delay
                     woke = self._wake.wait(self.idle_exit if timeout is None else timeout)
                     self._sleeping = False
+                    if not woke and self._handed < self._written:
+                        self._hand_flush()  # a record whose loop never turned: flushed within lazy_delay
                     if (timeout is None and not woke and not self._urgent and self._lazy_since is None
                             and not self._unsnapped):
                         # idle: end the thread (the next submission starts another), so a
@@ -534,6 +564,13 @@ class LocalStore(GroupCommitQueue):
                     for s in later:
                         s.error = exc
                 _deliver(later)
+            elif flush and not flush_here:
+                # a lone caller: its loop hands the record to the flusher thread once the waiters
+                # had their turn (the admitted request is on its socket), so no third thread wakes
+                # and takes the GIL between this answer and the request leaving
+                with self._flush_cond:
+                    self._written += 1
+                _deliver(batch, after=self._hand_flush)
             else:
                 _deliver(batch)
                 if flush and flush_here:
@@ -542,19 +579,24 @@ class LocalStore(GroupCommitQueue):
                     except Exception as exc:  # the next commit flushes before answering
                         log.error(f"pouch: flushing the ledger's log {self._wal.path} failed: {exc!r}")
                         self._flush_error = exc
-                elif flush:
-                    self._flush_later()
 
     # -- the overlapped flush (durability "overlap") ---------------------------------------------
-    def _flush_later(self) -> None:
-        """Hand the record just written to the flusher thread (started on demand; it blocks on a
-        C-level queue, so a put wakes it without Python-level lock traffic)."""
+    def _hand_flush(self) -> None:
+        """Hand the records written so far to the flusher thread (on the event loop after an
+        admission's answer; by the committer when it needs them flushed, or at its next wake-up)."""
         with self._flush_cond:
-            self._written += 1
-            self._flush_queue.put(self._written)
-            if self._flusher is None:
-                self._flusher = threading.Thread(target=self._flush_loop, name="pouch-ledger-flush", daemon=True)
-                self._flusher.start()
+            self._hand_locked()
+
+    def _hand_locked(self) -> None:
+        """(``_flush_cond`` held.) The flusher thread is started on demand; it blocks on a C-level
+        queue, so a put wakes it without Python-level lock traffic."""
+        if self._handed >= self._written:
+            return
+        self._handed = self._written
+        self._flush_queue.put(self._written)
+        if self._flusher is None:
+            self._flusher = threading.Thread(target=self._flush_loop, name="pouch-ledger-flush", daemon=True)
+            self._flusher.start()
 
     def _flush_loop(self) -> None:
         """One fdatasync covers every record written before it started."""
@@ -584,6 +626,7 @@ class LocalStore(GroupCommitQueue):
         """Wait until at most ``behind`` overlapped records written by this object are not flushed."""
         with self._flush_cond:
             while self._written - self._flushed > behind:
+                self._hand_locked()  # not handed on yet (its loop has not turned): now
                 self._flush_cond.wait()
 
     # -- reads (lock-free: the state file is replaced atomically) -------------------------------

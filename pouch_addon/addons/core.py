@@ -40,6 +40,7 @@ class FlowCall:
     wallet: str = "default"
     started: float = field(default_factory=time.time)
     meter: StreamMeter | None = None
+    next_meter: StreamMeter | None = None  # made while the request is in flight (``Metering.request``)
     response_started: bool = False
     settled: bool = False
     last_checkpoint_events: int = -1
@@ -75,20 +76,22 @@ async def reserve(ledger: Ledger, op: Callable[..., Reservation | Refusal]) -> R
     """Run a ``Ledger.reserve_op`` on the committer thread and await it. If the waiting hook is
     cancelled meanwhile (its flow killed, the proxy stopping), the operation still runs, being
     queued: the reservation it makes is given back as soon as it exists (the request was never
-    sent), instead of holding budget until the orphan rule finds it at the next start."""
-    fut = ledger.submit_async(op)
+    sent), instead of holding budget until the orphan rule finds it at the next start.
+
+    The future is awaited as it is (the store hands a cancelled one's result to ``_give_back``)
+    rather than through ``asyncio.shield``, whose extra future costs every admission one more
+    loop turn between the committer's answer and the gate going on."""
+    fut = ledger.submit_async(op, abandoned=partial(_give_back, ledger))
     try:
-        return await asyncio.shield(fut)
+        return await fut
     except asyncio.CancelledError:
-        fut.add_done_callback(partial(_give_back, ledger))
+        if fut.done() and not fut.cancelled() and fut.exception() is None:
+            _give_back(ledger, fut.result())  # answered just before the cancellation reached the hook
         raise
 
 
-def _give_back(ledger: Ledger, fut: asyncio.Future) -> None:
-    """Done callback of a reservation nobody waits for any more: release it in full."""
-    if fut.cancelled() or fut.exception() is not None:
-        return
-    res = fut.result()
+def _give_back(ledger: Ledger, res: Reservation | Refusal) -> None:
+    """A reservation nobody waits for any more: release it in full."""
     if isinstance(res, Reservation):
         done = ledger.submit(ledger.settle_op(res.id, ZERO, status="abandoned",
                                               details={"why": "the request was cancelled before it was sent"}))

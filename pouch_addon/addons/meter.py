@@ -113,6 +113,7 @@ class Metering:
         self.core = core
         self._checkpointer: asyncio.Task | None = None
         self._settles: set[asyncio.Task] = set()
+        self._pricing: dict[FlowCall, tuple[asyncio.Handle, Any]] = {}  # claimed calls priced on the next loop turn
 
     def load(self, loader) -> None:
         loader.add_option(
@@ -132,6 +133,23 @@ class Metering:
             self._checkpointer = asyncio.get_running_loop().create_task(self._checkpoint_loop())
 
     # -- response path -------------------------------------------------------------------------
+    def request(self, flow: http.HTTPFlow) -> None:
+        """A streamed call's meter is made while its request is in flight (on the next loop turn,
+        once mitmproxy has sent the request), not between the provider's first bytes and the
+        client's: ``responseheaders`` takes it when the answer is an uncompressed SSE stream."""
+        call: FlowCall | None = flow.metadata.get(CALL)
+        if call is not None and flow.response is None and call.plan.stream and not call.settled:
+            asyncio.get_running_loop().call_soon(self._prepare_meter, flow, call)
+
+    def _prepare_meter(self, flow: http.HTTPFlow, call: FlowCall) -> None:
+        if call.response_started or call.settled:
+            return
+        provider = PROVIDERS.get(flow.metadata.get(PROVIDER, ""), openai)
+        try:
+            call.next_meter = provider.new_meter(call.plan, call.reserved, sse=True, content_encoding=None)
+        except Exception:  # made (and its error raised) in responseheaders, as without this step
+            call.next_meter = None
+
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         call: FlowCall | None = flow.metadata.get(CALL)
         if call is None or flow.response is None:
@@ -145,7 +163,9 @@ class Metering:
         if flow.response.status_code < 400 and (sse or array):
             headers = flow.response.headers
             encoding = headers.get("content-encoding")
-            call.meter = provider.new_meter(call.plan, call.reserved, sse=sse, content_encoding=encoding)
+            ready, call.next_meter = call.next_meter, None
+            call.meter = (ready if ready is not None and sse and encoding is None
+                          else provider.new_meter(call.plan, call.reserved, sse=sse, content_encoding=encoding))
             if encoding is not None:
                 # the meter forwards decoded events (or only its error event): say so to the client
                 del headers["content-encoding"]
@@ -189,29 +209,44 @@ class Metering:
         call: FlowCall | None = flow.metadata.get(CALL)
         if call is None or call.settled or flow.response is None:
             return
+        status = flow.response.status_code
+        provider = PROVIDERS.get(flow.metadata.get(PROVIDER, ""), openai)
+        raw = None
+        if status < 400 and call.meter is None:
+            raw = flow.response.get_content(strict=False)
+            if raw is None or len(raw) > INLINE_PARSE_BYTES:  # a large body is priced in a worker thread
+                try:
+                    result = await asyncio.to_thread(settlement.from_response_body, self.core.require()[1],
+                                                     call.plan, raw, provider)
+                except Exception:  # never leave a reservation open: bill it in full, flagged
+                    log.exception("pouch: could not price a finished call; settling at its reservation")
+                    result = settlement.unanswered(call.reserved, sent=True)
+                self._settle_soon(call, result, http_status=status)
+                return
+        # the client need not wait for the price nor the ledger write: the call is claimed now
+        # (settled exactly once) and priced on the next loop turn, once mitmproxy has handed the
+        # response to the client's connection; ``done`` prices what is still pending
+        if not self._claim(call):
+            return
+        job = partial(self._price, call, provider, raw, status)
+        self._pricing[call] = (asyncio.get_running_loop().call_soon(job), job)
+
+    def _price(self, call: FlowCall, provider: Any, raw: bytes | None, status: int) -> None:
+        """Price a finished call whose response was already sent, and queue its settle."""
+        if self._pricing.pop(call, None) is None:
+            return  # ``done`` ran it already
         try:
-            result, status = await self._outcome(flow, call)
+            table = self.core.require()[1]
+            if status >= 400:
+                result = settlement.provider_error(status)
+            elif call.meter is not None:
+                result = self._finished(call, call.meter, table)
+            else:
+                result = settlement.from_response_body(table, call.plan, raw, provider)
         except Exception:  # never leave a reservation open: bill it in full, flagged
             log.exception("pouch: could not price a finished call; settling at its reservation")
-            result, status = settlement.unanswered(call.reserved, sent=True), flow.response.status_code
-        # the client need not wait for the ledger write: settle in the background (``done`` waits)
-        self._settle_soon(call, result, http_status=status)
-
-    async def _outcome(self, flow: http.HTTPFlow, call: FlowCall) -> tuple[settlement.Settlement, int]:
-        _, table = self.core.require()
-        status = flow.response.status_code
-        if status >= 400:
-            result = settlement.provider_error(status)
-        elif call.meter is not None:
-            result = self._finished(call, call.meter, table)
-        else:
-            raw = flow.response.get_content(strict=False)
-            provider = PROVIDERS.get(flow.metadata.get(PROVIDER, ""), openai)
-            if raw is not None and len(raw) <= INLINE_PARSE_BYTES:
-                result = settlement.from_response_body(table, call.plan, raw, provider)
-            else:
-                result = await asyncio.to_thread(settlement.from_response_body, table, call.plan, raw, provider)
-        return result, status
+            result = settlement.unanswered(call.reserved, sent=True)
+        self._submit_settle(call, result, http_status=status)
 
     async def error(self, flow: http.HTTPFlow) -> None:
         call: FlowCall | None = flow.metadata.get(CALL)
@@ -269,10 +304,18 @@ class Metering:
 
         The write goes straight to the ledger's committer as a lazy operation; its outcome is
         handled by a done callback (no task per call: one loop callback fewer per request)."""
+        if self._claim(call):
+            self._submit_settle(call, result, http_status)
+
+    def _claim(self, call: FlowCall) -> bool:
+        """Mark the call settled (no other path settles it again); False when it already was."""
         if call.settled:
-            return
+            return False
         call.settled = True
         self.core.active.discard(call)
+        return True
+
+    def _submit_settle(self, call: FlowCall, result: settlement.Settlement, http_status: int | None = None) -> None:
         ledger = call.ledger
         if "model_reported_mismatch" in result.flags:
             log.warning(f"pouch: a call reserved for {call.plan.model} was served by {result.model_reported}; "
@@ -354,6 +397,9 @@ class Metering:
         for every settle still being written."""
         if self._checkpointer is not None:
             self._checkpointer.cancel()
+        for handle, job in list(self._pricing.values()):  # finished calls not priced yet
+            handle.cancel()
+            job()
         for call in list(self.core.active):
             m = call.meter
             if m is not None:

@@ -1,0 +1,205 @@
+"""A ``mitmdump -s`` entry for ``bench/phase_bench.py``: pouch (or nothing: ``PHASE_MODE=bare``)
+between two probe addons that timestamp every hook of a flow, plus wrappers around the gate's
+plan, the ledger's submit/commit/delivery and the stream callable, so one call's time in the
+proxy splits into phases. Bench-only: pouch itself carries no instrumentation.
+
+Timestamps are ``time.perf_counter()`` of the proxy process; each flow's are written as one
+JSON line to ``$PHASE_OUT`` when the flow ends (sequential calls: one call in flight at a time,
+so the ledger's timestamps, which know no flow, belong to the call in flight).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from mitmproxy import http
+
+MODE = os.environ.get("PHASE_MODE", "pouch")
+OUT = os.environ.get("PHASE_OUT", "/dev/null")
+KEY = "phase_probe"
+now = time.perf_counter
+
+LAST: dict[str, float] = {}  # the ledger's and the gate's latest timestamps (one call at a time)
+_out = open(OUT, "a", buffering=1)
+
+
+def mark(name: str) -> None:
+    LAST[name] = now()
+
+
+class First:
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        LAST.clear()
+        flow.metadata[KEY] = {"rqh0": now()}
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        flow.metadata[KEY]["rq0"] = now()
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        flow.metadata[KEY]["rsh0"] = now()
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        flow.metadata[KEY]["rs0"] = now()
+
+
+class Last:
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        flow.metadata[KEY]["rqh1"] = now()
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        d = flow.metadata[KEY]
+        d["rq1"] = now()
+        d.update(LAST)
+        LAST.clear()
+        if TRACE:
+            d["trace"] = list(TRACE)
+            TRACE.clear()
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        d = flow.metadata[KEY]
+        d["rsh1"] = now()
+        inner = flow.response.stream
+        if callable(inner):
+            def timed(chunk: bytes):
+                t = now()
+                out = inner(chunk)
+                if "chunk0" not in d:
+                    d["chunk0"], d["chunk0_end"] = t, now()
+                return out
+            flow.response.stream = timed
+        elif inner:
+            def first(chunk: bytes):
+                if "chunk0" not in d:
+                    d["chunk0"] = d["chunk0_end"] = now()
+                return chunk
+            flow.response.stream = first
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        KEEP.clear()
+        d = flow.metadata[KEY]
+        d["rs1"] = now()
+        r, s = flow.request, flow.response
+        d["m_req_start"], d["m_req_end"] = r.timestamp_start, r.timestamp_end
+        d["m_resp_start"], d["m_resp_end"] = s.timestamp_start, s.timestamp_end
+        # mitmproxy's timestamps are time.time(): keep the offset to convert
+        d["wall_minus_perf"] = time.time() - now()
+        d["stream"] = b"text/event-stream" in s.headers.get("content-type", "").encode()
+        d["path"] = r.path
+        # loop-side events after the response hooks (the settle's submit) are caught on the next flow
+        _out.write(json.dumps(d) + "\n")
+
+
+def _instrument() -> None:
+    """Wrap the gate's and the ledger's steps with timestamps."""
+    from pouch_addon import ledger_local as LL
+    from pouch_addon.addons import gate as G
+
+    def wrap(obj, name, before=None, after=None):
+        fn = getattr(obj, name)
+
+        def w(*a, **k):
+            if before:
+                mark(before)
+            try:
+                return fn(*a, **k)
+            finally:
+                if after:
+                    mark(after)
+        setattr(obj, name, w)
+
+    wrap(G.BudgetGate, "_draft_inline", "g_draft0", "g_draft1")
+    wrap(G.BudgetGate, "_draft", "g_draftany0", "g_draftany1")
+    wrap(LL.LocalStore, "_enqueue", "l_enqueue0", "l_enqueue1")
+    wrap(LL.LocalStore, "_drain", "c_drain0", "c_drain1")
+    wrap(LL.LocalStore, "_begin", "c_begin0", "c_begin1")
+    wrap(LL.LocalStore, "_commit", "c_commit0", "c_commit1")
+    wrap(LL, "_deliver", "c_deliver0", "c_deliver1")
+    wrap(LL, "_deliver_all", "l_deliverall0", "l_deliverall1")
+    if hasattr(LL.LocalStore, "_await_flush"):
+        wrap(LL.LocalStore, "_await_flush", "c_await0", "c_await1")
+    reserve = G.reserve
+
+    async def timed_reserve(*a, **k):
+        mark("g_reserve0")
+        try:
+            return await reserve(*a, **k)
+        finally:
+            mark("g_reserve1")
+    G.reserve = timed_reserve
+    wrap(G, "apply_rewrites", "g_rewrite0", None)
+    import ctypes
+    libc = ctypes.CDLL(None)
+
+    def named(fn, name):
+        def run(*a, **k):
+            libc.prctl(15, name.encode(), 0, 0, 0)  # PR_SET_NAME: the OS thread name, for /proc
+            return fn(*a, **k)
+        return run
+    LL.LocalStore._commit_loop = named(LL.LocalStore._commit_loop, "committer")
+    if hasattr(LL.LocalStore, "_flush_loop"):
+        LL.LocalStore._flush_loop = named(LL.LocalStore._flush_loop, "flusher")
+    patch = os.environ.get("PHASE_PATCH", "")
+    from pouch_addon.addons import meter as M
+    if patch == "eager_settle":  # experiment: a settle is committed at once, not with the next admission
+        sub = LL.GroupCommitQueue.submit_async
+
+        def eager(self, op, *, lazy=False, **k):
+            return sub(self, op, lazy=False, **k)
+        LL.GroupCommitQueue.submit_async = eager
+    wrap(M.Metering, "_settled", "l_settled0", "l_settled1")
+    if os.environ.get("PHASE_KEEP"):  # experiment: keep each settle's objects alive until the next response
+        settled = M.Metering._settled
+
+        def keep(self, *a):
+            KEEP.append(a)
+            return settled(self, *a)
+        M.Metering._settled = keep
+    if os.environ.get("PHASE_HANDLES"):
+        _trace_handles()
+    wrap(G, "set_body", None, "g_setbody1")
+
+
+TRACE: list = []
+KEEP: list = []
+
+
+def _trace_handles() -> None:
+    """Which loop callbacks run between the reservation's delivery and the gate resuming."""
+    import asyncio.events
+    import selectors
+    run = asyncio.events.Handle._run
+
+    def traced(self):
+        if "l_deliverall0" in LAST and "g_reserve1" not in LAST:
+            t, c = now(), time.thread_time()
+            run(self)
+            t, c = now() - t, time.thread_time() - c
+            cb = self._callback
+            task = getattr(cb, "__self__", None)
+            name = task.get_coro().__qualname__ if hasattr(task, "get_coro") else repr(cb)[:70]
+            TRACE.append((name, round(t * 1e6), round(c * 1e6)))
+        else:
+            run(self)
+    asyncio.events.Handle._run = traced
+    sel = selectors.EpollSelector.select
+
+    def select(self, timeout=None):
+        if "l_deliverall0" in LAST and "g_reserve1" not in LAST:
+            t = now()
+            r = sel(self, timeout)
+            TRACE.append((f"select({timeout}) -> {len(r)}", round((now() - t) * 1e6)))
+            return r
+        return sel(self, timeout)
+    selectors.EpollSelector.select = select
+
+
+if MODE == "bare":
+    addons = [First(), Last()]
+else:
+    from pouch_addon.addons import make_addons
+    from pouch_addon.addons.chain import Chain
+
+    _instrument()
+    addons = [First(), Chain(make_addons()), Last()]
