@@ -149,3 +149,21 @@ def test_a_history_partition_removed_or_replaced_while_open_is_written_anew(tmp_
     ledger_store.HistoryLog.truncate(hist, name, 2)  # another writer's cut: O_APPEND writes at the end
     assert hist.append_bytes(name, b"four\n", durable=False) == 7
     assert hist.path(name).read_bytes() == b"x\nfour\n"
+
+
+def test_a_reservation_is_formatted_around_its_owners_cached_json(monkeypatch):
+    from pouch_addon.budget import Owner, Reservation
+
+    owner = Owner(4242, "123456", "host-é")
+    made = []
+    real = Owner.to_dict
+    monkeypatch.setattr(Owner, "to_dict", lambda self: made.append(1) or real(self))
+    cases = [Reservation("a1", D("0.0100"), 1.7e9 + 0.123, owner, {"model": "m", "wallet": "w", "x": ["ü", 1.5]}),
+             Reservation("b\"2", D("3"), 1700000000, owner, {}, {"final_cost": "0.1", "tokens": 5}),
+             Reservation("c3", D("0"), 0.5, owner, {"local": True})]
+    for res in cases:
+        assert res.canonical_json() == canonical_json(res.to_dict())
+    assert len(made) == 1 + len(cases)  # the cache's one, and the reference's above
+    assert LedgerState().reserved == D("0")
+    st = LedgerState(open={r.id: r for r in cases})
+    assert st.reserved == D("3.0100")
