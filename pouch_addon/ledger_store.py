@@ -304,11 +304,16 @@ class HistoryLog:
     def _close(self) -> None:
         fd, self._fd, self._fd_name = self._fd, None, None
         if fd is not None and self._fd_pid == _pid:
-            with contextlib.suppress(OSError):
+            try:
                 os.close(fd)
+            except OSError:
+                pass
 
     def __del__(self) -> None:
-        self._close()
+        try:
+            self._close()
+        except Exception:  # pragma: no cover - interpreter shutdown
+            pass
 
     def sync(self, name: str) -> None:
         """fsync partition ``name`` (appended without one since the last snapshot)."""
@@ -376,7 +381,9 @@ class FileLock:
 
     The lock file's descriptor stays open between transactions (an open and a close per group
     commit are two system calls, each a GIL hand-off on a busy proxy); a forked child opens its
-    own, since an ``flock`` belongs to the open file, which parent and child would share."""
+    own, since an ``flock`` belongs to the open file, which parent and child would share. (So
+    ``ledger.lock`` must not be deleted while pouch processes run: a process that opened the
+    new file would not exclude one still holding the old.)"""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -419,6 +426,8 @@ class FileLock:
 
     def __del__(self) -> None:
         fd = self._fd
-        if fd is not None and self._fd_pid == _pid:
-            with contextlib.suppress(OSError):
+        try:
+            if fd is not None and self._fd_pid == _pid:
                 os.close(fd)
+        except Exception:  # pragma: no cover - interpreter shutdown
+            pass
