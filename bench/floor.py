@@ -20,6 +20,15 @@ request (``bare CPU x (1 / 0.9 - 1)``): when the floor alone is larger, no tunin
 can reach the target on this machine.
 
     .venv/bin/python bench/floor.py
+
+``--ledger-only`` measures the ledger alone, at one admission per commit (``--group``), in a
+fresh process per run; ``--tree NAME=DIR`` adds another checkout (e.g. ``git archive`` of an
+older commit) to the same session, the trees taking turns for ``--runs`` runs (the shared
+machine's load moves every figure, so compare within a session). ``--instructions`` counts the
+user-space instructions per admission of every thread under callgrind instead (``valgrind``
+needed; the count starts and ends at the loop's ``getrusage`` calls, so start-up is not in it):
+
+    .venv/bin/python bench/floor.py --ledger-only --tree main=/tmp/main --runs 3 [--instructions]
 """
 
 from __future__ import annotations
@@ -171,7 +180,77 @@ def measure(request_body: bytes, stream: bool, ledger: dict[int, float], reps: i
                  price_us=median_us(price_answer, reps), ledger_us=ledger)
 
 
-def main() -> int:
+#: the ledger loop of :func:`ledger_cpu_us` as a script for a fresh process of any checkout (argv:
+#: tree, group, rounds); it prints CPU us per admission (user, system)
+_WORKER = r"""
+import resource, sys, tempfile
+from decimal import Decimal
+sys.path.insert(0, sys.argv[1])
+from pouch_addon.budget import Ledger
+group, rounds = int(sys.argv[2]), int(sys.argv[3])
+with tempfile.TemporaryDirectory(prefix="pouch-floor-", ignore_cleanup_errors=True) as home:
+    ledger = Ledger(home)
+    ledger.set_budget(Decimal("1000000"))
+    ledger.commit_delay = 0
+    for _ in range(%d):
+        ledger.reserve(Decimal("0.01"), {"model": %r})
+    meta = {"model": %r, "endpoint": "/v1/chat/completions", "client": "127.0.0.1:50000", "wallet": "default"}
+    details = {"input_tokens": 30, "output_tokens": 50, "cached_tokens": 0, "reasoning_tokens": 0}
+    prev = []
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
+    for _ in range(rounds):
+        for rid in prev:
+            ledger.submit(ledger.settle_op(rid, Decimal("0.0001"), details=dict(details)), lazy=True)
+        futures = [ledger.submit(ledger.reserve_op(Decimal("0.01"), dict(meta))) for _ in range(group)]
+        prev = [f.result().id for f in futures]
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    ledger._await_flush(0)
+n = rounds * group
+print((r1.ru_utime - r0.ru_utime) / n * 1e6, (r1.ru_stime - r0.ru_stime) / n * 1e6)
+""" % (OPEN, MODEL, MODEL)
+
+
+def compare_trees(trees: list[tuple[str, Path]], group: int, rounds: int, runs: int, instructions: bool) -> None:
+    """Ledger CPU (or instructions) per admission of each tree, the trees taking turns."""
+    import subprocess
+    results: dict[str, list[str]] = {name: [] for name, _ in trees}
+    for _ in range(runs):
+        for name, tree in trees:
+            cmd = [sys.executable, "-c", _WORKER, str(tree), str(group), str(rounds)]
+            if instructions:
+                with tempfile.TemporaryDirectory(prefix="pouch-floor-cg-") as out:
+                    subprocess.run(["valgrind", "--tool=callgrind", "--dump-before=resource_getrusage",
+                                    f"--callgrind-out-file={out}/cg.%p", *cmd], check=True, capture_output=True)
+                    # part 2: from the first getrusage (loop start) to the second (loop end), all threads
+                    part = next(Path(out).glob("cg.*.2"))
+                    total = next(int(line.split()[1]) for line in part.read_text(errors="replace").splitlines()
+                                 if line.startswith("totals:"))
+                results[name].append(f"{total / (rounds * group) / 1e3:.0f}k")
+            else:
+                user, system = (float(v) for v in subprocess.run(cmd, check=True, capture_output=True,
+                                                                  text=True).stdout.split())
+                results[name].append(f"{user + system:.0f} ({user:.0f}+{system:.0f})")
+            print(f"   {name}: {results[name][-1]}", flush=True)
+    what = "user-space instructions" if instructions else "CPU us (user+system)"
+    for name, figures in results.items():
+        print(f"{name}: ledger {what} per admission at {group} per commit, {rounds} rounds: {', '.join(figures)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--ledger-only", action="store_true", help="the ledger alone, in a fresh process per run")
+    ap.add_argument("--tree", action="append", default=[], metavar="NAME=DIR", help="another checkout to compare")
+    ap.add_argument("--group", type=int, default=1, help="admissions per group commit (--ledger-only)")
+    ap.add_argument("--rounds", type=int, default=500, help="group commits per run (--ledger-only)")
+    ap.add_argument("--runs", type=int, default=3, help="runs per tree, taking turns (--ledger-only)")
+    ap.add_argument("--instructions", action="store_true", help="callgrind instructions instead of CPU time")
+    args = ap.parse_args(argv)
+    if args.ledger_only or args.tree or args.instructions:
+        trees = [("this", BENCH.parent)] + [(t.split("=", 1)[0], Path(t.split("=", 1)[1]).resolve()) for t in args.tree]
+        compare_trees(trees, args.group, args.rounds, args.runs, args.instructions)
+        return 0
     import proxy_bench as PB
 
     ledger = measure_ledger()

@@ -400,7 +400,7 @@ class LocalStore(GroupCommitQueue):
         ckpt = {i: now_open[i].checkpoint for i in txn.checkpointed if i in now_open and i in before}
         record = b'{"add":[%s],"ckpt":%s,"drop":%s,"hist":[%s],"lsn":%d,"top":%s}' % (
             b",".join(added), canonical_json(ckpt) if ckpt else b"{}", canonical_json(dropped) if dropped else b"[]",
-            b",".join(hist), st.lsn, canonical_json(st.to_tables_without_open()))
+            b",".join(hist), st.lsn, st.top_json())
         # written here; flushed by ``_drain`` (before or after answering, see DURABILITY)
         size = self._wal.append([record], durable=False, ino=self._wal_ino)
         txn.flush = txn.durable and self._wal.durable
@@ -532,7 +532,8 @@ class LocalStore(GroupCommitQueue):
             return
         flush = False
         try:
-            with self._lock.hold_file():
+            self._lock.acquire_file()
+            try:
                 txn = self._begin()
                 txn.log = log
                 for s in batch:
@@ -542,6 +543,8 @@ class LocalStore(GroupCommitQueue):
                         s.error = exc
                 self._commit(txn)
                 flush = txn.flush
+            finally:
+                self._lock.release_file()
             self.commits += 1
             self.operations += len(batch)
         except Exception as exc:  # the load or the commit failed: nothing of the batch happened

@@ -37,6 +37,7 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Iterable
+from operator import attrgetter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -62,6 +63,20 @@ class NotOpen(LookupError):
     """Settling a reservation that is not open: it was already settled (exactly-once) or never made."""
 
 
+_amount = attrgetter("amount")
+#: canonical JSON of the owners seen (a process writes its own with every reservation)
+_owners: dict[Owner, bytes] = {}
+
+
+def _owner_json(owner: Owner) -> bytes:
+    data = _owners.get(owner)
+    if data is None:
+        if len(_owners) >= 64:
+            _owners.clear()
+        data = _owners[owner] = canonical_json(owner.to_dict())
+    return data
+
+
 @dataclass
 class Reservation:
     id: str
@@ -75,10 +90,14 @@ class Reservation:
     _json: tuple[Any, bytes] | None = field(default=None, init=False, repr=False, compare=False)
 
     def canonical_json(self) -> bytes:
-        """``to_dict()`` as canonical JSON (sorted keys, no spaces), cached until the checkpoint changes."""
+        """``to_dict()`` as canonical JSON (sorted keys, no spaces), cached until the checkpoint changes;
+        formatted around the owner's cached JSON (a reservation is written once per admission)."""
         cached = self._json
         if cached is None or cached[0] is not self.checkpoint:
-            cached = self._json = (self.checkpoint, canonical_json(self.to_dict()))
+            data = b'{"amount":"%s","checkpoint":%s,"created":%s,"id":%s,"meta":%s,"owner":%s}' % (
+                usd_str(self.amount).encode(), canonical_json(self.checkpoint), canonical_json(self.created),
+                canonical_json(self.id), canonical_json(self.meta), _owner_json(self.owner))
+            cached = self._json = (self.checkpoint, data)
         return cached[1]
 
     def to_dict(self) -> dict[str, Any]:
@@ -245,12 +264,43 @@ class WalletStatus:
         }
 
 
+#: the UTC day of the last timestamp formatted: (its first second, "YYYY-MM-DD"); a ledger
+#: formats two or three timestamps per settle, nearly all of them on the same day
+_day: tuple[int, str] = (0, "1970-01-01")
+
+
+def _day_of(second: int) -> str:
+    global _day
+    start = second - second % 86400
+    day = _day
+    if day[0] != start:
+        day = _day = (start, datetime.fromtimestamp(start, UTC).strftime("%Y-%m-%d"))
+    return day[1]
+
+
+def _split(ts: float) -> tuple[int, int]:
+    """``(second, microsecond)`` of ``ts`` rounded half-even to microseconds, as datetime does."""
+    second = int(ts)
+    us = round((ts - second) * 1e6)
+    if us >= 1000000:
+        second, us = second + 1, us - 1000000
+    return second, us
+
+
 def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """``datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")`` with a ``Z``, from the
+    day's cached date and integer arithmetic (a settle formats two timestamps)."""
+    if not 0 <= ts < 253402300000:  # outside 1970..9999: let datetime format (or refuse) it
+        return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    second, us = _split(ts)
+    tod = second % 86400
+    return "%sT%02d:%02d:%02d.%03dZ" % (_day_of(second), tod // 3600, tod // 60 % 60, tod % 60, us // 1000)
 
 
 def partition_for(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d") + ".jsonl"
+    if not 0 <= ts < 253402300000:
+        return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d") + ".jsonl"
+    return _day_of(_split(ts)[0]) + ".jsonl"
 
 
 @dataclass
@@ -275,7 +325,8 @@ class LedgerState:
     # -- derived ---------------------------------------------------------------------------
     @property
     def reserved(self) -> Decimal:
-        return sum((r.amount for r in self.open.values()), ZERO)
+        # summed in C (no generator frame per open reservation): every admission asks
+        return sum(map(_amount, self.open.values()), ZERO)
 
     @property
     def remaining(self) -> Decimal:
@@ -484,6 +535,19 @@ class LedgerState:
             "lsn": self.lsn,
         }
         return {"ledger": {"1": ledger}, "wallets": {w.name: w.to_dict() for w in self.wallets.values()}}
+
+    def top_json(self) -> bytes:
+        """Exactly ``canonical_json(self.to_tables_without_open())``, formatted directly: every log
+        record carries these tables (``Ledger._commit_log``)."""
+        history_file = self.history_file
+        ledger = b'{"1":{"blocked":%d,"budget":"%s","flagged":%d,"history_file":%s,"history_size":%d,"lsn":%d,' \
+                 b'"paused":%s,"requests":%d,"seq":%d,"spent":"%s"}}' % (
+                     self.blocked, usd_str(self.budget).encode(), self.flagged,
+                     b"null" if history_file is None else canonical_json(history_file), self.history_size,
+                     self.lsn, b"true" if self.paused else b"false", self.requests, self.seq,
+                     usd_str(self.spent).encode())
+        wallets = canonical_json({w.name: w.to_dict() for w in self.wallets.values()}) if self.wallets else b"{}"
+        return b'{"ledger":%s,"wallets":%s}' % (ledger, wallets)
 
     def canonical_tables(self) -> bytes:
         """Exactly ``canonical_json(self.to_tables())``, built from each open reservation's cached

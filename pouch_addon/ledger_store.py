@@ -63,9 +63,24 @@ def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
+def _not_serialisable(value: Any) -> Any:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+#: the C encoder ``json.dumps(sort_keys=True, separators=(",", ":"))`` builds per call, built once:
+#: a group commit serialises a few small documents, and constructing a ``JSONEncoder`` and its C
+#: encoder for each cost as much as encoding them (no circular check: ledger documents are trees)
+_encode = (json.encoder.c_make_encoder(None, _not_serialisable, json.encoder.encode_basestring_ascii, None,
+                                       ":", ",", True, False, True)
+           if json.encoder.c_make_encoder is not None else None)
+
+
 def canonical_json(value: Any) -> bytes:
-    """The one serialisation the state file's checksum covers: sorted keys, no spaces."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+    """The one serialisation the state file's checksum covers: sorted keys, no spaces (exactly
+    ``json.dumps(value, sort_keys=True, separators=(",", ":")).encode()``)."""
+    if _encode is None:  # pragma: no cover - a Python without the _json accelerator
+        return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+    return "".join(_encode(value, 0)).encode()
 
 
 #: this process's id, for temporary file names (``os.getpid`` is a system call each time)
@@ -120,6 +135,7 @@ class AtomicJSONStorage(Storage):
 
     def __init__(self, path: str | os.PathLike[str], *, durable: bool = True) -> None:
         self.path = Path(path)
+        self._name = os.fspath(self.path)  # for os.stat without a Path conversion per commit
         self.durable = durable
         # the last tables read or written, keyed by the file's identity: every write replaces the
         # file (a new inode), so an unchanged key means unchanged content and the parse is skipped
@@ -208,7 +224,7 @@ class AtomicJSONStorage(Storage):
     def identity(self) -> tuple[int, int, int, int] | None:
         """The state file's (device, inode, size, mtime): changes whenever any process writes it."""
         try:
-            return _identity(os.stat(self.path))
+            return _identity(os.stat(self._name))
         except FileNotFoundError:
             return None
 
@@ -221,9 +237,13 @@ class HistoryLog:
 
     def __init__(self, directory: Path, *, durable: bool = True) -> None:
         self.dir = directory
+        self._dirname = os.fspath(directory)
         self.durable = durable
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._listing: tuple[int, tuple[str, ...]] | None = None  # (folder mtime, partitions)
+        self._fd: int | None = None  # the partition appended to last, kept open (``append_bytes``)
+        self._fd_name: str | None = None
+        self._fd_pid = 0
 
     def path(self, name: str) -> Path:
         return self.dir / name
@@ -237,7 +257,7 @@ class HistoryLog:
         older than the clock's coarse granularity, since two changes within one tick of it
         can leave it equal."""
         try:
-            mtime = os.stat(self.dir).st_mtime_ns
+            mtime = os.stat(self._dirname).st_mtime_ns
         except FileNotFoundError:
             return []
         cached = self._listing
@@ -256,14 +276,44 @@ class HistoryLog:
         return self.append_bytes(name, b"".join(canonical_json(line) + b"\n" for line in lines), durable=durable)
 
     def append_bytes(self, name: str, data: bytes, *, durable: bool | None = None) -> int:
-        fd = os.open(self.path(name), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        """Append ``data`` to partition ``name`` in one write; return its new size.
+
+        The partition written last stays open between appends (an open and a close per group
+        commit are two system calls); O_APPEND writes at the end even after a truncation, and a
+        file removed or replaced meanwhile (its inode has no links left) is opened again and
+        written anew, so nothing lands in a file nobody reads."""
+        for _attempt in range(2):
+            fd = self._fd if self._fd_name == name and self._fd_pid == _pid else None
+            if fd is None:
+                self._close()
+                fd = os.open(self.path(name), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+                self._fd, self._fd_name, self._fd_pid = fd, name, _pid
+            try:
+                os.write(fd, data)
+                if self.durable if durable is None else durable:
+                    os.fsync(fd)
+                st = os.fstat(fd)
+            except BaseException:
+                self._close()
+                raise
+            if st.st_nlink:
+                return st.st_size
+            self._close()  # removed or replaced since it was opened: write to the file there now
+        raise OSError(f"history partition {self.path(name)} was removed while being written")
+
+    def _close(self) -> None:
+        fd, self._fd, self._fd_name = self._fd, None, None
+        if fd is not None and self._fd_pid == _pid:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def __del__(self) -> None:
         try:
-            os.write(fd, data)
-            if self.durable if durable is None else durable:
-                os.fsync(fd)
-            return os.fstat(fd).st_size
-        finally:
-            os.close(fd)
+            self._close()
+        except Exception:  # pragma: no cover - interpreter shutdown
+            pass
 
     def sync(self, name: str) -> None:
         """fsync partition ``name`` (appended without one since the last snapshot)."""
@@ -280,7 +330,7 @@ class HistoryLog:
 
     def size(self, name: str) -> int:
         try:
-            return os.stat(os.path.join(self.dir, name)).st_size
+            return os.stat(f"{self._dirname}/{name}").st_size
         except FileNotFoundError:
             return 0
 
@@ -327,24 +377,57 @@ class HistoryLog:
 
 
 class FileLock:
-    """Process-local lock + ``flock`` on a lock file: one writer across threads and processes."""
+    """Process-local lock + ``flock`` on a lock file: one writer across threads and processes.
+
+    The lock file's descriptor stays open between transactions (an open and a close per group
+    commit are two system calls, each a GIL hand-off on a busy proxy); a forked child opens its
+    own, since an ``flock`` belongs to the open file, which parent and child would share. (So
+    ``ledger.lock`` must not be deleted while pouch processes run: a process that opened the
+    new file would not exclude one still holding the old.)"""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._name = os.fspath(path)
         self.thread_lock = threading.Lock()
+        self._fd: int | None = None
+        self._fd_pid = 0  # the process that opened ``_fd``
+
+    def acquire_file(self, *, blocking: bool = True) -> bool:
+        """Take the cross-process half; the caller already holds :attr:`thread_lock`. Without
+        ``blocking``, False when another holder has it."""
+        fd = self._fd
+        if fd is None or self._fd_pid != _pid:
+            fd = os.open(self._name, os.O_RDWR | os.O_CREAT, 0o600)
+            self._fd, self._fd_pid = fd, _pid  # a parent's descriptor in a child is left alone
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    def release_file(self) -> None:
+        fd = self._fd
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_UN)
 
     @contextlib.contextmanager
     def hold_file(self) -> Iterator[None]:
         """The cross-process half; the caller already holds :attr:`thread_lock`."""
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        self.acquire_file()
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
             yield
         finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
+            self.release_file()
 
     @contextlib.contextmanager
     def hold(self) -> Iterator[None]:
         with self.thread_lock, self.hold_file():
             yield
+
+    def __del__(self) -> None:
+        fd = self._fd
+        try:
+            if fd is not None and self._fd_pid == _pid:
+                os.close(fd)
+        except Exception:  # pragma: no cover - interpreter shutdown
+            pass

@@ -58,6 +58,7 @@ class RecordLog:
 
     def __init__(self, path: str | os.PathLike[str], *, durable: bool = True) -> None:
         self.path = Path(path)
+        self._name = os.fspath(self.path)  # for os.stat without a Path conversion per commit
         self.durable = durable
         # kept open between appends (an open and a close are two more system calls per commit,
         # each a GIL hand-off on a busy proxy); O_APPEND writes at the end even after another
@@ -71,7 +72,7 @@ class RecordLog:
     def stat(self) -> tuple[int, int]:
         """``(inode, size)`` of the log, ``(-1, 0)`` when there is none."""
         try:
-            st = os.stat(self.path)
+            st = os.stat(self._name)
         except FileNotFoundError:
             return -1, 0
         return st.st_ino, st.st_size

@@ -49,3 +49,11 @@ def test_floor_completion_body_is_priced_from_its_usage():
     result = settlement.from_response_body(table, plan, floor.completion_body(50), openai)
     assert result.status == "ok"
     assert Decimal(0) < result.cost <= plan.worst_case
+
+
+def test_floor_compares_the_ledger_of_two_trees(capsys):
+    this = BENCH.parent
+    floor.compare_trees([("a", this), ("b", this)], group=1, rounds=3, runs=1, instructions=False)
+    out = capsys.readouterr().out
+    assert "a: ledger CPU us (user+system) per admission at 1 per commit, 3 rounds: " in out
+    assert "b: ledger CPU us" in out

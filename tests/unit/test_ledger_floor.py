@@ -1,0 +1,169 @@
+"""The work inside one group commit (issue 16 §1, ``bench/floor.py``): what a commit no longer
+does per admission, and that each shortcut writes exactly what the long way wrote."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from datetime import UTC, datetime
+from decimal import Decimal as D
+
+from pouch_addon import ledger_rules, ledger_store
+from pouch_addon.budget import Ledger, LedgerState, Wallet
+from pouch_addon.ledger_store import FileLock, HistoryLog, canonical_json
+
+
+def _admit_and_settle(ledger: Ledger, rounds: int) -> None:
+    """``bench/floor.py``'s loop: each commit carries one admission and the previous one's settle."""
+    prev = None
+    for _ in range(rounds):
+        if prev is not None:
+            ledger.submit(ledger.settle_op(prev, D("0.001"), details={"output_tokens": 5}), lazy=True)
+        prev = ledger.submit(ledger.reserve_op(D("0.01"), {"model": "m", "wallet": "default"})).result(timeout=10).id
+
+
+def test_canonical_json_builds_no_encoder_per_call(monkeypatch):
+    made = []
+    real = json.JSONEncoder.__init__
+
+    def counting(self, *a, **k):
+        made.append(1)
+        real(self, *a, **k)
+
+    monkeypatch.setattr(json.JSONEncoder, "__init__", counting)
+    value = {"b": [1.5, None, True, "é\"\n"], "a": {"z": float("nan"), "y": 1e300, "x": -0.0}, "c": 7}
+    for _ in range(3):
+        assert canonical_json(value) == json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+    assert len(made) == 3  # json.dumps's, above; canonical_json made none
+
+
+def test_canonical_json_refuses_what_json_refuses():
+    for bad in (D("1"), object(), {1j: 1}):
+        try:
+            canonical_json(bad)
+        except TypeError:
+            continue
+        raise AssertionError(f"{bad!r} was serialised")
+
+
+def test_a_log_record_formats_its_tables_without_building_them(tmp_path, monkeypatch):
+    ledger = Ledger(tmp_path)
+    ledger.set_budget(D("100"))
+    ledger.add_wallet("app", D("5"), period="daily", rpm=10)
+    _admit_and_settle(ledger, 2)
+    calls = []
+    real = LedgerState.to_tables_without_open
+    monkeypatch.setattr(LedgerState, "to_tables_without_open", lambda self: calls.append(1) or real(self))
+    _admit_and_settle(ledger, 3)
+    assert calls == []
+    raw = ledger._wal.read()[0][-1]
+    record = json.loads(raw)
+    assert canonical_json(record) == raw
+    st = ledger.snapshot()
+    assert record["top"] == json.loads(canonical_json(real(st)))
+
+
+def test_top_json_is_the_canonical_tables():
+    st = LedgerState(budget=D("12.5"), spent=D("0.000123"), requests=3, blocked=1, flagged=2, paused=True,
+                     seq=9, history_file=None, history_size=0, lsn=4)
+    for history_file, wallets in ((None, {}), ("2026-12-07.jsonl", {"a": Wallet("a", D("3"), "daily", rpm=5,
+                                                                                  expires=1.5e9, created=1.7e9)})):
+        st.history_file, st.history_size, st.wallets = history_file, 1234, wallets
+        st.paused = not st.paused
+        assert st.top_json() == canonical_json(st.to_tables_without_open())
+
+
+def test_timestamps_are_formatted_as_datetime_formats_them(monkeypatch):
+    rng = random.Random(16)
+    cases = ([rng.uniform(0, 2.5e11) for _ in range(20000)] + [rng.uniform(1.6e9, 2e9) for _ in range(20000)]
+             + [86400 * n - d for n in range(1, 400) for d in (1e-7, 4e-7, 5e-7, 0.0005)]
+             + [0.0, 0.9999995, 1.7e9 + 0.0005, -1.5])
+    for ts in cases:
+        dt = datetime.fromtimestamp(ts, UTC)
+        assert ledger_rules._iso(ts) == dt.isoformat(timespec="milliseconds").replace("+00:00", "Z"), ts
+        assert ledger_rules.partition_for(ts) == dt.strftime("%Y-%m-%d") + ".jsonl", ts
+
+
+def test_a_settle_on_the_same_day_builds_no_datetime(monkeypatch):
+    ledger_rules._iso(1.7e9)  # this day is cached
+    made = []
+
+    class Counting:
+        @staticmethod
+        def fromtimestamp(*a, **k):
+            made.append(a)
+            return datetime.fromtimestamp(*a, **k)
+
+    monkeypatch.setattr(ledger_rules, "datetime", Counting)
+    assert ledger_rules._iso(1.7e9 + 60.25) == "2023-11-14T22:14:20.250Z"
+    assert ledger_rules.partition_for(1.7e9 + 1) == "2023-11-14.jsonl"
+    assert made == []
+
+
+def test_a_group_commit_opens_no_file(tmp_path, monkeypatch):
+    """The lock file and the history partition stay open between commits (the log already did)."""
+    ledger = Ledger(tmp_path)
+    ledger.set_budget(D("100"))
+    _admit_and_settle(ledger, 3)
+    opened = []
+    real = os.open
+    monkeypatch.setattr(os, "open", lambda path, *a, **k: opened.append(os.fspath(path)) or real(path, *a, **k))
+    _admit_and_settle(ledger, 5)
+    assert opened == []
+    assert ledger.verify() == []
+    assert (ledger.status().requests, ledger.status().in_flight) == (6, 2)
+
+
+def test_a_forked_child_takes_the_ledger_lock_on_its_own_descriptor(tmp_path):
+    """An flock belongs to the open file: a child using its parent's kept descriptor would take a
+    lock its parent holds."""
+    lock = FileLock(tmp_path / "ledger.lock")
+    with lock.thread_lock:
+        lock.acquire_file()
+        try:
+            pid = os.fork()
+            if pid == 0:  # the child: the parent holds the lock, so it must not get it
+                got = lock.acquire_file(blocking=False)
+                os._exit(1 if got else 0)
+            _, status = os.waitpid(pid, 0)
+        finally:
+            lock.release_file()
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert lock.acquire_file(blocking=False)
+    lock.release_file()
+
+
+def test_a_history_partition_removed_or_replaced_while_open_is_written_anew(tmp_path):
+    hist = HistoryLog(tmp_path / "history")
+    name = "2026-12-07.jsonl"
+    assert hist.append_bytes(name, b"one\n", durable=False) == 4
+    os.unlink(hist.path(name))
+    assert hist.append_bytes(name, b"two\n", durable=False) == 4
+    assert hist.path(name).read_bytes() == b"two\n"
+    other = tmp_path / "other"
+    other.write_bytes(b"x\n")
+    os.replace(other, hist.path(name))
+    assert hist.append_bytes(name, b"three\n", durable=False) == 8
+    assert hist.path(name).read_bytes() == b"x\nthree\n"
+    ledger_store.HistoryLog.truncate(hist, name, 2)  # another writer's cut: O_APPEND writes at the end
+    assert hist.append_bytes(name, b"four\n", durable=False) == 7
+    assert hist.path(name).read_bytes() == b"x\nfour\n"
+
+
+def test_a_reservation_is_formatted_around_its_owners_cached_json(monkeypatch):
+    from pouch_addon.budget import Owner, Reservation
+
+    owner = Owner(4242, "123456", "host-é")
+    made = []
+    real = Owner.to_dict
+    monkeypatch.setattr(Owner, "to_dict", lambda self: made.append(1) or real(self))
+    cases = [Reservation("a1", D("0.0100"), 1.7e9 + 0.123, owner, {"model": "m", "wallet": "w", "x": ["ü", 1.5]}),
+             Reservation("b\"2", D("3"), 1700000000, owner, {}, {"final_cost": "0.1", "tokens": 5}),
+             Reservation("c3", D("0"), 0.5, owner, {"local": True})]
+    for res in cases:
+        assert res.canonical_json() == canonical_json(res.to_dict())
+    assert len(made) == 1 + len(cases)  # the cache's one, and the reference's above
+    assert LedgerState().reserved == D("0")
+    st = LedgerState(open={r.id: r for r in cases})
+    assert st.reserved == D("3.0100")
