@@ -664,7 +664,9 @@ class StreamTokenCounter:
 
     def _settle_long_tail(self, tail: str) -> str:
         """Settle the tokens of a long tail that end well before its end; return what is left."""
-        raw = tail.encode("utf-8")
+        # a lone surrogate (JSON's "\ud83d" decodes to one) takes 3 bytes with surrogatepass, as
+        # the U+FFFD tiktoken encodes in its place does, so the token offsets still line up
+        raw = tail.encode("utf-8", "surrogatepass")
         tokens = self._enc.encode(tail, disallowed_special=())
         limit = len(raw) - self._KEEP_BYTES
         cut, settled, offset = 0, 0, 0
@@ -677,4 +679,4 @@ class StreamTokenCounter:
         if cut == 0:
             return tail
         self._settled += settled
-        return raw[cut:].decode("utf-8")
+        return raw[cut:].decode("utf-8", "surrogatepass")

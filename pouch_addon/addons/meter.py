@@ -383,7 +383,10 @@ class Metering:
             m = call.meter
             if m is not None and m.events != call.last_checkpoint_events and not call.settled:
                 call.last_checkpoint_events = m.events
-                updates.setdefault(call.ledger, {})[call.reservation.id] = m.checkpoint()
+                try:
+                    updates.setdefault(call.ledger, {})[call.reservation.id] = m.checkpoint()
+                except Exception:  # one stream's progress is skipped; the pass (and the others') goes on
+                    log.exception(f"pouch: checkpoint of reservation {call.reservation.id} failed")
         for ledger, batch in updates.items():
             try:
                 await ledger.submit_async(ledger.checkpoint_op(batch), lazy=True)

@@ -112,3 +112,17 @@ def test_a_settle_is_queued_at_once_without_a_task_of_its_own(setup):
 
     asyncio.run(main())
     assert not core.ledger.open_reservations()
+
+
+def test_one_streams_failing_checkpoint_neither_ends_the_pass_nor_loses_the_others(setup, monkeypatch):
+    """The pass runs in the checkpoint loop's task: an exception out of it ended every later pass."""
+    core, metering = setup
+    calls = checkpoint_bench.streams_in_flight(core, TABLE, 3, events=20)
+
+    def broken():
+        raise UnicodeEncodeError("utf-8", "\ud83d", 0, 1, "surrogates not allowed")
+    monkeypatch.setattr(calls[1].meter, "checkpoint", broken)
+    asyncio.run(metering.checkpoint_once())
+    open_ = {r.id: r.checkpoint for r in core.ledger.open_reservations()}
+    assert open_[calls[1].reservation.id] is None
+    assert open_[calls[0].reservation.id]["events"] == 20 and open_[calls[2].reservation.id]["events"] == 20

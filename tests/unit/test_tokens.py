@@ -560,3 +560,14 @@ def test_loaded_only_is_per_thread(fresh_cache):
         t.start()
         t.join()
     assert results == [2]
+
+
+@pytest.mark.parametrize("text", ["x" * 700 + "\ud83d" + "y" * 300, "\ud83d" * 900 + "z", "a" * 520 + "\udfff\ud800" * 30])
+def test_stream_counter_takes_lone_surrogates_in_a_long_piece(text):
+    """JSON's ``"\\ud83d"`` decodes to a lone surrogate; in a long single piece the counter settled
+    its tail with ``str.encode("utf-8")``, which raised (and cut a stream off, or ended the checkpoint pass)."""
+    from pouch_addon.tokens import StreamTokenCounter, count_text
+    c = StreamTokenCounter("gpt-4o")
+    for i in range(0, len(text), 50):
+        c.feed(text[i:i + 50])
+    assert c.count == count_text(text, "gpt-4o")
