@@ -60,6 +60,7 @@ from .pricing import _CTX as _pricing_ctx
 from .pricing import FREE_CALLS, ModelPrice, Usage, cost, count_tool_calls, normalise_tier, tool_fee_cost
 from .decoding import UNDECODABLE, DecodingMeter
 from .sse import MAX_EVENT_BYTES, SSEError, SSEEvent, SSEParser
+from . import tokens
 from .tokens import StreamTokenCounter
 
 __all__ = ["StreamMeter", "BUDGET_EXCEEDED", "UNDECODABLE", "Api"]
@@ -283,7 +284,7 @@ class StreamMeter(DecodingMeter):
         self._items: dict[Any, dict[str, Any]] = {}  # billable tool-call items seen, by id
         self.unpriced_calls = False            # a tool call with no fee was seen
         self._pricing_tier = self.tier
-        self._cut_at = self._threshold()
+        self._set_cut()
         # Chat only: the shape of a plain content chunk, once one was parsed (see _ContentTemplate)
         self._tpl: _ContentTemplate | None = None
         self._tpl_tries = 0 if api == "chat" else _TEMPLATE_TRIES
@@ -380,7 +381,15 @@ class StreamMeter(DecodingMeter):
         return cost(self.price, self.final_usage(), self._pricing_tier) + self._fee_cost
 
     def checkpoint(self) -> dict[str, Any]:
-        """A small snapshot for the ledger (O(1)). ``final_cost`` once the final usage is known."""
+        """A small snapshot for the ledger (O(1)). ``final_cost`` once the final usage is known.
+        While the model's encoding is not loaded, text not counted yet counts as its UTF-8 bytes
+        (``output_bound``: an upper bound; loading the encoding here would stall the event loop)."""
+        if self._pending and self._usage is None and not tokens.loaded_for(self.model):
+            output = self._output + self._pending_bytes
+            running = min(self.reservation, cost(self.price, Usage(input_tokens=self.input_tokens, output_tokens=output),
+                                                 self._pricing_tier) + self._fee_cost)
+            return {"output_tokens": output, "running_cost": usd_str(running), "events": self.events,
+                    "usage_source": "counted", "output_bound": "utf8_bytes"}
         snap: dict[str, Any] = {
             "output_tokens": self.output_tokens_counted,
             "running_cost": usd_str(self.running_cost),
@@ -711,7 +720,7 @@ class StreamMeter(DecodingMeter):
         fees, unpriced = tool_fee_cost(self._fees, self.tool_calls)
         self.unpriced_calls = bool(unpriced)
         self._fee_cost = self._fixed_fee + fees
-        self._cut_at = self._threshold()
+        self._set_cut()
 
     def _record_error(self, err: dict[str, Any]) -> None:
         if self.provider_error is None:
@@ -730,7 +739,7 @@ class StreamMeter(DecodingMeter):
         except ValueError:
             return  # an unknown tier: keep pricing the requested one (settlement decides)
         self._pricing_tier = tier
-        self._cut_at = self._threshold()
+        self._set_cut()
 
     def _threshold(self) -> int | None:
         """The least output-token count n with cost(input estimate, n) + fees so far >=
@@ -739,6 +748,15 @@ class StreamMeter(DecodingMeter):
         return output_threshold(self.price, Usage(input_tokens=self.input_tokens), self._pricing_tier,
                                 self.reservation, self._fee_cost)
 
+    def _set_cut(self) -> None:
+        """The cut-off threshold. While the model's encoding is not loaded, the per-event test
+        first fires at half of it (``_cut_at``): ``_over`` then starts loading the encoding in a
+        background thread and moves the test to the threshold (``_cut_exact``), where the
+        exact count is needed (a stream far from its cap never loads it)."""
+        t = self._threshold()
+        self._cut_exact = t
+        self._cut_at = t // 2 if t is not None and not tokens.loaded_for(self.model) else t
+
     def _over(self) -> bool:
         if self.done or self._usage_final:
             return False
@@ -746,6 +764,11 @@ class StreamMeter(DecodingMeter):
             return self.running_cost >= self.reservation
         if self._cut_at is None or self._output + self._pending_bytes < self._cut_at:
             return False  # even if every pending byte were a token
+        if self._cut_at != self._cut_exact:  # half way, in bytes: the exact count may be needed soon
+            tokens.preload(tokens.encoding_for_model(self.model))
+            self._cut_at = self._cut_exact
+            if self._output + self._pending_bytes < self._cut_at:
+                return False
         self._flush()
         return self._output >= self._cut_at
 

@@ -23,13 +23,14 @@ from typing import Any
 
 from mitmproxy import ctx, http
 
-from .. import settlement
+from .. import settlement, tokens
 from ..ledger_postgres import LedgerUnavailable
 from ..budget import Ledger, NotOpen
 from ..metering import StreamMeter
 from ..money import format_usd
 from ..providers import PROVIDERS, openai
 from .core import CALL, Core, FlowCall, with_views
+from .gate import exact_input_tokens
 from .replies import PROVIDER
 
 log = logging.getLogger(__name__)
@@ -180,15 +181,38 @@ class Metering:
         if status >= 400:
             result = settlement.provider_error(status)
         elif call.meter is not None:
+            if call.meter.usage_source != "provider":
+                await self._own_count(flow, call)
             result = self._finished(call, call.meter, table)
         else:
             raw = flow.response.get_content(strict=False)
             provider = PROVIDERS.get(flow.metadata.get(PROVIDER, ""), openai)
+            result = None
             if raw is not None and len(raw) <= INLINE_PARSE_BYTES:
-                result = settlement.from_response_body(table, call.plan, raw, provider)
-            else:
+                try:
+                    with tokens.loaded_only():  # a body without usage is counted: never load on the loop
+                        result = settlement.from_response_body(table, call.plan, raw, provider)
+                except tokens.NotLoaded:
+                    result = None
+            if result is not None and result.usage_source == "counted" and call.plan.input_method == "utf8_bytes":
+                result = None  # priced from pouch's count: the input exactly, below
+            if result is None:
+                if call.plan.input_method == "utf8_bytes":
+                    await self._own_count(flow, call)
                 result = await asyncio.to_thread(settlement.from_response_body, table, call.plan, raw, provider)
         return result, status
+
+    async def _own_count(self, flow: http.HTTPFlow, call: FlowCall) -> None:
+        """Before a call is priced from pouch's own count (the provider reported no usage), in a
+        worker thread: load the model's encoding (the first load takes ~0.25 s) and count the
+        input exactly where the plan holds its byte bound."""
+        plan = call.plan
+        if plan.input_method == "utf8_bytes":
+            exact = await asyncio.to_thread(exact_input_tokens, flow, self.core)
+            if exact is not None:
+                plan.input_tokens, plan.input_method = exact, "tiktoken"
+        if not tokens.loaded_for(plan.model):
+            await asyncio.to_thread(tokens.get_encoding, tokens.encoding_for_model(plan.model))
 
     async def error(self, flow: http.HTTPFlow) -> None:
         call: FlowCall | None = flow.metadata.get(CALL)
@@ -196,6 +220,10 @@ class Metering:
             return
         msg = flow.error.msg if flow.error else ""
         try:
+            if call.meter is not None and call.meter.usage_source != "provider":
+                await self._own_count(flow, call)
+                if call.settled:  # settled by another path meanwhile
+                    return
             result = self._early_end(flow, call, msg)
         except Exception:
             log.exception("pouch: could not price an interrupted call; settling at its reservation")
