@@ -3,7 +3,11 @@
 Pure core. The only I/O is reading the two encoding files shipped in `pouch_addon/encodings/`;
 tiktoken never downloads anything here. Prompt estimates follow the OpenAI cookbook "How to count
 tokens with tiktoken" (both versions, see section 4 of the wire formats reference): they size the
-budget reservation, and settlement always uses the provider's reported usage.
+budget reservation, and settlement always uses the provider's reported usage. Each estimate
+also has a bounded form (``exact=False``): the same formula with every text counted as its
+UTF-8 bytes, never below the exact count and needing no encoding (issue 16: an encoding costs
+~41 MiB resident, so the proxy loads one only when an exact count matters). tiktoken itself is
+imported only to load an encoding.
 """
 
 from __future__ import annotations

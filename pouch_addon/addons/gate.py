@@ -5,6 +5,9 @@ on the event loop for small plain bodies (``INLINE_PLAN_BYTES``: tens of microse
 than a thread hop) and in a worker thread otherwise, or when the body's model needs a tokenizer
 encoding not loaded yet (``tokens.loaded_only``: the first load takes ~0.3-1 s); the reservation is one operation of the
 ledger's committer thread (``Ledger.submit``), so mitmproxy's event loop never waits on a disk.
+While the model's encoding is not loaded the input is its UTF-8 byte bound (no ~41 MiB encoding
+resident); near a limit ``Admission.decide`` raises :class:`NeedsExact` and the gate decides
+again on the exact count, so no call is refused that the exact count would admit.
 
 The request is charged to the wallet ``Identify`` found (``flow.metadata["pouch_identity"]``)
 and to the global budget, in one atomic reservation whose amount is decided inside the ledger
