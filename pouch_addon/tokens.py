@@ -139,12 +139,13 @@ def _load_unlocked(name: str) -> _Loaded:
     del encoding._mergeable_ranks
     del spec["mergeable_ranks"]
     loaded = _Loaded(encoding=encoding, pieces=regex.compile(spec["pat_str"]))
-    _trim_heap()
+    trim_heap()
     return loaded
 
 
-def _trim_heap() -> None:
-    """Give the parse's freed heap (file bytes, lines, a 200k-entry dict) back to the OS (glibc)."""
+def trim_heap() -> None:
+    """Give freed heap back to the OS (glibc): after an encoding's parse (file bytes, lines, a
+    200k-entry dict), and once at the proxy's start."""
     try:
         ctypes.CDLL(None).malloc_trim(0)
     except (OSError, AttributeError, TypeError):  # not glibc: the memory is reused by later allocations

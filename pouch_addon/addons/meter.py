@@ -106,6 +106,7 @@ class Metering:
         # (``running`` runs addon by addon in chain order: the gate has loaded them by now.)
         gc.collect()
         gc.freeze()
+        tokens.trim_heap()  # what start-up freed (the price table's JSON parse: ~1.5 MiB) back to the OS
         if ctx.options.pouch_checkpoint_ms > 0:
             self._checkpointer = asyncio.get_running_loop().create_task(self._checkpoint_loop())
 
