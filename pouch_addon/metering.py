@@ -380,12 +380,20 @@ class StreamMeter(DecodingMeter):
         the fees of the tool calls seen."""
         return cost(self.price, self.final_usage(), self._pricing_tier) + self._fee_cost
 
+    def _compact_pending(self) -> None:
+        """Join each stream's uncounted pieces into one string (a checkpoint leaves them
+        uncounted): a long stream keeps its text, not one object per event."""
+        for texts in self._pending.values():
+            if len(texts) > 1:
+                texts[:] = ["".join(texts)]
+
     def checkpoint(self) -> dict[str, Any]:
         """A small snapshot for the ledger (O(1)). ``final_cost`` once the final usage is known.
         While the model's encoding is not loaded, text not counted yet counts as its UTF-8 bytes
         (``output_bound``: an upper bound; loading the encoding here would stall the event loop)."""
         if self._pending and self._usage is None and not tokens.loaded_for(self.model):
             output = self._output + self._pending_bytes
+            self._compact_pending()
             running = min(self.reservation, cost(self.price, Usage(input_tokens=self.input_tokens, output_tokens=output),
                                                  self._pricing_tier) + self._fee_cost)
             return {"output_tokens": output, "running_cost": usd_str(running), "events": self.events,

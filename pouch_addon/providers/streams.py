@@ -278,11 +278,19 @@ class ProviderStreamMeter(DecodingMeter):
     def running_cost(self) -> Decimal:
         return cost(self.price, self.final_usage(), self._pricing_tier)
 
+    def _compact_pending(self) -> None:
+        """Join each stream's uncounted pieces into one string (a checkpoint leaves them
+        uncounted): a long stream keeps its text, not one object per event."""
+        for texts in self._pending.values():
+            if len(texts) > 1:
+                texts[:] = ["".join(texts)]
+
     def checkpoint(self) -> dict[str, Any]:
         if self._pending and not tokens.loaded_for(self.model):
             # never load the encoding on the event loop for a checkpoint: uncounted text as its
             # UTF-8 bytes, an upper bound (``output_bound``)
             output = max(self._counted + self._pending_bytes, self._reported_output)
+            self._compact_pending()
             final = self._usage is not None
             usage = self._usage if final else dataclasses.replace(self._input, output_tokens=output)
             running = cost(self.price, usage, self._pricing_tier)
