@@ -391,13 +391,19 @@ class StreamMeter(DecodingMeter):
         """A small snapshot for the ledger (O(1)). ``final_cost`` once the final usage is known.
         While the model's encoding is not loaded, text not counted yet counts as its UTF-8 bytes
         (``output_bound``: an upper bound; loading the encoding here would stall the event loop)."""
-        if self._pending and self._usage is None and not tokens.loaded_for(self.model):
+        if self._pending and not tokens.loaded_for(self.model):
             output = self._output + self._pending_bytes
             self._compact_pending()
-            running = min(self.reservation, cost(self.price, Usage(input_tokens=self.input_tokens, output_tokens=output),
-                                                 self._pricing_tier) + self._fee_cost)
-            return {"output_tokens": output, "running_cost": usd_str(running), "events": self.events,
-                    "usage_source": "counted", "output_bound": "utf8_bytes"}
+            if self._usage is not None:  # the provider's (no count needed)
+                running = self.running_cost
+            else:
+                running = min(self.reservation, cost(self.price, Usage(input_tokens=self.input_tokens, output_tokens=output),
+                                                     self._pricing_tier) + self._fee_cost)
+            bounded: dict[str, Any] = {"output_tokens": output, "running_cost": usd_str(running), "events": self.events,
+                                       "usage_source": self.usage_source, "output_bound": "utf8_bytes"}
+            if self._usage_final and not self.unpriced_calls:
+                bounded["final_cost"] = bounded["running_cost"]
+            return bounded
         snap: dict[str, Any] = {
             "output_tokens": self.output_tokens_counted,
             "running_cost": usd_str(self.running_cost),

@@ -282,3 +282,19 @@ def test_a_stream_near_its_cap_is_cut_on_the_exact_count(fresh_cache):
     for i in range(0, len(more), 6):
         meter.feed(_chunk(more[i:i + 6]))
     assert meter.cut  # past 40 tokens: cut, as before
+
+
+def test_a_checkpoint_after_the_provider_usage_loads_no_encoding(fresh_cache):
+    """The final usage came (the call is not settled yet): the checkpoint takes the provider's
+    figures and still counts no text (this loaded the encoding at the end of every long stream)."""
+    import json
+    price = TABLE.resolve("gpt-4o-mini")
+    meter = StreamMeter("chat", price, "gpt-4o-mini", 50, D(1), hide_usage_chunk=True)
+    for word in ("one ", "two ", "three "):
+        meter.feed(_chunk(word))
+    usage = {"prompt_tokens": 50, "completion_tokens": 3, "total_tokens": 53}
+    meter.feed(b"data: " + json.dumps({"choices": [], "usage": usage}).encode() + b"\n\n")
+    snap = meter.checkpoint()
+    assert tokens._LOADED == {}
+    assert snap["usage_source"] == "provider" and snap["final_cost"] == snap["running_cost"]
+    assert D(snap["running_cost"]) == D(50) * price.rates.input / 10**6 + D(3) * price.rates.output / 10**6
