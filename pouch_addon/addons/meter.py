@@ -221,7 +221,10 @@ class Metering:
             return
         msg = flow.error.msg if flow.error else ""
         try:
-            if call.meter is not None and call.meter.usage_source != "provider":
+            m = call.meter
+            if m is not None and m.usage_source != "provider":
+                if not (m.done or m.usage_final):
+                    m.cut = True  # it ends here, as if settled at once: nothing more is metered meanwhile
                 await self._own_count(flow, call)
                 if call.settled:  # settled by another path meanwhile
                     return
