@@ -61,7 +61,7 @@ log = logging.getLogger(__name__)
 INLINE_PLAN_BYTES = 2048
 #: a reservation on the input's byte bound is made only while it leaves at least this share of
 #: the remaining budget (1/NEAR) for others; nearer the limit the input is counted exactly
-NEAR = 2
+NEAR = 4
 
 
 def decode_body(request: http.Request, limit: int) -> bytes:
