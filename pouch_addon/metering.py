@@ -116,6 +116,20 @@ def _json_object(data: str) -> dict[str, Any] | None:
     return obj if obj.__class__ is dict else None
 
 
+def _never_below(meter: Any, snap: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's output and running cost never fall below the last one's: a stream first
+    checkpointed on its byte bound, then counted exactly (the encoding loaded meanwhile), keeps
+    showing the larger figure until its exact count passes it (still an upper bound)."""
+    last = getattr(meter, "_last_checkpoint", None)
+    if last is not None and "final_cost" not in snap:
+        if snap["output_tokens"] < last[0]:
+            snap["output_tokens"] = last[0]
+        if Decimal(snap["running_cost"]) < last[1]:
+            snap["running_cost"] = usd_str(last[1])
+    meter._last_checkpoint = (snap["output_tokens"], Decimal(snap["running_cost"]))
+    return snap
+
+
 def output_threshold(price: ModelPrice, input_usage: Usage, tier: str | None, reservation: Decimal,
                      fees: Decimal = Decimal(0)) -> int | None:
     """The least output-token count n with cost(input_usage + n output tokens) + fees >=
@@ -388,6 +402,9 @@ class StreamMeter(DecodingMeter):
                 texts[:] = ["".join(texts)]
 
     def checkpoint(self) -> dict[str, Any]:
+        return _never_below(self, self._checkpoint())
+
+    def _checkpoint(self) -> dict[str, Any]:
         """A small snapshot for the ledger (O(1)). ``final_cost`` once the final usage is known.
         While the model's encoding is not loaded, text not counted yet counts as its UTF-8 bytes
         (``output_bound``: an upper bound; loading the encoding here would stall the event loop)."""

@@ -22,7 +22,7 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from ..decoding import UNDECODABLE, DecodingMeter
-from ..metering import output_threshold
+from ..metering import _never_below, output_threshold
 from ..money import format_usd, usd_str
 from ..pricing import ModelPrice, Usage, cost, normalise_tier
 from ..sse import MAX_EVENT_BYTES, SSEError, SSEEvent, SSEParser
@@ -286,6 +286,9 @@ class ProviderStreamMeter(DecodingMeter):
                 texts[:] = ["".join(texts)]
 
     def checkpoint(self) -> dict[str, Any]:
+        return _never_below(self, self._checkpoint())
+
+    def _checkpoint(self) -> dict[str, Any]:
         if self._pending and not tokens.loaded_for(self.model):
             # never load the encoding on the event loop for a checkpoint: uncounted text as its
             # UTF-8 bytes, an upper bound (``output_bound``)
