@@ -462,10 +462,10 @@ async def probe_under_streams(proxy: H.Proxy, streams: int, chunks: int, delay_m
 
 
 async def concurrent_streams(proxy: H.Proxy, streams: int, chunks: int, delay_ms: int,
-                             timeout: float) -> dict[str, Any]:
+                             timeout: float, max_tokens: int | None = None) -> dict[str, Any]:
     """``streams`` connections, each one SSE response of ``chunks`` chunks, all at once."""
     ctx = ssl.create_default_context(cafile=str(proxy.ca))
-    raw = chat_request(stream=True, chunks=chunks, delay_ms=delay_ms)
+    raw = chat_request(stream=True, chunks=chunks, delay_ms=delay_ms, max_tokens=max_tokens)
     clients = await asyncio.gather(*(Client.open(proxy.port, ctx) for _ in range(streams)))
     t0 = time.perf_counter()
 
@@ -827,14 +827,15 @@ def run_memory(b: Bench, ratios: list[str]) -> None:
                 proxy = b.start(cfg)
                 try:
                     # one request first so lazy state (leaf cert, tokenizer) is in the idle figure
-                    asyncio.run(closed_loop(proxy, chat_request(stream=True, chunks=5), True, 1, 0.3))
+                    asyncio.run(closed_loop(proxy, chat_request(stream=True, chunks=5, max_tokens=a.mem_max_tokens),
+                                            True, 1, 0.3))
                     idle = proc_mem(proxy.proc.pid)["VmRSS"]
                     sampler = MemSampler(proxy.proc.pid)
                     sampler.start()
                     watch = CpuWatch(proxy)
                     try:
                         x = asyncio.run(concurrent_streams(proxy, a.mem_streams, chunks, delay,
-                                                           timeout=a.mem_timeout))
+                                                           timeout=a.mem_timeout, max_tokens=a.mem_max_tokens))
                     finally:
                         sampler.stop()
                     cpu = watch.result()
@@ -902,6 +903,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--mem-long-delay", type=int, help="ms between chunks, long streams (default 40)")
     ap.add_argument("--mem-rounds", type=int, help="memory rounds (default 1: peaks vary by < 1 MiB)")
     ap.add_argument("--mem-timeout", type=float, default=180.0, help="bound on one memory run (s)")
+    ap.add_argument("--mem-max-tokens", type=int, default=None,
+                    help="max_tokens of the memory runs' requests (default: 5 per chunk + 16, which the "
+                         "fake's 7-9 bytes per chunk pass: pouch then counts exactly, loading the encoding)")
     ap.add_argument("--bare-vs-bare", action="store_true", help="A/A run: bare on both sides")
     ap.add_argument("--no-pin", action="store_true", help="do not pin mitmdump / load generator to CPUs")
     ap.add_argument("--profile", action="store_true",

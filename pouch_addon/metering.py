@@ -60,6 +60,7 @@ from .pricing import _CTX as _pricing_ctx
 from .pricing import FREE_CALLS, ModelPrice, Usage, cost, count_tool_calls, normalise_tier, tool_fee_cost
 from .decoding import UNDECODABLE, DecodingMeter
 from .sse import MAX_EVENT_BYTES, SSEError, SSEEvent, SSEParser
+from . import tokens
 from .tokens import StreamTokenCounter
 
 __all__ = ["StreamMeter", "BUDGET_EXCEEDED", "UNDECODABLE", "Api"]
@@ -113,6 +114,20 @@ def _json_object(data: str) -> dict[str, Any] | None:
         except ValueError:
             return None
     return obj if obj.__class__ is dict else None
+
+
+def _never_below(meter: Any, snap: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's output and running cost never fall below the last one's: a stream first
+    checkpointed on its byte bound, then counted exactly (the encoding loaded meanwhile), keeps
+    showing the larger figure until its exact count passes it (still an upper bound)."""
+    last = getattr(meter, "_last_checkpoint", None)
+    if last is not None and "final_cost" not in snap:
+        if snap["output_tokens"] < last[0]:
+            snap["output_tokens"] = last[0]
+        if Decimal(snap["running_cost"]) < last[1]:
+            snap["running_cost"] = usd_str(last[1])
+    meter._last_checkpoint = (snap["output_tokens"], Decimal(snap["running_cost"]))
+    return snap
 
 
 def output_threshold(price: ModelPrice, input_usage: Usage, tier: str | None, reservation: Decimal,
@@ -298,7 +313,7 @@ class StreamMeter(DecodingMeter):
         self._items: dict[Any, dict[str, Any]] = {}  # billable tool-call items seen, by id
         self.unpriced_calls = False            # a tool call with no fee was seen
         self._pricing_tier = self.tier
-        self._cut_at = self._threshold()
+        self._set_cut()
         # Chat only: the shape of a plain content chunk, once one was parsed (see _ContentTemplate)
         self._tpl: _ContentTemplate | None = None
         self._tpl_tries = 0 if api == "chat" else _TEMPLATE_TRIES
@@ -394,8 +409,33 @@ class StreamMeter(DecodingMeter):
         the fees of the tool calls seen."""
         return cost(self.price, self.final_usage(), self._pricing_tier) + self._fee_cost
 
+    def _compact_pending(self) -> None:
+        """Join each stream's uncounted pieces into one string (a checkpoint leaves them
+        uncounted): a long stream keeps its text, not one object per event."""
+        for texts in self._pending.values():
+            if len(texts) > 1:
+                texts[:] = ["".join(texts)]
+
     def checkpoint(self) -> dict[str, Any]:
-        """A small snapshot for the ledger (O(1)). ``final_cost`` once the final usage is known."""
+        return _never_below(self, self._checkpoint())
+
+    def _checkpoint(self) -> dict[str, Any]:
+        """A small snapshot for the ledger (O(1)). ``final_cost`` once the final usage is known.
+        While the model's encoding is not loaded, text not counted yet counts as its UTF-8 bytes
+        (``output_bound``: an upper bound; loading the encoding here would stall the event loop)."""
+        if self._pending and not tokens.loaded_for(self.model):
+            output = self._output + self._pending_bytes
+            self._compact_pending()
+            if self._usage is not None:  # the provider's (no count needed)
+                running = self.running_cost
+            else:
+                running = min(self.reservation, cost(self.price, Usage(input_tokens=self.input_tokens, output_tokens=output),
+                                                     self._pricing_tier) + self._fee_cost)
+            bounded: dict[str, Any] = {"output_tokens": output, "running_cost": usd_str(running), "events": self.events,
+                                       "usage_source": self.usage_source, "output_bound": "utf8_bytes"}
+            if self._usage_final and not self.unpriced_calls:
+                bounded["final_cost"] = bounded["running_cost"]
+            return bounded
         snap: dict[str, Any] = {
             "output_tokens": self.output_tokens_counted,
             "running_cost": usd_str(self.running_cost),
@@ -748,7 +788,7 @@ class StreamMeter(DecodingMeter):
         fees, unpriced = tool_fee_cost(self._fees, self.tool_calls)
         self.unpriced_calls = bool(unpriced)
         self._fee_cost = self._fixed_fee + fees
-        self._cut_at = self._threshold()
+        self._set_cut()
 
     def _record_error(self, err: dict[str, Any]) -> None:
         if self.provider_error is None:
@@ -767,7 +807,7 @@ class StreamMeter(DecodingMeter):
         except ValueError:
             return  # an unknown tier: keep pricing the requested one (settlement decides)
         self._pricing_tier = tier
-        self._cut_at = self._threshold()
+        self._set_cut()
 
     def _threshold(self) -> int | None:
         """The least output-token count n with cost(input estimate, n) + fees so far >=
@@ -776,6 +816,15 @@ class StreamMeter(DecodingMeter):
         return output_threshold(self.price, Usage(input_tokens=self.input_tokens), self._pricing_tier,
                                 self.reservation, self._fee_cost)
 
+    def _set_cut(self) -> None:
+        """The cut-off threshold. While the model's encoding is not loaded, the per-event test
+        first fires at half of it (``_cut_at``): ``_over`` then starts loading the encoding in a
+        background thread and moves the test to the threshold (``_cut_exact``), where the
+        exact count is needed (a stream far from its cap never loads it)."""
+        t = self._threshold()
+        self._cut_exact = t
+        self._cut_at = t // 2 if t is not None and not tokens.loaded_for(self.model) else t
+
     def _over(self) -> bool:
         if self.done or self._usage_final:
             return False
@@ -783,6 +832,11 @@ class StreamMeter(DecodingMeter):
             return self.running_cost >= self.reservation
         if self._cut_at is None or self._output + self._pending_bytes < self._cut_at:
             return False  # even if every pending byte were a token
+        if self._cut_at != self._cut_exact:  # half way, in bytes: the exact count may be needed soon
+            tokens.preload(tokens.encoding_for_model(self.model))
+            self._cut_at = self._cut_exact
+            if self._output + self._pending_bytes < self._cut_at:
+                return False
         self._flush()
         return self._output >= self._cut_at
 

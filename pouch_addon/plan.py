@@ -69,6 +69,9 @@ class PlanSettings:
     inject_usage: bool = True
     #: lower an explicit output cap the budget cannot cover (providers that allow it: Anthropic)
     fit_caps: bool = True
+    #: count the input with tiktoken even when its encoding is not loaded yet (else the UTF-8
+    #: byte bound is used until it is: see ``draft_plan``); set per call, not an option
+    exact_input: bool = False
 
 
 @dataclass
@@ -94,6 +97,12 @@ class CallPlan:
     fees: dict[str, Decimal] = field(default_factory=dict)  # USD per billable call, by output item type
     fixed_fee: Decimal = ZERO  # billed once per call (a Chat Completions web search)
     fee_bound: Decimal = ZERO  # the fees inside worst_case
+    #: how the input was counted: "tiktoken" (the cookbook estimate), "utf8_bytes" (the same
+    #: formula with each text's UTF-8 length, an upper bound), None (a provider's own bound)
+    input_method: str | None = None
+    #: the remaining budget shaped the plan (an injected cap or tool calls below their defaults,
+    #: a cap lowered to fit): with a smaller input count it could have been more generous
+    budget_shaped: bool = False
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -267,8 +276,10 @@ def _int_field(body: Mapping[str, Any], name: str, minimum: int) -> int | None:
     return value
 
 
-def estimate_input_tokens(body: Mapping[str, Any], *, endpoint: str, model: str | None = None) -> int:
-    """Prompt tokens of a request body by the cookbook method (also `pouch tokens`)."""
+def estimate_input_tokens(body: Mapping[str, Any], *, endpoint: str, model: str | None = None,
+                          exact: bool = True) -> int:
+    """Prompt tokens of a request body by the cookbook method (also `pouch tokens`); with
+    ``exact=False`` each text counts its UTF-8 bytes instead, an upper bound needing no encoding."""
     api = BILLED.get(endpoint.rstrip("/"))
     if api is None:
         raise PlanError(f"pouch: unknown endpoint {endpoint!r}; known: {', '.join(BILLED)}")
@@ -277,12 +288,12 @@ def estimate_input_tokens(body: Mapping[str, Any], *, endpoint: str, model: str 
         raise PlanError("pouch: the request has no `model`")
     try:
         if api == "chat":
-            return tokens.estimate_chat_prompt(dict(body), model)
+            return tokens.estimate_chat_prompt(dict(body), model, exact=exact)
         if api == "responses":
-            return tokens.estimate_responses_input(dict(body), model)
+            return tokens.estimate_responses_input(dict(body), model, exact=exact)
         if api == "completions":
-            return tokens.estimate_completion_prompt(dict(body), model)
-        return tokens.estimate_embedding_input(dict(body), model)
+            return tokens.estimate_completion_prompt(dict(body), model, exact=exact)
+        return tokens.estimate_embedding_input(dict(body), model, exact=exact)
     except ValueError as exc:
         raise PlanError(f"pouch: cannot read the request: {exc}") from None
 
@@ -341,6 +352,7 @@ class DraftPlan:
     #: for a cap, or None when no cap that low is valid for the request); Anthropic's agents send
     #: max_tokens of 32K-128K, far above what a call needs, and a 402 would stop the agent
     fit_cap: Any = None  # Callable[[int], dict[str, Any] | None] | None
+    input_method: str | None = None  # see CallPlan.input_method
 
     def _turns_input(self, calls: int) -> int:
         """Input of the first turn plus one context window per tool call (each call's result goes
@@ -375,11 +387,13 @@ class DraftPlan:
         (Decimal arithmetic only)."""
         rewrites, notes = dict(self.rewrites), list(self.notes)
         calls = 0
+        shaped = False
         if self.server_tools:
             calls = self.tool_calls if self.tool_calls is not None else self._fit_tool_calls(remaining)
             if self.tool_calls is None:
                 rewrites["max_tool_calls"] = calls
                 notes.append(f"injected max_tool_calls={calls}")
+                shaped = calls < DEFAULT_MAX_TOOL_CALLS
         input_total = self._turns_input(calls)
         fees = self._fees(calls)
         cap = self.cap
@@ -390,6 +404,7 @@ class DraftPlan:
                               fees + extra_cost)
             rewrites[self.cap_field] = cap
             notes.append(f"injected {self.cap_field}={cap}")
+            shaped = shaped or self.price.max_output_tokens is None or cap < self.price.max_output_tokens
         cap = self._capped(cap)
         worst = worst_token_cost(self.price, self.tier, input_total, cap * self.choices + extra) + fees
         if worst > remaining and self.fit_cap is not None:
@@ -401,6 +416,7 @@ class DraftPlan:
             rewrites.update(changes)
             notes.append(f"lowered {self.cap_field} from {cap} to {fitted} to fit the budget")
             cap = fitted
+            shaped = True
             worst = worst_token_cost(self.price, self.tier, input_total, cap * self.choices + extra) + fees
         assumed = input_total if (self.input_hidden or calls) else self.input_tokens
         return CallPlan(
@@ -408,7 +424,8 @@ class DraftPlan:
             input_tokens=assumed, reserved_input_tokens=input_total, output_cap=cap,
             choices=self.choices, tier=self.tier, client_wants_usage=self.client_wants_usage, worst_case=worst,
             rewrites=rewrites, notes=notes, input_hidden=self.input_hidden, max_tool_calls=calls,
-            fees=dict(self.fees), fixed_fee=self.fixed_fee, fee_bound=fees,
+            fees=dict(self.fees), fixed_fee=self.fixed_fee, fee_bound=fees, input_method=self.input_method,
+            budget_shaped=shaped,
         )
 
 
@@ -552,7 +569,12 @@ def draft_plan(
     stream = stream is True
     notes: list[str] = []
 
-    estimate = estimate_input_tokens(body, endpoint=path, model=model)
+    # Exact (tiktoken) only when its encoding is loaded already or the caller asks: loading one
+    # costs ~40 MiB of resident memory and ~0.25 s. Else the same formula over UTF-8 bytes, which
+    # bounds it from above (a token is at least one byte): the reservation is never smaller than
+    # the exact one, and the gate asks for the exact count when the bound would not fit.
+    exact = settings.exact_input or tokens.loaded_for(model)
+    estimate = estimate_input_tokens(body, endpoint=path, model=model, exact=exact)
     reserved_input = math.ceil(estimate * (1 + settings.input_margin))
     if price.max_input_tokens is not None:
         # the provider cannot bill more input than the context window (longer prompts are rejected,
@@ -613,7 +635,7 @@ def draft_plan(
         reserved_input_tokens=reserved_input, choices=choices, tier=tier, client_wants_usage=client_wants_usage,
         cap=cap, cap_field=cap_field, rewrites=rewrites, notes=notes, input_hidden=tuple(hidden),
         server_tools=tools.server, tool_calls=tool_calls, per_call_fee=tools.per_call_fee, fees=tools.fees,
-        fixed_fee=tools.fixed_fee,
+        fixed_fee=tools.fixed_fee, input_method="tiktoken" if exact else "utf8_bytes",
     )
 
 

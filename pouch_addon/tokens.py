@@ -3,7 +3,11 @@
 Pure core. The only I/O is reading the two encoding files shipped in `pouch_addon/encodings/`;
 tiktoken never downloads anything here. Prompt estimates follow the OpenAI cookbook "How to count
 tokens with tiktoken" (both versions, see section 4 of the wire formats reference): they size the
-budget reservation, and settlement always uses the provider's reported usage.
+budget reservation, and settlement always uses the provider's reported usage. Each estimate
+also has a bounded form (``exact=False``): the same formula with every text counted as its
+UTF-8 bytes, never below the exact count and needing no encoding (issue 16: an encoding costs
+~41 MiB resident, so the proxy loads one only when an exact count matters). tiktoken itself is
+imported only to load an encoding.
 """
 
 from __future__ import annotations
@@ -23,17 +27,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import regex
-import tiktoken
-import tiktoken_ext.openai_public as openai_public
+from typing import TYPE_CHECKING
 
 from .images import KNOWN_DETAILS, bare_model, has_rule, image_size_from_data_url, image_tokens
+
+if TYPE_CHECKING:
+    import regex
+    import tiktoken
 
 __all__ = [
     "SHIPPED_SHA256", "EncodingFileError", "get_encoding", "encoding_for_model", "count_text",
     "estimate_chat_prompt", "estimate_responses_input", "estimate_completion_prompt",
     "estimate_embedding_input", "audio_tokens_bound", "hidden_inputs", "StreamTokenCounter",
-    "NotLoaded", "loaded_only",
+    "NotLoaded", "loaded_only", "is_loaded", "loaded_for", "preload",
 ]
 
 # tiktoken's published SHA-256 of each file (tiktoken_ext/openai_public.py).
@@ -94,6 +100,8 @@ def _tiktoken_spec(name: str) -> dict[str, Any]:
     copying it is to call the constructor with its loader pointed at our file for the duration.
     Any other URL (another thread loading another encoding) goes to tiktoken's loader unchanged.
     """
+    import tiktoken_ext.openai_public as openai_public  # here: tiktoken is imported only to load
+
     original = openai_public.load_tiktoken_bpe
 
     def shipped_loader(url: str, expected_hash: str | None = None) -> dict[bytes, int]:
@@ -120,6 +128,9 @@ _NO_LOAD = threading.local()  # .on: this thread may only use encodings already 
 def _load_unlocked(name: str) -> _Loaded:
     if name not in SHIPPED_SHA256:
         raise ValueError(f"encoding {name!r} is not shipped with pouch (have {sorted(SHIPPED_SHA256)})")
+    import regex
+    import tiktoken
+
     spec = _tiktoken_spec(name)
     encoding = tiktoken.Encoding(**spec)
     # The Rust core holds its own copy of the ranks; tiktoken keeps the Python dict only to
@@ -128,12 +139,13 @@ def _load_unlocked(name: str) -> _Loaded:
     del encoding._mergeable_ranks
     del spec["mergeable_ranks"]
     loaded = _Loaded(encoding=encoding, pieces=regex.compile(spec["pat_str"]))
-    _trim_heap()
+    trim_heap()
     return loaded
 
 
-def _trim_heap() -> None:
-    """Give the parse's freed heap (file bytes, lines, a 200k-entry dict) back to the OS (glibc)."""
+def trim_heap() -> None:
+    """Give freed heap back to the OS (glibc): after an encoding's parse (file bytes, lines, a
+    200k-entry dict), and once at the proxy's start."""
     try:
         ctypes.CDLL(None).malloc_trim(0)
     except (OSError, AttributeError, TypeError):  # not glibc: the memory is reused by later allocations
@@ -207,6 +219,73 @@ def encoding_for_model(model: str) -> str:
 def _n(enc: tiktoken.Encoding, text: str) -> int:
     # disallowed_special=(): user text containing "<|endoftext|>" is counted as text, never raises
     return len(enc.encode(text, disallowed_special=()))
+
+
+class _Counter:
+    """Counts the tokens of one piece of text for the prompt estimates: exactly with a loaded
+    tiktoken encoding (:class:`_Exact`), or bounded from above by its UTF-8 length
+    (:class:`_Bytes`). ``name`` is the encoding's name either way (the tool constants depend on it)."""
+
+    name: str
+
+    def count(self, text: str) -> int:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class _Exact(_Counter):
+    def __init__(self, encoding: tiktoken.Encoding) -> None:
+        self.name = encoding.name
+        self._encoding = encoding
+
+    def count(self, text: str) -> int:
+        return _n(self._encoding, text)
+
+
+class _Bytes(_Counter):
+    """Every token of a byte-level BPE encodes at least one byte of the text's UTF-8 (tiktoken
+    encodes special-token text as ordinary text here, ``disallowed_special=()``), so the byte
+    length is never below the token count, and needs no encoding loaded."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    @staticmethod
+    def count(text: str) -> int:
+        return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+def _counter(model: str, exact: bool) -> _Counter:
+    name = encoding_for_model(model)
+    return _Exact(get_encoding(name)) if exact else _Bytes(name)
+
+
+def is_loaded(name: str) -> bool:
+    """Whether the encoding ``name`` is loaded (then an exact count costs no load)."""
+    return name in _LOADED
+
+
+def loaded_for(model: str) -> bool:
+    """Whether the encoding of ``model`` is loaded."""
+    return encoding_for_model(model) in _LOADED
+
+
+_PRELOADING: set[str] = set()
+
+
+def preload(name: str) -> None:
+    """Start loading ``name`` in a daemon thread (once), so that a later exact count finds it
+    loaded; the caller goes on at once."""
+    if name in _LOADED or name in _PRELOADING:
+        return
+    _PRELOADING.add(name)
+
+    def run() -> None:
+        try:
+            _loaded(name)
+        except Exception:  # the caller that needs it loads it again and sees the error
+            _PRELOADING.discard(name)
+
+    threading.Thread(target=run, name=f"pouch-load-{name}", daemon=True).start()
 
 
 def count_text(text: str, model: str) -> int:
@@ -293,9 +372,9 @@ def audio_tokens_bound(data_b64: str, audio_format: str | None) -> int:
     return math.ceil(n_bytes / byte_rate * AUDIO_TOKENS_PER_SECOND)
 
 
-def _file_tokens(enc: tiktoken.Encoding, spec: dict[str, Any], where: str) -> int:
+def _file_tokens(enc: _Counter, spec: dict[str, Any], where: str) -> int:
     filename = spec.get("filename")
-    n = _n(enc, filename) if isinstance(filename, str) else 0
+    n = enc.count(filename) if isinstance(filename, str) else 0
     data = spec.get("file_data")
     if data is None:
         return n + UNKNOWN_FILE_TOKENS
@@ -309,15 +388,15 @@ def _image_part_tokens(model: str, url: Any, detail: Any, where: str) -> int:
     return image_tokens(model, width, height, detail if isinstance(detail, str) else "auto")
 
 
-def _part_tokens(enc: tiktoken.Encoding, model: str, part: Any, where: str) -> int:
+def _part_tokens(enc: _Counter, model: str, part: Any, where: str) -> int:
     """One content part of chat (`text`, `image_url`, `input_audio`, `file`) or Responses
     (`input_text`, `output_text`, `input_image`, `input_file`, `refusal`) content."""
     part = _require_dict(part, where)
     kind = part.get("type")
     if kind in ("text", "input_text", "output_text"):
-        return _n(enc, _require_str(part.get("text"), f"{where}.text"))
+        return enc.count(_require_str(part.get("text"), f"{where}.text"))
     if kind == "refusal":
-        return _n(enc, _require_str(part.get("refusal"), f"{where}.refusal"))
+        return enc.count(_require_str(part.get("refusal"), f"{where}.refusal"))
     if kind == "image_url":
         image = part.get("image_url")
         if isinstance(image, str):
@@ -335,20 +414,20 @@ def _part_tokens(enc: tiktoken.Encoding, model: str, part: Any, where: str) -> i
         return _file_tokens(enc, _require_dict(part.get("file"), f"{where}.file"), f"{where}.file")
     if kind == "input_file":
         return _file_tokens(enc, part, where)
-    return _n(enc, _json(part))  # unknown part type: its JSON text
+    return enc.count(_json(part))  # unknown part type: its JSON text
 
 
-def _content_tokens(enc: tiktoken.Encoding, model: str, content: Any, where: str) -> int:
+def _content_tokens(enc: _Counter, model: str, content: Any, where: str) -> int:
     if content is None:
         return 0
     if isinstance(content, str):
-        return _n(enc, content)
+        return enc.count(content)
     if not isinstance(content, list):
         raise ValueError(f"{where} must be a string or a list of parts, got {type(content).__name__}")
     return sum(_part_tokens(enc, model, part, f"{where}[{i}]") for i, part in enumerate(content))
 
 
-def _chat_message_tokens(enc: tiktoken.Encoding, model: str, message: Any, where: str) -> int:
+def _chat_message_tokens(enc: _Counter, model: str, message: Any, where: str) -> int:
     """Cookbook: per-message overhead + every field's tokens (+1 for `name`). Non-string fields
     (`tool_calls`, `function_call`, audio references) are counted as their JSON text."""
     message = _require_dict(message, where)
@@ -358,9 +437,9 @@ def _chat_message_tokens(enc: tiktoken.Encoding, model: str, message: Any, where
         if key == "content":
             n += _content_tokens(enc, model, value, f"{where}.content")
         elif isinstance(value, str):
-            n += _n(enc, value)
+            n += enc.count(value)
         elif value is not None:
-            n += _n(enc, _json(value))
+            n += enc.count(_json(value))
         if key == "name":
             n += per_name
     return n
@@ -378,7 +457,7 @@ def _function_of(tool: Any, where: str) -> dict[str, Any] | None:
     return tool
 
 
-def _tools_tokens(enc: tiktoken.Encoding, tools: Any, where: str) -> int:
+def _tools_tokens(enc: _Counter, tools: Any, where: str) -> int:
     """Cookbook `num_tokens_for_tools`. Schema parts it ignores (nested objects, `items`,
     `anyOf`, `$defs`) are added as their JSON text so big schemas are not under-counted."""
     if tools is None:
@@ -393,18 +472,18 @@ def _tools_tokens(enc: tiktoken.Encoding, tools: Any, where: str) -> int:
         n += c.func_init
         function = _function_of(tool, f"{where}[{i}]")
         if function is None:
-            n += _n(enc, _json(tool))
+            n += enc.count(_json(tool))
             continue
         name = _require_str(function.get("name"), f"{where}[{i}] name")
         description = function.get("description") or ""
         description = _require_str(description, f"{where}[{i}] description").removesuffix(".")
-        n += _n(enc, f"{name}:{description}")
+        n += enc.count(f"{name}:{description}")
         parameters = _require_dict(function.get("parameters") or {}, f"{where}[{i}] parameters")
         properties = _require_dict(parameters.get("properties") or {}, f"{where}[{i}] properties")
         extra = {k: v for k, v in parameters.items()
                  if k not in ("type", "properties", "required", "additionalProperties")}
         if extra:
-            n += _n(enc, _json(extra))
+            n += enc.count(_json(extra))
         if properties:
             n += c.prop_init
         for key, schema in properties.items():
@@ -414,32 +493,32 @@ def _tools_tokens(enc: tiktoken.Encoding, tools: Any, where: str) -> int:
                 enum = schema["enum"] if isinstance(schema["enum"], list) else [schema["enum"]]
                 n += c.enum_init
                 for item in enum:
-                    n += c.enum_item + _n(enc, item if isinstance(item, str) else _json(item))
+                    n += c.enum_item + enc.count(item if isinstance(item, str) else _json(item))
             p_type = schema.get("type", "")
             p_type = p_type if isinstance(p_type, str) else _json(p_type)
             p_desc = schema.get("description") or ""
             p_desc = p_desc.removesuffix(".") if isinstance(p_desc, str) else _json(p_desc)
-            n += _n(enc, f"{key}:{p_type}:{p_desc}")
+            n += enc.count(f"{key}:{p_type}:{p_desc}")
             rest = {k: v for k, v in schema.items() if k not in ("type", "description", "enum")}
             if rest:
-                n += _n(enc, _json(rest))
+                n += enc.count(_json(rest))
     return n
 
 
-def _schema_format_tokens(enc: tiktoken.Encoding, fmt: Any) -> int:
+def _schema_format_tokens(enc: _Counter, fmt: Any) -> int:
     """A structured-output JSON schema is shown to the model; count its JSON text."""
     if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
-        return _n(enc, _json(fmt.get("json_schema", fmt)))
+        return enc.count(_json(fmt.get("json_schema", fmt)))
     return 0
 
 
-def estimate_chat_prompt(body: dict[str, Any], model: str) -> int:
+def estimate_chat_prompt(body: dict[str, Any], model: str, *, exact: bool = True) -> int:
     """Estimated prompt tokens of a `/v1/chat/completions` request body."""
     body = _require_dict(body, "chat completions body")
     messages = body.get("messages")
     if not isinstance(messages, list):
         raise ValueError("chat completions body: 'messages' must be a list")
-    enc = get_encoding(encoding_for_model(model))
+    enc = _counter(model, exact)
     n = REPLY_PRIMING
     for i, message in enumerate(messages):
         n += _chat_message_tokens(enc, model, message, f"messages[{i}]")
@@ -448,38 +527,38 @@ def estimate_chat_prompt(body: dict[str, Any], model: str) -> int:
     return n + _schema_format_tokens(enc, body.get("response_format"))
 
 
-def _responses_item_tokens(enc: tiktoken.Encoding, model: str, item: Any, where: str) -> int:
+def _responses_item_tokens(enc: _Counter, model: str, item: Any, where: str) -> int:
     item = _require_dict(item, where)
     per_message = _message_overheads(model)[0]
     kind = item.get("type", "message")
     if kind == "message":
         role = _require_str(item.get("role"), f"{where}.role")
         content = _content_tokens(enc, model, item.get("content"), f"{where}.content")
-        return per_message + _n(enc, role) + content
+        return per_message + enc.count(role) + content
     if kind == "function_call":
         name = _require_str(item.get("name"), f"{where}.name")
         arguments = _require_str(item.get("arguments"), f"{where}.arguments")
-        return per_message + _n(enc, name) + _n(enc, arguments)
+        return per_message + enc.count(name) + enc.count(arguments)
     if kind == "function_call_output":
         output = item.get("output")
         return per_message + _content_tokens(enc, model, output, f"{where}.output")
     # reasoning, built-in tool calls, item_reference, ...: their JSON text, minus bookkeeping
     rest = {k: v for k, v in item.items() if k not in ("type", "id", "status")}
-    return per_message + _n(enc, _json(rest))
+    return per_message + enc.count(_json(rest))
 
 
-def estimate_responses_input(body: dict[str, Any], model: str) -> int:
+def estimate_responses_input(body: dict[str, Any], model: str, *, exact: bool = True) -> int:
     """Estimated input tokens of a `/v1/responses` body, with chat's per-message overheads."""
     body = _require_dict(body, "responses body")
-    enc = get_encoding(encoding_for_model(model))
+    enc = _counter(model, exact)
     per_message = _message_overheads(model)[0]
     n = REPLY_PRIMING
     instructions = body.get("instructions")
     if instructions is not None:
-        n += per_message + _n(enc, "system") + _n(enc, _require_str(instructions, "instructions"))
+        n += per_message + enc.count("system") + enc.count(_require_str(instructions, "instructions"))
     inputs = body.get("input")
     if isinstance(inputs, str):
-        n += per_message + _n(enc, "user") + _n(enc, inputs)
+        n += per_message + enc.count("user") + enc.count(inputs)
     elif isinstance(inputs, list):
         n += sum(_responses_item_tokens(enc, model, item, f"input[{i}]") for i, item in enumerate(inputs))
     elif inputs is not None:
@@ -539,16 +618,16 @@ def hidden_inputs(body: dict[str, Any], api: str, model: str) -> list[str]:
     return sorted(found)
 
 
-def _token_inputs(enc: tiktoken.Encoding, value: Any, where: str) -> int:
+def _token_inputs(enc: _Counter, value: Any, where: str) -> int:
     """A string, a list of strings, a token array, or a list of token arrays."""
     def is_tokens(v: Any) -> bool:
         return isinstance(v, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in v)
 
     if isinstance(value, str):
-        return _n(enc, value)
+        return enc.count(value)
     if isinstance(value, list):
         if all(isinstance(v, str) for v in value):
-            return sum(_n(enc, v) for v in value)
+            return sum(enc.count(v) for v in value)
         if is_tokens(value):
             return len(value)
         if all(is_tokens(v) for v in value):
@@ -556,22 +635,22 @@ def _token_inputs(enc: tiktoken.Encoding, value: Any, where: str) -> int:
     raise ValueError(f"{where} must be a string, a list of strings, a token array or a list of token arrays")
 
 
-def estimate_completion_prompt(body: dict[str, Any], model: str) -> int:
+def estimate_completion_prompt(body: dict[str, Any], model: str, *, exact: bool = True) -> int:
     """Prompt tokens of a legacy `/v1/completions` body (`prompt` plus `suffix`)."""
     body = _require_dict(body, "completions body")
-    enc = get_encoding(encoding_for_model(model))
+    enc = _counter(model, exact)
     # a missing prompt means the API's default "<|endoftext|>", one special token
     n = _token_inputs(enc, body["prompt"], "prompt") if "prompt" in body else 1
     suffix = body.get("suffix")
-    return n + (_n(enc, _require_str(suffix, "suffix")) if suffix is not None else 0)
+    return n + (enc.count(_require_str(suffix, "suffix")) if suffix is not None else 0)
 
 
-def estimate_embedding_input(body: dict[str, Any], model: str) -> int:
+def estimate_embedding_input(body: dict[str, Any], model: str, *, exact: bool = True) -> int:
     """Input tokens of a `/v1/embeddings` body."""
     body = _require_dict(body, "embeddings body")
     if "input" not in body:
         raise ValueError("embeddings body: 'input' is required")
-    return _token_inputs(get_encoding(encoding_for_model(model)), body["input"], "input")
+    return _token_inputs(_counter(model, exact), body["input"], "input")
 
 
 # ---------------------------------------------------------------------------------------------

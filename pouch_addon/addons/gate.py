@@ -5,6 +5,9 @@ on the event loop for small plain bodies (``INLINE_PLAN_BYTES``: tens of microse
 than a thread hop) and in a worker thread otherwise, or when the body's model needs a tokenizer
 encoding not loaded yet (``tokens.loaded_only``: the first load takes ~0.3-1 s); the reservation is one operation of the
 ledger's committer thread (``Ledger.submit``), so mitmproxy's event loop never waits on a disk.
+While the model's encoding is not loaded the input is its UTF-8 byte bound (no ~41 MiB encoding
+resident); near a limit ``Admission.decide`` raises :class:`NeedsExact` and the gate decides
+again on the exact count, so no call is refused that the exact count would admit.
 
 The request is charged to the wallet ``Identify`` found (``flow.metadata["pouch_identity"]``)
 and to the global budget, in one atomic reservation whose amount is decided inside the ledger
@@ -27,6 +30,7 @@ import json
 import logging
 import math
 import time
+from dataclasses import replace
 from decimal import Decimal, InvalidOperation
 from typing import Any, Optional
 
@@ -55,6 +59,9 @@ log = logging.getLogger(__name__)
 
 #: request bodies up to this size (bytes, uncompressed) are planned on the event loop
 INLINE_PLAN_BYTES = 2048
+#: a reservation on the input's byte bound is made only while it leaves at least this share of
+#: the remaining budget (1/NEAR) for others; nearer the limit the input is counted exactly
+NEAR = 4
 
 
 def decode_body(request: http.Request, limit: int) -> bytes:
@@ -258,8 +265,21 @@ class BudgetGate:
             return
         # rpm/tpm: the team ledger's windows are shared by every proxy (read and written in the
         # admitting transaction); the local ledger's are this process's
-        admission = Admission(draft, wallet, meta, getattr(ledger, "rates", None) or self.core.limits)
-        result = await reserve(ledger, ledger.reserve_op(admission.decide, meta, wallet=wallet))
+        rates = getattr(ledger, "rates", None) or self.core.limits
+        admission = Admission(draft, wallet, meta, rates)
+        try:
+            result = await reserve(ledger, ledger.reserve_op(admission.decide, meta, wallet=wallet))
+        except NeedsExact:
+            # the byte bound is too coarse for this decision: count exactly (the first time, the
+            # encoding loads in a worker thread) and decide again on the exact count
+            if inline:
+                drafted = self._draft_inline(flow, table, body=body)
+            if not inline or drafted is None:
+                inline = False
+                drafted = await asyncio.to_thread(self._draft, flow, table, body=body)
+            draft, body = drafted
+            admission = Admission(draft, wallet, meta, rates)
+            result = await reserve(ledger, ledger.reserve_op(admission.decide, meta, wallet=wallet))
         if isinstance(result, Refusal):
             self._refuse(flow, result, admission)
             return
@@ -295,26 +315,57 @@ class BudgetGate:
                   code="rate_limit_exceeded", type_="requests",
                   headers={"retry-after": str(int(retry)), "x-should-retry": "true"})
 
-    def _draft_inline(self, flow: http.HTTPFlow, table: PriceTable) -> tuple[DraftPlan, dict[str, Any]] | None:
+    def _draft_inline(self, flow: http.HTTPFlow, table: PriceTable,
+                      body: dict[str, Any] | None = None) -> tuple[DraftPlan, dict[str, Any]] | None:
         """``_draft`` on the event loop, or None when it needs a tokenizer encoding not loaded
         yet: the first load takes ~0.3-1 s, so that request is planned in a worker thread."""
         try:
             with tokens.loaded_only():
-                return self._draft(flow, table)
+                return self._draft(flow, table, body=body)
         except tokens.NotLoaded:
             return None
 
-    def _draft(self, flow: http.HTTPFlow, table: PriceTable) -> tuple[DraftPlan, dict[str, Any]]:
-        """Decode, parse and estimate the request (in a worker thread unless the body is small)."""
-        data = decode_body(flow.request, ctx.options.pouch_max_body_mb * 1048576)
-        body = parse_body(data)
-        if flow.request.headers.get("content-encoding", "").strip().lower() not in ("", "identity"):
-            # send what was priced: the decoded bytes, not a second decoding by the provider
-            del flow.request.headers["content-encoding"]
-            flow.request.content = data
+    def _draft(self, flow: http.HTTPFlow, table: PriceTable,
+               body: dict[str, Any] | None = None) -> tuple[DraftPlan, dict[str, Any]]:
+        """Decode, parse and estimate the request (in a worker thread unless the body is small).
+        With ``body`` (already parsed): estimate it again, counting the input exactly."""
+        settings = self.core.settings
+        if body is None:
+            data = decode_body(flow.request, ctx.options.pouch_max_body_mb * 1048576)
+            body = parse_body(data)
+            if flow.request.headers.get("content-encoding", "").strip().lower() not in ("", "identity"):
+                # send what was priced: the decoded bytes, not a second decoding by the provider
+                del flow.request.headers["content-encoding"]
+                flow.request.content = data
+        else:
+            settings = replace(settings, exact_input=True)
         provider = PROVIDERS.get(flow.metadata.get(PROVIDER, ""), openai)
-        draft = provider.draft(flow.request.method, flow.request.path, body, table=table, settings=self.core.settings)
+        draft = provider.draft(flow.request.method, flow.request.path, body, table=table, settings=settings)
         return draft, body
+
+
+def exact_input_tokens(flow: http.HTTPFlow, core: Core) -> int | None:
+    """The input of an admitted call counted exactly, when its plan holds the byte bound (for a
+    settle priced from pouch's own count, the provider having reported no usage); None when
+    there is nothing better. Parses the request again and may load the encoding: call it in a
+    worker thread."""
+    plan = flow.metadata[CALL].plan
+    if plan.input_method != "utf8_bytes" or plan.input_hidden or plan.max_tool_calls:
+        return None
+    try:
+        body = parse_body(decode_body(flow.request, ctx.options.pouch_max_body_mb * 1048576))
+        provider = PROVIDERS.get(flow.metadata.get(PROVIDER, ""), openai)
+        draft = provider.draft(flow.request.method, flow.request.path, body, table=core.require()[1],
+                               settings=replace(core.settings, exact_input=True))
+    except Exception:  # the bound stays: never less than the exact count
+        log.exception("pouch: could not count a call's input exactly; its byte bound is used")
+        return None
+    return min(draft.input_tokens, plan.input_tokens)
+
+
+class NeedsExact(Exception):
+    """Raised by :meth:`Admission.decide` before anything is reserved or counted: the plan rests
+    on the UTF-8 byte bound of the input, and the decision could differ on the exact count."""
 
 
 class Admission:
@@ -337,16 +388,25 @@ class Admission:
     def decide(self, state: LedgerState, now: float) -> Decimal | Refusal:
         glob, wrem = state.remaining_for(self.wallet, now)
         remaining = glob if wrem is None else min(glob, wrem)
+        bounded = self.draft.input_method == "utf8_bytes"
         try:
             plan = self.draft.finish(remaining)
         except BudgetTooSmall as exc:
+            if bounded:  # the exact count may fit: refuse only on it
+                raise NeedsExact from None
             self.meta["why"] = "budget"
             by_wallet = self.wallet if wrem is not None and wrem < glob else None
             return Refusal("insufficient", exc.needed, exc.remaining, wallet=by_wallet)
+        w = state.wallets.get(self.wallet)
+        if bounded and (plan.budget_shaped or plan.worst_case * NEAR > remaining or (w is not None and w.tpm is not None)):
+            # near a limit the bound could refuse, or shape, what the exact count admits; and
+            # tpm windows must hold exact counts (an inflated one would refuse later requests)
+            raise NeedsExact
         self.plan = plan
         self.meta.update(model=plan.model, stream=plan.stream, estimated_input_tokens=plan.input_tokens,
                          output_cap=plan.output_cap)
-        w = state.wallets.get(self.wallet)
+        if plan.input_method is not None:
+            self.meta["input_estimate"] = plan.input_method
         if w is None or (w.rpm is None and w.tpm is None):
             return plan.worst_case
         self.tokens = plan.reserved_input_tokens + plan.output_cap * plan.choices

@@ -24,13 +24,14 @@ from typing import Any
 from mitmproxy import ctx, http
 from mitmproxy.log import LegacyLogEvents
 
-from .. import settlement
+from .. import settlement, tokens
 from ..ledger_postgres import LedgerUnavailable
 from ..budget import Ledger, NotOpen
 from ..metering import StreamMeter
 from ..money import format_usd
 from ..providers import PROVIDERS, openai
 from .core import CALL, Core, FlowCall, with_views
+from .gate import exact_input_tokens
 from .replies import PROVIDER
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,7 @@ class Metering:
         self._checkpointer: asyncio.Task | None = None
         self._settles: set[asyncio.Task] = set()
         self._pricing: dict[FlowCall, tuple[asyncio.Handle, Any]] = {}  # claimed calls priced on the next loop turn
+        self._counting: set[asyncio.Task] = set()  # claimed calls being counted off the loop (``_count_then_settle``)
 
     def load(self, loader) -> None:
         loader.add_option(
@@ -129,6 +131,7 @@ class Metering:
         # (``running`` runs addon by addon in chain order: the gate has loaded them by now.)
         gc.collect()
         gc.freeze()
+        tokens.trim_heap()  # what start-up freed (the price table's JSON parse: ~1.5 MiB) back to the OS
         if ctx.options.pouch_checkpoint_ms > 0:
             self._checkpointer = asyncio.get_running_loop().create_task(self._checkpoint_loop())
 
@@ -216,8 +219,7 @@ class Metering:
             raw = flow.response.get_content(strict=False)
             if raw is None or len(raw) > INLINE_PARSE_BYTES:  # a large body is priced in a worker thread
                 try:
-                    result = await asyncio.to_thread(settlement.from_response_body, self.core.require()[1],
-                                                     call.plan, raw, provider)
+                    result, status = await self._outcome(flow, call)
                 except Exception:  # never leave a reservation open: bill it in full, flagged
                     log.exception("pouch: could not price a finished call; settling at its reservation")
                     result = settlement.unanswered(call.reserved, sent=True)
@@ -228,11 +230,12 @@ class Metering:
         # response to the client's connection; ``done`` prices what is still pending
         if not self._claim(call):
             return
-        job = partial(self._price, call, provider, raw, status)
+        job = partial(self._price, call, provider, raw, status, flow)
         self._pricing[call] = (asyncio.get_running_loop().call_soon(job), job)
 
-    def _price(self, call: FlowCall, provider: Any, raw: bytes | None, status: int) -> None:
-        """Price a finished call whose response was already sent, and queue its settle."""
+    def _price(self, call: FlowCall, provider: Any, raw: bytes | None, status: int, flow: http.HTTPFlow) -> None:
+        """Price a finished call whose response was already sent, and queue its settle. A call
+        priced from pouch's own count (no usage from the provider) is counted off the loop."""
         if self._pricing.pop(call, None) is None:
             return  # ``done`` ran it already
         try:
@@ -240,13 +243,75 @@ class Metering:
             if status >= 400:
                 result = settlement.provider_error(status)
             elif call.meter is not None:
+                if call.meter.usage_source != "provider":
+                    return self._count_then_settle(flow, call)
                 result = self._finished(call, call.meter, table)
             else:
-                result = settlement.from_response_body(table, call.plan, raw, provider)
+                with tokens.loaded_only():  # a body without usage is counted: never load on the loop
+                    result = settlement.from_response_body(table, call.plan, raw, provider)
+                if result.usage_source == "counted" and call.plan.input_method == "utf8_bytes":
+                    return self._count_then_settle(flow, call)  # the input exactly, off the loop
+        except tokens.NotLoaded:
+            return self._count_then_settle(flow, call)
         except Exception:  # never leave a reservation open: bill it in full, flagged
             log.exception("pouch: could not price a finished call; settling at its reservation")
             result = settlement.unanswered(call.reserved, sent=True)
         self._submit_settle(call, result, http_status=status)
+
+    def _count_then_settle(self, flow: http.HTTPFlow, call: FlowCall) -> None:
+        """A claimed call priced from pouch's own count: load the encoding and count in a worker
+        thread (``_outcome``), then settle; ``done`` waits for these."""
+        task = asyncio.get_running_loop().create_task(self._counted_settle(flow, call))
+        self._counting.add(task)
+        task.add_done_callback(self._counting.discard)
+
+    async def _counted_settle(self, flow: http.HTTPFlow, call: FlowCall) -> None:
+        status = flow.response.status_code if flow.response is not None else None
+        try:
+            result, status = await self._outcome(flow, call)
+        except Exception:  # never leave a reservation open: bill it in full, flagged
+            log.exception("pouch: could not price a finished call; settling at its reservation")
+            result = settlement.unanswered(call.reserved, sent=True)
+        self._submit_settle(call, result, http_status=status)
+
+    async def _outcome(self, flow: http.HTTPFlow, call: FlowCall) -> tuple[settlement.Settlement, int]:
+        _, table = self.core.require()
+        status = flow.response.status_code
+        if status >= 400:
+            result = settlement.provider_error(status)
+        elif call.meter is not None:
+            if call.meter.usage_source != "provider":
+                await self._own_count(flow, call)
+            result = self._finished(call, call.meter, table)
+        else:
+            raw = flow.response.get_content(strict=False)
+            provider = PROVIDERS.get(flow.metadata.get(PROVIDER, ""), openai)
+            result = None
+            if raw is not None and len(raw) <= INLINE_PARSE_BYTES:
+                try:
+                    with tokens.loaded_only():  # a body without usage is counted: never load on the loop
+                        result = settlement.from_response_body(table, call.plan, raw, provider)
+                except tokens.NotLoaded:
+                    result = None
+            if result is not None and result.usage_source == "counted" and call.plan.input_method == "utf8_bytes":
+                result = None  # priced from pouch's count: the input exactly, below
+            if result is None:
+                if call.plan.input_method == "utf8_bytes":
+                    await self._own_count(flow, call)
+                result = await asyncio.to_thread(settlement.from_response_body, table, call.plan, raw, provider)
+        return result, status
+
+    async def _own_count(self, flow: http.HTTPFlow, call: FlowCall) -> None:
+        """Before a call is priced from pouch's own count (the provider reported no usage), in a
+        worker thread: load the model's encoding (the first load takes ~0.25 s) and count the
+        input exactly where the plan holds its byte bound."""
+        plan = call.plan
+        if plan.input_method == "utf8_bytes":
+            exact = await asyncio.to_thread(exact_input_tokens, flow, self.core)
+            if exact is not None:
+                plan.input_tokens, plan.input_method = exact, "tiktoken"
+        if not tokens.loaded_for(plan.model):
+            await asyncio.to_thread(tokens.get_encoding, tokens.encoding_for_model(plan.model))
 
     async def error(self, flow: http.HTTPFlow) -> None:
         call: FlowCall | None = flow.metadata.get(CALL)
@@ -254,6 +319,13 @@ class Metering:
             return
         msg = flow.error.msg if flow.error else ""
         try:
+            m = call.meter
+            if m is not None and m.usage_source != "provider":
+                if not (m.done or m.usage_final):
+                    m.cut = True  # it ends here, as if settled at once: nothing more is metered meanwhile
+                await self._own_count(flow, call)
+                if call.settled:  # settled by another path meanwhile
+                    return
             result = self._early_end(flow, call, msg)
         except Exception:
             log.exception("pouch: could not price an interrupted call; settling at its reservation")
@@ -403,6 +475,8 @@ class Metering:
         for handle, job in list(self._pricing.values()):  # finished calls not priced yet
             handle.cancel()
             job()
+        if self._counting:  # calls priced from pouch's own count: their settles follow
+            await asyncio.gather(*self._counting, return_exceptions=True)
         for call in list(self.core.active):
             m = call.meter
             if m is not None:

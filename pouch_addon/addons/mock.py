@@ -20,6 +20,7 @@ from .. import mock
 from ..money import ZERO, usd_str
 from ..pricing import cost
 from .core import CALL, Core, FlowCall
+from .gate import exact_input_tokens
 from .replies import PROVIDER
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,10 @@ class Mock:
         if ctx.options.pouch_mock_latency_ms:
             await asyncio.sleep(ctx.options.pouch_mock_latency_ms / 1000)
         plan = call.plan
+        if plan.input_method == "utf8_bytes":  # the usage reported is the input estimate: count it exactly
+            exact = await asyncio.to_thread(exact_input_tokens, flow, self.core)
+            if exact is not None:
+                plan.input_tokens, plan.input_method = exact, "tiktoken"
         try:
             body = flow.request.json()
         except ValueError:

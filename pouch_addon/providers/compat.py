@@ -189,6 +189,8 @@ class CompatProvider:
         # the input: one token per UTF-8 byte at most (these tokenizers are not tiktoken's)
         if not draft.input_hidden:
             bound, notes = _bounds.reserved_input(_bounds.utf8_len(body), [], draft.price, draft.model)
+            if bound >= draft.reserved_input_tokens:  # the body's bytes decide: an exact count cannot lower it
+                draft.input_method = None
             draft.reserved_input_tokens = max(draft.reserved_input_tokens, bound)
             draft.input_tokens = draft.reserved_input_tokens
         if self.host.name == "openrouter":

@@ -153,14 +153,20 @@ def _texts(value: Any) -> Iterable[str]:
             stack.extend(v)
 
 
-def estimate_input(api: str, body: Mapping[str, Any], model: str) -> int:
+def estimate_input(api: str, body: Mapping[str, Any], model: str, exact: bool = True) -> int:
     """Input tokens for the rate limits' tpm and the fallback settle: tiktoken's count of the
-    prompt's text (the model's own tokenizer is unknown; the server's usage settles the call)."""
+    prompt's text (the model's own tokenizer is unknown; the server's usage settles the call),
+    or without ``exact`` the texts' UTF-8 bytes (an upper bound that needs no encoding loaded)."""
     parts: list[Any] = []
     for key in ("messages", "prompt", "system", "input", "instructions", "content", "tools"):
         if key in body:
             parts.append(body[key])
-    return sum(tokens.count_text(t, model) for t in _texts(parts)) + 3 * len(body.get("messages") or ())
+    count = (lambda t: tokens.count_text(t, model)) if exact else _utf8_len
+    return sum(count(t) for t in _texts(parts)) + 3 * len(body.get("messages") or ())
+
+
+def _utf8_len(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
 def _cap(api: str, body: Mapping[str, Any]) -> int:
@@ -183,7 +189,7 @@ class LocalDraft(DraftPlan):
             api=self.api, path=self.path, model=self.model, price=self.price, stream=self.stream,
             input_tokens=self.input_tokens, reserved_input_tokens=self.reserved_input_tokens,
             output_cap=self.cap or 0, choices=self.choices, tier=None, client_wants_usage=self.client_wants_usage,
-            worst_case=ZERO, rewrites=dict(self.rewrites), notes=list(self.notes),
+            worst_case=ZERO, rewrites=dict(self.rewrites), notes=list(self.notes), input_method=self.input_method,
         )
 
 
@@ -200,7 +206,8 @@ def draft(method: str, path: str, body: dict[str, Any], *, table: Any = None,
     if not isinstance(stream, bool):
         raise PlanError(f"pouch: `stream` must be true or false, not {stream!r}; nothing was sent")
     try:
-        estimate = estimate_input(api, body, model)
+        exact = settings.exact_input or tokens.loaded_for(model)
+        estimate = estimate_input(api, body, model, exact)
     except ValueError as exc:
         raise PlanError(f"pouch: cannot read the request: {exc}") from None
     rewrites: dict[str, Any] = {}
@@ -211,6 +218,7 @@ def draft(method: str, path: str, body: dict[str, Any], *, table: Any = None,
         api=api, path=path, model=model, price=price(model), stream=stream, input_tokens=estimate,
         reserved_input_tokens=estimate, choices=choices, tier=None, client_wants_usage=client_wants_usage,
         cap=_cap(api, body), cap_field=None, rewrites=rewrites, notes=["local: $0"],
+        input_method="tiktoken" if exact else "utf8_bytes",
     )
 
 

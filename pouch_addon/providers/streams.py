@@ -22,10 +22,11 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from ..decoding import UNDECODABLE, DecodingMeter
-from ..metering import output_threshold
+from ..metering import _never_below, output_threshold
 from ..money import format_usd, usd_str
 from ..pricing import ModelPrice, Usage, cost, normalise_tier
 from ..sse import MAX_EVENT_BYTES, SSEError, SSEEvent, SSEParser
+from .. import tokens
 from ..tokens import StreamTokenCounter
 from . import templates
 
@@ -122,7 +123,7 @@ class ProviderStreamMeter(DecodingMeter):
         self._reported_output = 0  # a running output total the provider reported
         self._usage: Usage | None = None  # final usage
         self._pricing_tier = self.tier
-        self._cut_at = self._threshold()
+        self._set_cut()
         # the shapes of text events already parsed (``templates``): matched without the JSON scanner
         self._tpls: list[templates.EventTemplate] = []
         self._tries = 0 if self.json_array else self.template_tries
@@ -278,7 +279,7 @@ class ProviderStreamMeter(DecodingMeter):
         usage = dataclasses.replace(usage, output_tokens=0, reasoning_tokens=0)
         if usage != self._input:
             self._input = usage
-            self._cut_at = self._threshold()
+            self._set_cut()
 
     def _set_running(self, usage: Usage) -> None:
         """A running total of the whole usage (input and output so far)."""
@@ -299,7 +300,7 @@ class ProviderStreamMeter(DecodingMeter):
             return
         if tier != self._pricing_tier:
             self._pricing_tier = tier
-            self._cut_at = self._threshold()
+            self._set_cut()
 
     def _record_error(self, err: dict[str, Any]) -> None:
         if self.provider_error is None:
@@ -348,9 +349,34 @@ class ProviderStreamMeter(DecodingMeter):
     def running_cost(self) -> Decimal:
         return cost(self.price, self.final_usage(), self._pricing_tier)
 
+    def _compact_pending(self) -> None:
+        """Join each stream's uncounted pieces into one string (a checkpoint leaves them
+        uncounted): a long stream keeps its text, not one object per event."""
+        for texts in self._pending.values():
+            if len(texts) > 1:
+                texts[:] = ["".join(texts)]
+
     def checkpoint(self) -> dict[str, Any]:
-        snap: dict[str, Any] = {"output_tokens": self.output_tokens_counted, "running_cost": usd_str(self.running_cost),
-                                "events": self.events, "usage_source": self.usage_source}
+        return _never_below(self, self._checkpoint())
+
+    def _checkpoint(self) -> dict[str, Any]:
+        if self._pending and not tokens.loaded_for(self.model):
+            # never load the encoding on the event loop for a checkpoint: uncounted text as its
+            # UTF-8 bytes, an upper bound (``output_bound``)
+            output = max(self._counted + self._pending_bytes, self._reported_output)
+            self._compact_pending()
+            final = self._usage is not None
+            usage = self._usage if final else dataclasses.replace(self._input, output_tokens=output)
+            running = cost(self.price, usage, self._pricing_tier)
+            snap: dict[str, Any] = {"output_tokens": output, "running_cost": usd_str(running if final else min(running, self.reservation)),
+                                    "events": self.events, "usage_source": self.usage_source}
+            if final:
+                snap["final_cost"] = snap["running_cost"]
+            else:
+                snap["output_bound"] = "utf8_bytes"
+            return snap
+        snap = {"output_tokens": self.output_tokens_counted, "running_cost": usd_str(self.running_cost),
+                "events": self.events, "usage_source": self.usage_source}
         if self._usage is not None:
             snap["final_cost"] = snap["running_cost"]
         return snap
@@ -360,11 +386,23 @@ class ProviderStreamMeter(DecodingMeter):
         """The least output count n with cost(input usage, n) >= reservation (None: never)."""
         return output_threshold(self.price, self._input, self._pricing_tier, self.reservation)
 
+    def _set_cut(self) -> None:
+        """The cut-off threshold; while the encoding is not loaded the test first fires at half
+        of it, to start loading it in the background (as ``metering.StreamMeter._set_cut``)."""
+        t = self._threshold()
+        self._cut_exact = t
+        self._cut_at = t // 2 if t is not None and not tokens.loaded_for(self.model) else t
+
     def _over(self) -> bool:
         if self._cut_at is None:
             return False
         if max(self._counted + self._pending_bytes, self._reported_output) < self._cut_at:
             return False
+        if self._cut_at != self._cut_exact:  # half way: the exact count may be needed soon
+            tokens.preload(tokens.encoding_for_model(self.model))
+            self._cut_at = self._cut_exact
+            if max(self._counted + self._pending_bytes, self._reported_output) < self._cut_at:
+                return False
         return self._output() >= self._cut_at
 
     @staticmethod

@@ -31,7 +31,9 @@ MAX_TOKENS = 8
 def exact_call() -> tuple[dict, D]:
     """SDK args for a call whose cost equals its reservation, and that amount."""
     body = {"model": "gpt-4o-mini", "max_tokens": MAX_TOKENS, "messages": MESSAGES}
-    plan = make_plan("POST", "/v1/chat/completions", body, table=TABLE, remaining=D(1), settings=PlanSettings())
+    # exact: near the budget pouch counts the input with tiktoken (far from it, its byte bound reserves more)
+    plan = make_plan("POST", "/v1/chat/completions", body, table=TABLE, remaining=D(1),
+                     settings=PlanSettings(exact_input=True))
     args = {**body, "client": {"max_retries": 0},
             "extra_headers": {"x-fake-prompt-tokens": str(plan.reserved_input_tokens),
                               "x-fake-chunks": str(MAX_TOKENS)}}

@@ -60,7 +60,7 @@ KINDS = {
 def test_burst_with_lying_and_missing_usage_never_overspends_unexplained(e2e, fake, tmp_path):
     body = {"model": "gpt-4o-mini", "max_tokens": CAP, "messages": [{"role": "user", "content": "count for me please"}]}
     one = make_plan("POST", "/v1/chat/completions", body, table=TABLE, remaining=D(1),
-                    settings=PlanSettings()).worst_case
+                    settings=PlanSettings(exact_input=True)).worst_case
     budget = one * (CONCURRENCY // 3)  # a third of the burst's worst case
     home, proxy, env = start(e2e, tmp_path, budget=str(budget))
     names = list(KINDS)

@@ -149,7 +149,8 @@ def test_insufficient_budget_gets_402_and_the_provider_sees_nothing(e2e, fake, t
 def test_missing_cap_is_injected_and_the_provider_sees_it(e2e, fake, tmp_path):
     home, proxy, env = start(e2e, tmp_path, budget="0.001")
     body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "write a long story"}]}
-    plan = make_plan("POST", "/v1/chat/completions", body, table=TABLE, remaining=D("0.001"), settings=PlanSettings())
+    plan = make_plan("POST", "/v1/chat/completions", body, table=TABLE, remaining=D("0.001"),
+                     settings=PlanSettings(exact_input=True))  # a cap the budget shapes: counted exactly
     r = e2e.run_sdk("chat", {**body, "extra_headers": headers(chunks=3)}, env)
     assert r["ok"], r
     seen = fake.requests("/v1/chat/completions")[-1]["body"]

@@ -529,23 +529,28 @@ def test_a_loaded_encoding_keeps_no_python_copy_of_its_ranks(fresh_cache):
 
 
 def test_loaded_only_refuses_to_load_and_leaves_nothing_loaded(fresh_cache):
-    """The gate plans small bodies on the event loop inside `loaded_only()`: a request whose
-    encoding is not loaded yet raises `NotLoaded` (the gate moves it to a worker thread)
-    instead of blocking the loop for the ~0.3-1 s of the first load."""
-    from pouch_addon.plan import draft_plan
+    """The gate plans small bodies on the event loop inside `loaded_only()`. A plan needs no
+    encoding (the input's byte bound) until one is loaded; an exact count asked for raises
+    `NotLoaded` (the gate moves it to a worker thread) instead of blocking the loop for the
+    ~0.3-1 s of the first load."""
+    from pouch_addon.plan import PlanSettings, draft_plan
     from pouch_addon.pricing import PriceTable
 
     body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}], "stream": True}
     table = PriceTable.load()
+    exact = PlanSettings(exact_input=True)
     with tokens.loaded_only():
+        bounded = draft_plan("POST", "/v1/chat/completions", body, table=table)
         with pytest.raises(tokens.NotLoaded):
-            draft_plan("POST", "/v1/chat/completions", body, table=table)
+            draft_plan("POST", "/v1/chat/completions", body, table=table, settings=exact)
         with pytest.raises(tokens.NotLoaded):
             tokens.StreamTokenCounter("gpt-4o-mini")
     assert tokens._LOADED == {}
-    threaded = draft_plan("POST", "/v1/chat/completions", body, table=table)  # loads o200k_base
+    assert bounded.input_method == "utf8_bytes"
+    threaded = draft_plan("POST", "/v1/chat/completions", body, table=table, settings=exact)  # loads o200k_base
     assert set(tokens._LOADED) == {"o200k_base"}
-    with tokens.loaded_only():
+    assert threaded.input_method == "tiktoken" and threaded.input_tokens < bounded.input_tokens
+    with tokens.loaded_only():  # once loaded, every plan counts exactly
         assert draft_plan("POST", "/v1/chat/completions", body, table=table) == threaded
         with pytest.raises(tokens.NotLoaded):  # another model's encoding is still not loaded
             tokens.count_text("hello", "gpt-4")
