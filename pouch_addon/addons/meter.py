@@ -239,24 +239,32 @@ class Metering:
         if self._pricing.pop(call, None) is None:
             return  # ``done`` ran it already
         try:
-            table = self.core.require()[1]
-            if status >= 400:
-                result = settlement.provider_error(status)
-            elif call.meter is not None:
-                if call.meter.usage_source != "provider":
-                    return self._count_then_settle(flow, call)
-                result = self._finished(call, call.meter, table)
-            else:
-                with tokens.loaded_only():  # a body without usage is counted: never load on the loop
-                    result = settlement.from_response_body(table, call.plan, raw, provider)
-                if result.usage_source == "counted" and call.plan.input_method == "utf8_bytes":
-                    return self._count_then_settle(flow, call)  # the input exactly, off the loop
-        except tokens.NotLoaded:
-            return self._count_then_settle(flow, call)
+            result = self._inline_price(call, self.core.require()[1], status, raw, provider)
+            if result is None:
+                return self._count_then_settle(flow, call)
         except Exception:  # never leave a reservation open: bill it in full, flagged
             log.exception("pouch: could not price a finished call; settling at its reservation")
             result = settlement.unanswered(call.reserved, sent=True)
         self._submit_settle(call, result, http_status=status)
+
+    def _inline_price(self, call: FlowCall, table: Any, status: int, raw: bytes | None,
+                      provider: Any) -> settlement.Settlement | None:
+        """The price of a finished call without loading an encoding on the loop; None when it needs
+        pouch's own count (no usage from the provider, or a byte-bound input) or a large body."""
+        if status >= 400:
+            return settlement.provider_error(status)
+        if call.meter is not None:
+            return None if call.meter.usage_source != "provider" else self._finished(call, call.meter, table)
+        if raw is None or len(raw) > INLINE_PARSE_BYTES:
+            return None
+        try:
+            with tokens.loaded_only():  # a body without usage is counted: never load on the loop
+                result = settlement.from_response_body(table, call.plan, raw, provider)
+        except tokens.NotLoaded:
+            return None
+        if result.usage_source == "counted" and call.plan.input_method == "utf8_bytes":
+            return None  # priced from pouch's count: the input exactly, off the loop
+        return result
 
     def _count_then_settle(self, flow: http.HTTPFlow, call: FlowCall) -> None:
         """A claimed call priced from pouch's own count: load the encoding and count in a worker
@@ -275,31 +283,20 @@ class Metering:
         self._submit_settle(call, result, http_status=status)
 
     async def _outcome(self, flow: http.HTTPFlow, call: FlowCall) -> tuple[settlement.Settlement, int]:
+        """A finished call's price, counting off the loop where it needs pouch's own count."""
         _, table = self.core.require()
         status = flow.response.status_code
-        if status >= 400:
-            result = settlement.provider_error(status)
-        elif call.meter is not None:
-            if call.meter.usage_source != "provider":
-                await self._own_count(flow, call)
-            result = self._finished(call, call.meter, table)
-        else:
-            raw = flow.response.get_content(strict=False)
-            provider = PROVIDERS.get(flow.metadata.get(PROVIDER, ""), openai)
-            result = None
-            if raw is not None and len(raw) <= INLINE_PARSE_BYTES:
-                try:
-                    with tokens.loaded_only():  # a body without usage is counted: never load on the loop
-                        result = settlement.from_response_body(table, call.plan, raw, provider)
-                except tokens.NotLoaded:
-                    result = None
-            if result is not None and result.usage_source == "counted" and call.plan.input_method == "utf8_bytes":
-                result = None  # priced from pouch's count: the input exactly, below
-            if result is None:
-                if call.plan.input_method == "utf8_bytes":
-                    await self._own_count(flow, call)
-                result = await asyncio.to_thread(settlement.from_response_body, table, call.plan, raw, provider)
-        return result, status
+        provider = PROVIDERS.get(flow.metadata.get(PROVIDER, ""), openai)
+        raw = flow.response.get_content(strict=False) if status < 400 and call.meter is None else None
+        result = self._inline_price(call, table, status, raw, provider)
+        if result is not None:
+            return result, status
+        if call.meter is not None:
+            await self._own_count(flow, call)
+            return self._finished(call, call.meter, table), status
+        if call.plan.input_method == "utf8_bytes":
+            await self._own_count(flow, call)
+        return await asyncio.to_thread(settlement.from_response_body, table, call.plan, raw, provider), status
 
     async def _own_count(self, flow: http.HTTPFlow, call: FlowCall) -> None:
         """Before a call is priced from pouch's own count (the provider reported no usage), in a

@@ -38,7 +38,17 @@ def test_prints_each_new_settle_and_block_once_and_not_the_past(tmp_path):
     old = ledger.reserve(D("0.1"), {"model": "old"})
     ledger.settle(old.id, D("0.01"))
     out = Lines()
-    stop, t = run(Ledger(tmp_path), out)
+    follower = Ledger(tmp_path)
+    started = threading.Event()  # "from now on" is when follow took its first snapshot
+    first = follower.snapshot
+
+    def snapshot():
+        st = first()
+        started.set()
+        return st
+    follower.snapshot = snapshot
+    stop, t = run(follower, out)
+    assert started.wait(10)
     try:
         r = ledger.reserve(D("0.1"), {"model": "new"}, wallet="app")
         ledger.settle(r.id, D("0.02"))
