@@ -29,7 +29,6 @@ from mitmproxy import connection, ctx, exceptions, http
 from ..endpoints import canonical_path, describe, misdirected, refusal, split_authority
 from ..providers import DEFAULT_HOSTS, for_host, host_matches, local
 from .local import LocalModels
-from .route import parse_routes
 from .replies import PROVIDER, reply
 
 log = logging.getLogger(__name__)
@@ -116,11 +115,7 @@ class Scope:
                         "connection and can reset other streams on it. `pouch proxy` sets http2=false.")
         if ctx.options.pouch_tls_scope and not ctx.options.allow_hosts and not ctx.options.ignore_hosts:
             local_tls = self.local.hosts.allow_patterns() if self.local is not None else []  # a local server with TLS
-            # mitmproxy decides on decryption after ``pouch_route`` replaced the address, by that
-            # address and the SNI: a tunnel to a routed provider with another SNI would otherwise
-            # pass undecrypted, so a route's target is decrypted too (it stands for the provider)
-            routed = [f"^{re.escape(f'{addr}:{port}')}$" for addr, port in parse_routes(getattr(ctx.options, "pouch_route", ())).values()]
-            ctx.options.update(allow_hosts=[allow_hosts_pattern(sorted(self.hosts)), *local_tls, *routed])
+            ctx.options.update(allow_hosts=[allow_hosts_pattern(sorted(self.hosts)), *local_tls])
 
     def is_llm_host(self, host: str) -> bool:
         """``host`` is in ``pouch_hosts``, by name or by a ``*.`` pattern."""

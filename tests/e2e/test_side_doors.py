@@ -161,23 +161,6 @@ def test_a_tls_name_that_disagrees_with_the_tunnel_is_refused_421(e2e, fake, tmp
     no_traceback(proxy)
 
 
-def test_another_sni_in_a_tunnel_to_a_routed_llm_host_is_still_decrypted_and_refused(e2e, fake, tmp_path):
-    """With ``pouch_route`` (the harness routes api.openai.com to the fake), mitmproxy decides whether
-    to decrypt after the route replaced the address: a client naming another host in its TLS SNI
-    must not get an undecrypted tunnel to the provider. The client here trusts the provider's own
-    CA as well as pouch's, as an app that pinned nothing would."""
-    home, proxy, _ = paused_proxy(e2e, tmp_path)
-    both = tmp_path / "both-cas.pem"
-    both.write_bytes(proxy.ca.read_bytes() + e2e.certs.ca_cert.read_bytes())
-    r = raw_request(proxy.port, str(both), http_request("POST", "/v1/chat/completions", host="api.openai.com",
-                                                        headers=[("Content-Type", "application/json")],
-                                                        body=json.dumps(CHAT).encode()),
-                    connect="api.openai.com:443", sni="other.test")
-    assert fake.requests() == []  # before: the tunnel reached the provider, unbudgeted
-    assert r.status == 421 and r.code == "pouch_misdirected_request", (r.status, r.connect_status, r.error, r.body)
-    no_traceback(proxy)
-
-
 def test_a_connect_to_the_host_with_a_trailing_dot_is_still_decrypted_and_gated(e2e, fake, tmp_path):
     home, proxy, _ = paused_proxy(e2e, tmp_path)
     r = send(proxy, http_request("POST", "/v1/chat/completions", host="api.openai.com.",
