@@ -218,12 +218,8 @@ class Metering:
         if status < 400 and call.meter is None:
             raw = flow.response.get_content(strict=False)
             if raw is None or len(raw) > INLINE_PARSE_BYTES:  # a large body is priced in a worker thread
-                try:
-                    result, status = await self._outcome(flow, call)
-                except Exception:  # never leave a reservation open: bill it in full, flagged
-                    log.exception("pouch: could not price a finished call; settling at its reservation")
-                    result = settlement.unanswered(call.reserved, sent=True)
-                self._settle_soon(call, result, http_status=status)
+                if self._claim(call):
+                    self._count_then_settle(flow, call)
                 return
         # the client need not wait for the price nor the ledger write: the call is claimed now
         # (settled exactly once) and priced on the next loop turn, once mitmproxy has handed the
@@ -267,8 +263,9 @@ class Metering:
         return result
 
     def _count_then_settle(self, flow: http.HTTPFlow, call: FlowCall) -> None:
-        """A claimed call priced from pouch's own count: load the encoding and count in a worker
-        thread (``_outcome``), then settle; ``done`` waits for these."""
+        """A claimed call priced off the loop (pouch's own count, or a large body): load the
+        encoding and count or parse in a worker thread (``_outcome``), then settle; ``done`` waits
+        for these."""
         task = asyncio.get_running_loop().create_task(self._counted_settle(flow, call))
         self._counting.add(task)
         task.add_done_callback(self._counting.discard)
