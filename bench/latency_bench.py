@@ -89,17 +89,11 @@ class StreamClient(PB.Client):
         hdrs = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:] if ln)}
         first = None
         if "chunked" in hdrs.get("transfer-encoding", "").lower():
-            parts = []
-            while True:
-                size = int((await self.r.readuntil(b"\r\n")).split(b";", 1)[0], 16)
-                if size == 0:
-                    while (await self.r.readuntil(b"\r\n")) != b"\r\n":
-                        pass
-                    break
-                parts.append(await self.r.readexactly(size + 2))
+            def first_byte() -> None:
+                nonlocal first
                 if first is None:
                     first = time.perf_counter() - t0
-            body = b"".join(p[:-2] for p in parts)
+            body = await PB.read_chunked(self.r, first_byte)
         else:
             body = await self.r.readexactly(int(hdrs.get("content-length", "0")))
             first = time.perf_counter() - t0

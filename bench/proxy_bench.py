@@ -57,7 +57,7 @@ import time
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parent.parent
 E2E = REPO / "tests" / "e2e"
@@ -254,6 +254,20 @@ MODELS_REQUEST = (f"GET /v1/models HTTP/1.1\r\nHost: {HOST}\r\nAuthorization: Be
                   "Accept: application/json\r\n\r\n").encode()
 
 
+
+async def read_chunked(r: asyncio.StreamReader, on_chunk: Callable[[], None] | None = None) -> bytes:
+    """A chunked HTTP/1.1 body from ``r`` (its trailers skipped); ``on_chunk`` after each chunk."""
+    parts = []
+    while True:
+        size = int((await r.readuntil(b"\r\n")).split(b";", 1)[0], 16)
+        if size == 0:
+            while (await r.readuntil(b"\r\n")) != b"\r\n":
+                pass
+            return b"".join(p[:-2] for p in parts)
+        parts.append(await r.readexactly(size + 2))
+        if on_chunk is not None:
+            on_chunk()
+
 class Client:
     """One keep-alive HTTP/1.1-over-TLS connection through the proxy's CONNECT tunnel."""
 
@@ -292,15 +306,7 @@ class Client:
                 k, _, v = line.partition(":")
                 hdrs[k.strip().lower()] = v.strip()
         if "chunked" in hdrs.get("transfer-encoding", "").lower():
-            parts = []
-            while True:
-                size = int((await self.r.readuntil(b"\r\n")).split(b";", 1)[0], 16)
-                if size == 0:
-                    while (await self.r.readuntil(b"\r\n")) != b"\r\n":
-                        pass
-                    break
-                parts.append(await self.r.readexactly(size + 2))
-            body = b"".join(p[:-2] for p in parts)
+            body = await read_chunked(self.r)
         elif "content-length" in hdrs:
             body = await self.r.readexactly(int(hdrs["content-length"]))
         else:  # read to EOF
