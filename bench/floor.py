@@ -34,7 +34,6 @@ needed; the count starts and ends at the loop's ``getrusage`` calls, so start-up
 from __future__ import annotations
 
 import json
-import resource
 import statistics
 import sys
 import tempfile
@@ -50,6 +49,7 @@ for p in (str(BENCH), str(BENCH.parent)):
         sys.path.insert(0, p)
 
 from meter_bench import MODEL, chat_stream  # noqa: E402
+from ledger_loop import ledger_cpu  # noqa: E402
 
 from mitmproxy import http  # noqa: E402
 
@@ -126,25 +126,7 @@ def completion_body(completion_tokens: int) -> bytes:
 
 def ledger_cpu_us(group: int, rounds: int) -> float:
     """User + system CPU of this process (caller and committer thread) per admitted request."""
-    # the ledger's threads may still write (a flush, a snapshot) while the folder is removed
-    with tempfile.TemporaryDirectory(prefix="pouch-floor-", ignore_cleanup_errors=True) as home:
-        ledger = Ledger(home)
-        ledger.set_budget(Decimal("1000000"))
-        ledger.commit_delay = 0  # the groups are formed here
-        for _ in range(OPEN):
-            ledger.reserve(Decimal("0.01"), {"model": MODEL})
-        meta = {"model": MODEL, "endpoint": "/v1/chat/completions", "client": "127.0.0.1:50000", "wallet": "default"}
-        details = {"input_tokens": 30, "output_tokens": 50, "cached_tokens": 0, "reasoning_tokens": 0}
-        prev: list[str] = []
-        r0 = resource.getrusage(resource.RUSAGE_SELF)
-        for _ in range(rounds):
-            for rid in prev:
-                ledger.submit(ledger.settle_op(rid, Decimal("0.0001"), details=dict(details)), lazy=True)
-            futures = [ledger.submit(ledger.reserve_op(Decimal("0.01"), dict(meta))) for _ in range(group)]
-            prev = [f.result().id for f in futures]
-        r1 = resource.getrusage(resource.RUSAGE_SELF)
-        ledger._await_flush(0)
-    return ((r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)) / (rounds * group) * 1e6
+    return sum(ledger_cpu(Ledger, group, rounds, OPEN, MODEL))
 
 
 def measure_ledger(rounds: int = 150) -> dict[int, float]:
@@ -180,34 +162,15 @@ def measure(request_body: bytes, stream: bool, ledger: dict[int, float], reps: i
                  price_us=median_us(price_answer, reps), ledger_us=ledger)
 
 
-#: the ledger loop of :func:`ledger_cpu_us` as a script for a fresh process of any checkout (argv:
-#: tree, group, rounds); it prints CPU us per admission (user, system)
+#: the ledger loop (``ledger_loop.py``) in a fresh process of any checkout (argv: tree, bench
+#: folder, group, rounds); it prints CPU us per admission (user, system)
 _WORKER = r"""
-import resource, sys, tempfile
-from decimal import Decimal
-sys.path.insert(0, sys.argv[1])
+import sys
+sys.path[:0] = [sys.argv[1], sys.argv[2]]
 from pouch_addon.budget import Ledger
-group, rounds = int(sys.argv[2]), int(sys.argv[3])
-with tempfile.TemporaryDirectory(prefix="pouch-floor-", ignore_cleanup_errors=True) as home:
-    ledger = Ledger(home)
-    ledger.set_budget(Decimal("1000000"))
-    ledger.commit_delay = 0
-    for _ in range(%d):
-        ledger.reserve(Decimal("0.01"), {"model": %r})
-    meta = {"model": %r, "endpoint": "/v1/chat/completions", "client": "127.0.0.1:50000", "wallet": "default"}
-    details = {"input_tokens": 30, "output_tokens": 50, "cached_tokens": 0, "reasoning_tokens": 0}
-    prev = []
-    r0 = resource.getrusage(resource.RUSAGE_SELF)
-    for _ in range(rounds):
-        for rid in prev:
-            ledger.submit(ledger.settle_op(rid, Decimal("0.0001"), details=dict(details)), lazy=True)
-        futures = [ledger.submit(ledger.reserve_op(Decimal("0.01"), dict(meta))) for _ in range(group)]
-        prev = [f.result().id for f in futures]
-    r1 = resource.getrusage(resource.RUSAGE_SELF)
-    ledger._await_flush(0)
-n = rounds * group
-print((r1.ru_utime - r0.ru_utime) / n * 1e6, (r1.ru_stime - r0.ru_stime) / n * 1e6)
-""" % (OPEN, MODEL, MODEL)
+from ledger_loop import ledger_cpu
+print(*ledger_cpu(Ledger, int(sys.argv[3]), int(sys.argv[4]), %d, %r))
+""" % (OPEN, MODEL)
 
 
 def compare_trees(trees: list[tuple[str, Path]], group: int, rounds: int, runs: int, instructions: bool) -> None:
@@ -216,7 +179,7 @@ def compare_trees(trees: list[tuple[str, Path]], group: int, rounds: int, runs: 
     results: dict[str, list[str]] = {name: [] for name, _ in trees}
     for _ in range(runs):
         for name, tree in trees:
-            cmd = [sys.executable, "-c", _WORKER, str(tree), str(group), str(rounds)]
+            cmd = [sys.executable, "-c", _WORKER, str(tree), str(BENCH), str(group), str(rounds)]
             if instructions:
                 with tempfile.TemporaryDirectory(prefix="pouch-floor-cg-") as out:
                     subprocess.run(["valgrind", "--tool=callgrind", "--dump-before=resource_getrusage",
