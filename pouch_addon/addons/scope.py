@@ -4,7 +4,9 @@ Every other host is tunnelled untouched: unless the user set ``allow_hosts``/``i
 themselves, pouch sets ``allow_hosts`` to its hosts so mitmproxy never opens their TLS.
 A request is an LLM host's by where it will really go: the ``CONNECT`` target of its tunnel
 (recorded in ``http_connect``, before ``pouch_route`` changes the address), else the client's
-TLS SNI, else the host mitmproxy will dial. A ``Host`` header or absolute-form authority that
+TLS SNI, else the host mitmproxy will dial. The same holds for what is decrypted: a tunnel whose
+``CONNECT`` target is an LLM host is decrypted whatever its SNI says (``next_layer``; with
+``pouch_route`` mitmproxy's own decision only sees the routed address and the SNI). A ``Host`` header or absolute-form authority that
 names another host or port is answered 421 (``pouch_misdirected_request``): scoping by the
 Host header would let ``Host: evil.example`` inside a tunnel to api.openai.com skip the gate.
 
@@ -25,6 +27,9 @@ import weakref
 from collections.abc import Sequence
 
 from mitmproxy import connection, ctx, exceptions, http
+from mitmproxy.net.tls import starts_like_tls_record
+from mitmproxy.proxy import layer, layers
+from mitmproxy.proxy.layers.http import HTTPMode
 
 from ..endpoints import canonical_path, describe, misdirected, refusal, split_authority
 from ..providers import DEFAULT_HOSTS, for_host, host_matches, local
@@ -49,6 +54,7 @@ class Scope:
         self.hosts: frozenset[str] = frozenset()
         self.local = local  # which host:port pairs are local model servers (``pouch_local_hosts``)
         self._patterns: tuple[str, ...] = ()
+        self._scoped = False  # pouch set allow_hosts itself (``pouch_tls_scope``)
         # client connection -> its CONNECT target, normalised (before any route rewrites it)
         self._tunnels: weakref.WeakKeyDictionary[connection.Client, tuple[str, int]] = weakref.WeakKeyDictionary()
 
@@ -116,6 +122,7 @@ class Scope:
         if ctx.options.pouch_tls_scope and not ctx.options.allow_hosts and not ctx.options.ignore_hosts:
             local_tls = self.local.hosts.allow_patterns() if self.local is not None else []  # a local server with TLS
             ctx.options.update(allow_hosts=[allow_hosts_pattern(sorted(self.hosts)), *local_tls])
+            self._scoped = True
 
     def is_llm_host(self, host: str) -> bool:
         """``host`` is in ``pouch_hosts``, by name or by a ``*.`` pattern."""
@@ -125,6 +132,38 @@ class Scope:
         target = split_authority(f"{flow.request.host}:{flow.request.port}", flow.request.port)
         if target is not None:
             self._tunnels[flow.client_conn] = target
+
+    def next_layer(self, nextlayer: layer.NextLayer) -> None:
+        """Decrypt a tunnel to an LLM host that mitmproxy's ``allow_hosts`` check would leave alone.
+
+        mitmproxy decides on the server's address and the client's SNI. With ``pouch_route`` the
+        address is already the routed one, so a client sending another SNI inside ``CONNECT
+        api.openai.com:443`` would get a plain tunnel to the provider, past the gate. The tunnel's
+        ``CONNECT`` target decides instead; the request is then refused 421 by :meth:`request`
+        (its SNI disagrees with the tunnel). Only where pouch set ``allow_hosts`` itself: a user's
+        own ``allow_hosts``/``ignore_hosts`` is theirs to keep.
+
+        Script addons run before mitmproxy's ``NextLayer``, which leaves a layer another addon set
+        alone: for such a tunnel its decision is asked for here, then overridden if it is a
+        passthrough."""
+        if not self._scoped or nextlayer.layer is not None:
+            return
+        target = self._tunnels.get(nextlayer.context.client)
+        if target is None or not (self.is_llm_host(target[0]) or (self.local is not None and self.local.match(*target))):
+            return
+        decide = ctx.master.addons.get("nextlayer")
+        if decide is None:
+            return
+        decide.next_layer(nextlayer)
+        if not isinstance(nextlayer.layer, layers.TCPLayer):
+            return  # decrypted already, or more data is needed first
+        context = nextlayer.context
+        if starts_like_tls_record(nextlayer.data_client()):
+            server_tls = layers.ServerTLSLayer(context)  # what mitmproxy stacks for a decrypted tunnel
+            server_tls.child_layer = layers.ClientTLSLayer(context)
+            nextlayer.layer = server_tls
+        else:  # plain text inside the tunnel: read as HTTP (scope refuses what is not the host's)
+            nextlayer.layer = layers.HttpLayer(context, HTTPMode.transparent)
 
     def destination(self, flow: http.HTTPFlow) -> tuple[str, int]:
         """Where the request will really go (host name, port), whatever its Host header says."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import json
 import re
+import socket
 import time
 import zlib
 from decimal import Decimal as D
@@ -158,6 +159,48 @@ def test_a_tls_name_that_disagrees_with_the_tunnel_is_refused_421(e2e, fake, tmp
                                  body=json.dumps(CHAT).encode()), connect=connect.format(fake=fake.port), sni=sni)
     assert r.status == 421 and r.code == "pouch_misdirected_request", (r.status, r.connect_status, r.error, r.body)
     assert fake.requests() == []
+    no_traceback(proxy)
+
+
+def test_another_sni_in_a_tunnel_to_a_routed_llm_host_is_still_decrypted_and_refused(e2e, fake, tmp_path):
+    """With ``pouch_route`` (the harness routes api.openai.com to the fake), mitmproxy decides whether
+    to decrypt after the route replaced the address: a client naming another host in its TLS SNI
+    must not get an undecrypted tunnel to the provider. The client here trusts the provider's own
+    CA as well as pouch's, as an app that pinned nothing would."""
+    home, proxy, _ = paused_proxy(e2e, tmp_path)
+    both = tmp_path / "both-cas.pem"
+    both.write_bytes(proxy.ca.read_bytes() + e2e.certs.ca_cert.read_bytes())
+    r = raw_request(proxy.port, str(both), http_request("POST", "/v1/chat/completions", host="api.openai.com",
+                                                        headers=[("Content-Type", "application/json")],
+                                                        body=json.dumps(CHAT).encode()),
+                    connect="api.openai.com:443", sni="other.test")
+    assert fake.requests() == []  # before: the tunnel reached the provider, unbudgeted
+    assert r.status == 421 and r.code == "pouch_misdirected_request", (r.status, r.connect_status, r.error, r.body)
+    no_traceback(proxy)
+
+
+def test_plain_http_in_a_tunnel_to_a_routed_llm_host_is_read_and_refused(e2e, fake, tmp_path):
+    """Plain text (no TLS) inside ``CONNECT api.openai.com:443`` naming another Host: mitmproxy's
+    own check sees only the routed address and that Host, and would pass the bytes through to the
+    routed server untouched (a plain-HTTP local server would have answered it unbudgeted). pouch
+    reads it as HTTP and refuses it 421, as it does any Host that disagrees with the tunnel."""
+    home, proxy, _ = paused_proxy(e2e, tmp_path)
+    sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=15)
+    try:
+        sock.sendall(b"CONNECT api.openai.com:443 HTTP/1.1\r\nHost: api.openai.com:443\r\n\r\n")
+        f = sock.makefile("rb")
+        assert f.readline().split()[1] == b"200"
+        while f.readline() not in (b"\r\n", b""):
+            pass
+        sock.sendall(http_request("POST", "/v1/chat/completions", host="other.test",
+                                  headers=[("Content-Type", "application/json")], body=json.dumps(CHAT).encode()))
+        status = f.readline()
+        rest = f.read()
+    finally:
+        sock.close()
+    assert fake.requests() == []
+    # before: the bytes went to the routed (TLS) server, which dropped them: b'' and no answer
+    assert status.split()[1:2] == [b"421"] and b"pouch_misdirected_request" in rest, (status, rest[:300])
     no_traceback(proxy)
 
 
