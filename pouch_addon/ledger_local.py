@@ -209,6 +209,17 @@ class GroupCommitQueue:
     def _enqueue(self, slot: _Slot, lazy: bool) -> None:
         raise NotImplementedError
 
+    def _busy(self) -> bool:
+        """Whether other operations are arriving, so that waiting can gather them: one came while
+        another still waited (under ``BUSY_WINDOW`` ago), or the owner says at least
+        ``BUSY_SIBLINGS`` other calls are in flight (``siblings``: a proxy whose event loop is
+        CPU-bound hands the ledger one admission at a time, yet each call in flight brings a
+        settle and its client's next call; PostgreSQL's ``commit_siblings``)."""
+        if time.monotonic() - self._concurrent_at < BUSY_WINDOW:
+            return True
+        siblings = self.siblings
+        return siblings is not None and siblings() >= BUSY_SIBLINGS
+
 
 class LocalStore(GroupCommitQueue):
     """The ledger's files on this machine. Methods block on disk I/O: call them off the event loop."""
@@ -510,17 +521,6 @@ class LocalStore(GroupCommitQueue):
             if self._snapshot_due():
                 with contextlib.suppress(Exception):  # the log stays durable; the next commit retries
                     self.compact()
-
-    def _busy(self) -> bool:
-        """Whether other operations are arriving, so that waiting can gather them: one came while
-        another still waited (under ``BUSY_WINDOW`` ago), or the owner says at least
-        ``BUSY_SIBLINGS`` other calls are in flight (``siblings``: a proxy whose event loop is
-        CPU-bound hands the ledger one admission at a time, yet each call in flight brings a
-        settle and its client's next call; PostgreSQL's ``commit_siblings``)."""
-        if time.monotonic() - self._concurrent_at < BUSY_WINDOW:
-            return True
-        siblings = self.siblings
-        return siblings is not None and siblings() >= BUSY_SIBLINGS
 
     def _drain(self, *, log: bool = False, flush_here: bool = False) -> None:
         """Run every pending operation in one transaction; the caller holds the thread lock.

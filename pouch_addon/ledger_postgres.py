@@ -52,7 +52,7 @@ from urllib.parse import urlsplit, urlunsplit
 from . import ledger_pg_schema as schema
 from .budget import LedgerOps
 from .home import resolve_home
-from .ledger_local import BUSY_WINDOW, GroupCommitQueue, IDLE_EXIT, LAZY_DELAY, _deliver, _Slot, _Txn
+from .ledger_local import GroupCommitQueue, IDLE_EXIT, LAZY_DELAY, _deliver, _Slot, _Txn
 from .ledger_owner import Owner
 from .ledger_rules import LedgerState, NotOpen
 from .limits import RateBook, RateWindow
@@ -225,6 +225,9 @@ class PostgresStore(GroupCommitQueue):
         self._commit_lock = threading.Lock()
         self._last_commit = 0.0
         self._urgent = 0
+        self._waiting = 0  # operations someone waits on, submitted and not answered yet
+        self._concurrent_at = float("-inf")  # when one came while another was still waiting
+        self.siblings: Callable[[], int] | None = None  # calls the owner has in flight (see ``_busy``)
         self._lazy_since: float | None = None
         self._cache: tuple[int, LedgerState] | None = None
         # one spool per database (a home may serve several): named by the URL without its password
@@ -456,6 +459,10 @@ class PostgresStore(GroupCommitQueue):
             self._execute(batch)
         finally:
             self._last_commit = time.monotonic()
+            answered = sum(s.urgent for s in batch)
+            if answered:
+                with self._pending_lock:
+                    self._waiting -= answered
             _deliver(batch)
 
     def _commit_loop(self) -> None:
@@ -471,7 +478,7 @@ class PostgresStore(GroupCommitQueue):
                     if left <= 0:
                         break
                     self._wake.wait(left)
-            if self.commit_delay > 0 and time.monotonic() - self._last_commit < BUSY_WINDOW:
+            if self.commit_delay > 0 and self._busy():  # a lone caller never waits (as the local store)
                 time.sleep(self.commit_delay)
             with self._commit_lock:
                 self._drain()
@@ -481,6 +488,10 @@ class PostgresStore(GroupCommitQueue):
             self._pending.append(slot)
             if not lazy:
                 self._urgent += 1
+                slot.urgent = True
+                if self._waiting:
+                    self._concurrent_at = time.monotonic()  # others are arriving: waiting can gather
+                self._waiting += 1
             elif self._lazy_since is None:
                 self._lazy_since = time.monotonic()
             else:
