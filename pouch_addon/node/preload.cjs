@@ -5,8 +5,9 @@
 // npm SDK would go straight to the provider, unbudgeted and silently. Node 22.21+ and 24.5+
 // tunnel both through the proxy themselves when NODE_USE_ENV_PROXY=1 (which pouch also sets);
 // there this file does nothing. On older Node it tunnels every https request of fetch and of
-// `https.Agent` (the global agent and any agent an app makes) through an HTTP CONNECT to the
-// proxy in https_proxy / HTTPS_PROXY, with its user:password as Proxy-Authorization (so a
+// `https.Agent` (the global agent and any agent an app makes), and every `tls.connect` not
+// given a socket of its own (so `node:http2` and an app's own TLS client too), through an HTTP
+// CONNECT to the proxy in https_proxy / HTTPS_PROXY, with its user:password as Proxy-Authorization (so a
 // wallet is charged), and honours NO_PROXY. The CA comes from NODE_EXTRA_CA_CERTS as usual.
 // No dependency: undici's Agent class is taken from the global dispatcher Node creates.
 
@@ -14,6 +15,7 @@ const http = require('node:http');
 const https = require('node:https');
 const net = require('node:net');
 const tls = require('node:tls');
+const { Duplex } = require('node:stream');
 
 function nodeProxiesItself() {
   const [major, minor] = process.versions.node.split('.').map(Number);
@@ -84,6 +86,71 @@ function tunnel(proxy, host, port, cb) {
   req.end();
 }
 
+// A socket for a tunnel still being opened: what it is asked to write waits for the tunnel, so a
+// TLS client can be handed it at once (tls.connect accepts any Duplex as its `socket`).
+class PendingTunnel extends Duplex {
+  constructor(proxy, host, port) {
+    super();
+    this._raw = null;
+    this._queued = [];
+    this._ended = null;
+    tunnel(proxy, host, port, (err, raw) => {
+      if (err) { this.destroy(err); return; }
+      if (this.destroyed) { raw.destroy(); return; }
+      this._raw = raw;
+      raw.on('data', (d) => { if (!this.push(d)) raw.pause(); });
+      raw.on('end', () => this.push(null));
+      raw.on('error', (e) => this.destroy(e));
+      raw.on('close', () => { if (!this.destroyed) this.destroy(); });
+      for (const [chunk, encoding, cb] of this._queued) raw.write(chunk, encoding, cb);
+      this._queued = [];
+      if (this._ended) raw.end(this._ended);
+    });
+  }
+  _read() { if (this._raw) this._raw.resume(); }
+  _write(chunk, encoding, cb) {
+    if (this._raw) this._raw.write(chunk, encoding, cb); else this._queued.push([chunk, encoding, cb]);
+  }
+  _final(cb) { if (this._raw) this._raw.end(cb); else this._ended = cb; }
+  _destroy(err, cb) { if (this._raw) this._raw.destroy(); cb(err); }
+  setNoDelay(v) { if (this._raw) this._raw.setNoDelay(v); return this; }
+  setKeepAlive(...a) { if (this._raw) this._raw.setKeepAlive(...a); return this; }
+  ref() { if (this._raw) this._raw.ref(); return this; }
+  unref() { if (this._raw) this._raw.unref(); return this; }
+}
+
+// tls.connect(options[, cb]) | (port[, host][, options][, cb]) -> [options, cb]; null for a path (IPC).
+function tlsArgs(args) {
+  let i = 0;
+  let options = {};
+  if (args[0] !== null && typeof args[0] === 'object') {
+    options = { ...args[0] };
+    i = 1;
+  } else if (typeof args[0] === 'number' || (typeof args[0] === 'string' && /^\d+$/.test(args[0]))) {
+    options.port = Number(args[0]);
+    i = 1;
+    if (typeof args[i] === 'string') options.host = args[i++];
+    if (args[i] !== null && typeof args[i] === 'object') options = { ...args[i++], ...options };
+  } else {
+    return null;
+  }
+  return [options, typeof args[i] === 'function' ? args[i] : undefined];
+}
+
+function patchTls(proxy, rules) {
+  const original = tls.connect;
+  tls.connect = function pouchTlsConnect(...args) {
+    const parsed = tlsArgs(args);
+    if (!parsed) return original.apply(this, args);
+    const [options, cb] = parsed;
+    const host = String(options.host || 'localhost').replace(/^\[|\]$/g, '');
+    const port = Number(options.port) || 443;
+    if (options.socket || options.path || bypass(rules, host, port)) return original.apply(this, args);
+    const servername = options.servername || (net.isIP(host) ? undefined : host);
+    return original.call(this, { ...options, host, port, servername, socket: new PendingTunnel(proxy, host, port) }, cb);
+  };
+}
+
 function patchHttps(proxy, rules) {
   const original = https.Agent.prototype.createConnection;
   https.Agent.prototype.createConnection = function pouchCreateConnection(options, oncreate) {
@@ -145,6 +212,7 @@ if (!(nodeProxiesItself() && process.env.NODE_USE_ENV_PROXY === '1')) {
   if (proxy) {
     const rules = noProxyRules();
     patchHttps(proxy, rules);
+    patchTls(proxy, rules);
     if (!patchFetch(proxy, rules)) {
       process.emitWarning('pouch: could not route fetch through the proxy (no undici global dispatcher)');
     }

@@ -97,7 +97,7 @@ def settled(home: Path, n: int) -> list[dict]:
                       f"{n} settled calls")
 
 
-NODE_MODES = ("sdk", "fetch", "https", "https_agent")
+NODE_MODES = ("sdk", "fetch", "https", "https_agent", "tls")
 
 
 def test_node_sdk_fetch_and_https_under_pouch_run_are_budgeted(e2e, fake, tmp_path, node_modules):
@@ -117,6 +117,20 @@ def test_node_sdk_fetch_and_https_under_pouch_run_are_budgeted(e2e, fake, tmp_pa
         assert r["status"] == 402 and not r["ok"], r
         assert "budget" in json.dumps(r["error"])
     assert len(fake.requests("/v1/chat/completions")) == len(NODE_MODES)  # nothing more reached the provider
+
+
+def test_node_http2_under_pouch_run_goes_to_the_proxy_never_around_it(e2e, fake, tmp_path, node_modules):
+    """``node:http2`` opens its TLS with ``tls.connect``, which the preload tunnels through the
+    proxy. The call then fails there (the provider's fake, like ``pouch proxy`` with
+    ``http2=false``, negotiates no h2), but it never leaves past the gate: before the preload
+    covered ``tls.connect`` it went to api.openai.com itself (``ENOTFOUND`` on this offline machine;
+    on a real one, OpenAI unbudgeted)."""
+    home = tmp_path / "home"
+    proxy = started(e2e, home, D(1))
+    env = app_env(e2e, proxy, home, node_modules)
+    r = result(pouch_run(env, proxy, *node("http2")))
+    assert not r["ok"] and "ENOTFOUND" not in json.dumps(r), r
+    assert fake.requests("/v1/chat/completions") == [] and Ledger(home).status().spent == 0
 
 
 def test_node_fetch_after_eval_pouch_env_is_budgeted(e2e, fake, tmp_path, node_modules):
