@@ -12,6 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from ledger_contract import arrivals_together_wait, lone_caller_never_waits
 from pouch_addon import ledger_pg_schema as schema
 from pouch_addon.budget import NotOpen, Refusal, Reservation
 from pouch_addon.ledger_postgres import LedgerUnavailable, PostgresLedger, init, redact_url
@@ -187,48 +188,13 @@ def test_concurrent_proxies_never_overspend(pg_url):
         lg.close()
 
 
-def _committer_sleeps(monkeypatch) -> list[float]:
-    """The delays the committer thread sleeps (``commit_delay``), recorded."""
-    import threading
-
-    from pouch_addon import ledger_postgres
-    slept: list[float] = []
-    real = time.sleep
-
-    def sleep(s: float) -> None:
-        if threading.current_thread().name == "pouch-ledger":
-            slept.append(s)
-        real(s)
-    monkeypatch.setattr(ledger_postgres.time, "sleep", sleep)
-    return slept
-
 
 def test_a_lone_caller_never_waits_for_a_commit_delay(led, monkeypatch):
-    """Issue 20 on the team ledger: one agent's calls, one after another, are committed at once
-    (before, each waited ``commit_delay`` because the previous commit had ended under 20 ms ago)."""
-    lg = led(commit_delay=0.05)
-    lg.set_budget(D("100"))
-    slept = _committer_sleeps(monkeypatch)
-    prev = None
-    for _ in range(8):
-        if prev is not None:  # the previous call's settle: lazy, as the meter sends it
-            lg.submit(lg.settle_op(prev.id, D("0.01")), lazy=True)
-        prev = lg.submit(lg.reserve_op(D("0.1"))).result(timeout=30)
-        assert isinstance(prev, Reservation)
-    assert slept == []
+    """Before, each of these admissions waited ``commit_delay``: the previous commit had ended
+    under 20 ms ago."""
+    lone_caller_never_waits(led(commit_delay=0.05), monkeypatch, calls=8)
 
 
 def test_admissions_arriving_together_make_the_committer_wait_to_gather(led, monkeypatch):
-    """Two admissions waiting at once: from then on a commit waits ``commit_delay`` for others."""
-    from pouch_addon import ledger_local
-    monkeypatch.setattr(ledger_local, "BUSY_WINDOW", 600.0)  # however slow this machine is today
     lg = led(commit_delay=0.05)
-    lg.set_budget(D("100"))
-    slept = _committer_sleeps(monkeypatch)
-    with lg._commit_lock:  # the committer cannot answer the first before the second comes
-        first = lg.submit(lg.reserve_op(D("0.1")))
-        second = lg.submit(lg.reserve_op(D("0.1")))
-    assert isinstance(first.result(timeout=30), Reservation) and isinstance(second.result(timeout=30), Reservation)
-    third = lg.submit(lg.reserve_op(D("0.1")))
-    assert isinstance(third.result(timeout=30), Reservation)
-    assert slept and set(slept) == {0.05}
+    arrivals_together_wait(lg, monkeypatch, lg._commit_lock)

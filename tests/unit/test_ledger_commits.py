@@ -10,6 +10,7 @@ from decimal import Decimal as D
 
 import pytest
 
+from ledger_contract import arrivals_together_wait, lone_caller_never_waits, record_delays
 from pouch_addon.budget import Ledger, LedgerState, NotOpen, Refusal, Reservation
 
 
@@ -281,50 +282,13 @@ def test_a_cancelled_admission_gives_its_reservation_back(tmp_path):
     assert entry["n"] == "gone" and entry["status"] == "abandoned" and entry["cost"] == "0"
 
 
-def _record_delays(monkeypatch, ledger: Ledger) -> list[float]:
-    """Record every commit delay the committer sleeps (it sleeps nothing else)."""
-    from pouch_addon import ledger_local
-    slept: list[float] = []
-    real = time.sleep
-
-    def sleep(s: float) -> None:
-        if threading.current_thread().name == "pouch-ledger":
-            slept.append(s)
-        real(s)
-
-    monkeypatch.setattr(ledger_local.time, "sleep", sleep)
-    return slept
-
-
 def test_a_lone_caller_never_waits_for_a_commit_delay(tmp_path, monkeypatch):
-    """Issue 20: one agent making one call after another has nobody to share a commit with, so
-    its reservations are committed at once, however close together they come."""
-    ledger = Ledger(tmp_path, commit_delay=0.05)
-    ledger.set_budget(D("100"))
-    slept = _record_delays(monkeypatch, ledger)
-    prev = None
-    for _ in range(12):
-        if prev is not None:  # the previous call's settle: lazy, as the meter sends it
-            ledger.submit(ledger.settle_op(prev.id, D("0.01")), lazy=True)
-        prev = ledger.submit(ledger.reserve_op(D("0.1"))).result(timeout=10)
-        assert isinstance(prev, Reservation)
-    assert slept == [] and ledger.operations == 1 + 12 + 11  # set_budget, reserves, settles
+    lone_caller_never_waits(Ledger(tmp_path, commit_delay=0.05), monkeypatch)
 
 
 def test_operations_arriving_together_make_the_committer_wait_to_gather(tmp_path, monkeypatch):
-    """Two admissions in flight at once: from then on a commit waits ``commit_delay`` for others."""
-    from pouch_addon import ledger_local
-    monkeypatch.setattr(ledger_local, "BUSY_WINDOW", 600.0)  # however slow this machine is today
     ledger = Ledger(tmp_path, commit_delay=0.05)
-    ledger.set_budget(D("100"))
-    slept = _record_delays(monkeypatch, ledger)
-    with ledger._lock.thread_lock:  # the committer cannot finish the first before the second comes
-        first = ledger.submit(ledger.reserve_op(D("0.1")))
-        second = ledger.submit(ledger.reserve_op(D("0.1")))
-    assert isinstance(first.result(timeout=10), Reservation) and isinstance(second.result(timeout=10), Reservation)
-    third = ledger.submit(ledger.reserve_op(D("0.1")))
-    assert isinstance(third.result(timeout=10), Reservation)
-    assert slept and set(slept) == {0.05}
+    arrivals_together_wait(ledger, monkeypatch, ledger._lock.thread_lock)
 
 
 class _SlowDisk:
@@ -471,7 +435,7 @@ def test_with_other_calls_in_flight_a_commit_waits_to_gather(tmp_path, monkeypat
     it has in flight (``siblings``, the gate's count) still say that waiting can gather."""
     ledger = Ledger(tmp_path, commit_delay=0.05)
     ledger.set_budget(D("100"))
-    slept = _record_delays(monkeypatch, ledger)
+    slept = record_delays(monkeypatch)
     in_flight = [1]
     ledger.siblings = lambda: in_flight[0]
     assert isinstance(ledger.submit(ledger.reserve_op(D("0.1"))).result(timeout=10), Reservation)
