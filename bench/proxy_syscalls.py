@@ -87,6 +87,7 @@ def measure(cfg: PB.Config, raw: bytes, stream: bool, a: argparse.Namespace) -> 
     t0 = threads(pid)
     res = run_load(cfg.proxy, raw, stream, a.conns, a.duration)
     t1 = threads(pid)
+    nm = {**names(pid), **nm}  # threads started during the load (a committer that idled out and restarted)
     n = res.completed_all or res.requests
     print(f"\n[{cfg.name}] {n} requests ({res.errors} errors) in {a.duration:g} s, "
           f"CPU {res.cpu_ms_per_req():.3f} ms/req (loop {res.cpu_ms_per_req('main'):.3f})")
@@ -131,6 +132,7 @@ def measure(cfg: PB.Config, raw: bytes, stream: bool, a: argparse.Namespace) -> 
         t_b = time.perf_counter()
         sp.send_signal(signal.SIGINT)
         sp.wait(30)
+        nm = {**names(pid), **nm}
         th.join()
     finally:
         PB.check = check
