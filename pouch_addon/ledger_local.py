@@ -248,6 +248,9 @@ class LocalStore(GroupCommitQueue):
         self._last_commit = 0.0  # time.monotonic() at the end of the last group commit
         self._urgent = 0  # pending operations someone waits on
         self._sleeping = False  # the committer waits longer than lazy_delay: a lazy operation must wake it
+        self._in_wait = False  # the committer waits for work (not committing, flushing or sleeping)
+        self._kick: asyncio.TimerHandle | None = None  # an event loop's timer that wakes it (``_defer_wake``)
+        self._gathered = False  # woken by that timer: the commit delay has passed already
         self._waiting = 0  # operations someone waits on, submitted and not answered yet
         self._concurrent_at = float("-inf")  # when one came while another was still waiting
         #: how many calls the owner has in flight (the proxy sets it; see ``_busy``)
@@ -461,6 +464,8 @@ class LocalStore(GroupCommitQueue):
                 if self._waiting:
                     self._concurrent_at = time.monotonic()  # others are arriving: waiting can gather
                 self._waiting += 1
+                if self._defer_wake(slot):
+                    return
             else:
                 if self._lazy_since is None:
                     self._lazy_since = time.monotonic()
@@ -471,10 +476,39 @@ class LocalStore(GroupCommitQueue):
                 self._committer.start()
             self._wake.notify()
 
+    def _defer_wake(self, slot: _Slot) -> bool:
+        """(``_wake`` held.) Under load, an admission from an event loop wakes a waiting committer
+        ``commit_delay`` later, from that loop (one timer per commit), instead of at once: woken at
+        once it would only sleep the delay (to gather), a thread switch and a GIL hand-off more
+        per commit on a CPU-bound event loop. True when the wake-up is scheduled."""
+        if self._kick is not None:
+            return True  # one is scheduled: this admission is committed with it
+        fut = slot.future
+        if (self.commit_delay <= 0 or not self._in_wait or not isinstance(fut, asyncio.Future)
+                or not self._busy()):
+            return False
+        self._kick = fut.get_loop().call_later(self.commit_delay, self._kick_committer)
+        return True
+
+    def _kick_committer(self) -> None:
+        """The timer of ``_defer_wake`` (on the event loop): the delay has passed, commit now."""
+        with self._wake:
+            self._kick = None
+            self._gathered = True
+            self._wake.notify()
+
     def _commit_loop(self) -> None:
         while True:
             with self._wake:
-                while not self._urgent:
+                while not self._urgent or self._kick is not None:
+                    if self._kick is not None:
+                        # an event loop wakes this thread once the commit delay has passed
+                        # (``_defer_wake``); one that does not (stalled, stopped) is not waited for long
+                        self._in_wait = True
+                        if not self._wake.wait(self.commit_delay + self.lazy_delay):
+                            self._kick = None
+                        self._in_wait = False
+                        continue
                     now = time.monotonic()
                     if self._lazy_since is not None:
                         timeout: float | None = self._lazy_since + self.lazy_delay - now
@@ -493,8 +527,9 @@ class LocalStore(GroupCommitQueue):
                     if recent > 0 and (timeout is None or recent < timeout):
                         timeout = recent
                     self._sleeping = timeout is None or timeout > self.lazy_delay
+                    self._in_wait = True
                     woke = self._wake.wait(self.idle_exit if timeout is None else timeout)
-                    self._sleeping = False
+                    self._in_wait = self._sleeping = False
                     if not woke and self._handed < self._written:
                         self._hand_flush()  # a record whose loop never turned: flushed within lazy_delay
                     if (timeout is None and not woke and not self._urgent and self._lazy_since is None
@@ -503,13 +538,14 @@ class LocalStore(GroupCommitQueue):
                         # ledger dropped by its owner (pouch_home changed) leaves none behind
                         self._committer = None
                         return
+                gathered, self._gathered = self._gathered, False
             busy = self._busy()
             if busy:
                 # under load the committer flushes each record itself, after answering (so each
                 # commit gathers what arrives during a flush plus ``commit_delay``, as before, and
                 # no other thread has to win the GIL from a CPU-bound event loop per commit)
                 self._await_flush(0)
-                if self.commit_delay > 0:
+                if self.commit_delay > 0 and not gathered:  # woken by ``_defer_wake``: gathered already
                     time.sleep(self.commit_delay)
             else:
                 # a lone caller's next admission does not wait for the previous flush (the flusher

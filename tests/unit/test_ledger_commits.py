@@ -469,3 +469,41 @@ def test_under_load_the_committer_flushes_itself_after_answering(tmp_path, monke
     assert isinstance(pending[0].result(timeout=20), Reservation)
     ledger._await_flush(0)
     assert flushed_by[-1] == ("pouch-ledger", True)  # the committer, once the admission was answered
+
+
+def test_under_load_an_event_loop_admission_wakes_the_committer_once_the_delay_passed(tmp_path, monkeypatch):
+    """Issue 16: busy, an admission from an event loop does not wake the committer at once only for
+    it to sleep ``commit_delay`` (a thread switch and a GIL hand-off more per commit on a CPU-bound
+    loop): the loop wakes it once the delay has passed, and it commits without sleeping."""
+    ledger = Ledger(tmp_path, commit_delay=0.05)
+    ledger.set_budget(D("100"))
+    slept = _record_delays(monkeypatch, ledger)
+    ledger.siblings = lambda: 5  # a crowd of calls in flight: waiting gathers
+    woken: list[str] = []
+    real_notify = ledger._wake.notify
+
+    def notify(n: int = 1) -> None:
+        woken.append(threading.current_thread().name)
+        real_notify(n)
+
+    ledger._wake.notify = notify  # type: ignore[method-assign]
+
+    async def admissions() -> tuple[list[int], list]:
+        at_once, results = [], [await ledger.submit_async(ledger.reserve_op(D("0.1")))]  # starts the committer
+        slept.clear()
+        for _ in range(3):
+            for _ in range(2000):  # the committer is back waiting for work (not in a commit)
+                if getattr(ledger, "_in_wait", False):
+                    break
+                await asyncio.sleep(0.005)
+            woken.clear()
+            futs = [ledger.submit_async(ledger.reserve_op(D("0.1"))) for _ in range(2)]
+            at_once.append(len(woken))
+            results += await asyncio.gather(*futs)
+        return at_once, results
+
+    at_once, results = asyncio.run(admissions())
+    assert all(isinstance(r, Reservation) for r in results)
+    assert at_once == [0, 0, 0]  # not woken by the submissions themselves
+    assert slept == []  # nor did it sleep the delay after waking
+    assert ledger.verify() == []
