@@ -477,7 +477,7 @@ def test_under_load_an_event_loop_admission_wakes_the_committer_once_the_delay_p
     loop): the loop wakes it once the delay has passed, and it commits without sleeping."""
     ledger = Ledger(tmp_path, commit_delay=0.05)
     ledger.set_budget(D("100"))
-    slept = _record_delays(monkeypatch, ledger)
+    slept = record_delays(monkeypatch)
     ledger.siblings = lambda: 5  # a crowd of calls in flight: waiting gathers
     woken: list[str] = []
     real_notify = ledger._wake.notify
