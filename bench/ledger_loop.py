@@ -12,6 +12,31 @@ from typing import Any
 
 def ledger_cpu(ledger_class: Any, group: int, rounds: int, open_: int, model: str) -> tuple[float, float]:
     """(user, system) CPU us of this process (caller and ledger threads) per admission."""
+    return ledger_usage(ledger_class, group, rounds, open_, model)[:2]
+
+
+def timed_fdatasync() -> list[tuple[float, float]]:
+    """Wrap ``os.fdatasync`` (before the ledger is imported is not needed: it is looked up per
+    call) to record each call's (wall, calling thread's CPU) seconds."""
+    import os
+    import time
+    real, calls = os.fdatasync, []
+
+    def fdatasync(fd: int) -> None:
+        w0, c0 = time.perf_counter(), time.thread_time()
+        try:
+            real(fd)
+        finally:
+            calls.append((time.perf_counter() - w0, time.thread_time() - c0))
+
+    os.fdatasync = fdatasync
+    return calls
+
+
+def ledger_usage(ledger_class: Any, group: int, rounds: int, open_: int,
+                 model: str) -> tuple[float, float, float, float]:
+    """(user CPU us, system CPU us, voluntary and involuntary context switches) per admission,
+    of this process (caller and ledger threads)."""
     # the ledger's threads may still write (a flush, a snapshot) while the folder is removed
     with tempfile.TemporaryDirectory(prefix="pouch-floor-", ignore_cleanup_errors=True) as home:
         ledger = ledger_class(home)
@@ -31,4 +56,5 @@ def ledger_cpu(ledger_class: Any, group: int, rounds: int, open_: int, model: st
         r1 = resource.getrusage(resource.RUSAGE_SELF)  # ... and end here
         ledger._await_flush(0)
     n = rounds * group
-    return (r1.ru_utime - r0.ru_utime) / n * 1e6, (r1.ru_stime - r0.ru_stime) / n * 1e6
+    return ((r1.ru_utime - r0.ru_utime) / n * 1e6, (r1.ru_stime - r0.ru_stime) / n * 1e6,
+            (r1.ru_nvcsw - r0.ru_nvcsw) / n, (r1.ru_nivcsw - r0.ru_nivcsw) / n)
