@@ -43,7 +43,7 @@ from .ledger_store import (
     canonical_json,
     corrupt_message,
 )
-from .ledger_wal import RecordLog
+from .ledger_wal import PREALLOCATE_LOW, RecordLog
 
 log = logging.getLogger(__name__)
 
@@ -228,8 +228,11 @@ class LocalStore(GroupCommitQueue):
         self.snapshot_seconds = SNAPSHOT_SECONDS
         self._unsnapped = 0  # log records this object wrote since its last snapshot
         self._unsnapped_since = 0.0
-        self._wal_ino = -1  # the log's inode when the current transaction began
-        self._committed: tuple[Any, LedgerState] | None = None  # (file identity, state) after our last commit
+        self._wal_ino = -1  # the log's inode and size when the current transaction began
+        self._wal_size = 0
+        self._extend = False  # the log's preallocated zeros run short: the committer extends it
+        #: ((state file identity, log inode), end of the log's records, state) after our last commit
+        self._committed: tuple[Any, int, LedgerState] | None = None
         self._pending: list[_Slot] = []
         self._pending_lock = threading.Lock()
         self._wake = threading.Condition(self._pending_lock)
@@ -258,21 +261,18 @@ class LocalStore(GroupCommitQueue):
         self.owner = Owner.current()
 
     # -- transactions ------------------------------------------------------------------------
-    def _key(self) -> tuple[Any, int]:
-        """(state file identity, log size): changes whenever any process commits (a log record only
-        ever grows the log; a snapshot replaces the state file)."""
-        ino, size = self._wal.stat()
-        self._wal_ino = ino
-        return (self._storage.identity(), size)
-
     def _load(self, *, repair: bool = False) -> LedgerState:
-        """The snapshot plus the log records after it. A writer (``repair``, under the lock) also
-        cuts a torn final record and re-appends history lines a power loss took from the page cache."""
+        return self._load_end(repair=repair)[0]
+
+    def _load_end(self, *, repair: bool = False) -> tuple[LedgerState, int]:
+        """The snapshot plus the log records after it, and where those records end. A writer
+        (``repair``, under the lock) also cuts a torn final record and re-appends history lines a
+        power loss took from the page cache."""
         tables = self._storage.read()
         if tables is None:
             if self._history.partitions() or self._wal.read()[2]:
                 raise LedgerCorrupt(corrupt_message(self.state_path, "the file is missing but history exists"))
-            return LedgerState()
+            return LedgerState(), 0
         try:
             state = LedgerState.from_tables(tables)
         except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
@@ -294,7 +294,7 @@ class LocalStore(GroupCommitQueue):
         problems = state.problems()
         if problems:
             raise LedgerCorrupt(corrupt_message(self.state_path, "; ".join(problems)))
-        return state
+        return state, end
 
     def _repair_history(self, record: dict[str, Any]) -> None:
         for name, start, lines in record["hist"]:
@@ -333,14 +333,21 @@ class LocalStore(GroupCommitQueue):
 
     def _begin(self) -> _Txn:
         """Open a transaction (the caller holds the lock). The state this process committed last
-        is reused as it is when the file is still the one it wrote (same inode, size and
-        mtime: every write replaces the file), so a busy proxy does not re-parse every open
-        reservation per transaction; any other writer's change shows as a new file and is read."""
+        is reused as it is when the state file is still the one it wrote (same inode, size and
+        mtime: every write replaces the file) and nothing follows its last record in the log, so
+        a busy proxy does not re-parse every open reservation per transaction; any other writer's
+        change shows as a new file or a record after ours, and is read."""
         cached = self._committed
-        key = self._key()
-        state = cached[1] if cached is not None and cached[0] == key else self._load(repair=True)
+        identity = self._storage.identity()
+        ino, size = self._wal.stat()
+        self._wal_ino, self._wal_size = ino, size
+        if (cached is not None and cached[0] == (identity, ino)
+                and not self._wal.appended(cached[1], ino, size)):
+            state, end = cached[2], cached[1]
+        else:
+            state, end = self._load_end(repair=True)
         self._committed = None  # the transaction mutates it: valid again only once committed
-        txn = _Txn(state, key)
+        txn = _Txn(state, (identity, end))
         self._replay(txn)
         return txn
 
@@ -348,7 +355,7 @@ class LocalStore(GroupCommitQueue):
         """Write the transaction: one log record (``txn.log``: the committer's group commits, once a
         snapshot exists) or a snapshot of the whole state, which then empties the log."""
         if not txn.dirty:
-            self._committed = (self._key(), txn.state)
+            self._committed = ((txn.key[0], self._wal_ino), txn.key[1], txn.state)
             return
         if txn.log and txn.key[0] is not None:
             self._commit_log(txn)
@@ -369,9 +376,10 @@ class LocalStore(GroupCommitQueue):
         identity = self._storage.write_canonical(st.canonical_tables(), durable=durable)
         if logged:
             self._wal.truncate(0)
+            self._extend = True  # the committer preallocates the emptied log again
         st.unsynced.clear()
         self._unsnapped = 0
-        self._committed = ((identity, 0), st)
+        self._committed = ((identity, self._wal_ino), 0, st)
 
     def _commit_log(self, txn: _Txn) -> None:
         """The durable step of a group commit: one record appended to the log (its one fdatasync
@@ -402,9 +410,11 @@ class LocalStore(GroupCommitQueue):
             b",".join(added), canonical_json(ckpt) if ckpt else b"{}", canonical_json(dropped) if dropped else b"[]",
             b",".join(hist), st.lsn, st.top_json())
         # written here; flushed by ``_drain`` (before or after answering, see DURABILITY)
-        size = self._wal.append([record], durable=False, ino=self._wal_ino)
+        end = self._wal.append([record], durable=False, ino=self._wal_ino, end=txn.key[1])
         txn.flush = txn.durable and self._wal.durable
-        self._committed = ((txn.key[0], size), st)
+        self._committed = ((txn.key[0], self._wal.ino), end, st)
+        if self._wal_size - end < PREALLOCATE_LOW:
+            self._extend = True  # the next records would grow the file: extend it after answering
         if not self._unsnapped:
             self._unsnapped_since = time.monotonic()
         self._unsnapped += 1
@@ -510,6 +520,23 @@ class LocalStore(GroupCommitQueue):
             if self._snapshot_due():
                 with contextlib.suppress(Exception):  # the log stays durable; the next commit retries
                     self.compact()
+            if self._extend:
+                with contextlib.suppress(Exception):  # records still go in; the file grows meanwhile
+                    self.preallocate()
+
+    def preallocate(self) -> None:
+        """Extend the log with zeros when few follow its records (``ledger_wal``): after answering,
+        off the commit path, under the lock (the zeros go after the file's end, never over a record
+        another process appends meanwhile)."""
+        self._extend = False
+        with self._lock.hold():
+            cached = self._committed
+            ino, size = self._wal.stat()
+            if cached is None or cached[0][1] != ino or self._wal.appended(cached[1], ino, size):
+                return  # another process wrote: it extends the log when it needs to
+            # not flushed here: the next record's flush writes the zeros and the new size with it
+            # (once per chunk), and no thread waits on a flush of its own meanwhile
+            self._wal.preallocate(cached[1], ino=ino)
 
     def _busy(self) -> bool:
         """Whether other operations are arriving, so that waiting can gather them: one came while
