@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 from .home import resolve_home
 from .ledger_owner import Owner
-from .ledger_rules import LedgerState, Refusal, partition_for
+from .ledger_rules import LedgerState, OpenReservations, Refusal, _plain, partition_for
 from .ledger_store import (
     HISTORY_DIR,
     LOCK_FILE,
@@ -74,14 +74,40 @@ class _Txn:
 
     def __init__(self, state: LedgerState, key: Any = None) -> None:
         self.state = state
-        self.key = key  # (state file identity, log size) when the transaction began
-        self.before = frozenset(state.open)  # open reservation ids when it began (for the log record)
+        self.key = key  # (state file identity, end of the log's records) when the transaction began
+        opens = state.open
+        # the ids the transaction opens and closes, for the log record: watched as they change
+        # (``OpenReservations.touched``: id -> open when it began) rather than every open id
+        # compared before and after
+        if type(opens) is OpenReservations:
+            self.touched: dict[str, bool] | None = {}
+            opens.touched = self.touched
+            self._before: frozenset[str] | None = None
+        else:
+            self.touched, self._before = None, frozenset(opens)
         self.checkpointed: set[str] = set()
         self.log = False  # commit as one log record (the committer) instead of a snapshot
         self.entries: list[dict[str, Any]] = []
         self.dirty = False
         self.durable = False  # checkpoints alone are advisory and skip fsync
         self.flush = False  # a log record was written that must still be flushed (``_drain``)
+
+    @property
+    def before(self) -> frozenset[str]:
+        """The ids open when the transaction began."""
+        if self._before is None:
+            touched = self.touched or {}
+            self._before = frozenset([i for i in self.state.open if touched.get(i, True)]
+                                     + [i for i, was in touched.items() if was])
+        return self._before
+
+    def was_open(self, res_id: str) -> bool:
+        """Whether ``res_id`` was open when the transaction began."""
+        touched = self.touched
+        if touched is None:
+            return res_id in self.before
+        was = touched.get(res_id)
+        return res_id in self.state.open if was is None else was
 
     def record(self, entry: dict[str, Any]) -> dict[str, Any]:
         self.state.apply(entry)
@@ -402,12 +428,19 @@ class LocalStore(GroupCommitQueue):
             st.history_file, st.history_size = name, end
             st.unsynced.add(name)
         st.lsn += 1
-        before, now_open = txn.before, st.open
-        added = [r.canonical_json() for i, r in now_open.items() if i not in before]
-        dropped = [i for i in before if i not in now_open]
-        ckpt = {i: now_open[i].checkpoint for i in txn.checkpointed if i in now_open and i in before}
+        now_open, touched = st.open, txn.touched
+        if touched is not None:
+            added = [now_open[i].canonical_json() for i, was in touched.items() if not was and i in now_open]
+            dropped = [i for i, was in touched.items() if was and i not in now_open]
+        else:
+            before = txn.before
+            added = [r.canonical_json() for i, r in now_open.items() if i not in before]
+            dropped = [i for i in before if i not in now_open]
+        ckpt = {i: now_open[i].checkpoint for i in txn.checkpointed if i in now_open and txn.was_open(i)}
         record = b'{"add":[%s],"ckpt":%s,"drop":%s,"hist":[%s],"lsn":%d,"top":%s}' % (
-            b",".join(added), canonical_json(ckpt) if ckpt else b"{}", canonical_json(dropped) if dropped else b"[]",
+            b",".join(added), canonical_json(ckpt) if ckpt else b"{}",
+            b"[]" if not dropped else b'["%s"]' % dropped[0].encode() if len(dropped) == 1 and _plain(dropped[0])
+            else canonical_json(dropped),
             b",".join(hist), st.lsn, st.top_json())
         # written here; flushed by ``_drain`` (before or after answering, see DURABILITY)
         end = self._wal.append([record], durable=False, ino=self._wal_ino, end=txn.key[1])
