@@ -263,10 +263,6 @@ class LocalStore(GroupCommitQueue):
         self._pending_lock = threading.Lock()
         self._wake = threading.Condition(self._pending_lock)
         self._committer: threading.Thread | None = None
-        #: a second committer thread, started when an admission comes while the committer flushes
-        #: a lone caller's record itself (``_flush_alone``), so that it need not wait for that flush
-        self._spare: threading.Thread | None = None
-        self._flushing_alone = False
         self._last_commit = 0.0  # time.monotonic() at the end of the last group commit
         self._urgent = 0  # pending operations someone waits on
         self._sleeping = False  # the committer waits longer than lazy_delay: a lazy operation must wake it
@@ -505,13 +501,9 @@ class LocalStore(GroupCommitQueue):
             if self._committer is None:
                 self._committer = threading.Thread(target=self._commit_loop, name="pouch-ledger", daemon=True)
                 self._committer.start()
-            elif self._flushing_alone and not lazy and self._spare is None:
-                self._spare = threading.Thread(target=self._commit_loop, args=(True,), name="pouch-ledger",
-                                               daemon=True)
-                self._spare.start()
             self._wake.notify()
 
-    def _commit_loop(self, spare: bool = False) -> None:
+    def _commit_loop(self) -> None:
         while True:
             with self._wake:
                 while not self._urgent:
@@ -541,10 +533,7 @@ class LocalStore(GroupCommitQueue):
                             and not self._unsnapped):
                         # idle: end the thread (the next submission starts another), so a
                         # ledger dropped by its owner (pouch_home changed) leaves none behind
-                        if spare:
-                            self._spare = None
-                        else:
-                            self._committer = None
+                        self._committer = None
                         return
             busy = self._busy()
             if busy:
@@ -560,9 +549,7 @@ class LocalStore(GroupCommitQueue):
                 # and not yet flushed)
                 self._await_flush(1)
             with self._lock.thread_lock:
-                alone = self._drain(log=True, flush_here=busy)
-            if alone:
-                self._flush_alone(alone)
+                self._drain(log=True, flush_here=busy)
             if self._snapshot_due():
                 with contextlib.suppress(Exception):  # the log stays durable; the next commit retries
                     self.compact()
@@ -595,41 +582,14 @@ class LocalStore(GroupCommitQueue):
         siblings = self.siblings
         return siblings is not None and siblings() >= BUSY_SIBLINGS
 
-    def _alone(self) -> bool:
-        """Whether nothing else is queued and the owner has no call in flight (``siblings``: the
-        call just admitted is not counted yet; without an owner that counts, the queue alone
-        decides). Records written before and not flushed yet are covered by the same flush."""
-        if self._pending:
-            return False
-        siblings = self.siblings
-        return siblings is None or siblings() == 0
-
-    def _flush_alone(self, target: int) -> None:
-        """The committer flushes a lone caller's record itself, after answering and outside the
-        thread lock (an admission that comes meanwhile is committed by a second thread, see
-        ``_enqueue``): no flusher thread to wake, two thread switches fewer per call."""
-        self._flushing_alone = True
-        try:
-            self._wal.sync()
-        except Exception as exc:  # the next commit flushes before answering, and fails if this recurs
-            log.error(f"pouch: flushing the ledger's log {self._wal.path} failed: {exc!r}")
-            self._flush_error = exc
-        finally:
-            self._flushing_alone = False
-            with self._flush_cond:
-                self._flushed = max(self._flushed, target)
-                self._flush_cond.notify_all()
-
-    def _drain(self, *, log: bool = False, flush_here: bool = False) -> int:
+    def _drain(self, *, log: bool = False, flush_here: bool = False) -> None:
         """Run every pending operation in one transaction; the caller holds the thread lock.
-        ``flush_here``: an overlapped flush runs in this thread, after answering. Returns the
-        record count the caller must flush itself after releasing the lock (``_flush_alone``), or 0."""
+        ``flush_here``: an overlapped flush runs in this thread, after answering."""
         with self._pending_lock:
             batch, self._pending = self._pending, []
             self._urgent, self._lazy_since = 0, None
         if not batch:
-            return 0
-        alone = 0
+            return
         flush = False
         try:
             self._lock.acquire_file()
@@ -667,12 +627,6 @@ class LocalStore(GroupCommitQueue):
                     for s in later:
                         s.error = exc
                 _deliver(later)
-            elif flush and not flush_here and log and self._alone():
-                # nobody else queued or in flight: this thread flushes it once the lock is released
-                with self._flush_cond:
-                    self._written += 1
-                    self._handed = alone = self._written
-                _deliver(batch)
             elif flush and not flush_here:
                 # a lone caller: its loop hands the record to the flusher thread once the waiters
                 # had their turn (the admitted request is on its socket), so no third thread wakes
@@ -690,7 +644,6 @@ class LocalStore(GroupCommitQueue):
                         logging.getLogger(__name__).error(
                             f"pouch: flushing the ledger's log {self._wal.path} failed: {exc!r}")
                         self._flush_error = exc
-        return alone
 
     # -- the overlapped flush (durability "overlap") ---------------------------------------------
     def _hand_flush(self) -> None:

@@ -189,13 +189,12 @@ def test_an_admission_resumes_on_the_loop_turn_after_its_answer(tmp_path, monkey
 
 # -- a lone caller's flush starts once its loop had its turn ----------------------------------
 def test_a_lone_callers_flush_is_handed_on_by_its_loop_after_the_waiter_ran(tmp_path):
-    """Overlap durability, one caller while another call is in flight: the committer answers and
-    goes back to sleep; the event loop hands the record to the flusher thread after the waiting
-    hook had its turn (so the request is on its socket). When the committer handed it on itself,
-    right after answering, a third thread woke and wanted the GIL just when the loop needed it."""
+    """Overlap durability, one caller: the committer answers and goes back to sleep; the event
+    loop hands the record to the flusher thread after the waiting hook had its turn (so the
+    request is on its socket). When the committer handed it on itself, right after answering, a
+    third thread woke and wanted the GIL just when the loop needed it."""
     ledger = Ledger(tmp_path)  # durable, overlap (the default)
     ledger.set_budget(D("1"))
-    ledger.siblings = lambda: 1  # another call in flight (with none, the committer flushes itself)
     handed: list[tuple[str, bool]] = []
     resumed = {"yes": False}
     queue = ledger._flush_queue
@@ -237,48 +236,3 @@ def test_a_record_whose_loop_never_turns_is_still_flushed(tmp_path):
     ledger.submit(ledger.reserve_op(D("0.1"))).result(timeout=20)  # the next commit may run one ahead
     ledger._await_flush(0)  # returns: the committer (or this waiter) handed the records on
     assert len(Ledger(tmp_path).snapshot().open) == 2
-
-
-def test_with_no_other_call_in_flight_the_committer_flushes_the_record_itself_after_answering(tmp_path, monkeypatch):
-    """Nobody else queued or in flight: the committer answers, then flushes the record itself
-    outside the lock (no flusher thread woken: two thread switches fewer per call); an admission
-    that comes during that flush is committed by a second committer thread, without waiting."""
-    import os
-    ledger = Ledger(tmp_path)
-    ledger.set_budget(D("1"))
-    ledger.siblings = lambda: 0
-    entered, gate = threading.Event(), threading.Event()
-    flushed: list[tuple[str, bool]] = []
-    answered: list = []
-    real = os.fdatasync
-
-    def fdatasync(fd: int) -> None:
-        flushed.append((threading.current_thread().name, all(f.done() for f in answered)))
-        entered.set()
-        gate.wait(30)
-        real(fd)
-
-    monkeypatch.setattr(os, "fdatasync", fdatasync)
-    put = []
-    queue = ledger._flush_queue
-
-    class Spy:
-        def put(self, item):
-            put.append(item)
-            queue.put(item)
-
-        def __getattr__(self, name):
-            return getattr(queue, name)
-
-    ledger._flush_queue = Spy()
-    try:
-        answered.append(ledger.submit(ledger.reserve_op(D("0.1"))))
-        first = answered[0].result(timeout=20)
-        assert entered.wait(20) and flushed == [("pouch-ledger", True)]  # after the answer, by the committer
-        second = ledger.submit(ledger.reserve_op(D("0.1"))).result(timeout=20)  # the flush is still held
-        assert second.amount == D("0.1") and not gate.is_set()
-    finally:
-        gate.set()
-    ledger._await_flush(0)
-    assert put == [] or ledger._spare is not None  # the first was never handed to the flusher thread
-    assert set(Ledger(tmp_path).snapshot().open) == {first.id, second.id}
