@@ -26,9 +26,11 @@ fresh process per run; ``--tree NAME=DIR`` adds another checkout (e.g. ``git arc
 older commit) to the same session, the trees taking turns for ``--runs`` runs (the shared
 machine's load moves every figure, so compare within a session). ``--instructions`` counts the
 user-space instructions per admission of every thread under callgrind instead (``valgrind``
-needed; the count starts and ends at the loop's ``getrusage`` calls, so start-up is not in it):
+needed; the count starts and ends at the loop's ``getrusage`` calls, so start-up is not in it).
+The CPU figures come with the context switches per admission (``getrusage``, all threads);
+``--syncs`` also times every ``fdatasync`` (wall, and the calling thread's CPU):
 
-    .venv/bin/python bench/floor.py --ledger-only --tree main=/tmp/main --runs 3 [--instructions]
+    .venv/bin/python bench/floor.py --ledger-only --tree main=/tmp/main --runs 3 [--instructions | --syncs]
 """
 
 from __future__ import annotations
@@ -168,18 +170,26 @@ _WORKER = r"""
 import sys
 sys.path[:0] = [sys.argv[1], sys.argv[2]]
 from pouch_addon.budget import Ledger
-from ledger_loop import ledger_cpu
-print(*ledger_cpu(Ledger, int(sys.argv[3]), int(sys.argv[4]), %d, %r))
+from ledger_loop import ledger_usage, timed_fdatasync
+calls = timed_fdatasync() if sys.argv[5:] == ["syncs"] else None
+print(*ledger_usage(Ledger, int(sys.argv[3]), int(sys.argv[4]), %d, %r))
+if calls is not None:
+    n = int(sys.argv[3]) * int(sys.argv[4])
+    print(len(calls) / n, sum(w for w, _ in calls) / max(len(calls), 1) * 1e6,
+          sum(c for _, c in calls) / max(len(calls), 1) * 1e6)
 """ % (OPEN, MODEL)
 
 
-def compare_trees(trees: list[tuple[str, Path]], group: int, rounds: int, runs: int, instructions: bool) -> None:
+def compare_trees(trees: list[tuple[str, Path]], group: int, rounds: int, runs: int, instructions: bool,
+                  syncs: bool = False) -> None:
     """Ledger CPU (or instructions) per admission of each tree, the trees taking turns."""
     import subprocess
     results: dict[str, list[str]] = {name: [] for name, _ in trees}
     for _ in range(runs):
         for name, tree in trees:
             cmd = [sys.executable, "-c", _WORKER, str(tree), str(BENCH), str(group), str(rounds)]
+            if syncs:
+                cmd.append("syncs")
             if instructions:
                 with tempfile.TemporaryDirectory(prefix="pouch-floor-cg-") as out:
                     subprocess.run(["valgrind", "--tool=callgrind", "--dump-before=resource_getrusage",
@@ -190,11 +200,17 @@ def compare_trees(trees: list[tuple[str, Path]], group: int, rounds: int, runs: 
                                  if line.startswith("totals:"))
                 results[name].append(f"{total / (rounds * group) / 1e3:.0f}k")
             else:
-                user, system = (float(v) for v in subprocess.run(cmd, check=True, capture_output=True,
-                                                                  text=True).stdout.split())
-                results[name].append(f"{user + system:.0f} ({user:.0f}+{system:.0f})")
+                lines = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()
+                user, system, vcs, ivcs = (float(v) for v in lines[0].split())
+                figure = f"{user + system:.0f} ({user:.0f}+{system:.0f}) cs {vcs:.1f}+{ivcs:.1f}"
+                if syncs:
+                    per, wall, cpu = (float(v) for v in lines[1].split())
+                    figure += f" fdatasync {per:.2f}/adm {wall:.0f} us wall {cpu:.0f} us CPU"
+                results[name].append(figure)
             print(f"   {name}: {results[name][-1]}", flush=True)
-    what = "user-space instructions" if instructions else "CPU us (user+system)"
+    what = ("user-space instructions" if instructions else
+            "CPU us (user+system), context switches (voluntary+involuntary)"
+            + (", fdatasync calls and their mean wall/CPU us (timed: adds CPU)" if syncs else ""))
     for name, figures in results.items():
         print(f"{name}: ledger {what} per admission at {group} per commit, {rounds} rounds: {', '.join(figures)}")
 
@@ -209,10 +225,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=500, help="group commits per run (--ledger-only)")
     ap.add_argument("--runs", type=int, default=3, help="runs per tree, taking turns (--ledger-only)")
     ap.add_argument("--instructions", action="store_true", help="callgrind instructions instead of CPU time")
+    ap.add_argument("--syncs", action="store_true", help="also time each fdatasync (--ledger-only)")
     args = ap.parse_args(argv)
     if args.ledger_only or args.tree or args.instructions:
         trees = [("this", BENCH.parent)] + [(t.split("=", 1)[0], Path(t.split("=", 1)[1]).resolve()) for t in args.tree]
-        compare_trees(trees, args.group, args.rounds, args.runs, args.instructions)
+        compare_trees(trees, args.group, args.rounds, args.runs, args.instructions, args.syncs)
         return 0
     import proxy_bench as PB
 

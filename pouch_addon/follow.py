@@ -16,16 +16,17 @@ from typing import Any, TextIO
 
 from .budget import Ledger
 from .ledger_store import HISTORY_DIR, STATE_FILE, WAL_FILE
+from .ledger_wal import mark
 
 
 def _signature(ledger: Ledger) -> tuple:
     out: list[Any] = []
-    for name in (STATE_FILE, WAL_FILE):
-        try:
-            st = os.stat(ledger.home / name)
-            out += [st.st_ino, st.st_mtime_ns, st.st_size]
-        except FileNotFoundError:
-            out.append(None)
+    try:
+        st = os.stat(ledger.home / STATE_FILE)
+        out += [st.st_ino, st.st_mtime_ns, st.st_size]
+    except FileNotFoundError:
+        out.append(None)
+    out.append(mark(ledger.home / WAL_FILE))  # a preallocated log does not grow per record
     return tuple(out)
 
 

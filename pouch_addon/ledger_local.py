@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 from .home import resolve_home
 from .ledger_owner import Owner
-from .ledger_rules import LedgerState, Refusal, partition_for
+from .ledger_rules import LedgerState, OpenReservations, Refusal, _plain, partition_for
 from .ledger_store import (
     HISTORY_DIR,
     LOCK_FILE,
@@ -43,7 +43,7 @@ from .ledger_store import (
     canonical_json,
     corrupt_message,
 )
-from .ledger_wal import RecordLog
+from .ledger_wal import PREALLOCATE_LOW, RecordLog
 
 log = logging.getLogger(__name__)
 
@@ -74,14 +74,40 @@ class _Txn:
 
     def __init__(self, state: LedgerState, key: Any = None) -> None:
         self.state = state
-        self.key = key  # (state file identity, log size) when the transaction began
-        self.before = frozenset(state.open)  # open reservation ids when it began (for the log record)
+        self.key = key  # (state file identity, end of the log's records) when the transaction began
+        opens = state.open
+        # the ids the transaction opens and closes, for the log record: watched as they change
+        # (``OpenReservations.touched``: id -> open when it began) rather than every open id
+        # compared before and after
+        if type(opens) is OpenReservations:
+            self.touched: dict[str, bool] | None = {}
+            opens.touched = self.touched
+            self._before: frozenset[str] | None = None
+        else:
+            self.touched, self._before = None, frozenset(opens)
         self.checkpointed: set[str] = set()
         self.log = False  # commit as one log record (the committer) instead of a snapshot
         self.entries: list[dict[str, Any]] = []
         self.dirty = False
         self.durable = False  # checkpoints alone are advisory and skip fsync
         self.flush = False  # a log record was written that must still be flushed (``_drain``)
+
+    @property
+    def before(self) -> frozenset[str]:
+        """The ids open when the transaction began."""
+        if self._before is None:
+            touched = self.touched or {}
+            self._before = frozenset([i for i in self.state.open if touched.get(i, True)]
+                                     + [i for i, was in touched.items() if was])
+        return self._before
+
+    def was_open(self, res_id: str) -> bool:
+        """Whether ``res_id`` was open when the transaction began."""
+        touched = self.touched
+        if touched is None:
+            return res_id in self.before
+        was = touched.get(res_id)
+        return res_id in self.state.open if was is None else was
 
     def record(self, entry: dict[str, Any]) -> dict[str, Any]:
         self.state.apply(entry)
@@ -239,8 +265,11 @@ class LocalStore(GroupCommitQueue):
         self.snapshot_seconds = SNAPSHOT_SECONDS
         self._unsnapped = 0  # log records this object wrote since its last snapshot
         self._unsnapped_since = 0.0
-        self._wal_ino = -1  # the log's inode when the current transaction began
-        self._committed: tuple[Any, LedgerState] | None = None  # (file identity, state) after our last commit
+        self._wal_ino = -1  # the log's inode and size when the current transaction began
+        self._wal_size = 0
+        self._extend = False  # the log's preallocated zeros run short: the committer extends it
+        #: ((state file identity, log inode), end of the log's records, state) after our last commit
+        self._committed: tuple[Any, int, LedgerState] | None = None
         self._pending: list[_Slot] = []
         self._pending_lock = threading.Lock()
         self._wake = threading.Condition(self._pending_lock)
@@ -272,21 +301,18 @@ class LocalStore(GroupCommitQueue):
         self.owner = Owner.current()
 
     # -- transactions ------------------------------------------------------------------------
-    def _key(self) -> tuple[Any, int]:
-        """(state file identity, log size): changes whenever any process commits (a log record only
-        ever grows the log; a snapshot replaces the state file)."""
-        ino, size = self._wal.stat()
-        self._wal_ino = ino
-        return (self._storage.identity(), size)
-
     def _load(self, *, repair: bool = False) -> LedgerState:
-        """The snapshot plus the log records after it. A writer (``repair``, under the lock) also
-        cuts a torn final record and re-appends history lines a power loss took from the page cache."""
+        return self._load_end(repair=repair)[0]
+
+    def _load_end(self, *, repair: bool = False) -> tuple[LedgerState, int]:
+        """The snapshot plus the log records after it, and where those records end. A writer
+        (``repair``, under the lock) also cuts a torn final record and re-appends history lines a
+        power loss took from the page cache."""
         tables = self._storage.read()
         if tables is None:
             if self._history.partitions() or self._wal.read()[2]:
                 raise LedgerCorrupt(corrupt_message(self.state_path, "the file is missing but history exists"))
-            return LedgerState()
+            return LedgerState(), 0
         try:
             state = LedgerState.from_tables(tables)
         except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
@@ -308,7 +334,7 @@ class LocalStore(GroupCommitQueue):
         problems = state.problems()
         if problems:
             raise LedgerCorrupt(corrupt_message(self.state_path, "; ".join(problems)))
-        return state
+        return state, end
 
     def _repair_history(self, record: dict[str, Any]) -> None:
         for name, start, lines in record["hist"]:
@@ -347,14 +373,21 @@ class LocalStore(GroupCommitQueue):
 
     def _begin(self) -> _Txn:
         """Open a transaction (the caller holds the lock). The state this process committed last
-        is reused as it is when the file is still the one it wrote (same inode, size and
-        mtime: every write replaces the file), so a busy proxy does not re-parse every open
-        reservation per transaction; any other writer's change shows as a new file and is read."""
+        is reused as it is when the state file is still the one it wrote (same inode, size and
+        mtime: every write replaces the file) and nothing follows its last record in the log, so
+        a busy proxy does not re-parse every open reservation per transaction; any other writer's
+        change shows as a new file or a record after ours, and is read."""
         cached = self._committed
-        key = self._key()
-        state = cached[1] if cached is not None and cached[0] == key else self._load(repair=True)
+        identity = self._storage.identity()
+        ino, size = self._wal.stat()
+        self._wal_ino, self._wal_size = ino, size
+        if (cached is not None and cached[0] == (identity, ino)
+                and not self._wal.appended(cached[1], ino, size)):
+            state, end = cached[2], cached[1]
+        else:
+            state, end = self._load_end(repair=True)
         self._committed = None  # the transaction mutates it: valid again only once committed
-        txn = _Txn(state, key)
+        txn = _Txn(state, (identity, end))
         self._replay(txn)
         return txn
 
@@ -362,7 +395,7 @@ class LocalStore(GroupCommitQueue):
         """Write the transaction: one log record (``txn.log``: the committer's group commits, once a
         snapshot exists) or a snapshot of the whole state, which then empties the log."""
         if not txn.dirty:
-            self._committed = (self._key(), txn.state)
+            self._committed = ((txn.key[0], self._wal_ino), txn.key[1], txn.state)
             return
         if txn.log and txn.key[0] is not None:
             self._commit_log(txn)
@@ -383,9 +416,10 @@ class LocalStore(GroupCommitQueue):
         identity = self._storage.write_canonical(st.canonical_tables(), durable=durable)
         if logged:
             self._wal.truncate(0)
+            self._extend = True  # the committer preallocates the emptied log again
         st.unsynced.clear()
         self._unsnapped = 0
-        self._committed = ((identity, 0), st)
+        self._committed = ((identity, self._wal_ino), 0, st)
 
     def _commit_log(self, txn: _Txn) -> None:
         """The durable step of a group commit: one record appended to the log (its one fdatasync
@@ -408,17 +442,26 @@ class LocalStore(GroupCommitQueue):
             st.history_file, st.history_size = name, end
             st.unsynced.add(name)
         st.lsn += 1
-        before, now_open = txn.before, st.open
-        added = [r.canonical_json() for i, r in now_open.items() if i not in before]
-        dropped = [i for i in before if i not in now_open]
-        ckpt = {i: now_open[i].checkpoint for i in txn.checkpointed if i in now_open and i in before}
+        now_open, touched = st.open, txn.touched
+        if touched is not None:
+            added = [now_open[i].canonical_json() for i, was in touched.items() if not was and i in now_open]
+            dropped = [i for i, was in touched.items() if was and i not in now_open]
+        else:
+            before = txn.before
+            added = [r.canonical_json() for i, r in now_open.items() if i not in before]
+            dropped = [i for i in before if i not in now_open]
+        ckpt = {i: now_open[i].checkpoint for i in txn.checkpointed if i in now_open and txn.was_open(i)}
         record = b'{"add":[%s],"ckpt":%s,"drop":%s,"hist":[%s],"lsn":%d,"top":%s}' % (
-            b",".join(added), canonical_json(ckpt) if ckpt else b"{}", canonical_json(dropped) if dropped else b"[]",
+            b",".join(added), canonical_json(ckpt) if ckpt else b"{}",
+            b"[]" if not dropped else b'["%s"]' % dropped[0].encode() if len(dropped) == 1 and _plain(dropped[0])
+            else canonical_json(dropped),
             b",".join(hist), st.lsn, st.top_json())
         # written here; flushed by ``_drain`` (before or after answering, see DURABILITY)
-        size = self._wal.append([record], durable=False, ino=self._wal_ino)
+        end = self._wal.append([record], durable=False, ino=self._wal_ino, end=txn.key[1])
         txn.flush = txn.durable and self._wal.durable
-        self._committed = ((txn.key[0], size), st)
+        self._committed = ((txn.key[0], self._wal.ino), end, st)
+        if self._wal_size - end < PREALLOCATE_LOW:
+            self._extend = True  # the next records would grow the file: extend it after answering
         if not self._unsnapped:
             self._unsnapped_since = time.monotonic()
         self._unsnapped += 1
@@ -557,6 +600,23 @@ class LocalStore(GroupCommitQueue):
             if self._snapshot_due():
                 with contextlib.suppress(Exception):  # the log stays durable; the next commit retries
                     self.compact()
+            if self._extend:
+                with contextlib.suppress(Exception):  # records still go in; the file grows meanwhile
+                    self.preallocate()
+
+    def preallocate(self) -> None:
+        """Extend the log with zeros when few follow its records (``ledger_wal``): after answering,
+        off the commit path, under the lock (the zeros go after the file's end, never over a record
+        another process appends meanwhile)."""
+        self._extend = False
+        with self._lock.hold():
+            cached = self._committed
+            ino, size = self._wal.stat()
+            if cached is None or cached[0][1] != ino or self._wal.appended(cached[1], ino, size):
+                return  # another process wrote: it extends the log when it needs to
+            # not flushed here: the next record's flush writes the zeros and the new size with it
+            # (once per chunk), and no thread waits on a flush of its own meanwhile
+            self._wal.preallocate(cached[1], ino=ino)
 
     def _drain(self, *, log: bool = False, flush_here: bool = False) -> None:
         """Run every pending operation in one transaction; the caller holds the thread lock.
@@ -616,7 +676,9 @@ class LocalStore(GroupCommitQueue):
                     try:
                         self._wal.sync()
                     except Exception as exc:  # the next commit flushes before answering
-                        log.error(f"pouch: flushing the ledger's log {self._wal.path} failed: {exc!r}")
+                        # (``log`` is this method's flag here, not the logger)
+                        logging.getLogger(__name__).error(
+                            f"pouch: flushing the ledger's log {self._wal.path} failed: {exc!r}")
                         self._flush_error = exc
 
     # -- the overlapped flush (durability "overlap") ---------------------------------------------

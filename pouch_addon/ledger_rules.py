@@ -37,6 +37,7 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Iterable
+from math import isfinite
 from operator import attrgetter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -64,6 +65,12 @@ class NotOpen(LookupError):
 
 
 _amount = attrgetter("amount")
+
+
+def _plain(text: Any) -> bool:
+    """A string JSON writes as itself between quotes (letters, digits, ``-._``: reservation ids,
+    partition names), so it can be formatted without the encoder."""
+    return type(text) is str and text.isascii() and text.replace("-", "").replace(".", "").replace("_", "").isalnum()
 #: canonical JSON of the owners seen (a process writes its own with every reservation)
 _owners: dict[Owner, bytes] = {}
 
@@ -94,9 +101,13 @@ class Reservation:
         formatted around the owner's cached JSON (a reservation is written once per admission)."""
         cached = self._json
         if cached is None or cached[0] is not self.checkpoint:
+            checkpoint, created, res_id = self.checkpoint, self.created, self.id
             data = b'{"amount":"%s","checkpoint":%s,"created":%s,"id":%s,"meta":%s,"owner":%s}' % (
-                usd_str(self.amount).encode(), canonical_json(self.checkpoint), canonical_json(self.created),
-                canonical_json(self.id), canonical_json(self.meta), _owner_json(self.owner))
+                usd_str(self.amount).encode(), b"null" if checkpoint is None else canonical_json(checkpoint),
+                # a finite float is written as its repr, a plain id as itself: what the encoder writes
+                b"%r" % created if type(created) is float and isfinite(created) else canonical_json(created),
+                b'"%s"' % res_id.encode() if _plain(res_id) else canonical_json(res_id),
+                canonical_json(self.meta), _owner_json(self.owner))
             cached = self._json = (self.checkpoint, data)
         return cached[1]
 
@@ -303,6 +314,74 @@ def partition_for(ts: float) -> str:
     return _day_of(_split(ts)[0]) + ".jsonl"
 
 
+class OpenReservations(dict):
+    """The open reservations by id, with their sum kept as they come and go (``reserved``: every
+    admission asks for it, and re-summing every reservation in flight per commit costs as much as
+    the rest of the rule) and, while a transaction watches (``touched``), the ids it changed with
+    whether each was open when it began: the commit writes what was opened and closed from that,
+    instead of comparing every open id before and after. :meth:`LedgerState.problems` checks the
+    sum against a fresh one."""
+
+    __slots__ = ("reserved", "touched")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.reserved: Decimal = sum(map(_amount, self.values()), ZERO)
+        self.touched: dict[str, bool] | None = None
+
+    def __reduce__(self) -> tuple[Any, ...]:  # copy/pickle rebuild the sum from the items
+        return OpenReservations, (dict(self),)
+
+    def _touch(self, key: str) -> None:
+        touched = self.touched
+        if touched is not None and key not in touched:
+            touched[key] = dict.__contains__(self, key)
+
+    def __setitem__(self, key: str, res: Reservation) -> None:
+        old = dict.get(self, key)
+        if self.touched is not None:
+            self._touch(key)
+        dict.__setitem__(self, key, res)
+        self.reserved = self.reserved + res.amount if old is None else self.reserved + res.amount - old.amount
+
+    def __delitem__(self, key: str) -> None:
+        self.pop(key)
+
+    _MISSING: Any = object()
+
+    def pop(self, key: str, default: Any = _MISSING) -> Any:
+        if not dict.__contains__(self, key):
+            if default is OpenReservations._MISSING:
+                raise KeyError(key)
+            return default
+        if self.touched is not None:
+            self._touch(key)
+        res = dict.pop(self, key)
+        self.reserved -= res.amount
+        return res
+
+    def popitem(self) -> tuple[str, Reservation]:
+        key = next(reversed(self))
+        return key, self.pop(key)
+
+    def clear(self) -> None:
+        for key in list(self):
+            self.pop(key)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        for key, res in dict(*args, **kwargs).items():
+            self[key] = res
+
+    def __ior__(self, other: Any) -> OpenReservations:
+        self.update(other)
+        return self
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        if key not in self:
+            self[key] = default
+        return self[key]
+
+
 @dataclass
 class LedgerState:
     """The hot state and every rule that changes it. Pure: callers pass ids, owners and time."""
@@ -322,11 +401,19 @@ class LedgerState:
     # history partitions appended without fsync by log records since the last snapshot
     unsynced: set[str] = field(default_factory=set, compare=False, repr=False)
 
+    def __post_init__(self) -> None:
+        if type(self.open) is not OpenReservations:
+            self.open = OpenReservations(self.open)
+
     # -- derived ---------------------------------------------------------------------------
     @property
     def reserved(self) -> Decimal:
-        # summed in C (no generator frame per open reservation): every admission asks
-        return sum(map(_amount, self.open.values()), ZERO)
+        """The sum of the open reservations: kept by :class:`OpenReservations` as they come and go
+        (summed afresh for a plain dict someone put in ``open``)."""
+        opens = self.open
+        if type(opens) is OpenReservations:
+            return opens.reserved
+        return sum(map(_amount, opens.values()), ZERO)
 
     @property
     def remaining(self) -> Decimal:
@@ -479,6 +566,8 @@ class LedgerState:
         out = []
         if self.budget != self.remaining + self.reserved + self.spent:
             out.append("budget != remaining + reserved + spent")
+        if self.reserved != sum(map(_amount, self.open.values()), ZERO):
+            out.append("reserved is not the sum of the open reservations")
         if self.reserved < 0 or any(r.amount < 0 or (r.amount == 0 and r.meta.get("local") is not True)
                                     for r in self.open.values()):
             out.append("a reservation is not positive")
@@ -543,7 +632,9 @@ class LedgerState:
         ledger = b'{"1":{"blocked":%d,"budget":"%s","flagged":%d,"history_file":%s,"history_size":%d,"lsn":%d,' \
                  b'"paused":%s,"requests":%d,"seq":%d,"spent":"%s"}}' % (
                      self.blocked, usd_str(self.budget).encode(), self.flagged,
-                     b"null" if history_file is None else canonical_json(history_file), self.history_size,
+                     b"null" if history_file is None else
+                     b'"%s"' % history_file.encode() if _plain(history_file) else canonical_json(history_file),
+                     self.history_size,
                      self.lsn, b"true" if self.paused else b"false", self.requests, self.seq,
                      usd_str(self.spent).encode())
         wallets = canonical_json({w.name: w.to_dict() for w in self.wallets.values()}) if self.wallets else b"{}"

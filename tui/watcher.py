@@ -25,6 +25,7 @@ from textual.message import Message
 from pouch_addon.alerts import STATE_FILE as ALERTS_FILE, AlertState
 from pouch_addon.budget import Ledger, LedgerCorrupt, owner_alive
 from pouch_addon.ledger_store import HISTORY_DIR, STATE_FILE, WAL_FILE
+from pouch_addon.ledger_wal import mark
 
 from .aggregate import Aggregates
 from .messages import AggregatesUpdated, AlertsUpdated, HistoryUpdated, LedgerProblem, LedgerSnapshot, LedgerUpdated
@@ -126,13 +127,13 @@ class LedgerWatcher(threading.Thread):
             modified: float | None = st.st_mtime
         except FileNotFoundError:
             signature, modified = ("missing",), None
-        try:  # commits between snapshots only append to the write-ahead log
-            wal = os.stat(self.home / WAL_FILE)
-            signature = (*signature, wal.st_size, wal.st_mtime_ns)
+        # commits between snapshots only append to the write-ahead log (preallocated: its size
+        # does not move per record, so its mark holds where its content ends)
+        wal = mark(self.home / WAL_FILE)
+        if wal is not None:
+            signature = (*signature, *wal)
             if modified is not None:
-                modified = max(modified, wal.st_mtime)
-        except FileNotFoundError:
-            pass
+                modified = max(modified, wal[2] / 1e9)
         if signature != self._signature:
             try:
                 state = self._ledger.snapshot()

@@ -55,5 +55,9 @@ def test_floor_compares_the_ledger_of_two_trees(capsys):
     this = BENCH.parent
     floor.compare_trees([("a", this), ("b", this)], group=1, rounds=3, runs=1, instructions=False)
     out = capsys.readouterr().out
-    assert "a: ledger CPU us (user+system) per admission at 1 per commit, 3 rounds: " in out
+    assert ("a: ledger CPU us (user+system), context switches (voluntary+involuntary) per admission at 1 per "
+            "commit, 3 rounds: ") in out
     assert "b: ledger CPU us" in out
+    floor.compare_trees([("a", this)], group=1, rounds=3, runs=1, instructions=False, syncs=True)
+    out = capsys.readouterr().out
+    assert "/adm " in out and " us wall " in out and "fdatasync calls and their mean wall/CPU us" in out

@@ -507,3 +507,28 @@ def test_under_load_an_event_loop_admission_wakes_the_committer_once_the_delay_p
     assert at_once == [0, 0, 0]  # not woken by the submissions themselves
     assert slept == []  # nor did it sleep the delay after waking
     assert ledger.verify() == []
+
+
+def test_a_failed_flush_under_load_leaves_the_committer_running_and_the_next_commit_fails_closed(tmp_path, monkeypatch):
+    """Busy, the committer flushes after answering; when that flush fails it logs and the next
+    commit flushes first (and fails). Its logging went through the method's ``log`` flag, a bool:
+    the AttributeError ended the committer thread and every later admission hung."""
+    import os
+    from pouch_addon import ledger_local
+    monkeypatch.setattr(ledger_local, "BUSY_WINDOW", 600.0)
+    ledger = Ledger(tmp_path)
+    ledger.set_budget(D("10"))
+    ledger.siblings = lambda: 5  # busy: the committer flushes each record itself
+    real, fail = os.fdatasync, [True]
+
+    def fdatasync(fd: int) -> None:
+        if fail[0]:
+            raise OSError(5, "Input/output error (test)")
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    assert isinstance(ledger.submit(ledger.reserve_op(D("0.1"))).result(timeout=20), Reservation)
+    with pytest.raises(OSError, match="Input/output error"):  # flushed before answering now: fails closed
+        ledger.submit(ledger.reserve_op(D("0.1"))).result(timeout=20)
+    fail[0] = False
+    assert isinstance(ledger.submit(ledger.reserve_op(D("0.1"))).result(timeout=20), Reservation)

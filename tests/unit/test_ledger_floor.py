@@ -167,3 +167,58 @@ def test_a_reservation_is_formatted_around_its_owners_cached_json(monkeypatch):
     assert LedgerState().reserved == D("0")
     st = LedgerState(open={r.id: r for r in cases})
     assert st.reserved == D("3.0100")
+
+
+def test_reserved_is_a_running_total_that_stays_the_sum_of_the_open_reservations():
+    """``reserved`` is kept as reservations come and go (every admission asks for it), not
+    re-summed over every open reservation; each way of changing ``open`` keeps it right, and
+    ``problems`` sees a total that drifted from the sum."""
+    from pouch_addon.budget import Owner
+
+    owner = Owner(4242, "123456", "host")
+    rng = random.Random(7)
+    st = LedgerState(budget=D("1000"))
+    assert type(st.open) is ledger_rules.OpenReservations
+    for i in range(300):
+        op = rng.random()
+        if op < 0.5 or not st.open:
+            st.reserve(D(rng.randint(1, 999)) / 1000, res_id=f"r{i}", owner=owner, now=1.7e9 + i)
+        elif op < 0.8:
+            rid = rng.choice(list(st.open))
+            st.apply(st.settle_entry(rid, D("0.0001"), now=1.7e9 + i))
+        elif op < 0.9:
+            st.open.pop(rng.choice(list(st.open)))
+        else:
+            del st.open[rng.choice(list(st.open))]
+        assert st.reserved == sum((r.amount for r in st.open.values()), D(0))
+    st.open.update({"u": ledger_rules.Reservation("u", D("0.5"), 1.0, owner)})
+    st.open["u"] = ledger_rules.Reservation("u", D("0.25"), 1.0, owner)  # replaced: counted once
+    st.open.setdefault("v", ledger_rules.Reservation("v", D("0.125"), 1.0, owner))
+    st.open.popitem()
+    assert st.reserved == sum((r.amount for r in st.open.values()), D(0)) and st.problems() == []
+    import copy
+    import pickle
+    for other in (copy.deepcopy(st), pickle.loads(pickle.dumps(st)), LedgerState.from_tables(st.to_tables())):
+        assert other.reserved == st.reserved and other.open == st.open
+    st.open.clear()
+    assert st.reserved == 0
+    st.open.reserved += D("1")  # a total that drifted
+    assert "reserved is not the sum of the open reservations" in st.problems()
+
+
+def test_a_commit_writes_the_reservations_it_opened_and_closed_from_what_it_touched(tmp_path):
+    """The log record's ``add``/``drop``/``ckpt`` come from the ids the transaction touched
+    (``OpenReservations.touched``), and say what comparing every open id before and after said."""
+    ledger = Ledger(tmp_path)
+    ledger.snapshot_records, ledger.snapshot_seconds = 10**6, 10**6
+    ledger.set_budget(D("10"))
+    keep = [ledger.submit(ledger.reserve_op(D("0.01"))).result().id for _ in range(5)]
+    gone = ledger.submit(ledger.reserve_op(D("0.01"))).result().id
+    ledger.submit(ledger.checkpoint_op({keep[0]: {"tokens": 1}}), lazy=True)
+    ledger.submit(ledger.settle_op(gone, D("0.005")), lazy=True)
+    new = ledger.submit(ledger.reserve_op(D("0.02"))).result().id
+    record = json.loads(ledger._wal.read()[0][-1])
+    assert [r["id"] for r in record["add"]] == [new]
+    assert record["drop"] == [gone] and record["ckpt"] == {keep[0]: {"tokens": 1}}
+    st = Ledger(tmp_path).snapshot()  # another process replays the records
+    assert set(st.open) == {*keep, new} and st.reserved == D("0.07") and st.problems() == []
