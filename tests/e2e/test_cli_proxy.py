@@ -331,3 +331,29 @@ def test_status_counts_the_calls_the_proxy_has_in_flight(e2e, fake, tmp_path, e2
         wait_until(lambda: "0 call(s) in flight" in _pouch(home, "status").stdout, 20, "status after the stream")
     finally:
         p.stop()
+
+
+def test_a_clean_stop_leaves_the_ledger_compacted(e2e, fake, tmp_path, e2e_certs):
+    """While running, the write-ahead log is preallocated with zeros (a pouch from before that
+    change reads them as corrupt records); a clean stop writes a snapshot and empties it, so the
+    home is read by any version and the next start replays nothing."""
+    home = tmp_path / "home"
+    Ledger(home).set_budget(D(1))
+    port = free_port()
+    p = PouchProxy(tmp_path, home, "--listen", str(port), "--set", f"pouch_route=api.openai.com=127.0.0.1:{fake.port}",
+                   "--set", f"ssl_verify_upstream_trusted_ca={e2e_certs.ca_cert}")
+    wal = home / "ledger.wal"
+    try:
+        p.wait_listening()
+        ca = home / "mitmproxy" / "mitmproxy-ca-cert.pem"
+        env = e2e.client_env(extra={"HTTPS_PROXY": f"http://127.0.0.1:{port}", "SSL_CERT_FILE": str(ca)})
+        r = e2e.run_sdk("chat", {"model": "gpt-4o-mini", "max_tokens": 5,
+                                 "extra_headers": {"x-fake-prompt-tokens": "10", "x-fake-chunks": "2"}}, env)
+        assert r["ok"], r
+        wait_until(lambda: Ledger(home).status().requests == 1, 10, "settled")
+        assert wal.stat().st_size >= 64 * 1024  # records, then zeros
+    finally:
+        p.stop()
+    assert p.proc.returncode is not None and wal.stat().st_size == 0, (wal.stat().st_size, p.output()[-2000:])
+    st = Ledger(home).status()
+    assert st.requests == 1 and st.spent > 0 and Ledger(home).verify() == []
