@@ -106,7 +106,7 @@ CASES = [
     case("content-length-negative", lambda: framed(HEAD + "Content-Length: -1\n", BODY), REFUSED),
     case("content-length-short", lambda: framed(HEAD + "Content-Length: 20\n", BODY), REFUSED),
     case("chunked", lambda: framed(HEAD + "Transfer-Encoding: chunked\n", chunked(BODY))),
-    case("chunked-and-content-length", lambda: framed(HEAD + f"Transfer-Encoding: chunked\nContent-Length: 4\n",
+    case("chunked-and-content-length", lambda: framed(HEAD + "Transfer-Encoding: chunked\nContent-Length: 4\n",
                                                       chunked(BODY)), {"billed", "refused"}),
     case("chunked-upper-case", lambda: framed(HEAD + "Transfer-Encoding: CHUNKED\n", chunked(BODY)), {"billed", "refused"}),
     case("transfer-encoding-gzip-chunked", lambda: framed(HEAD + "Transfer-Encoding: gzip, chunked\n",

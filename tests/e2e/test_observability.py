@@ -7,7 +7,6 @@ import json
 import subprocess
 import sys
 import threading
-import time
 from datetime import UTC, datetime
 from decimal import Decimal as D
 

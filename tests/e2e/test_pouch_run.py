@@ -8,7 +8,6 @@ once; this needs the network the first time (``npm install``).
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import shutil
 import subprocess

@@ -8,8 +8,6 @@ import re
 import os
 import subprocess
 import sys
-import time
-from datetime import UTC, datetime
 from decimal import Decimal as D
 from pathlib import Path
 

@@ -19,7 +19,7 @@ import pytest
 from pouch_addon import tokens
 from pouch_addon.addons.gate import Admission
 from pouch_addon.budget import LedgerState
-from pouch_addon.ledger_rules import Refusal, Wallet
+from pouch_addon.ledger_rules import Wallet
 from pouch_addon.limits import RateBook
 from pouch_addon.metering import StreamMeter
 from pouch_addon.plan import PlanSettings, draft_plan
