@@ -660,6 +660,29 @@ def apply_rewrites(body: dict[str, Any], rewrites: Mapping[str, Any]) -> None:
         target[last] = value
 
 
+#: JSON's insignificant whitespace (RFC 8259), which may come before a body's opening brace
+_JSON_WS = b" \t\n\r"
+
+
+def rewrite_bytes(raw: bytes, body: Mapping[str, Any], rewrites: Mapping[str, Any]) -> bytes | None:
+    """``raw`` (the request body ``body`` was parsed from) with ``rewrites`` applied by inserting
+    them as new members right after the opening brace: the client's own bytes follow unchanged
+    (its numbers, escapes and spacing as sent; no re-serialisation of the whole body, which costs
+    time proportional to it). None when an insertion cannot express the rewrites: a member the
+    body already has (its value is replaced) or a nested one (``a.b``); then re-serialise the
+    parsed body (:func:`apply_rewrites`). ``body`` passed ``parse_body``, so ``raw`` is one JSON
+    object without repeated keys, and inserting a member it lacks makes exactly the object
+    :func:`apply_rewrites` would."""
+    if any("." in key or key in body for key in rewrites):
+        return None
+    start = len(raw) - len(raw.lstrip(_JSON_WS))
+    if raw[start:start + 1] != b"{":
+        return None
+    members = b",".join(json.dumps({k: v}, ensure_ascii=False, separators=(",", ":")).encode()[1:-1]
+                        for k, v in rewrites.items())
+    return b"".join((raw[:start + 1], members, b"," if body else b"", raw[start + 1:]))
+
+
 def _inject_cap(price: ModelPrice, input_tokens: int, choices: int, tier: str | None, remaining: Decimal,
                 fees: Decimal = ZERO) -> int:
     """The output cap pouch adds: min(model max output, what ``remaining`` (the budget left after

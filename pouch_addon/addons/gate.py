@@ -44,7 +44,7 @@ from ..money import ZERO, format_usd
 from ..limits import RateBook
 from ..plan import (
     BodyTooLarge, BudgetTooSmall, CallPlan, DraftPlan, PlanError, PlanSettings, apply_rewrites, canonical_path,
-    decode_content, parse_body,
+    decode_content, parse_body, rewrite_bytes,
 )
 from .. import tokens
 from ..pricing import PriceTable
@@ -72,6 +72,18 @@ def decode_body(request: http.Request, limit: int) -> bytes:
 def set_body(request: http.Request, body: dict[str, Any]) -> None:
     """Rewrite the JSON body; mitmproxy re-encodes it and fixes content-length."""
     request.text = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+
+
+def rewrite_body(request: http.Request, body: dict[str, Any], rewrites: dict[str, Any]) -> None:
+    """Apply the plan's rewrites to the request ``body`` was parsed from: inserted into the
+    client's own bytes when they only add members (``plan.rewrite_bytes``: a stream's
+    ``stream_options``, an injected cap), else the parsed body re-serialised."""
+    data = rewrite_bytes(request.raw_content or b"", body, rewrites)
+    if data is None:
+        apply_rewrites(body, rewrites)
+        set_body(request, body)
+    else:
+        request.content = data  # mitmproxy fixes content-length
 
 
 class BudgetGate:
@@ -289,11 +301,10 @@ class BudgetGate:
         flow.metadata[CALL] = call
         self.core.active.add(call)
         if plan.rewrites:
-            apply_rewrites(body, plan.rewrites)
             if inline:  # a small body stays small with a cap and stream_options added
-                set_body(flow.request, body)
+                rewrite_body(flow.request, body, plan.rewrites)
             else:
-                await asyncio.to_thread(set_body, flow.request, body)
+                await asyncio.to_thread(rewrite_body, flow.request, body, plan.rewrites)
         # SSE must reach the meter uncompressed
         flow.request.headers["accept-encoding"] = "identity"
 
