@@ -164,6 +164,65 @@ def run(n: int, warmup: int, profile: str | None = None) -> dict[str, dict[str, 
     return out
 
 
+def pieces(n: int, warmup: int) -> dict[str, dict[str, float]]:
+    """The request hooks' parts one by one, on the loop and without the ledger: scope, identity,
+    the gate's draft (decode, parse, estimate, price) and the body rewrite; min and median µs."""
+    from mitmproxy import http
+    from mitmproxy.test import taddons, tflow
+
+    import pouch_addon.addons.gate as G
+    from pouch_addon.addons import make_addons
+    from pouch_addon.budget import Ledger
+    from pouch_addon.plan import apply_rewrites
+
+    home = tempfile.mkdtemp(prefix="pouch-rqh-bench-")
+    Ledger(home).set_budget(Decimal("1000000"))
+    members = make_addons()
+    by = {type(a).__name__: a for a in members}
+    rewrite = getattr(G, "rewrite_body", None)
+    out: dict[str, dict[str, float]] = {}
+
+    async def main() -> None:
+        with taddons.context(*members) as tctx:
+            tctx.options.update(pouch_home=home, pouch_checkpoint_ms=0, pouch_identify_process=False)
+            for a in members:
+                if hasattr(a, "configure"):
+                    a.configure(set(tctx.options.keys()))
+            gate, scope, ident = by["BudgetGate"], by["Scope"], by["Identify"]
+            table = gate.core.table
+            for stream in (False, True):
+                res: dict[str, list[float]] = {"scope": [], "identify": [], "draft": [], "rewrite": []}
+                for i in range(n + warmup):
+                    f = tflow.tflow()
+                    f.client_conn.sni = "api.openai.com"
+                    f.request = http.Request.make(
+                        "POST", "https://api.openai.com/v1/chat/completions", body(stream),
+                        {"Host": "api.openai.com", "Authorization": "Bearer sk-bench",
+                         "Content-Type": "application/json", "Accept": "application/json"})
+                    t0 = time.perf_counter()
+                    scope.request(f)
+                    t1 = time.perf_counter()
+                    await ident.request(f)
+                    t2 = time.perf_counter()
+                    draft, parsed = gate._draft_inline(f, table)
+                    t3 = time.perf_counter()
+                    if draft.rewrites:
+                        if rewrite is not None:
+                            rewrite(f.request, parsed, draft.rewrites)
+                        else:  # before rewrite_body
+                            apply_rewrites(parsed, draft.rewrites)
+                            G.set_body(f.request, parsed)
+                    t4 = time.perf_counter()
+                    if i >= warmup:
+                        for k, a, z in (("scope", t0, t1), ("identify", t1, t2), ("draft", t2, t3), ("rewrite", t3, t4)):
+                            res[k].append(z - a)
+                key = "stream" if stream else "non-stream"
+                out[key] = {f"{k} {m}": fn(v) * 1e6 for k, v in res.items()
+                            for m, fn in (("min", min), ("p50", statistics.median))}
+    asyncio.run(main())
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=2000)
@@ -173,10 +232,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--callgrind", action="store_true",
                     help="count the loop thread's instructions in the request hooks under valgrind instead "
                          "(deterministic; ~50x slower: use --n 200)")
+    ap.add_argument("--pieces", action="store_true",
+                    help="time the hooks' parts one by one instead (scope, identity, draft, rewrite; no ledger)")
     ap.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # the --tree worker's output
     args = ap.parse_args(argv)
     if args.json:
-        print(json.dumps(run(args.n, args.warmup)))
+        print(json.dumps(pieces(args.n, args.warmup) if args.pieces else run(args.n, args.warmup, args.profile)))
         return 0
     results: dict[str, dict] = {}
     for name, tree in [("this", None)] + [tuple(s.split("=", 1)) for s in args.tree]:
@@ -184,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
         if tree is not None:  # this file's code, that checkout's pouch (PYTHONPATH comes before the venv's install)
             env["PYTHONPATH"] = str(Path(tree).resolve())
         cmd = [sys.executable, __file__, "--json", "--n", str(args.n), "--warmup", str(args.warmup)]
+        if args.pieces:
+            cmd.append("--pieces")
         if args.profile and tree is None:
             cmd += ["--profile", args.profile]
         if args.callgrind:
@@ -196,6 +259,14 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"{name}: {proc.stderr[-3000:]}")
         results[name] = json.loads(proc.stdout.strip().splitlines()[-1])
     print(f"request hooks of one sequential call, in process ({args.n} calls per workload): µs per call")
+    if args.pieces:
+        print("   the parts of the request hooks one by one (µs, min / median)")
+        for key in ("non-stream", "stream"):
+            for name, res in results.items():
+                r = res[key]
+                print(f"   {key:<12}{name:<10}" + "  ".join(
+                    f"{part} {r[part + ' min']:.1f}/{r[part + ' p50']:.1f}" for part in ("scope", "identify", "draft", "rewrite")))
+        return 0
     if args.callgrind:
         print("   instructions of the event loop's thread in the request hooks, per call (callgrind)")
         for key in ("non-stream", "stream"):
