@@ -660,6 +660,8 @@ def apply_rewrites(body: dict[str, Any], rewrites: Mapping[str, Any]) -> None:
         target[last] = value
 
 
+#: one encoder for the inserted members (``json.dumps`` with options builds one per call)
+_COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 #: JSON's insignificant whitespace (RFC 8259), which may come before a body's opening brace
 _JSON_WS = b" \t\n\r"
 
@@ -673,13 +675,14 @@ def rewrite_bytes(raw: bytes, body: Mapping[str, Any], rewrites: Mapping[str, An
     parsed body (:func:`apply_rewrites`). ``body`` passed ``parse_body``, so ``raw`` is one JSON
     object without repeated keys, and inserting a member it lacks makes exactly the object
     :func:`apply_rewrites` would."""
+    if not rewrites:
+        return raw
     if any("." in key or key in body for key in rewrites):
         return None
     start = len(raw) - len(raw.lstrip(_JSON_WS))
     if raw[start:start + 1] != b"{":
         return None
-    members = b",".join(json.dumps({k: v}, ensure_ascii=False, separators=(",", ":")).encode()[1:-1]
-                        for k, v in rewrites.items())
+    members = _COMPACT.encode(dict(rewrites)).encode()[1:-1]
     return b"".join((raw[:start + 1], members, b"," if body else b"", raw[start + 1:]))
 
 
