@@ -50,7 +50,7 @@ def test_a_replaced_or_nested_member_is_left_to_the_parsed_body(raw, rewrites):
 
 # -- through the gate: what mitmproxy forwards ---------------------------------------------------
 
-def forwarded(tmp_path, raw: bytes) -> http.Request:
+def forwarded(tmp_path, raw: bytes, **headers: str) -> http.Request:
     """Run pouch's request hooks (the real addons, a real local ledger) on one streamed chat call."""
     Ledger(tmp_path).set_budget(Decimal("100"))
     members = make_addons()
@@ -63,7 +63,7 @@ def forwarded(tmp_path, raw: bytes) -> http.Request:
     f = tflow.tflow(client_conn=client)
     f.request = http.Request.make("POST", "https://api.openai.com/v1/chat/completions", raw,
                                   {"Host": "api.openai.com", "Authorization": "Bearer sk-test",
-                                   "Content-Type": "application/json"})
+                                   "Content-Type": "application/json", **headers})
 
     async def run() -> None:
         with taddons.context(*members) as tctx:
@@ -102,3 +102,14 @@ def test_a_member_the_client_set_is_still_replaced_through_the_parsed_body(tmp_p
                       "stream_options": {"include_obfuscation": False}}).encode()
     req = forwarded(tmp_path, raw)
     assert json.loads(req.raw_content)["stream_options"] == {"include_obfuscation": False, "include_usage": True}
+
+
+def test_a_compressed_body_is_forwarded_decoded_with_the_insertion(tmp_path):
+    # planned in a worker thread (not inline): pouch sends the decoded bytes it priced
+    # (mitmproxy's Request.make below compresses the body by its content-encoding)
+    raw = json.dumps({"model": "gpt-4o-mini", "stream": True, "max_tokens": 50,
+                      "messages": [{"role": "user", "content": "x" * 3000}]}).encode()
+    req = forwarded(tmp_path, raw, **{"Content-Encoding": "gzip"})  # Request.make gzips it
+    assert "content-encoding" not in req.headers
+    assert req.raw_content == b'{"stream_options":{"include_usage":true},' + raw[1:]
+    assert req.headers["content-length"] == str(len(req.raw_content))
