@@ -65,7 +65,8 @@ def callgrind_total(cg) -> int:
     out = Path(CALLGRIND)
     before = set(out.parent.glob("cg.*"))
     cg.cg_dump()
-    [f] = set(out.parent.glob("cg.*")) - before
+    # --separate-threads=yes: one file per thread; the event loop is the main thread (-01)
+    [f] = [f for f in set(out.parent.glob("cg.*")) - before if f.name.endswith("-01")]
     for line in f.read_text(errors="replace").splitlines():
         if line.startswith("totals:"):
             return int(line.split()[1])
@@ -252,8 +253,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.callgrind:
             out_dir = Path(tempfile.mkdtemp(prefix="pouch-rqh-cg-"))
             env["RQH_CALLGRIND"] = str(out_dir / "dump")
-            cmd = ["valgrind", "--tool=callgrind", "--collect-atstart=no", f"--callgrind-out-file={out_dir}/cg.%p",
-                   "-q"] + cmd
+            cmd = ["valgrind", "--tool=callgrind", "--collect-atstart=no", "--separate-threads=yes",
+                   f"--callgrind-out-file={out_dir}/cg.%p", "-q"] + cmd
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if proc.returncode:
             raise SystemExit(f"{name}: {proc.stderr[-3000:]}")
