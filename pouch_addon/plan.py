@@ -679,11 +679,14 @@ def rewrite_bytes(raw: bytes, body: Mapping[str, Any], rewrites: Mapping[str, An
         return raw
     if any("." in key or key in body for key in rewrites):
         return None
-    start = len(raw) - len(raw.lstrip(_JSON_WS))
+    start = 0
+    while start < len(raw) and raw[start] in _JSON_WS:
+        start += 1
     if raw[start:start + 1] != b"{":
         return None
     members = _COMPACT.encode(dict(rewrites)).encode()[1:-1]
-    return b"".join((raw[:start + 1], members, b"," if body else b"", raw[start + 1:]))
+    # one copy of the client's bytes (a memoryview slice copies nothing)
+    return b"".join((raw[:start + 1], members, b"," if body else b"", memoryview(raw)[start + 1:]))
 
 
 def _inject_cap(price: ModelPrice, input_tokens: int, choices: int, tier: str | None, remaining: Decimal,

@@ -113,3 +113,11 @@ def test_a_compressed_body_is_forwarded_decoded_with_the_insertion(tmp_path):
     assert "content-encoding" not in req.headers
     assert req.raw_content == b'{"stream_options":{"include_usage":true},' + raw[1:]
     assert req.headers["content-length"] == str(len(req.raw_content))
+
+
+def test_a_large_body_gets_the_same_insertion(tmp_path):
+    # above the inline plan's size (planned in a worker thread), below INLINE_INSERT_BYTES
+    raw = json.dumps({"model": "gpt-4o-mini", "stream": True, "max_tokens": 50,
+                      "messages": [{"role": "user", "content": "word " * 12000}]}).encode()
+    req = forwarded(tmp_path, raw)
+    assert req.raw_content == b'{"stream_options":{"include_usage":true},' + raw[1:]
