@@ -6,6 +6,13 @@ proxy splits into phases. Bench-only: pouch itself carries no instrumentation.
 Timestamps are ``time.perf_counter()`` of the proxy process; each flow's are written as one
 JSON line to ``$PHASE_OUT`` when the flow ends (sequential calls: one call in flight at a time,
 so the ledger's timestamps, which know no flow, belong to the call in flight).
+
+Experiments (environment of mitmdump, e.g. ``phase_bench.py --config NAME:env:PHASE_PATCH=nosync``):
+``PHASE_PATCH=nosync`` (no ``fdatasync`` of the log), ``PHASE_PATCH=defer_flush`` (the record handed
+to the flusher at the response head), ``PHASE_WINDOW=1`` (each loop callback and ``select`` between
+the request hooks' end and the response head, in the flow's ``window``), ``PHASE_PROFILE=FILE`` /
+``PHASE_HOOKPROF=FILE`` (cProfile of the loop in that window / in the request hooks),
+``PHASE_STRACE=FILE`` (strace of every thread).
 """
 
 from __future__ import annotations
@@ -30,15 +37,25 @@ def mark(name: str) -> None:
 
 
 class First:
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        if PROF is not None:
+            PROF.disable()
+        flow.metadata[KEY]["rsh0"] = now()
+        while DEFERRED:
+            DEFERRED.pop()()
+        if WINDOW:
+            t0 = WINDOW[0][1]
+            flow.metadata[KEY]["window"] = [(n, round((t - t0) * 1e6), d) for n, t, d in WINDOW]
+            WINDOW.clear()
+
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         LAST.clear()
         flow.metadata[KEY] = {"rqh0": now()}
 
     def request(self, flow: http.HTTPFlow) -> None:
         flow.metadata[KEY]["rq0"] = now()
-
-    def responseheaders(self, flow: http.HTTPFlow) -> None:
-        flow.metadata[KEY]["rsh0"] = now()
+        if HOOKPROF is not None:
+            HOOKPROF.enable()
 
     def response(self, flow: http.HTTPFlow) -> None:
         flow.metadata[KEY]["rs0"] = now()
@@ -49,6 +66,8 @@ class Last:
         flow.metadata[KEY]["rqh1"] = now()
 
     def request(self, flow: http.HTTPFlow) -> None:
+        if HOOKPROF is not None:
+            HOOKPROF.disable()
         d = flow.metadata[KEY]
         d["rq1"] = now()
         d.update(LAST)
@@ -56,6 +75,10 @@ class Last:
         if TRACE:
             d["trace"] = list(TRACE)
             TRACE.clear()
+        if WINDOW is not None:
+            WINDOW[:] = [("start", now(), 0)]
+        if PROF is not None:
+            PROF.enable()
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         d = flow.metadata[KEY]
@@ -148,6 +171,17 @@ def _instrument() -> None:
         def eager(self, op, *, lazy=False, **k):
             return sub(self, op, lazy=False, **k)
         LL.GroupCommitQueue.submit_async = eager
+    if patch == "defer_flush":  # experiment: hand the record to the flusher at the response head, not at once
+        deliver_all = LL._deliver_all
+
+        def deferred(slots, loop=None, after=None):
+            if after is not None:
+                DEFERRED.append(after)
+            deliver_all(slots, loop, None)
+        LL._deliver_all = deferred
+    if patch == "nosync":  # experiment: no fdatasync of the ledger's log (what the flush costs this window)
+        from pouch_addon import ledger_wal as LW
+        LW.RecordLog.sync = lambda self: None
     wrap(M.Metering, "_settled", "l_settled0", "l_settled1")
     if os.environ.get("PHASE_KEEP"):  # experiment: keep each settle's objects alive until the next response
         settled = M.Metering._settled
@@ -162,6 +196,23 @@ def _instrument() -> None:
 
 
 TRACE: list = []
+DEFERRED: list = []
+#: PHASE_HOOKPROF=FILE: cProfile of the loop thread from the first request hook to the last (experiment)
+HOOKPROF = None
+if os.environ.get("PHASE_HOOKPROF"):
+    import atexit
+    import cProfile
+    HOOKPROF = cProfile.Profile()
+    atexit.register(lambda: HOOKPROF.dump_stats(os.environ["PHASE_HOOKPROF"] + "-" + MODE))
+#: PHASE_PROFILE=FILE: cProfile of the loop thread between the request hooks' end and the response head
+PROF = None
+if os.environ.get("PHASE_PROFILE"):
+    import atexit
+    import cProfile
+    PROF = cProfile.Profile()
+    atexit.register(lambda: PROF.dump_stats(os.environ["PHASE_PROFILE"] + "-" + MODE))
+#: PHASE_WINDOW=1: every loop callback and select() between the request hooks' end and the response head
+WINDOW: list | None = [] if os.environ.get("PHASE_WINDOW") else None
 KEEP: list = []
 
 
@@ -194,6 +245,45 @@ def _trace_handles() -> None:
         return sel(self, timeout)
     selectors.EpollSelector.select = select
 
+
+def _trace_window() -> None:
+    import asyncio.events
+    import selectors
+    run = asyncio.events.Handle._run
+
+    def traced(self):
+        if WINDOW:
+            t = now()
+            run(self)
+            if PROF is not None and len(WINDOW) == 1:
+                PROF.disable()  # only the rest of the step that ran the request hooks
+            cb = self._callback
+            task = getattr(cb, "__self__", None)
+            name = task.get_coro().__qualname__ if hasattr(task, "get_coro") else repr(cb)[:90]
+            WINDOW.append((name, t, round((now() - t) * 1e6)))
+        else:
+            run(self)
+    asyncio.events.Handle._run = traced
+    sel = selectors.EpollSelector.select
+
+    def select(self, timeout=None):
+        if WINDOW:
+            t = now()
+            r = sel(self, timeout)
+            WINDOW.append((f"select({timeout}) -> {len(r)}", t, round((now() - t) * 1e6)))
+            return r
+        return sel(self, timeout)
+    selectors.EpollSelector.select = select
+
+
+if WINDOW is not None:
+    _trace_window()
+
+if os.environ.get("PHASE_STRACE"):  # PHASE_STRACE=FILE: syscalls of every thread, with times (experiment)
+    import subprocess
+    subprocess.Popen(["strace", "-f", "-tt", "-T", "-o", os.environ["PHASE_STRACE"] + "-" + MODE,
+                      "-e", "trace=!getpid,clock_gettime,gettid", "-p", str(os.getpid())])
+    time.sleep(0.5)
 
 if MODE == "bare":
     addons = [First(), Last()]

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from urllib.parse import unquote
 
 # billed endpoints (canonical path) -> api kind
@@ -57,8 +58,10 @@ class Refused:
     message: str
 
 
+@lru_cache(maxsize=1024)
 def canonical_path(target: str) -> str:
-    """The path a lenient server could route ``target`` to, for comparison only (never sent)."""
+    """The path a lenient server could route ``target`` to, for comparison only (never sent).
+    Memoised: each request asks it for the same path several times (scope, gate, plan)."""
     path = target.split("?", 1)[0].split("#", 1)[0]
     if "://" in path:  # absolute-form
         path = "/" + path.split("://", 1)[1].partition("/")[2]

@@ -660,6 +660,35 @@ def apply_rewrites(body: dict[str, Any], rewrites: Mapping[str, Any]) -> None:
         target[last] = value
 
 
+#: one encoder for the inserted members (``json.dumps`` with options builds one per call)
+_COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+#: JSON's insignificant whitespace (RFC 8259), which may come before a body's opening brace
+_JSON_WS = b" \t\n\r"
+
+
+def rewrite_bytes(raw: bytes, body: Mapping[str, Any], rewrites: Mapping[str, Any]) -> bytes | None:
+    """``raw`` (the request body ``body`` was parsed from) with ``rewrites`` applied by inserting
+    them as new members right after the opening brace: the client's own bytes follow unchanged
+    (its numbers, escapes and spacing as sent; no re-serialisation of the whole body, which costs
+    time proportional to it). None when an insertion cannot express the rewrites: a member the
+    body already has (its value is replaced) or a nested one (``a.b``); then re-serialise the
+    parsed body (:func:`apply_rewrites`). ``body`` passed ``parse_body``, so ``raw`` is one JSON
+    object without repeated keys, and inserting a member it lacks makes exactly the object
+    :func:`apply_rewrites` would."""
+    if not rewrites:
+        return raw
+    if any("." in key or key in body for key in rewrites):
+        return None
+    start = 0
+    while start < len(raw) and raw[start] in _JSON_WS:
+        start += 1
+    if raw[start:start + 1] != b"{":
+        return None
+    members = _COMPACT.encode(dict(rewrites)).encode()[1:-1]
+    # one copy of the client's bytes (a memoryview slice copies nothing)
+    return b"".join((raw[:start + 1], members, b"," if body else b"", memoryview(raw)[start + 1:]))
+
+
 def _inject_cap(price: ModelPrice, input_tokens: int, choices: int, tier: str | None, remaining: Decimal,
                 fees: Decimal = ZERO) -> int:
     """The output cap pouch adds: min(model max output, what ``remaining`` (the budget left after

@@ -621,6 +621,10 @@ def _undated(name: str) -> str | None:
     return stripped if stripped != name and stripped else None
 
 
+#: names whose ``resolve_bound`` answer a table keeps (then it starts over)
+BOUND_MEMO = 1024
+
+
 class PriceTable:
     """The loaded price table. ``resolve`` maps a model name (as sent or reported) to its price."""
 
@@ -640,6 +644,7 @@ class PriceTable:
                 multipliers[tier] = value
         self.tier_multipliers: Mapping[str, Decimal] = MappingProxyType(multipliers)
         self._models: dict[str, ModelPrice] = {}
+        self._bound_by_name: dict[str, ModelPrice] = {}  # resolve_bound's answers by the name asked
         for name, raw in data["models"].items():
             self._models[name] = _model_price(name, raw, self.tier_multipliers)
         self._lower = {name.lower(): name for name in self._models}
@@ -739,6 +744,16 @@ class PriceTable:
         component-wise dearest of the name's entry and every snapshot of it in the table. A
         snapshot newer than the table resolves (date stripped) to the name's own entry, which
         is part of the bound."""
+        memo = self._bound_by_name.get(model) if isinstance(model, str) else None
+        if memo is not None:  # the table does not change: each name is resolved once
+            return memo
+        found = self._resolve_bound(model)
+        if len(self._bound_by_name) >= BOUND_MEMO:
+            self._bound_by_name.clear()  # bounded: clients may send any number of names
+        self._bound_by_name[model] = found
+        return found
+
+    def _resolve_bound(self, model: str) -> ModelPrice:
         price = self.resolve(model)
         bare = _strip_prefixes(model.strip().lower())
         if bare.startswith("ft:") or _undated(bare) is not None:
