@@ -86,7 +86,6 @@ def run(n: int, warmup: int, profile: str | None = None) -> dict[str, dict[str, 
     Ledger(home).set_budget(Decimal("1000000"))
     members = make_addons()
     chain = Chain(members)
-    gate = next(a for a in members if type(a).__name__ == "BudgetGate")
     out: dict[str, dict[str, float]] = {}
     cg = callgrind_lib() if CALLGRIND else None
     prof = None
