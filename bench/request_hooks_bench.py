@@ -272,21 +272,22 @@ def main(argv: list[str] | None = None) -> int:
         for key in ("non-stream", "stream"):
             for name, res in results.items():
                 print(f"   {key:<12}{name:<10}{res[key]['instructions']:14,.0f}")
-        for name in list(results)[1:]:
-            for key in ("non-stream", "stream"):
-                print(f"RATIO instructions per call {key} this/{name} = "
-                      f"{results['this'][key]['instructions'] / results[name][key]['instructions']:.3f}")
+        print_ratios(results, "instructions per call", "instructions")
         return 0
     print(f"   {'workload':<12}{'config':<10}{'loop CPU p50':>14}{'loop CPU mean':>15}{'hook wall p50':>15}")
     for key in ("non-stream", "stream"):
         for name, res in results.items():
             r = res[key]
             print(f"   {key:<12}{name:<10}{r['cpu_median']:14.1f}{r['cpu_mean']:15.1f}{r['wall_median']:15.1f}")
+    print_ratios(results, "request hooks loop CPU p50", "cpu_median")
+    return 0
+
+
+def print_ratios(results: dict, label: str, field: str) -> None:
+    """One RATIO line per other tree and workload: this tree's ``field`` over that tree's."""
     for name in list(results)[1:]:
         for key in ("non-stream", "stream"):
-            print(f"RATIO request hooks loop CPU p50 {key} this/{name} = "
-                  f"{results['this'][key]['cpu_median'] / results[name][key]['cpu_median']:.3f}")
-    return 0
+            print(f"RATIO {label} {key} this/{name} = {results['this'][key][field] / results[name][key][field]:.3f}")
 
 
 if __name__ == "__main__":
