@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 from .home import resolve_home
 from .ledger_owner import Owner
-from .ledger_rules import LedgerState, OpenReservations, Refusal, _plain, partition_for
+from .ledger_rules import LedgerState, OpenReservations, Refusal, json_str, partition_for
 from .ledger_store import (
     HISTORY_DIR,
     LOCK_FILE,
@@ -453,8 +453,7 @@ class LocalStore(GroupCommitQueue):
         ckpt = {i: now_open[i].checkpoint for i in txn.checkpointed if i in now_open and txn.was_open(i)}
         record = b'{"add":[%s],"ckpt":%s,"drop":%s,"hist":[%s],"lsn":%d,"top":%s}' % (
             b",".join(added), canonical_json(ckpt) if ckpt else b"{}",
-            b"[]" if not dropped else b'["%s"]' % dropped[0].encode() if len(dropped) == 1 and _plain(dropped[0])
-            else canonical_json(dropped),
+            b"[%s]" % b",".join(map(json_str, dropped)),
             b",".join(hist), st.lsn, st.top_json())
         # written here; flushed by ``_drain`` (before or after answering, see DURABILITY)
         end = self._wal.append([record], durable=False, ino=self._wal_ino, end=txn.key[1])
@@ -596,7 +595,7 @@ class LocalStore(GroupCommitQueue):
                 # and not yet flushed)
                 self._await_flush(1)
             with self._lock.thread_lock:
-                self._drain(log=True, flush_here=busy)
+                self._drain(as_record=True, flush_here=busy)
             if self._snapshot_due():
                 with contextlib.suppress(Exception):  # the log stays durable; the next commit retries
                     self.compact()
@@ -618,8 +617,9 @@ class LocalStore(GroupCommitQueue):
             # (once per chunk), and no thread waits on a flush of its own meanwhile
             self._wal.preallocate(cached[1], ino=ino)
 
-    def _drain(self, *, log: bool = False, flush_here: bool = False) -> None:
+    def _drain(self, *, as_record: bool = False, flush_here: bool = False) -> None:
         """Run every pending operation in one transaction; the caller holds the thread lock.
+        ``as_record``: commit as one log record (the committer) instead of a snapshot;
         ``flush_here``: an overlapped flush runs in this thread, after answering."""
         with self._pending_lock:
             batch, self._pending = self._pending, []
@@ -631,7 +631,7 @@ class LocalStore(GroupCommitQueue):
             self._lock.acquire_file()
             try:
                 txn = self._begin()
-                txn.log = log
+                txn.log = as_record
                 for s in batch:
                     try:
                         s.result = s.op(txn)
@@ -676,9 +676,7 @@ class LocalStore(GroupCommitQueue):
                     try:
                         self._wal.sync()
                     except Exception as exc:  # the next commit flushes before answering
-                        # (``log`` is this method's flag here, not the logger)
-                        logging.getLogger(__name__).error(
-                            f"pouch: flushing the ledger's log {self._wal.path} failed: {exc!r}")
+                        log.error(f"pouch: flushing the ledger's log {self._wal.path} failed: {exc!r}")
                         self._flush_error = exc
 
     # -- the overlapped flush (durability "overlap") ---------------------------------------------

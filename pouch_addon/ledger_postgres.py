@@ -449,7 +449,7 @@ class PostgresStore(GroupCommitQueue):
                 self._drain()
         return slot.outcome()
 
-    def _drain(self, *, log: bool = False) -> None:  # noqa: ARG002 (the local ledger's signature)
+    def _drain(self, *, as_record: bool = False) -> None:  # noqa: ARG002 (the local ledger's signature)
         with self._pending_lock:
             batch, self._pending = self._pending, []
             self._urgent, self._lazy_since = 0, None

@@ -67,10 +67,14 @@ class NotOpen(LookupError):
 _amount = attrgetter("amount")
 
 
-def _plain(text: Any) -> bool:
-    """A string JSON writes as itself between quotes (letters, digits, ``-._``: reservation ids,
-    partition names), so it can be formatted without the encoder."""
-    return type(text) is str and text.isascii() and text.replace("-", "").replace(".", "").replace("_", "").isalnum()
+def json_str(text: Any) -> bytes:
+    """``canonical_json(text)``; without the encoder for a string JSON writes as itself between
+    quotes (letters, digits, ``-._``: reservation ids, partition names), formatted per commit."""
+    if type(text) is str and text.isascii() and text.replace("-", "").replace(".", "").replace("_", "").isalnum():
+        return b'"%s"' % text.encode()
+    return canonical_json(text)
+
+
 #: canonical JSON of the owners seen (a process writes its own with every reservation)
 _owners: dict[Owner, bytes] = {}
 
@@ -101,12 +105,12 @@ class Reservation:
         formatted around the owner's cached JSON (a reservation is written once per admission)."""
         cached = self._json
         if cached is None or cached[0] is not self.checkpoint:
-            checkpoint, created, res_id = self.checkpoint, self.created, self.id
+            checkpoint, created = self.checkpoint, self.created
             data = b'{"amount":"%s","checkpoint":%s,"created":%s,"id":%s,"meta":%s,"owner":%s}' % (
                 usd_str(self.amount).encode(), b"null" if checkpoint is None else canonical_json(checkpoint),
                 # a finite float is written as its repr, a plain id as itself: what the encoder writes
                 b"%r" % created if type(created) is float and isfinite(created) else canonical_json(created),
-                b'"%s"' % res_id.encode() if _plain(res_id) else canonical_json(res_id),
+                json_str(self.id),
                 canonical_json(self.meta), _owner_json(self.owner))
             cached = self._json = (self.checkpoint, data)
         return cached[1]
@@ -632,8 +636,7 @@ class LedgerState:
         ledger = b'{"1":{"blocked":%d,"budget":"%s","flagged":%d,"history_file":%s,"history_size":%d,"lsn":%d,' \
                  b'"paused":%s,"requests":%d,"seq":%d,"spent":"%s"}}' % (
                      self.blocked, usd_str(self.budget).encode(), self.flagged,
-                     b"null" if history_file is None else
-                     b'"%s"' % history_file.encode() if _plain(history_file) else canonical_json(history_file),
+                     b"null" if history_file is None else json_str(history_file),
                      self.history_size,
                      self.lsn, b"true" if self.paused else b"false", self.requests, self.seq,
                      usd_str(self.spent).encode())
