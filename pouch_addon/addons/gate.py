@@ -84,10 +84,15 @@ def rewrite_body(request: http.Request, body: dict[str, Any], rewrites: dict[str
     ``stream_options``, an injected cap), else the parsed body re-serialised."""
     data = rewrite_bytes(request.raw_content or b"", body, rewrites)
     if data is None:
-        apply_rewrites(body, rewrites)
-        set_body(request, body)
+        reserialise(request, body, rewrites)
     else:
         request.content = data  # mitmproxy fixes content-length
+
+
+def reserialise(request: http.Request, body: dict[str, Any], rewrites: dict[str, Any]) -> None:
+    """The rewrites applied to the parsed ``body``, written as the request's whole new body."""
+    apply_rewrites(body, rewrites)
+    set_body(request, body)
 
 
 class BudgetGate:
@@ -309,8 +314,8 @@ class BudgetGate:
             data = rewrite_bytes(raw, body, plan.rewrites) if len(raw) <= INLINE_INSERT_BYTES else None
             if data is not None:  # an insertion: one copy of the body, no thread hop
                 flow.request.content = data
-            elif inline:  # a small body stays small with a cap and stream_options added
-                rewrite_body(flow.request, body, plan.rewrites)
+            elif inline:  # not an insertion; a small body stays small with a cap and stream_options added
+                reserialise(flow.request, body, plan.rewrites)
             else:
                 await asyncio.to_thread(rewrite_body, flow.request, body, plan.rewrites)
         # SSE must reach the meter uncompressed
