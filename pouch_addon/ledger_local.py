@@ -91,6 +91,9 @@ class _Txn:
         self.dirty = False
         self.durable = False  # checkpoints alone are advisory and skip fsync
         self.flush = False  # a log record was written that must still be flushed (``_drain``)
+        #: (partition, size) when the transaction began, read through the kept descriptor
+        #: (``LocalStore._history_at``): its append knows the new size without an ``fstat``
+        self.hist_start: tuple[str, int] | None = None
 
     @property
     def before(self) -> frozenset[str]:
@@ -379,17 +382,45 @@ class LocalStore(GroupCommitQueue):
         change shows as a new file or a record after ours, and is read."""
         cached = self._committed
         identity = self._storage.identity()
-        ino, size = self._wal.stat()
-        self._wal_ino, self._wal_size = ino, size
-        if (cached is not None and cached[0] == (identity, ino)
-                and not self._wal.appended(cached[1], ino, size)):
+        if (cached is not None and cached[0][0] == identity
+                and self._wal.follows(cached[1], cached[0][1]) is False):
+            # the state file is the one we wrote (a snapshot or a restore by anyone replaces it, so
+            # the log at the path is the file the kept descriptor names) and nothing follows our
+            # last record: no ``stat`` of the log (its size is the one we last saw or made)
+            ino, size = cached[0][1], self._wal.size
             state, end = cached[2], cached[1]
+            fast = True
         else:
-            state, end = self._load_end(repair=True)
+            ino, size = self._wal.stat()
+            if (cached is not None and cached[0] == (identity, ino)
+                    and not self._wal.appended(cached[1], ino, size)):
+                state, end = cached[2], cached[1]
+            else:
+                state, end = self._load_end(repair=True)
+            fast = False
+        self._wal_ino, self._wal_size = ino, size
         self._committed = None  # the transaction mutates it: valid again only once committed
         txn = _Txn(state, (identity, end))
-        self._replay(txn)
+        at = self._history_at(state) if fast else None
+        if at is None:
+            self._replay(txn)
+        else:
+            txn.hist_start = (state.history_file, at)
         return txn
+
+    def _history_at(self, st: LedgerState) -> int | None:
+        """The size of the history partition ``st`` points into, when nothing follows the pointer
+        (no newer partition, and the partition's size through the descriptor kept open for it is
+        the pointer's: one ``fstat`` instead of a ``stat`` of its path, and the append that
+        follows needs no ``fstat`` either); None when :meth:`_replay` must look."""
+        name = st.history_file
+        if name is None:
+            return None
+        names = self._history.partitions()
+        if not names or names[-1] != name:
+            return None
+        at = self._history.kept_size(name)
+        return at if at == st.history_size else None
 
     def _commit(self, txn: _Txn) -> None:
         """Write the transaction: one log record (``txn.log``: the committer's group commits, once a
@@ -436,7 +467,9 @@ class LocalStore(GroupCommitQueue):
         for name in sorted(by_partition):
             encoded = [canonical_json(line) for line in by_partition[name]]
             data = b"".join(e + b"\n" for e in encoded)
-            end = self._history.append_bytes(name, data, durable=False)
+            hs = txn.hist_start
+            end = self._history.append_bytes(name, data, durable=False,
+                                             start=hs[1] if hs is not None and hs[0] == name else None)
             # canonical_json([name, start, lines]): a partition name is "YYYY-MM-DD.jsonl"
             hist.append(b'["%s",%d,[%s]]' % (name.encode(), end - len(data), b",".join(encoded)))
             st.history_file, st.history_size = name, end

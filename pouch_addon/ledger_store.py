@@ -275,8 +275,21 @@ class HistoryLog:
         fsync; the snapshot that later drops that record calls :meth:`sync` first."""
         return self.append_bytes(name, b"".join(canonical_json(line) + b"\n" for line in lines), durable=durable)
 
-    def append_bytes(self, name: str, data: bytes, *, durable: bool | None = None) -> int:
+    def kept_size(self, name: str) -> int | None:
+        """The size of partition ``name`` through the descriptor kept open for it (one ``fstat``, no
+        path lookup); None when none is kept for it, or its file was removed or replaced since."""
+        fd = self._fd
+        if fd is None or self._fd_name != name or self._fd_pid != _pid:
+            return None
+        st = os.fstat(fd)
+        return st.st_size if st.st_nlink else None
+
+    def append_bytes(self, name: str, data: bytes, *, durable: bool | None = None,
+                     start: int | None = None) -> int:
         """Append ``data`` to partition ``name`` in one write; return its new size.
+
+        ``start``: the partition's size as the caller read it with :meth:`kept_size` under the
+        ledger lock (nobody else writes meanwhile): the new size is known without an ``fstat``.
 
         The partition written last stays open between appends (an open and a close per group
         commit are two system calls); O_APPEND writes at the end even after a truncation, and a
@@ -284,13 +297,17 @@ class HistoryLog:
         written anew, so nothing lands in a file nobody reads."""
         for _attempt in range(2):
             fd = self._fd if self._fd_name == name and self._fd_pid == _pid else None
+            kept = fd is not None
             if fd is None:
                 self._close()
                 fd = os.open(self.path(name), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
                 self._fd, self._fd_name, self._fd_pid = fd, name, _pid
+            sync = self.durable if durable is None else durable
             try:
                 os.write(fd, data)
-                if self.durable if durable is None else durable:
+                if start is not None and kept and not sync:
+                    return start + len(data)
+                if sync:
                     os.fsync(fd)
                 st = os.fstat(fd)
             except BaseException:

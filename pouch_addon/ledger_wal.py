@@ -82,6 +82,9 @@ class RecordLog:
         # each a GIL hand-off on a busy proxy); a replaced file shows as a new inode (see ``append``)
         self._fd: int | None = None
         self._ino = -1
+        #: the file's size as this object last saw or made it (the kept descriptor's file): a commit
+        #: that found nothing changed reads it instead of a ``stat`` (see ``ledger_local._begin``)
+        self.size = 0
         # held while the descriptor is flushed (``sync``, from another thread) or replaced/closed,
         # so a flush never runs on a descriptor closed (and its number reused) meanwhile
         self._fd_lock = threading.Lock()
@@ -106,8 +109,19 @@ class RecordLog:
             with self._fd_lock:
                 self._close()
                 fd = self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-                self._ino = os.fstat(fd).st_ino
+                st = os.fstat(fd)
+                self._ino, self.size = st.st_ino, st.st_size
         return fd
+
+    def follows(self, end: int, ino: int) -> bool | None:
+        """Whether anything follows ``end`` in the log, read through the kept descriptor when it
+        names inode ``ino`` (one ``pread``, no ``stat``: the caller knows from elsewhere that the file
+        at the path is still that one); None when no descriptor is kept for ``ino``."""
+        fd = self._fd
+        if fd is None or ino != self._ino:
+            return None
+        head = os.pread(fd, 4, end)
+        return bool(head) and head != _NO_RECORD
 
     def appended(self, end: int, ino: int, size: int) -> bool:
         """Whether anything follows ``end`` in the log of inode ``ino`` and ``size`` (as the caller
@@ -134,7 +148,10 @@ class RecordLog:
             os.pwrite(fd, data, end)
             if self.durable if durable is None else durable:
                 os.fdatasync(fd)
-            return end + len(data)
+            end += len(data)
+            if end > self.size:
+                self.size = end
+            return end
         except BaseException:
             self.close()
             raise
@@ -150,6 +167,7 @@ class RecordLog:
             if size - end >= PREALLOCATE_LOW:
                 return False
             os.pwrite(fd, _ZEROS, size)
+            self.size = size + len(_ZEROS)
             return True
         except BaseException:
             self.close()
@@ -202,6 +220,7 @@ class RecordLog:
             return
         try:
             os.ftruncate(fd, size)
+            self.size = size
             if self.durable:
                 os.fdatasync(fd)
         finally:

@@ -10,7 +10,9 @@ from datetime import UTC, datetime
 from decimal import Decimal as D
 
 from pouch_addon import ledger_rules, ledger_store
-from pouch_addon.budget import Ledger, LedgerState, Wallet
+import pytest
+
+from pouch_addon.budget import Ledger, LedgerState, Reservation, Wallet
 from pouch_addon.ledger_store import FileLock, HistoryLog, canonical_json
 
 
@@ -222,3 +224,67 @@ def test_a_commit_writes_the_reservations_it_opened_and_closed_from_what_it_touc
     assert record["drop"] == [gone] and record["ckpt"] == {keep[0]: {"tokens": 1}}
     st = Ledger(tmp_path).snapshot()  # another process replays the records
     assert set(st.open) == {*keep, new} and st.reserved == D("0.07") and st.problems() == []
+
+
+def _committer_calls(ledger: Ledger, monkeypatch, rounds: int) -> list[str]:
+    """The system calls the committer thread makes in ``rounds`` steady group commits (its
+    ``flock``, ``stat``, ``fstat``, ``pread``, ``write`` and ``pwrite``), named by what they touch."""
+    import fcntl
+    import threading
+    calls: list[str] = []
+
+    def wrap(mod, name):
+        real = getattr(mod, name)
+
+        def counted(*a, **k):
+            if threading.current_thread().name == "pouch-ledger":
+                what = a[0] if isinstance(a[0], str) else ""
+                calls.append(f"{name} {os.path.basename(what)}".strip())
+            return real(*a, **k)
+        monkeypatch.setattr(mod, name, counted)
+
+    for name in ("stat", "fstat", "pread", "write", "pwrite"):
+        wrap(os, name)
+    wrap(fcntl, "flock")
+    _admit_and_settle(ledger, rounds)
+    monkeypatch.undo()
+    return calls
+
+
+def test_a_steady_group_commit_stats_neither_the_log_nor_the_history_it_appended(tmp_path, monkeypatch):
+    """A commit that finds nothing changed reads the log's length field through its kept
+    descriptor (no ``stat`` of the log: the state file's identity says the log is the same file)
+    and the history partition's size through its kept descriptor (one ``fstat`` before the append,
+    none after): 8 system calls per commit, from 10 (each one a GIL hand-off on a busy proxy)."""
+    ledger = Ledger(tmp_path)
+    ledger.snapshot_seconds = 3600  # no compaction inside the count
+    ledger.set_budget(D("100"))
+    _admit_and_settle(ledger, 3)
+    ledger._await_flush(0)
+    calls = _committer_calls(ledger, monkeypatch, 5)
+    assert "stat ledger.wal" not in calls
+    assert len(calls) == 7 + 4 * 8, calls  # the first commit carries no settle: no history write
+    assert calls[-8:] == ["flock", "stat state.json", "pread", "stat history", "fstat", "write", "pwrite", "flock"]
+    assert ledger.verify() == [] and ledger.status().in_flight == 2
+
+
+def test_history_a_killed_writer_left_behind_is_replayed_despite_the_cached_state(tmp_path):
+    """A writer killed between its history append and its log record leaves settle lines after
+    the history pointer and nothing else: a committer whose cached state is otherwise current sees
+    them through the partition's size and applies them."""
+    mine, other = Ledger(tmp_path), Ledger(tmp_path)
+    mine.set_budget(D("1"))
+    r = mine.submit(mine.reserve_op(D("0.5"))).result()
+    mine.submit(mine.reserve_op(D("0.1"))).result()  # the committer's cache is current
+
+    def killed(*a, **k):
+        raise OSError("killed before the log record")
+
+    other._wal.append = killed  # type: ignore[method-assign]
+    with pytest.raises(OSError):
+        other.submit(other.settle_op(r.id, D("0.3"))).result()
+    r2 = mine.submit(mine.reserve_op(D("0.2"))).result()
+    assert isinstance(r2, Reservation)
+    st = mine.status()
+    assert st.spent == D("0.3") and st.in_flight == 2 and mine.verify() == []
+    assert r.id not in Ledger(tmp_path).snapshot().open
