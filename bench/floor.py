@@ -26,11 +26,13 @@ fresh process per run; ``--tree NAME=DIR`` adds another checkout (e.g. ``git arc
 older commit) to the same session, the trees taking turns for ``--runs`` runs (the shared
 machine's load moves every figure, so compare within a session). ``--instructions`` counts the
 user-space instructions per admission of every thread under callgrind instead (``valgrind``
-needed; the count starts and ends at the loop's ``getrusage`` calls, so start-up is not in it).
+needed; the count starts and ends at the loop's ``getrusage`` calls, so start-up is not in it);
+``--syscalls`` counts the system calls per admission of every thread under ``strace`` (between
+the same two calls), by name.
 The CPU figures come with the context switches per admission (``getrusage``, all threads);
 ``--syncs`` also times every ``fdatasync`` (wall, and the calling thread's CPU):
 
-    .venv/bin/python bench/floor.py --ledger-only --tree main=/tmp/main --runs 3 [--instructions | --syncs]
+    .venv/bin/python bench/floor.py --ledger-only --tree main=/tmp/main --runs 3 [--instructions | --syncs | --syscalls]
 """
 
 from __future__ import annotations
@@ -180,8 +182,30 @@ if calls is not None:
 """ % (OPEN, MODEL)
 
 
+def syscall_counts(trace: str) -> "Counter[str]":
+    """System calls by name in an ``strace -f -o`` trace, between the loop's two ``getrusage``
+    calls (the measured loop; start-up and the final flush are not in it). An interrupted call
+    (``<unfinished ...>`` then ``<... name resumed>``) counts once."""
+    from collections import Counter
+    counts: Counter[str] = Counter()
+    inside = False
+    for line in trace.splitlines():
+        rest = line.split(None, 1)[1] if " " in line else ""
+        if rest.startswith("getrusage(RUSAGE_SELF"):
+            if inside:
+                break
+            inside = True
+            continue
+        if not inside or rest.startswith("<...") or rest.startswith("+++") or rest.startswith("---"):
+            continue
+        name = rest.split("(", 1)[0]
+        if name.isidentifier():
+            counts[name] += 1
+    return counts
+
+
 def compare_trees(trees: list[tuple[str, Path]], group: int, rounds: int, runs: int, instructions: bool,
-                  syncs: bool = False) -> None:
+                  syncs: bool = False, syscalls: bool = False) -> None:
     """Ledger CPU (or instructions) per admission of each tree, the trees taking turns."""
     import subprocess
     results: dict[str, list[str]] = {name: [] for name, _ in trees}
@@ -190,7 +214,14 @@ def compare_trees(trees: list[tuple[str, Path]], group: int, rounds: int, runs: 
             cmd = [sys.executable, "-c", _WORKER, str(tree), str(BENCH), str(group), str(rounds)]
             if syncs:
                 cmd.append("syncs")
-            if instructions:
+            if syscalls:
+                with tempfile.TemporaryDirectory(prefix="pouch-floor-st-") as out:
+                    subprocess.run(["strace", "-f", "-o", f"{out}/trace", *cmd], check=True, capture_output=True)
+                    counts = syscall_counts(Path(f"{out}/trace").read_text(errors="replace"))
+                n = rounds * group
+                results[name].append(f"{sum(counts.values()) / n:.1f} (" + ", ".join(
+                    f"{call} {c / n:.2f}" for call, c in counts.most_common() if c / n >= 0.05) + ")")
+            elif instructions:
                 with tempfile.TemporaryDirectory(prefix="pouch-floor-cg-") as out:
                     subprocess.run(["valgrind", "--tool=callgrind", "--dump-before=resource_getrusage",
                                     f"--callgrind-out-file={out}/cg.%p", *cmd], check=True, capture_output=True)
@@ -208,7 +239,8 @@ def compare_trees(trees: list[tuple[str, Path]], group: int, rounds: int, runs: 
                     figure += f" fdatasync {per:.2f}/adm {wall:.0f} us wall {cpu:.0f} us CPU"
                 results[name].append(figure)
             print(f"   {name}: {results[name][-1]}", flush=True)
-    what = ("user-space instructions" if instructions else
+    what = ("system calls (all threads; strace slows them, so waits and wake-ups differ a little)" if syscalls else
+            "user-space instructions" if instructions else
             "CPU us (user+system), context switches (voluntary+involuntary)"
             + (", fdatasync calls and their mean wall/CPU us (timed: adds CPU)" if syncs else ""))
     for name, figures in results.items():
@@ -226,10 +258,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=3, help="runs per tree, taking turns (--ledger-only)")
     ap.add_argument("--instructions", action="store_true", help="callgrind instructions instead of CPU time")
     ap.add_argument("--syncs", action="store_true", help="also time each fdatasync (--ledger-only)")
+    ap.add_argument("--syscalls", action="store_true",
+                    help="system calls per admission under strace, by name, instead of CPU time (--ledger-only)")
     args = ap.parse_args(argv)
-    if args.ledger_only or args.tree or args.instructions:
+    if args.ledger_only or args.tree or args.instructions or args.syscalls:
         trees = [("this", BENCH.parent)] + [(t.split("=", 1)[0], Path(t.split("=", 1)[1]).resolve()) for t in args.tree]
-        compare_trees(trees, args.group, args.rounds, args.runs, args.instructions, args.syncs)
+        compare_trees(trees, args.group, args.rounds, args.runs, args.instructions, args.syncs, args.syscalls)
         return 0
     import proxy_bench as PB
 

@@ -61,3 +61,18 @@ def test_floor_compares_the_ledger_of_two_trees(capsys):
     floor.compare_trees([("a", this)], group=1, rounds=3, runs=1, instructions=False, syncs=True)
     out = capsys.readouterr().out
     assert "/adm " in out and " us wall " in out and "fdatasync calls and their mean wall/CPU us" in out
+
+
+def test_syscall_counts_only_counts_the_measured_loop_and_resumed_calls_once():
+    trace = "\n".join([
+        "10 openat(AT_FDCWD, \"x\", O_RDONLY) = 3",  # start-up: not counted
+        "10 getrusage(RUSAGE_SELF, {ru_utime={tv_sec=0, tv_usec=1}, ...}) = 0",
+        "11 flock(3, LOCK_EX <unfinished ...>",
+        "10 futex(0x1, FUTEX_WAIT_PRIVATE, 2, NULL) = 0",
+        "11 <... flock resumed>) = 0",
+        "12 fdatasync(5) = 0",
+        "12 +++ exited with 0 +++",
+        "10 getrusage(RUSAGE_SELF, {ru_utime={tv_sec=0, tv_usec=2}, ...}) = 0",
+        "12 fdatasync(5) = 0",  # the final flush: not counted
+    ])
+    assert floor.syscall_counts(trace) == {"flock": 1, "futex": 1, "fdatasync": 1}
