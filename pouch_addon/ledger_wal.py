@@ -101,6 +101,8 @@ class RecordLog:
             st = os.stat(self._name)
         except FileNotFoundError:
             return -1, 0
+        if st.st_ino == self._ino:
+            self.size = st.st_size  # another process may have extended it
         return st.st_ino, st.st_size
 
     def _open(self, ino: int | None) -> int:
@@ -163,7 +165,7 @@ class RecordLog:
         the zeros go after the file's current size, never over a record."""
         fd = self._open(ino)
         try:
-            size = os.fstat(fd).st_size
+            size = self.size = os.fstat(fd).st_size
             if size - end >= PREALLOCATE_LOW:
                 return False
             os.pwrite(fd, _ZEROS, size)

@@ -288,3 +288,25 @@ def test_history_a_killed_writer_left_behind_is_replayed_despite_the_cached_stat
     st = mine.status()
     assert st.spent == D("0.3") and st.in_flight == 2 and mine.verify() == []
     assert r.id not in Ledger(tmp_path).snapshot().open
+
+
+def test_a_log_another_process_extended_is_not_extended_again_per_commit(tmp_path):
+    """The log's size a commit uses without a ``stat`` (``RecordLog.size``) follows another
+    process's extension once a commit has seen that process's records, so the committer does not
+    go to extend an already long enough log after every commit."""
+    from pouch_addon.ledger_wal import PREALLOCATE_CHUNK
+    mine, other = Ledger(tmp_path, durable=False), Ledger(tmp_path, durable=False)
+    for ledger in (mine, other):
+        ledger.snapshot_seconds = ledger.snapshot_records = 10 ** 6  # the log is never emptied here
+    mine.set_budget(D("1000"))
+    mine.submit(mine.reserve_op(D("0.01"))).result()
+    wal = tmp_path / "ledger.wal"
+    while wal.stat().st_size < 2 * PREALLOCATE_CHUNK:  # another process's records fill the first chunk
+        other.submit(other.reserve_op(D("0.01"))).result()
+    extends = []
+    real = mine.preallocate
+    mine.preallocate = lambda: extends.append(1) or real()  # type: ignore[method-assign]
+    for _ in range(3):
+        mine.submit(mine.reserve_op(D("0.01"))).result()
+    assert extends == []
+    assert mine.verify() == []
