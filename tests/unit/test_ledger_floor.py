@@ -232,12 +232,14 @@ def _committer_calls(ledger: Ledger, monkeypatch, rounds: int) -> list[str]:
     import fcntl
     import threading
     calls: list[str] = []
+    assert ledger._committer is not None  # started by the rounds before: the same thread commits these
 
     def wrap(mod, name):
         real = getattr(mod, name)
 
         def counted(*a, **k):
-            if threading.current_thread().name == "pouch-ledger":
+            # this ledger's committer only: another test's ledger may still have its own thread
+            if threading.current_thread() is ledger._committer:
                 what = a[0] if isinstance(a[0], str) else ""
                 calls.append(f"{name} {os.path.basename(what)}".strip())
             return real(*a, **k)
