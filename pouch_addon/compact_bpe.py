@@ -44,7 +44,7 @@ import io
 import unicodedata
 from array import array
 from binascii import a2b_base64
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
     import regex
@@ -78,17 +78,44 @@ def suspect(text: str) -> bool:
     return any(category(ch) == "Cn" for ch in text if not ch.isprintable())
 
 
-_NONE = 1 << 62  # "not a token": above every rank, like tiktoken's Rank::MAX
+_NONE = 1 << 62
+_CACHE_PIECES = 2048  # "not a token": above every rank, like tiktoken's Rank::MAX
 
 
 class CompactTableError(ValueError):
     """The encoding file does not have the layout the compact table relies on."""
 
 
+def _ranker(blob: bytes, offsets: array, table: array) -> Callable[[bytes], int]:
+    """The rank of a byte string, ``_NONE`` if it is no token: a closure over the table (no
+    attribute look-ups per call), with the tokens of one or two bytes (~5k, the first look-ups of
+    every merge) in a dict (~0.3 MiB)."""
+    mask = len(table) - 1
+    startswith = blob.startswith
+    short = {blob[offsets[i]:offsets[i + 1]]: i for i in range(len(offsets) - 1) if offsets[i + 1] - offsets[i] <= 2}
+    short_get = short.get
+
+    def rank(piece: bytes) -> int:
+        n = len(piece)
+        if n <= 2:
+            return short_get(piece, _NONE)
+        slot = hash(piece) & mask
+        index = table[slot]
+        while index:
+            start = offsets[index - 1]
+            if offsets[index] - start == n and startswith(piece, start):
+                return index - 1
+            slot = (slot + 1) & mask
+            index = table[slot]
+        return _NONE
+
+    return rank
+
+
 class CompactBPE:
     """One encoding's ranks, compactly; :meth:`count` equals ``len(tiktoken encode_ordinary)``."""
 
-    __slots__ = ("name", "pieces", "_blob", "_offsets", "_table", "_mask")
+    __slots__ = ("name", "pieces", "_blob", "_offsets", "_table", "_mask", "_cache", "_rank")
 
     def __init__(self, name: str, pieces: regex.Pattern[str], blob: bytes, offsets: array,
                  table: array) -> None:
@@ -98,6 +125,10 @@ class CompactBPE:
         self._offsets = offsets
         self._table = table
         self._mask = len(table) - 1
+        self._rank = _ranker(blob, offsets, table)
+        # the tokens of recent pieces: a stream's counter re-counts its unsettled tail on every
+        # chunk, and words recur; bounded (emptied when full: ~0.3 MiB at most), races harmless
+        self._cache: dict[str, int] = {}
 
     @classmethod
     def from_tiktoken_file(cls, name: str, data: bytes) -> CompactBPE:
@@ -105,48 +136,35 @@ class CompactBPE:
         caller checked its SHA-256)."""
         import regex
 
-        tokens: list[bytes] = []
-        append = tokens.append
-        for line in io.BytesIO(data):  # line by line: no list of 200k lines (peak RSS)
+        # one pass, no list of 200k token objects: their freed memory would stay fragmented
+        # (~3 MiB resident after the build); the file's line count sizes the hash table
+        size = 1 << max(4, (data.count(b"\n") * 5 // 2).bit_length())  # at most 40% full
+        table = array("I", bytes(4 * size))
+        mask = size - 1
+        blob = bytearray()
+        offsets = array("I", [0])
+        for line in io.BytesIO(data):
             if not line.strip():
                 continue
             token, rank = line.split()
-            if int(rank) != len(tokens):
-                raise CompactTableError(f"{name}: rank {int(rank)} on line {len(tokens) + 1}; the "
-                                        "compact table needs the ranks 0..n-1 in file order")
-            append(a2b_base64(token))
-        offsets = array("I", [0])
-        total = 0
-        for token in tokens:
-            total += len(token)
-            offsets.append(total)
-        size = 1 << max(4, (len(tokens) * 5 // 2).bit_length())  # at most 40% full
-        table = array("I", bytes(4 * size))
-        mask = size - 1
-        for index, token in enumerate(tokens, 1):
+            index = len(offsets)  # rank + 1
+            if int(rank) != index - 1:
+                raise CompactTableError(f"{name}: rank {int(rank)} on line {index}; the compact "
+                                        "table needs the ranks 0..n-1 in file order")
+            token = a2b_base64(token)
+            blob += token
+            offsets.append(len(blob))
             slot = hash(token) & mask
             while table[slot]:
                 slot = (slot + 1) & mask
             table[slot] = index
-        return cls(name, regex.compile(PATTERNS[name]), b"".join(tokens), offsets, table)
+        return cls(name, regex.compile(PATTERNS[name]), bytes(blob), offsets, table)
 
     def rank(self, piece: bytes) -> int | None:
         """The token whose bytes are ``piece``, or None."""
         r = self._rank(piece)
         return None if r == _NONE else r
 
-    def _rank(self, piece: bytes) -> int:
-        table, mask, offsets = self._table, self._mask, self._offsets
-        slot = hash(piece) & mask
-        index = table[slot]
-        n = len(piece)
-        while index:
-            start = offsets[index - 1]
-            if offsets[index] - start == n and self._blob.startswith(piece, start):
-                return index - 1
-            slot = (slot + 1) & mask
-            index = table[slot]
-        return _NONE
 
     def _merge(self, piece: bytes) -> list[int]:
         """tiktoken's ``_byte_pair_merge``: the start of every part of ``piece`` (and its end).
@@ -185,13 +203,16 @@ class CompactBPE:
         if suspect(text):
             return len(text.encode("utf-8", "surrogatepass"))
         n = 0
-        rank = self._rank
+        cache = self._cache
         for piece in self.pieces.findall(self._utf8(text)):
-            raw = piece.encode("utf-8")
-            if len(raw) == 1 or rank(raw) != _NONE:
-                n += 1
-            else:
-                n += len(self._merge(raw)) - 1
+            k = cache.get(piece)
+            if k is None:
+                raw = piece.encode("utf-8")
+                k = 1 if len(raw) == 1 or self._rank(raw) != _NONE else len(self._merge(raw)) - 1
+                if len(cache) >= _CACHE_PIECES:
+                    cache.clear()
+                cache[piece] = k
+            n += k
         return n
 
     def token_lengths(self, text: str) -> list[int]:
