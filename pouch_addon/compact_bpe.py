@@ -44,7 +44,7 @@ import io
 import unicodedata
 from array import array
 from binascii import a2b_base64
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 if TYPE_CHECKING:
     import regex
@@ -132,33 +132,37 @@ class CompactBPE:
 
     @classmethod
     def from_tiktoken_file(cls, name: str, data: bytes) -> CompactBPE:
-        """Build from the text of a ``.tiktoken`` file (base64 token, space, rank per line; the
-        caller checked its SHA-256)."""
+        """Build from the text of a ``.tiktoken`` file (see :meth:`from_tiktoken_lines`)."""
+        return cls.from_tiktoken_lines(name, io.BytesIO(data))
+
+    @classmethod
+    def from_tiktoken_lines(cls, name: str, lines: Iterable[bytes]) -> CompactBPE:
+        """Build from the lines of a ``.tiktoken`` file (base64 token, space, rank), as they are
+        read: neither the file nor a list of 200k token objects is held (their freed memory
+        would stay resident, fragmented: ~3 MiB); the caller checks the file's SHA-256."""
         import regex
 
-        # one pass, no list of 200k token objects: their freed memory would stay fragmented
-        # (~3 MiB resident after the build); the file's line count sizes the hash table
-        size = 1 << max(4, (data.count(b"\n") * 5 // 2).bit_length())  # at most 40% full
-        table = array("I", bytes(4 * size))
-        mask = size - 1
         blob = bytearray()
         offsets = array("I", [0])
-        for line in io.BytesIO(data):
+        for line in lines:
             if not line.strip():
                 continue
             token, rank = line.split()
-            index = len(offsets)  # rank + 1
-            if int(rank) != index - 1:
-                raise CompactTableError(f"{name}: rank {int(rank)} on line {index}; the compact "
+            if int(rank) != len(offsets) - 1:
+                raise CompactTableError(f"{name}: rank {int(rank)} on line {len(offsets)}; the compact "
                                         "table needs the ranks 0..n-1 in file order")
-            token = a2b_base64(token)
-            blob += token
+            blob += a2b_base64(token)
             offsets.append(len(blob))
-            slot = hash(token) & mask
+        blob = bytes(blob)
+        size = 1 << max(4, ((len(offsets) - 1) * 5 // 2).bit_length())  # at most 40% full
+        table = array("I", bytes(4 * size))
+        mask = size - 1
+        for index in range(1, len(offsets)):
+            slot = hash(blob[offsets[index - 1]:offsets[index]]) & mask
             while table[slot]:
                 slot = (slot + 1) & mask
             table[slot] = index
-        return cls(name, regex.compile(PATTERNS[name]), bytes(blob), offsets, table)
+        return cls(name, regex.compile(PATTERNS[name]), blob, offsets, table)
 
     def rank(self, piece: bytes) -> int | None:
         """The token whose bytes are ``piece``, or None."""

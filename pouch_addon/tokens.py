@@ -317,9 +317,36 @@ def _compact(name: str) -> CompactBPE:
         raise NotLoaded(name)
     with _COMPACT_LOCK:
         if name not in _COMPACT:
-            _COMPACT[name] = CompactBPE.from_tiktoken_file(name, _read_shipped(name))
-            trim_heap()  # the file's bytes and the 200k token objects of the build
+            _COMPACT[name] = _build_compact(name)
+            trim_heap()
         return _COMPACT[name]
+
+
+def _build_compact(name: str) -> CompactBPE:
+    """The compact table from the shipped file read line by line (never the whole file at once:
+    less peak memory), its SHA-256 checked at the end, as `_read_shipped` checks it."""
+    resource = importlib.resources.files("pouch_addon.encodings") / f"{name}.tiktoken"
+    digest = hashlib.sha256()
+
+    def lines(f: Any) -> Iterator[bytes]:
+        for line in f:
+            digest.update(line)
+            yield line
+
+    try:
+        with resource.open("rb") as f:
+            table = CompactBPE.from_tiktoken_lines(name, lines(f))
+            digest.update(f.read())  # (nothing, unless the build stopped early)
+    except OSError as exc:
+        raise EncodingFileError(f"cannot read shipped encoding file {resource}: {exc}") from exc
+    except ValueError as exc:  # a line that is not "token rank", or ranks out of order
+        raise EncodingFileError(f"shipped encoding file {resource} is corrupt: {exc}") from exc
+    if digest.hexdigest() != SHIPPED_SHA256[name]:
+        raise EncodingFileError(
+            f"shipped encoding file {resource} has SHA-256 {digest.hexdigest()}, expected tiktoken's "
+            f"published {SHIPPED_SHA256[name]}; the file is corrupt or was replaced"
+        )
+    return table
 
 
 class _TiktokenStream:
