@@ -176,3 +176,13 @@ def test_a_stream_with_a_newer_code_point_is_bounded_from_then_on(monkeypatch):
     assert counter.count == exact_so_far + len("new \u0558 letter and more".encode())
     monkeypatch.undo()
     assert counter.count >= tokens.count_text("Hello there, new \u0558 letter and more", "gpt-4o-mini")
+
+
+def test_the_compact_build_checks_the_shipped_files_digest(monkeypatch):
+    """The compact table reads the shipped file itself (line by line): a file that is not
+    tiktoken's published one is refused, as tiktoken's load refuses it."""
+    monkeypatch.setattr(tokens, "_COMPACT", {})
+    monkeypatch.setitem(tokens.SHIPPED_SHA256, "cl100k_base", "0" * 64)
+    with pytest.raises(tokens.EncodingFileError, match="expected tiktoken's published 0000"):
+        tokens._compact("cl100k_base")
+    assert tokens._COMPACT == {}
