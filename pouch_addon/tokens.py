@@ -8,7 +8,7 @@ also has a bounded form (``exact=False``): the same formula with every text coun
 UTF-8 bytes, never below the exact count and needing no encoding (issue 16: an encoding costs
 ~41 MiB resident, so the proxy loads one only when an exact count matters). tiktoken itself is
 imported only to load an encoding. Streams are counted with :mod:`pouch_addon.compact_bpe`
-instead unless tiktoken's encoding is loaded anyway: the same counts from a ~4 MiB table
+instead unless tiktoken's encoding is loaded anyway: the same counts from a ~5 MiB table
 (``stream_ready``, ``preload_stream``).
 """
 
@@ -307,7 +307,7 @@ _COMPACT_LOADING: set[str] = set()
 
 def _compact(name: str) -> CompactBPE:
     """The compact exact table of ``name`` (:mod:`pouch_addon.compact_bpe`), built once from the
-    shipped file (~0.15 s for o200k_base); ``loaded_only`` applies as to tiktoken's."""
+    shipped file (0.2-0.5 s for o200k_base); ``loaded_only`` applies as to tiktoken's."""
     table = _COMPACT.get(name)
     if table is not None:
         return table
