@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import io
 import unicodedata
+from heapq import heapify, heappop, heappush
 from array import array
 from binascii import a2b_base64
 from typing import TYPE_CHECKING, Callable, Iterable
@@ -80,8 +81,11 @@ def suspect(text: str) -> bool:
     return any(category(ch) == "Cn" for ch in text if not ch.isprintable())
 
 
-_NONE = 1 << 62
-_CACHE_PIECES = 2048  # "not a token": above every rank, like tiktoken's Rank::MAX
+_NONE = 1 << 62  # "not a token": above every rank, like tiktoken's Rank::MAX
+_CACHE_PIECES = 2048
+#: longer pieces are merged with a heap (a run of letters without a break: O(n log n), not O(n^2);
+#: 1.3-2.5x faster from 300 bytes, slower below ~100)
+_LONG_PIECE = 128
 
 
 class CompactTableError(ValueError):
@@ -178,6 +182,8 @@ class CompactBPE:
         ``ranks[i]`` is the rank of parts ``i`` and ``i + 1`` joined; each round merges the
         lowest (``list.index``: the leftmost of equal ones, as tiktoken's strict ``<`` scan),
         then re-ranks the merged part with its two neighbours."""
+        if len(piece) > _LONG_PIECE:
+            return self._merge_long(piece)
         rank = self._rank
         starts = list(range(len(piece) + 1))
         ranks = [rank(piece[i:i + 2]) for i in range(len(piece) - 1)]
@@ -192,6 +198,45 @@ class CompactBPE:
             ranks[i] = rank(piece[starts[i]:starts[i + 3]]) if i + 3 < len(starts) else _NONE
             del starts[i + 1]
             del ranks[i + 1]
+
+    def _merge_long(self, piece: bytes) -> list[int]:
+        """:meth:`_merge` for a long piece, in O(n log n): the same choices from a heap of
+        (rank, start) pairs, so the lowest rank and, of equal ones, the leftmost part comes out
+        first, as in tiktoken's scan; an entry whose part was merged or re-ranked since is
+        skipped (a part's new rank is that of different bytes: never its old rank)."""
+        rank = self._rank
+        n = len(piece)
+        after = list(range(1, n + 2))    # the start of the next part
+        before = list(range(-1, n + 1))  # the start of the previous part (-1: none)
+        ranks = [rank(piece[i:i + 2]) for i in range(n - 1)]
+        heap = [(r, i) for i, r in enumerate(ranks) if r != _NONE]
+        ranks += (_NONE, _NONE)
+        heapify(heap)
+        while heap:
+            r, i = heappop(heap)
+            if ranks[i] != r:
+                continue
+            j = after[i]       # the part merged into part i
+            k = after[j]       # the part after it
+            ranks[j] = -1      # gone
+            after[i], before[k] = k, i
+            if k < n:
+                ranks[i] = r = rank(piece[i:after[k]])
+                if r != _NONE:
+                    heappush(heap, (r, i))
+            else:
+                ranks[i] = _NONE
+            p = before[i]
+            if p >= 0:
+                ranks[p] = r = rank(piece[p:k])
+                if r != _NONE:
+                    heappush(heap, (r, p))
+        starts, i = [], 0
+        while i < n:
+            starts.append(i)
+            i = after[i]
+        starts.append(n)
+        return starts
 
     @staticmethod
     def _utf8(text: str) -> str:

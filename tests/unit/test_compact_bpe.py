@@ -186,3 +186,24 @@ def test_the_compact_build_checks_the_shipped_files_digest(monkeypatch):
     with pytest.raises(tokens.EncodingFileError, match="expected tiktoken's published 0000"):
         tokens._compact("cl100k_base")
     assert tokens._COMPACT == {}
+
+
+def test_long_pieces_merge_as_tiktoken_does(pair, monkeypatch):
+    """Pieces over ``_LONG_PIECE`` bytes are merged with a heap: the same tokens as tiktoken and
+    as the plain scan (runs of one letter, two alternating, random letters, symbols, spaces)."""
+    from pouch_addon import compact_bpe
+    name, compact, encoding = pair
+    rng = random.Random(12)
+    texts = ["a" * 700, "ab" * 300, "=" * 400, " " * 500 + "q", "é" * 200, "Ab" * 150,
+             *("".join(rng.choice(letters) for _ in range(rng.randint(130, 600)))
+               for letters in ("abcdefghijklmnopqrstuvwxyz", "aab", "=-_", "ABCabc", "aAbBéü") for _ in range(8))]
+    for text in texts:
+        want = [len(encoding.decode_single_token_bytes(t)) for t in encoding.encode_ordinary(text)]
+        assert compact.token_lengths(text) == want, (name, text[:40])
+        for piece in compact.pieces.findall(text):
+            raw = piece.encode()
+            if len(raw) > compact_bpe._LONG_PIECE:
+                with monkeypatch.context() as m:
+                    m.setattr(compact_bpe, "_LONG_PIECE", 10**9)
+                    scan = compact._merge(raw)
+                assert compact._merge_long(raw) == scan
