@@ -423,7 +423,7 @@ class StreamMeter(DecodingMeter):
         """A small snapshot for the ledger (O(1)). ``final_cost`` once the final usage is known.
         While the model's encoding is not loaded, text not counted yet counts as its UTF-8 bytes
         (``output_bound``: an upper bound; loading the encoding here would stall the event loop)."""
-        if self._pending and not tokens.loaded_for(self.model):
+        if self._pending and not tokens.stream_ready(self.model):
             output = self._output + self._pending_bytes
             self._compact_pending()
             if self._usage is not None:  # the provider's (no count needed)
@@ -823,7 +823,7 @@ class StreamMeter(DecodingMeter):
         exact count is needed (a stream far from its cap never loads it)."""
         t = self._threshold()
         self._cut_exact = t
-        self._cut_at = t // 2 if t is not None and not tokens.loaded_for(self.model) else t
+        self._cut_at = t // 2 if t is not None and not tokens.stream_ready(self.model) else t
 
     def _over(self) -> bool:
         if self.done or self._usage_final:
@@ -833,7 +833,7 @@ class StreamMeter(DecodingMeter):
         if self._cut_at is None or self._output + self._pending_bytes < self._cut_at:
             return False  # even if every pending byte were a token
         if self._cut_at != self._cut_exact:  # half way, in bytes: the exact count may be needed soon
-            tokens.preload(tokens.encoding_for_model(self.model))
+            tokens.preload_stream(self.model)
             self._cut_at = self._cut_exact
             if self._output + self._pending_bytes < self._cut_at:
                 return False

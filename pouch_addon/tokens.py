@@ -7,7 +7,9 @@ budget reservation, and settlement always uses the provider's reported usage. Ea
 also has a bounded form (``exact=False``): the same formula with every text counted as its
 UTF-8 bytes, never below the exact count and needing no encoding (issue 16: an encoding costs
 ~41 MiB resident, so the proxy loads one only when an exact count matters). tiktoken itself is
-imported only to load an encoding.
+imported only to load an encoding. Streams are counted with :mod:`pouch_addon.compact_bpe`
+instead unless tiktoken's encoding is loaded anyway: the same counts from a ~5 MiB table
+(``stream_ready``, ``preload_stream``).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Any
 
 from typing import TYPE_CHECKING
 
+from .compact_bpe import CompactBPE, suspect
 from .images import KNOWN_DETAILS, bare_model, has_rule, image_size_from_data_url, image_tokens
 
 if TYPE_CHECKING:
@@ -39,7 +42,7 @@ __all__ = [
     "SHIPPED_SHA256", "EncodingFileError", "get_encoding", "encoding_for_model", "count_text",
     "estimate_chat_prompt", "estimate_responses_input", "estimate_completion_prompt",
     "estimate_embedding_input", "audio_tokens_bound", "hidden_inputs", "StreamTokenCounter",
-    "NotLoaded", "loaded_only", "is_loaded", "loaded_for", "preload",
+    "NotLoaded", "loaded_only", "is_loaded", "loaded_for", "preload", "stream_ready", "preload_stream",
 ]
 
 # tiktoken's published SHA-256 of each file (tiktoken_ext/openai_public.py).
@@ -71,8 +74,8 @@ class _Loaded:
 _LOAD_LOCK = threading.Lock()
 
 
-def _read_shipped_ranks(name: str) -> dict[bytes, int]:
-    """Parse `<name>.tiktoken` (base64 token, space, rank per line) after checking its SHA-256."""
+def _read_shipped(name: str) -> bytes:
+    """The bytes of `<name>.tiktoken`, after checking its SHA-256."""
     resource = importlib.resources.files("pouch_addon.encodings") / f"{name}.tiktoken"
     try:
         data = resource.read_bytes()
@@ -84,6 +87,12 @@ def _read_shipped_ranks(name: str) -> dict[bytes, int]:
             f"shipped encoding file {resource} has SHA-256 {digest}, expected tiktoken's "
             f"published {SHIPPED_SHA256[name]}; the file is corrupt or was replaced"
         )
+    return data
+
+
+def _read_shipped_ranks(name: str) -> dict[bytes, int]:
+    """Parse `<name>.tiktoken` (base64 token, space, rank per line) after checking its SHA-256."""
+    data = _read_shipped(name)
     ranks: dict[bytes, int] = {}
     for line in io.BytesIO(data):  # line by line: no list of 200k lines next to the dict (peak RSS)
         if line.strip():
@@ -286,6 +295,106 @@ def preload(name: str) -> None:
             _PRELOADING.discard(name)
 
     threading.Thread(target=run, name=f"pouch-load-{name}", daemon=True).start()
+
+
+# ---------------------------------------------------------------------------------------------
+# Stream counting without tiktoken's table (issue 16 §4)
+
+_COMPACT: dict[str, CompactBPE] = {}
+_COMPACT_LOCK = threading.Lock()
+_COMPACT_LOADING: set[str] = set()
+
+
+def _compact(name: str) -> CompactBPE:
+    """The compact exact table of ``name`` (:mod:`pouch_addon.compact_bpe`), built once from the
+    shipped file (0.2-0.5 s for o200k_base); ``loaded_only`` applies as to tiktoken's."""
+    table = _COMPACT.get(name)
+    if table is not None:
+        return table
+    if name not in SHIPPED_SHA256:
+        raise ValueError(f"encoding {name!r} is not shipped with pouch (have {sorted(SHIPPED_SHA256)})")
+    if getattr(_NO_LOAD, "on", False):
+        raise NotLoaded(name)
+    with _COMPACT_LOCK:
+        if name not in _COMPACT:
+            _COMPACT[name] = _build_compact(name)
+            trim_heap()
+        return _COMPACT[name]
+
+
+def _build_compact(name: str) -> CompactBPE:
+    """The compact table from the shipped file read line by line (never the whole file at once:
+    less peak memory), its SHA-256 checked at the end, as `_read_shipped` checks it."""
+    resource = importlib.resources.files("pouch_addon.encodings") / f"{name}.tiktoken"
+    digest = hashlib.sha256()
+
+    def lines(f: Any) -> Iterator[bytes]:
+        for line in f:
+            digest.update(line)
+            yield line
+
+    try:
+        with resource.open("rb") as f:
+            table = CompactBPE.from_tiktoken_lines(name, lines(f))
+            digest.update(f.read())  # (nothing, unless the build stopped early)
+    except OSError as exc:
+        raise EncodingFileError(f"cannot read shipped encoding file {resource}: {exc}") from exc
+    except ValueError as exc:  # a line that is not "token rank", or ranks out of order
+        raise EncodingFileError(f"shipped encoding file {resource} is corrupt: {exc}") from exc
+    if digest.hexdigest() != SHIPPED_SHA256[name]:
+        raise EncodingFileError(
+            f"shipped encoding file {resource} has SHA-256 {digest.hexdigest()}, expected tiktoken's "
+            f"published {SHIPPED_SHA256[name]}; the file is corrupt or was replaced"
+        )
+    return table
+
+
+class _TiktokenStream:
+    """A loaded tiktoken encoding, behind the interface ``StreamTokenCounter`` uses (that of
+    :class:`CompactBPE`): ``count``, ``token_lengths``, ``pieces``."""
+
+    __slots__ = ("_encoding", "pieces")
+
+    def __init__(self, loaded: _Loaded) -> None:
+        self._encoding = loaded.encoding
+        self.pieces = loaded.pieces
+
+    def count(self, text: str) -> int:
+        return _n(self._encoding, text)
+
+    def token_lengths(self, text: str) -> list[int]:
+        token_bytes = self._encoding.decode_single_token_bytes
+        return [len(token_bytes(t)) for t in self._encoding.encode(text, disallowed_special=())]
+
+
+def _stream_counter(name: str) -> _TiktokenStream | CompactBPE:
+    """What a stream is counted with: tiktoken's encoding when it is loaded anyway (faster), else
+    the compact table (the same counts; loaded here if need be)."""
+    loaded = _LOADED.get(name)
+    return _TiktokenStream(loaded) if loaded is not None else _compact(name)
+
+
+def stream_ready(model: str) -> bool:
+    """Whether a stream of ``model`` can be counted exactly without loading anything."""
+    name = encoding_for_model(model)
+    return name in _LOADED or name in _COMPACT
+
+
+def preload_stream(model: str) -> None:
+    """Start building the compact table of ``model``'s encoding in a daemon thread (once), so that
+    a stream nearing its cap finds it ready; the caller goes on at once."""
+    name = encoding_for_model(model)
+    if name in _LOADED or name in _COMPACT or name in _COMPACT_LOADING:
+        return
+    _COMPACT_LOADING.add(name)
+
+    def run() -> None:
+        try:
+            _compact(name)
+        except Exception:  # the stream that needs it builds it again and sees the error
+            _COMPACT_LOADING.discard(name)
+
+    threading.Thread(target=run, name=f"pouch-compact-{name}", daemon=True).start()
 
 
 def count_text(text: str, model: str) -> int:
@@ -693,6 +802,11 @@ class StreamTokenCounter:
     without bound; past `_LONG_TAIL` characters its byte-pair tokens ending more than
     `_KEEP_BYTES` (twice the longest token) before the end are settled too. That relies on BPE
     merges being local, which holds for both encodings in our tests but is not a theorem.
+
+    The counting itself is tiktoken's when its encoding is loaded anyway, else the compact table's
+    (:mod:`pouch_addon.compact_bpe`, the same counts in a tenth of the memory). On the compact
+    table a text with a code point newer than Python's Unicode database turns the counter into
+    an upper bound (``bounded``): that text and all after it count as their UTF-8 bytes.
     """
 
     _UNSTABLE_PIECES = 3
@@ -701,9 +815,14 @@ class StreamTokenCounter:
     _KEEP_BYTES = 256
 
     def __init__(self, model: str) -> None:
-        loaded = _loaded(encoding_for_model(model))
-        self._enc = loaded.encoding
-        self._pieces = loaded.pieces
+        counter = _stream_counter(encoding_for_model(model))
+        self._n = counter.count
+        self._token_lengths = counter.token_lengths
+        self._pieces = counter.pieces
+        # the compact table is exact but for code points newer than Python's Unicode database
+        # (compact_bpe.suspect); from the first such text on, the count bounds from above
+        self._suspect = suspect if isinstance(counter, CompactBPE) else None
+        self.bounded = False
         self._settled = 0  # tokens of text that no later text can change
         self._tail = ""
         self._tail_tokens = 0
@@ -719,14 +838,20 @@ class StreamTokenCounter:
         if not text:
             return self.count
         tail = self._tail + text
+        if self.bounded or (self._suspect is not None and self._suspect(tail)):
+            # the tail starts where the exact count's pieces do: every later byte bounds a token
+            self.bounded = True
+            self._settled += len(tail.encode("utf-8", "surrogatepass"))
+            self._tail, self._tail_tokens = "", 0
+            return self.count
         cut = _last_piece_start(tail)
         if cut:
-            self._settled += _n(self._enc, tail[:cut])
+            self._settled += self._n(tail[:cut])
             tail = tail[cut:]
         if len(tail) > self._SHORT_TAIL:
             tail = self._settle_pieces(tail)
         self._tail = tail
-        self._tail_tokens = _n(self._enc, tail)
+        self._tail_tokens = self._n(tail)
         return self.count
 
     def _settle_pieces(self, tail: str) -> str:
@@ -735,7 +860,7 @@ class StreamTokenCounter:
         if len(pieces) > self._UNSTABLE_PIECES:
             stable = pieces[: -self._UNSTABLE_PIECES]
             # count piece by piece: the joined prefix could regroup (" " + " " alone is "  ")
-            self._settled += sum(_n(self._enc, piece) for piece in stable)
+            self._settled += sum(map(self._n, stable))
             tail = tail[sum(len(piece) for piece in stable):]
         if len(tail) > self._LONG_TAIL:
             tail = self._settle_long_tail(tail)
@@ -746,11 +871,10 @@ class StreamTokenCounter:
         # a lone surrogate (JSON's "\ud83d" decodes to one) takes 3 bytes with surrogatepass, as
         # the U+FFFD tiktoken encodes in its place does, so the token offsets still line up
         raw = tail.encode("utf-8", "surrogatepass")
-        tokens = self._enc.encode(tail, disallowed_special=())
         limit = len(raw) - self._KEEP_BYTES
         cut, settled, offset = 0, 0, 0
-        for i, token in enumerate(tokens):
-            offset += len(self._enc.decode_single_token_bytes(token))
+        for i, length in enumerate(self._token_lengths(tail)):
+            offset += length
             if offset > limit:
                 break
             if offset < len(raw) and raw[offset] & 0xC0 != 0x80:  # a character boundary

@@ -360,7 +360,7 @@ class ProviderStreamMeter(DecodingMeter):
         return _never_below(self, self._checkpoint())
 
     def _checkpoint(self) -> dict[str, Any]:
-        if self._pending and not tokens.loaded_for(self.model):
+        if self._pending and not tokens.stream_ready(self.model):
             # never load the encoding on the event loop for a checkpoint: uncounted text as its
             # UTF-8 bytes, an upper bound (``output_bound``)
             output = max(self._counted + self._pending_bytes, self._reported_output)
@@ -391,7 +391,7 @@ class ProviderStreamMeter(DecodingMeter):
         of it, to start loading it in the background (as ``metering.StreamMeter._set_cut``)."""
         t = self._threshold()
         self._cut_exact = t
-        self._cut_at = t // 2 if t is not None and not tokens.loaded_for(self.model) else t
+        self._cut_at = t // 2 if t is not None and not tokens.stream_ready(self.model) else t
 
     def _over(self) -> bool:
         if self._cut_at is None:
@@ -399,7 +399,7 @@ class ProviderStreamMeter(DecodingMeter):
         if max(self._counted + self._pending_bytes, self._reported_output) < self._cut_at:
             return False
         if self._cut_at != self._cut_exact:  # half way: the exact count may be needed soon
-            tokens.preload(tokens.encoding_for_model(self.model))
+            tokens.preload_stream(self.model)
             self._cut_at = self._cut_exact
             if max(self._counted + self._pending_bytes, self._reported_output) < self._cut_at:
                 return False

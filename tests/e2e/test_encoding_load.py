@@ -58,3 +58,18 @@ def test_near_the_budget_the_exact_count_admits_what_the_bound_would_not(e2e, fa
     assert entry["status"] == "ok" and D(entry["reserved"]) == worst_exact
     assert entry["input_estimate"] == "tiktoken" and entry["estimated_input_tokens"] == exact.input_tokens
     assert tiktoken_mapped(proxy)
+
+
+def test_a_stream_counted_near_its_cap_loads_no_tiktoken(e2e, fake, tmp_path):
+    """Issue 16 §4: a stream past half its cut-off in bytes is counted exactly on the compact
+    table (``compact_bpe.py``, ~5 MiB), not tiktoken's encoding (~41 MiB). Its 20 one-token
+    chunks are 4x its cap in bytes: only an exact count lets it finish uncut."""
+    home, proxy, env = start(e2e, tmp_path, budget="100")
+    body = {"model": "gpt-4o-mini", "max_tokens": 24, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    assert len(fake_text(20).encode()) >= 4 * body["max_tokens"]
+    s = e2e.run_curl(URL, env=env, headers=headers(chunks=20), json_body=body)
+    data = s.sse_data()
+    assert data[-1] == "[DONE]" and "budget_exceeded" not in s.text, s.text
+    [entry] = settled(home)
+    assert entry["status"] == "ok" and entry["usage_source"] == "provider" and entry["output_tokens"] == 20
+    assert not tiktoken_mapped(proxy)  # before: preloaded at half the cap, mapped here

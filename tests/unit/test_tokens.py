@@ -92,6 +92,7 @@ WEATHER_MESSAGES = [
 @pytest.fixture
 def fresh_cache(monkeypatch):
     monkeypatch.setattr(tokens, "_LOADED", {})  # loads in the test, then the module's own again
+    monkeypatch.setattr(tokens, "_COMPACT", {}, raising=False)
 
 
 def test_encodings_load_offline_from_shipped_files(fresh_cache, monkeypatch):
