@@ -10,7 +10,10 @@ switches there and back.
 
 ``SCHED_BATCH`` (Linux) keeps a thread's share of the CPU and only drops that wake-up
 preemption: the thread runs when the loop blocks (``epoll_wait``, a GIL release that it waits
-on) or at the end of the loop's time slice. A thread started by one inherits the policy.
+on) or at the end of the loop's time slice. A thread started by one inherits the policy (so
+does a process it starts: an alert command).
+The price: on a CPU busy with other processes too, a woken thread waits for their time slice as
+well (under load the committer gathers more operations per commit; an admission can wait longer).
 Setting it needs no privilege; where it does not exist (not Linux) nothing changes.
 """
 
