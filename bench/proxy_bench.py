@@ -19,6 +19,8 @@ fake + load generator to cpu1, so the proxy is what saturates.
 3. **memory**: peak RSS (``VmHWM``, plus ``VmRSS`` sampled every 50 ms) of a fresh mitmdump
    carrying 100 concurrent streams, at a short and a long response length.
 
+Throughput and probe also print how often mitmdump's event-loop thread was preempted
+(involuntary context switches, per request / per second): a count the machine's noise moves less.
 Each result ends as a line ``RATIO <name> = <x> (target ...)``. Nothing is asserted: figures
 are printed. pouch runs use a fresh ledger with a $1,000,000 budget and ``gpt-4o-mini``.
 
@@ -140,7 +142,20 @@ def proc_cpu(pid: int) -> dict[str, float]:
         main = ticks(f"/proc/{pid}/task/{pid}/stat")
     except OSError:
         main = total
-    return {"total": total, "main": main, "threads": total - main}
+    return {"total": total, "main": main, "threads": total - main, "loop_invol": loop_preempted(pid)}
+
+
+def loop_preempted(pid: int) -> float:
+    """Involuntary context switches of the process's main thread (mitmdump's event loop): each is
+    the loop put off behind another runnable thread, of mitmdump (a wake-up preempts) or not."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("nonvoluntary_ctxt_switches"):
+                    return float(line.split()[1])
+    except OSError:
+        pass
+    return 0.0
 
 
 def system_busy() -> tuple[float, float]:
@@ -711,10 +726,13 @@ def run_throughput(b: Bench, ratios: list[str]) -> None:
                     "main": statistics.median(x.cpu_ms_per_req("main") for x in rs),
                     "threads": statistics.median(x.cpu_ms_per_req("threads") for x in rs),
                     "errors": sum(x.errors for x in rs),
+                    "invol": statistics.median(x.cpu.get("loop_invol", 0) / max(1, x.completed_all or x.requests)
+                                               for x in rs),
                 }
                 m = med[cfg.name]
                 print(f"   median {cfg.name:<6} {m['rps']:9.1f} {fmt_ms(m['p50'])} {fmt_ms(m['p95'])} "
-                      f"{m['errors']:>6} {m['cpu']:10.3f} {m['main']:6.3f} {m['threads']:6.3f}")
+                      f"{m['errors']:>6} {m['cpu']:10.3f} {m['main']:6.3f} {m['threads']:6.3f}"
+                      f"   (event loop preempted {m['invol']:.2f} times per request)")
             base, test = b.configs[0].name, b.configs[1].name
             ratio = med[test]["rps"] / med[base]["rps"]
             print(f"   latency {test}/{base}: p50 x{med[test]['p50'] / med[base]['p50']:.2f}, "
@@ -796,8 +814,10 @@ def run_probe(b: Bench, ratios: list[str]) -> None:
             med[cfg.name] = {"p50": statistics.median(pct(x["lat"], 50) for x in xs),
                              "p95": statistics.median(pct(x["lat"], 95) for x in xs)}
             pooled = [v for x in xs for v in x["lat"]]
+            invol = statistics.median(x["cpu"].get("loop_invol", 0) / x["cpu"]["wall"] for x in xs)
             print(f"   median {cfg.name:<6} {'':>6} {fmt_ms(med[cfg.name]['p50'])} {fmt_ms(med[cfg.name]['p95'])}"
-                  f"   (all {len(pooled)} probes pooled: p50 {pct(pooled, 50) * 1e3:.2f}, p95 {pct(pooled, 95) * 1e3:.2f} ms)")
+                  f"   (all {len(pooled)} probes pooled: p50 {pct(pooled, 50) * 1e3:.2f}, p95 {pct(pooled, 95) * 1e3:.2f} ms;"
+                  f" event loop preempted {invol:.0f} times/s)")
         base, test = b.configs[0].name, b.configs[1].name
         p50 = med[test]["p50"] / med[base]["p50"]
         print(f"   p50 {test}/{base} = x{p50:.2f}")

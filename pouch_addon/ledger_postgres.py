@@ -58,6 +58,7 @@ from .ledger_rules import LedgerState, NotOpen
 from .limits import RateBook, RateWindow
 from .money import ZERO
 from .periods import period_key
+from .threads import give_way
 
 log = logging.getLogger(__name__)
 
@@ -466,6 +467,7 @@ class PostgresStore(GroupCommitQueue):
             _deliver(batch)
 
     def _commit_loop(self) -> None:
+        give_way()  # no preempting the event loop when woken (``threads``)
         while True:
             with self._wake:
                 while not self._urgent:
@@ -601,6 +603,7 @@ class PostgresStore(GroupCommitQueue):
             self._beat.start()
 
     def _heartbeat_loop(self) -> None:
+        give_way()
         wait = self.lease_seconds / 3
         while not self._closed.wait(wait):
             try:

@@ -27,6 +27,7 @@ from typing import Any, Optional
 from mitmproxy import ctx, exceptions, http
 
 from ..alert_sinks import Sinks, deliver_one
+from ..threads import give_way
 from ..alerts import (
     CONFIG_FILE, STATE_FILE, Alert, AlertConfig, AlertState, block_alert, global_view, once, spend_alerts, wallet_view,
 )
@@ -93,6 +94,7 @@ class Sender(threading.Thread):
         self.start()
 
     def run(self) -> None:
+        give_way()
         while (payload := self.queue.get()) is not _STOP:
             deliver_one(self.sinks, self.sink, payload)
 
@@ -159,6 +161,7 @@ class AlertWorker(threading.Thread):
         return self._config[1]
 
     def run(self) -> None:
+        give_way()  # no preempting the event loop when woken (``threads``)
         self.state = read_state(self.home)
         next_scan = 0.0
         while True:

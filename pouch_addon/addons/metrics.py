@@ -25,6 +25,7 @@ from mitmproxy import ctx, exceptions, http
 
 from ..money import ZERO
 from ..telemetry import TOKEN_TYPES, Buckets, LabelCap, parse_listen
+from ..threads import give_way
 from .core import CALL, Core, FlowCall, SettleViews
 
 log = logging.getLogger(__name__)
@@ -120,6 +121,7 @@ class Metrics:
 
     def _refresh(self) -> None:
         """Budget and spend from a ledger snapshot (this thread), now and every ``REFRESH_S``."""
+        give_way()
         while not self._stop.is_set():
             ledger = self.core.ledger
             if ledger is not None:

@@ -31,6 +31,7 @@ from typing import Any, Callable
 from mitmproxy import ctx, exceptions
 
 from ..telemetry import SpanEncoder, attributes_message, export_request, field, span_attributes
+from ..threads import give_way
 from .core import Core, FlowCall, SettleViews
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,7 @@ class Tracing:
             self.queue.put((call.started, call.reserved, call.wallet, call.plan.model, entry, time.time_ns()))
 
     def _run(self) -> None:
+        give_way()  # no preempting the event loop when woken (``threads``)
         stop = False
         while not stop:
             items = [self.queue.get()]  # sleep until a call settles

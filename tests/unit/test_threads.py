@@ -1,0 +1,59 @@
+"""pouch's threads give way to the event loop (``pouch_addon/threads.py``): the ledger's committer
+and flusher and the alert thread run in ``SCHED_BATCH`` (no wake-up preemption of the loop); the
+thread that calls nothing (the event loop's) keeps its policy."""
+
+from __future__ import annotations
+
+import os
+import threading
+from decimal import Decimal as D
+
+import pytest
+
+from pouch_addon.addons.alerting import AlertWorker
+from pouch_addon.alert_sinks import Sinks
+from pouch_addon.budget import Ledger
+from pouch_addon.threads import give_way
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="SCHED_BATCH is Linux only")
+
+
+def in_thread(fn):
+    out: dict = {}
+    t = threading.Thread(target=lambda: out.setdefault("r", fn()))
+    t.start()
+    t.join(10)
+    return out["r"]
+
+
+def test_give_way_sets_the_calling_thread_only():
+    before = os.sched_getscheduler(0)
+    assert in_thread(lambda: (give_way(), os.sched_getscheduler(0))) == (True, os.SCHED_BATCH)
+    assert os.sched_getscheduler(0) == before  # this thread (an event loop's, in the proxy) is untouched
+
+
+def test_ledger_committer_and_flusher_give_way(tmp_path):
+    main = os.sched_getscheduler(0)
+    ledger = Ledger(tmp_path)
+    ledger.set_budget(D(10))
+    seen = ledger.submit(lambda txn: os.sched_getscheduler(0)).result(10)  # runs on the committer
+    assert seen == os.SCHED_BATCH
+    r = ledger.submit(ledger.reserve_op(D(1), {})).result(10)
+    ledger.submit(ledger.settle_op(r.id, D(1))).result(10)
+    flusher = getattr(ledger, "_flusher", None)
+    if flusher is not None and flusher.is_alive():
+        assert os.sched_getscheduler(flusher.native_id) == os.SCHED_BATCH
+    assert os.sched_getscheduler(0) == main
+
+
+def test_alert_thread_gives_way(tmp_path):
+    Ledger(tmp_path).set_budget(D(10))
+    w = AlertWorker(tmp_path, Sinks(), 15.0)
+    seen = threading.Event()
+    policy: list[int] = []
+    w._problem = lambda *a: (policy.append(os.sched_getscheduler(0)), seen.set(), [])[-1]
+    w.start()
+    w.post(("problem", "x", 0.0))
+    assert seen.wait(10)
+    w.stop()
+    assert policy == [os.SCHED_BATCH]
