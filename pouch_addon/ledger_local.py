@@ -44,7 +44,6 @@ from .ledger_store import (
     corrupt_message,
 )
 from .ledger_wal import PREALLOCATE_LOW, RecordLog
-from .threads import give_way
 
 log = logging.getLogger(__name__)
 
@@ -574,7 +573,6 @@ class LocalStore(GroupCommitQueue):
             self._wake.notify()
 
     def _commit_loop(self) -> None:
-        give_way()  # no preempting the event loop when woken (``threads``)
         while True:
             with self._wake:
                 while not self._urgent or self._kick is not None:
@@ -734,7 +732,6 @@ class LocalStore(GroupCommitQueue):
 
     def _flush_loop(self) -> None:
         """One fdatasync covers every record written before it started."""
-        give_way()
         q = self._flush_queue
         while True:
             try:

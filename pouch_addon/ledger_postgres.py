@@ -467,7 +467,6 @@ class PostgresStore(GroupCommitQueue):
             _deliver(batch)
 
     def _commit_loop(self) -> None:
-        give_way()  # no preempting the event loop when woken (``threads``)
         while True:
             with self._wake:
                 while not self._urgent:

@@ -1,19 +1,19 @@
-"""pouch's own threads give way to mitmproxy's event loop when they wake up.
+"""pouch's background threads give way to mitmproxy's event loop when they wake up.
 
-The ledger's committer, its flusher, the alert thread and the others share the proxy's CPU (and
-the GIL) with the event loop. Woken by a futex (a queued operation, a GIL hand-off), a thread of
-the normal policy preempts the event loop at once: measured under load with 20 streams (bench/
-proxy_syscalls.py), about as many involuntary switches of the loop per request as the other
-threads had wake-ups (3-6 per request, bare mitmdump 0.1-0.4). Each one puts the loop's work off
-behind the thread's (an unrelated request's socket that became ready waits too) and costs the
-switches there and back.
+Threads off the request path (the alert thread and its senders, tracing, metrics, the PostgreSQL
+lease's heartbeat) share the proxy's CPU (and the GIL) with the event loop. Woken by a futex, a
+thread of the normal policy preempts the event loop at once (on one CPU, about one involuntary
+switch of the loop per wake-up, measured with bench/proxy_syscalls.py); nothing waits for these
+threads, so they run in ``SCHED_BATCH`` (Linux): the same share of the CPU, no wake-up preemption.
+The thread runs when the loop blocks or its time slice ends. A thread started by one inherits the
+policy, and so does a process it starts (an alert command).
 
-``SCHED_BATCH`` (Linux) keeps a thread's share of the CPU and only drops that wake-up
-preemption: the thread runs when the loop blocks (``epoll_wait``, a GIL release that it waits
-on) or at the end of the loop's time slice. A thread started by one inherits the policy (so
-does a process it starts: an alert command).
-The price: on a CPU busy with other processes too, a woken thread waits for their time slice as
-well (under load the committer gathers more operations per commit; an admission can wait longer).
+The threads an admission waits for (the ledger's committer and flusher, the PostgreSQL
+committer) keep the normal policy. In ``SCHED_BATCH`` they preempted the loop less (SSE, 20
+connections: 2.3 -> 1.0 times per request) but, measured on a quiet machine against the same code
+without it (bench/proxy_bench.py --tree, 2026-12-07), CPU per request moved within the noise
+(non-streamed 1.010 and 0.992, SSE 0.893 and 1.003) and req/s fell (0.941 and 0.936
+non-streamed, 0.895 and 0.995 SSE): a delayed commit is a delayed admission.
 Setting it needs no privilege; where it does not exist (not Linux) nothing changes.
 """
 

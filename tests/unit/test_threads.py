@@ -1,6 +1,7 @@
-"""pouch's threads give way to the event loop (``pouch_addon/threads.py``): the ledger's committer
-and flusher and the alert thread run in ``SCHED_BATCH`` (no wake-up preemption of the loop); the
-thread that calls nothing (the event loop's) keeps its policy."""
+"""pouch's background threads give way to the event loop (``pouch_addon/threads.py``): the alert
+thread runs in ``SCHED_BATCH`` (no wake-up preemption of the loop); the threads an admission waits
+for (the ledger's committer and flusher) and the thread that calls nothing (the event loop's)
+keep their policy."""
 
 from __future__ import annotations
 
@@ -32,18 +33,19 @@ def test_give_way_sets_the_calling_thread_only():
     assert os.sched_getscheduler(0) == before  # this thread (an event loop's, in the proxy) is untouched
 
 
-def test_ledger_committer_and_flusher_give_way(tmp_path):
-    main = os.sched_getscheduler(0)
+def test_the_threads_an_admission_waits_for_keep_the_normal_policy(tmp_path):
+    """A committer or flusher in ``SCHED_BATCH`` delays admissions behind the loop's time slice
+    (measured: fewer req/s, no CPU saved; see ``threads``)."""
     ledger = Ledger(tmp_path)
     ledger.set_budget(D(10))
     seen = ledger.submit(lambda txn: os.sched_getscheduler(0)).result(10)  # runs on the committer
-    assert seen == os.SCHED_BATCH
+    assert seen == os.SCHED_OTHER
     r = ledger.submit(ledger.reserve_op(D(1), {})).result(10)
+    ledger._await_flush(0)  # the flusher thread has run (and is alive until idle)
+    flusher = ledger._flusher
+    assert flusher is not None and flusher.is_alive()
+    assert os.sched_getscheduler(flusher.native_id) == os.SCHED_OTHER
     ledger.submit(ledger.settle_op(r.id, D(1))).result(10)
-    flusher = getattr(ledger, "_flusher", None)
-    if flusher is not None and flusher.is_alive():
-        assert os.sched_getscheduler(flusher.native_id) == os.SCHED_BATCH
-    assert os.sched_getscheduler(0) == main
 
 
 def test_alert_thread_gives_way(tmp_path):
