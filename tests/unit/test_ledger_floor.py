@@ -106,11 +106,17 @@ def test_a_settle_on_the_same_day_builds_no_datetime(monkeypatch):
 def test_a_group_commit_opens_no_file(tmp_path, monkeypatch):
     """The lock file and the history partition stay open between commits (the log already did)."""
     ledger = Ledger(tmp_path)
+    ledger.snapshot_seconds = 3600  # a snapshot (a new state file) is not a group commit
     ledger.set_budget(D("100"))
     _admit_and_settle(ledger, 3)
     opened = []
     real = os.open
-    monkeypatch.setattr(os, "open", lambda path, *a, **k: opened.append(os.fspath(path)) or real(path, *a, **k))
+
+    def counted(path, *a, **k):
+        if os.fspath(path).startswith(str(tmp_path)):  # not another test's lingering ledger
+            opened.append(os.fspath(path))
+        return real(path, *a, **k)
+    monkeypatch.setattr(os, "open", counted)
     _admit_and_settle(ledger, 5)
     assert opened == []
     assert ledger.verify() == []
