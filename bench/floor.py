@@ -42,6 +42,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
@@ -182,11 +183,10 @@ if calls is not None:
 """ % (OPEN, MODEL)
 
 
-def syscall_counts(trace: str) -> "Counter[str]":
+def syscall_counts(trace: str) -> Counter[str]:
     """System calls by name in an ``strace -f -o`` trace, between the loop's two ``getrusage``
     calls (the measured loop; start-up and the final flush are not in it). An interrupted call
     (``<unfinished ...>`` then ``<... name resumed>``) counts once."""
-    from collections import Counter
     counts: Counter[str] = Counter()
     inside = False
     for line in trace.splitlines():

@@ -25,11 +25,9 @@ import json
 import math
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .compact_bpe import CompactBPE, suspect
 from .images import KNOWN_DETAILS, bare_model, has_rule, image_size_from_data_url, image_tokens
@@ -286,15 +284,21 @@ def preload(name: str) -> None:
     loaded; the caller goes on at once."""
     if name in _LOADED or name in _PRELOADING:
         return
-    _PRELOADING.add(name)
+    _load_in_background(name, _PRELOADING, _loaded, "load")
+
+
+def _load_in_background(name: str, loading: set[str], load: Callable[[str], object], label: str) -> None:
+    """Run ``load(name)`` in a daemon thread, ``name`` marked in ``loading`` meanwhile; a failure
+    unmarks it (the caller that needs it loads it again and sees the error)."""
+    loading.add(name)
 
     def run() -> None:
         try:
-            _loaded(name)
-        except Exception:  # the caller that needs it loads it again and sees the error
-            _PRELOADING.discard(name)
+            load(name)
+        except Exception:
+            loading.discard(name)
 
-    threading.Thread(target=run, name=f"pouch-load-{name}", daemon=True).start()
+    threading.Thread(target=run, name=f"pouch-{label}-{name}", daemon=True).start()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -386,15 +390,7 @@ def preload_stream(model: str) -> None:
     name = encoding_for_model(model)
     if name in _LOADED or name in _COMPACT or name in _COMPACT_LOADING:
         return
-    _COMPACT_LOADING.add(name)
-
-    def run() -> None:
-        try:
-            _compact(name)
-        except Exception:  # the stream that needs it builds it again and sees the error
-            _COMPACT_LOADING.discard(name)
-
-    threading.Thread(target=run, name=f"pouch-compact-{name}", daemon=True).start()
+    _load_in_background(name, _COMPACT_LOADING, _compact, "compact")
 
 
 def count_text(text: str, model: str) -> int:
