@@ -121,7 +121,7 @@ def _ranker(blob: bytes, offsets: array, table: array) -> Callable[[bytes], int]
 class CompactBPE:
     """One encoding's ranks, compactly; :meth:`count` equals ``len(tiktoken encode_ordinary)``."""
 
-    __slots__ = ("name", "pieces", "_blob", "_offsets", "_table", "_mask", "_cache", "_rank")
+    __slots__ = ("name", "pieces", "_blob", "_offsets", "_table", "_cache", "_rank")
 
     def __init__(self, name: str, pieces: regex.Pattern[str], blob: bytes, offsets: array,
                  table: array) -> None:
@@ -130,7 +130,6 @@ class CompactBPE:
         self._blob = blob
         self._offsets = offsets
         self._table = table
-        self._mask = len(table) - 1
         self._rank = _ranker(blob, offsets, table)
         # the tokens of recent pieces: a stream's counter re-counts its unsettled tail on every
         # chunk, and words recur; bounded (emptied when full: ~0.3 MiB at most), races harmless
@@ -174,7 +173,6 @@ class CompactBPE:
         """The token whose bytes are ``piece``, or None."""
         r = self._rank(piece)
         return None if r == _NONE else r
-
 
     def _merge(self, piece: bytes) -> list[int]:
         """tiktoken's ``_byte_pair_merge``: the start of every part of ``piece`` (and its end).
