@@ -311,13 +311,14 @@ class BudgetGate:
         self.core.active.add(call)
         if plan.rewrites:
             raw = flow.request.raw_content or b""
-            data = rewrite_bytes(raw, body, plan.rewrites) if len(raw) <= INLINE_INSERT_BYTES else None
+            tried = len(raw) <= INLINE_INSERT_BYTES
+            data = rewrite_bytes(raw, body, plan.rewrites) if tried else None
             if data is not None:  # an insertion: one copy of the body, no thread hop
                 flow.request.content = data
             elif inline:  # not an insertion; a small body stays small with a cap and stream_options added
                 reserialise(flow.request, body, plan.rewrites)
-            else:
-                await asyncio.to_thread(rewrite_body, flow.request, body, plan.rewrites)
+            else:  # a large body: the insertion (not tried yet) or the re-serialisation in a thread
+                await asyncio.to_thread(reserialise if tried else rewrite_body, flow.request, body, plan.rewrites)
         # SSE must reach the meter uncompressed
         flow.request.headers["accept-encoding"] = "identity"
 

@@ -121,3 +121,23 @@ def test_a_large_body_gets_the_same_insertion(tmp_path):
                       "messages": [{"role": "user", "content": "word " * 12000}]}).encode()
     req = forwarded(tmp_path, raw)
     assert req.raw_content == b'{"stream_options":{"include_usage":true},' + raw[1:]
+
+
+def test_a_large_body_whose_member_is_replaced_is_re_serialised(tmp_path):
+    # planned in a worker thread, below INLINE_INSERT_BYTES, not an insertion: re-serialised there
+    raw = json.dumps({"model": "gpt-4o-mini", "stream": True, "max_tokens": 50,
+                      "stream_options": {"include_obfuscation": False},
+                      "messages": [{"role": "user", "content": "word " * 12000}]}).encode()
+    req = forwarded(tmp_path, raw)
+    body = json.loads(req.raw_content)
+    assert body["stream_options"] == {"include_obfuscation": False, "include_usage": True}
+    assert body["messages"][0]["content"] == "word " * 12000
+
+
+def test_a_body_above_the_inline_insertion_size_gets_the_insertion_in_a_thread(tmp_path):
+    from pouch_addon.addons.gate import INLINE_INSERT_BYTES
+    raw = json.dumps({"model": "gpt-4o-mini", "stream": True, "max_tokens": 50,
+                      "messages": [{"role": "user", "content": "word " * (INLINE_INSERT_BYTES // 4)}]}).encode()
+    assert len(raw) > INLINE_INSERT_BYTES
+    req = forwarded(tmp_path, raw)
+    assert req.raw_content == b'{"stream_options":{"include_usage":true},' + raw[1:]
