@@ -72,25 +72,28 @@ class _Loaded:
 _LOAD_LOCK = threading.Lock()
 
 
-def _read_shipped(name: str) -> bytes:
-    """The bytes of `<name>.tiktoken`, after checking its SHA-256."""
-    resource = importlib.resources.files("pouch_addon.encodings") / f"{name}.tiktoken"
-    try:
-        data = resource.read_bytes()
-    except OSError as exc:
-        raise EncodingFileError(f"cannot read shipped encoding file {resource}: {exc}") from exc
-    digest = hashlib.sha256(data).hexdigest()
+def _shipped_file(name: str) -> Any:
+    """The shipped `<name>.tiktoken` (an ``importlib.resources`` traversable)."""
+    return importlib.resources.files("pouch_addon.encodings") / f"{name}.tiktoken"
+
+
+def _check_digest(name: str, resource: Any, digest: str) -> None:
+    """Refuse a shipped file whose SHA-256 is not tiktoken's published one."""
     if digest != SHIPPED_SHA256[name]:
         raise EncodingFileError(
             f"shipped encoding file {resource} has SHA-256 {digest}, expected tiktoken's "
             f"published {SHIPPED_SHA256[name]}; the file is corrupt or was replaced"
         )
-    return data
 
 
 def _read_shipped_ranks(name: str) -> dict[bytes, int]:
     """Parse `<name>.tiktoken` (base64 token, space, rank per line) after checking its SHA-256."""
-    data = _read_shipped(name)
+    resource = _shipped_file(name)
+    try:
+        data = resource.read_bytes()
+    except OSError as exc:
+        raise EncodingFileError(f"cannot read shipped encoding file {resource}: {exc}") from exc
+    _check_digest(name, resource, hashlib.sha256(data).hexdigest())
     ranks: dict[bytes, int] = {}
     for line in io.BytesIO(data):  # line by line: no list of 200k lines next to the dict (peak RSS)
         if line.strip():
@@ -328,8 +331,8 @@ def _compact(name: str) -> CompactBPE:
 
 def _build_compact(name: str) -> CompactBPE:
     """The compact table from the shipped file read line by line (never the whole file at once:
-    less peak memory), its SHA-256 checked at the end, as `_read_shipped` checks it."""
-    resource = importlib.resources.files("pouch_addon.encodings") / f"{name}.tiktoken"
+    less peak memory), its SHA-256 checked at the end."""
+    resource = _shipped_file(name)
     digest = hashlib.sha256()
 
     def lines(f: Any) -> Iterator[bytes]:
@@ -345,11 +348,7 @@ def _build_compact(name: str) -> CompactBPE:
         raise EncodingFileError(f"cannot read shipped encoding file {resource}: {exc}") from exc
     except ValueError as exc:  # a line that is not "token rank", or ranks out of order
         raise EncodingFileError(f"shipped encoding file {resource} is corrupt: {exc}") from exc
-    if digest.hexdigest() != SHIPPED_SHA256[name]:
-        raise EncodingFileError(
-            f"shipped encoding file {resource} has SHA-256 {digest.hexdigest()}, expected tiktoken's "
-            f"published {SHIPPED_SHA256[name]}; the file is corrupt or was replaced"
-        )
+    _check_digest(name, resource, digest.hexdigest())
     return table
 
 
