@@ -173,14 +173,17 @@ _WORKER = r"""
 import sys
 sys.path[:0] = [sys.argv[1], sys.argv[2]]
 from pouch_addon.budget import Ledger
-from ledger_loop import ledger_usage, timed_fdatasync
+from ledger_loop import ledger_loop_usage, ledger_usage, timed_fdatasync
 calls = timed_fdatasync() if sys.argv[5:] == ["syncs"] else None
-print(*ledger_usage(Ledger, int(sys.argv[3]), int(sys.argv[4]), %d, %r))
+if sys.argv[5:6] and sys.argv[5].startswith("loop:"):
+    print(*ledger_loop_usage(Ledger, int(sys.argv[4]), %d, %r, float(sys.argv[5][5:])))
+else:
+    print(*ledger_usage(Ledger, int(sys.argv[3]), int(sys.argv[4]), %d, %r))
 if calls is not None:
     n = int(sys.argv[3]) * int(sys.argv[4])
     print(len(calls) / n, sum(w for w, _ in calls) / max(len(calls), 1) * 1e6,
           sum(c for _, c in calls) / max(len(calls), 1) * 1e6)
-""" % (OPEN, MODEL)
+""" % (OPEN, MODEL, OPEN, MODEL)
 
 
 def syscall_counts(trace: str) -> Counter[str]:
@@ -205,7 +208,7 @@ def syscall_counts(trace: str) -> Counter[str]:
 
 
 def compare_trees(trees: list[tuple[str, Path]], group: int, rounds: int, runs: int, instructions: bool,
-                  syncs: bool = False, syscalls: bool = False) -> None:
+                  syncs: bool = False, syscalls: bool = False, loop_gap: float | None = None) -> None:
     """Ledger CPU (or instructions) per admission of each tree, the trees taking turns."""
     import subprocess
     results: dict[str, list[str]] = {name: [] for name, _ in trees}
@@ -214,6 +217,8 @@ def compare_trees(trees: list[tuple[str, Path]], group: int, rounds: int, runs: 
             cmd = [sys.executable, "-c", _WORKER, str(tree), str(BENCH), str(group), str(rounds)]
             if syncs:
                 cmd.append("syncs")
+            elif loop_gap is not None:
+                cmd.append(f"loop:{loop_gap}")
             if syscalls:
                 with tempfile.TemporaryDirectory(prefix="pouch-floor-st-") as out:
                     subprocess.run(["strace", "-f", "-o", f"{out}/trace", *cmd], check=True, capture_output=True)
@@ -232,13 +237,18 @@ def compare_trees(trees: list[tuple[str, Path]], group: int, rounds: int, runs: 
                 results[name].append(f"{total / (rounds * group) / 1e3:.0f}k")
             else:
                 lines = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()
-                user, system, vcs, ivcs = (float(v) for v in lines[0].split())
+                user, system, vcs, ivcs, *kworker = (float(v) for v in lines[0].split())
                 figure = f"{user + system:.0f} ({user:.0f}+{system:.0f}) cs {vcs:.1f}+{ivcs:.1f}"
+                if kworker:
+                    figure += f" kworker {kworker[0]:.0f} (sum {user + system + kworker[0]:.0f})"
                 if syncs:
                     per, wall, cpu = (float(v) for v in lines[1].split())
                     figure += f" fdatasync {per:.2f}/adm {wall:.0f} us wall {cpu:.0f} us CPU"
                 results[name].append(figure)
             print(f"   {name}: {results[name][-1]}", flush=True)
+    if loop_gap is not None:
+        print(f"(--loop-gap: one admission at a time from an event loop, {loop_gap * 1e3:g} ms in flight each; "
+              "kworker: CPU us of the kernel's workers, where an AIO flush runs, other jobs' kernel work included)")
     what = ("system calls (all threads; strace slows them, so waits and wake-ups differ a little)" if syscalls else
             "user-space instructions" if instructions else
             "CPU us (user+system), context switches (voluntary+involuntary)"
@@ -258,12 +268,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=3, help="runs per tree, taking turns (--ledger-only)")
     ap.add_argument("--instructions", action="store_true", help="callgrind instructions instead of CPU time")
     ap.add_argument("--syncs", action="store_true", help="also time each fdatasync (--ledger-only)")
+    ap.add_argument("--loop-gap", type=float, default=None, metavar="MS",
+                    help="a lone caller on an event loop instead of thread callers, each call MS in flight "
+                         "(--ledger-only; one admission per commit; adds the kernel workers' CPU)")
     ap.add_argument("--syscalls", action="store_true",
                     help="system calls per admission under strace, by name, instead of CPU time (--ledger-only)")
     args = ap.parse_args(argv)
     if args.ledger_only or args.tree or args.instructions or args.syscalls:
         trees = [("this", BENCH.parent)] + [(t.split("=", 1)[0], Path(t.split("=", 1)[1]).resolve()) for t in args.tree]
-        compare_trees(trees, args.group, args.rounds, args.runs, args.instructions, args.syncs, args.syscalls)
+        compare_trees(trees, args.group, args.rounds, args.runs, args.instructions, args.syncs, args.syscalls,
+                      None if args.loop_gap is None else args.loop_gap / 1e3)
         return 0
     import proxy_bench as PB
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shutil
 import ssl
 import statistics
@@ -67,6 +68,8 @@ class Cfg:
     rounds: dict[str, list[float]] = field(default_factory=lambda: {"ns": [], "ttfb": []})
     ops: int = 0
     commits: int = 0
+    #: per workload, the sequential phase's CPU and switches summed (``Acct``)
+    acct: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 class StreamClient(PB.Client):
@@ -100,6 +103,41 @@ class StreamClient(PB.Client):
         if hdrs.get("connection", "").lower() == "close":
             self.closed = True
         return status, body, first if first is not None else time.perf_counter() - t0
+
+
+def switches(pid: int) -> float:
+    """Context switches (voluntary + involuntary) of all a process's threads."""
+    n = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as fh:
+                n += sum(int(ln.split()[1]) for ln in fh if "ctxt_switches:" in ln)
+        except OSError:
+            continue
+    return n
+
+
+class Acct:
+    """The sequential calls' cost to the machine, per configuration and workload: mitmdump's CPU
+    (event loop, other threads), its context switches and the loop's preemptions, the kernel
+    workers' CPU and the whole machine's busy CPU (client, fake and other jobs included)."""
+
+    def __init__(self, cfg: Cfg) -> None:
+        self.cfg = cfg
+        self.watch = PB.CpuWatch(cfg.proxy)
+        self.k0, self.sw0 = PB.kworker_cpu(), switches(cfg.proxy.proc.pid)
+        self.ns0 = PB.threads_cpu(cfg.proxy.proc.pid)
+
+    def add(self, label: str, calls: int) -> None:
+        cpu = self.watch.result()
+        row = self.cfg.acct.setdefault(label, {})
+        for key, value in (("calls", calls), ("total", cpu["total"]), ("main", cpu["main"]),
+                           ("threads", cpu["threads"]), ("invol", cpu["loop_invol"]),
+                           ("switches", switches(self.cfg.proxy.proc.pid) - self.sw0),
+                           ("kworker", PB.kworker_cpu() - self.k0),
+                           ("sched", PB.threads_cpu(self.cfg.proxy.proc.pid) - self.ns0),
+                           ("busy", cpu["total"] + cpu["fake"] + cpu["me"] + cpu["other"])):
+            row[key] = row.get(key, 0.0) + value
 
 
 def ledger_lsn_requests(home: Path) -> tuple[int, int, int]:
@@ -175,6 +213,7 @@ class Run:
             for cfg in live:
                 for label, raw, stream in (("ns", ns, False), ("ttfb", st, True)):
                     xs = []
+                    acct = Acct(cfg) if cfg.proxy is not None else None
                     for _ in range(a.n):
                         if cfg.client.closed:
                             cfg.client = await self.connect(cfg)
@@ -182,6 +221,8 @@ class Run:
                         if not PB.check(status, body, stream):
                             raise SystemExit(f"{cfg.name}: bad response {status}: {body[:300]!r}")
                         xs.append(first)  # a non-stream body is read whole before the time is taken
+                    if acct is not None:
+                        acct.add(label, a.n)
                     cfg.lat[label].extend(xs)
                     cfg.rounds[label].append(statistics.median(xs))
             print(f"   round {r + 1}/{a.rounds}: " + ", ".join(
@@ -216,6 +257,19 @@ class Run:
             print(f"   {cfg.name:<14} {row[0]} | {row[1]} | {opc}")
         print("   (ms; 'added' = this configuration minus direct, pooled over all rounds; 'rounds' = median of the "
               "per-round added p50s; TTFB = time to the first body byte of a 50-chunk SSE stream)")
+        print(f"\n   per sequential call: {'config':<14} {'workload':<8} {'mitmdump ms':>11} {'loop':>6} {'thrds':>6} "
+              f"{'switches':>8} {'loop preempted':>14} {'kworker ms':>10} {'machine busy ms':>15} {'mitmdump+kworker ms (ns clock)':>30}")
+        for cfg in self.cfgs:
+            for label, row in cfg.acct.items():
+                n = row["calls"]
+                print(f"   {'':<19} {cfg.name:<14} {label:<8} {row['total'] / n * 1e3:11.3f} "
+                      f"{row['main'] / n * 1e3:6.3f} {row['threads'] / n * 1e3:6.3f} {row['switches'] / n:8.2f} "
+                      f"{row['invol'] / n:14.2f} {row['kworker'] / n * 1e3:10.3f} {row['busy'] / n * 1e3:15.3f} "
+                      f"{row['sched'] / n * 1e3:12.3f} + {row['kworker'] / n * 1e3:.3f} = "
+                      f"{(row['sched'] + row['kworker']) / n * 1e3:.3f}")
+        print("   (CPU from /proc in clock ticks of 10 ms, summed over every round, except kworker and the last column: "
+              "schedstat's nanoseconds; kworker: the kernel's workers, where an AIO flush runs (other jobs' too); "
+              "machine busy: /proc/stat, client, fake and other jobs included)")
         if "bare" in added:
             for name in [c.name for c in self.cfgs if c.kind == "pouch" and not c.skipped]:
                 ns_gap = (added[name][0] - added["bare"][0]) * 1e3

@@ -65,3 +65,56 @@ def ledger_usage(ledger_class: Any, group: int, rounds: int, open_: int,
     n = rounds * group
     return ((r1.ru_utime - r0.ru_utime) / n * 1e6, (r1.ru_stime - r0.ru_stime) / n * 1e6,
             (r1.ru_nvcsw - r0.ru_nvcsw) / n, (r1.ru_nivcsw - r0.ru_nivcsw) / n)
+
+
+def kworker_ns() -> int:
+    """Nanoseconds the kernel's worker threads (``kworker/*``) ran (``schedstat``): where an AIO
+    flush (``kernel_flush``) runs, outside this process's CPU (other jobs' kernel work too)."""
+    total = 0
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/comm") as fh:
+                if not fh.read().startswith("kworker"):
+                    continue
+            with open(f"/proc/{d}/schedstat") as fh:
+                total += int(fh.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
+def ledger_loop_usage(ledger_class: Any, rounds: int, open_: int, model: str,
+                      gap: float) -> tuple[float, float, float, float, float]:
+    """A lone caller on an event loop, as the proxy's: one admission at a time (``submit_async``),
+    the loop's turn after its answer (where the proxy sends the request and hands the record's
+    flush on), then ``gap`` seconds in flight, its settle riding with the next admission.
+    (user CPU us, system CPU us, voluntary and involuntary context switches, kernel workers' CPU
+    us) per admission."""
+    import asyncio
+    with tempfile.TemporaryDirectory(prefix="pouch-floor-", ignore_cleanup_errors=True) as home:
+        ledger = ledger_class(home)
+        ledger.set_budget(Decimal("1000000"))
+        for _ in range(open_):
+            ledger.reserve(Decimal("0.01"), {"model": model})
+        meta = {"model": model, "endpoint": "/v1/chat/completions", "client": "127.0.0.1:50000", "wallet": "default"}
+        details = {"input_tokens": 30, "output_tokens": 50, "cached_tokens": 0, "reasoning_tokens": 0}
+
+        async def calls() -> tuple[Any, Any, int, int]:
+            prev = (await ledger.submit_async(ledger.reserve_op(Decimal("0.01"), dict(meta)))).id
+            await asyncio.sleep(0.05)
+            k0, r0 = kworker_ns(), resource.getrusage(resource.RUSAGE_SELF)
+            for _ in range(rounds):
+                ledger.submit_async(ledger.settle_op(prev, Decimal("0.0001"), details=dict(details)), lazy=True)
+                prev = (await ledger.submit_async(ledger.reserve_op(Decimal("0.01"), dict(meta)))).id
+                await asyncio.sleep(0)  # the hook goes on: the request is sent
+                await asyncio.sleep(gap)  # the call in flight
+            await asyncio.sleep(0.05)  # the last flush
+            return r0, resource.getrusage(resource.RUSAGE_SELF), k0, kworker_ns()
+
+        r0, r1, k0, k1 = asyncio.run(calls())
+        ledger._await_flush(0)
+    n = rounds
+    return ((r1.ru_utime - r0.ru_utime) / n * 1e6, (r1.ru_stime - r0.ru_stime) / n * 1e6,
+            (r1.ru_nvcsw - r0.ru_nvcsw) / n, (r1.ru_nivcsw - r0.ru_nivcsw) / n, (k1 - k0) / n / 1e3)
