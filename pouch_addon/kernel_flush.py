@@ -24,10 +24,6 @@ import platform
 import sys
 
 IOCB_CMD_FDSYNC = 3
-#: the kernel's completion ring, mapped at the context's address (``struct aio_ring``): read in
-#: user space where loads are not reordered (x86-64), as libaio does; elsewhere ``io_getevents``
-AIO_RING_MAGIC = 0xA10A10A1
-_RING_READERS = ("x86_64", "amd64")
 #: how many flushes may be in the kernel at once (a full queue: ``submit`` raises EAGAIN)
 DEPTH = 32
 
@@ -100,13 +96,6 @@ class KernelFlush:
         self._iocbs = (ctypes.POINTER(_Iocb) * 1)(ctypes.pointer(self._iocb))
         self._events = (_Event * depth)()
         self._zero = _Timespec(0, 0)
-        self._ring = self._ring_events = None
-        if platform.machine().lower() in _RING_READERS:
-            # id, nr, head, tail, magic, compat_features, incompat_features, header_length
-            ring = (ctypes.c_uint * 8).from_address(self._ctx)
-            if ring[4] == AIO_RING_MAGIC and ring[6] == 0 and ring[7] >= ctypes.sizeof(ring):
-                self._ring = ring
-                self._ring_events = (_Event * ring[1]).from_address(self._ctx + ring[7])
 
     @property
     def in_flight(self) -> int:
@@ -130,24 +119,8 @@ class KernelFlush:
         self.submitted += 1
 
     def reap(self) -> list[tuple[int, int]]:
-        """The flushes that finished since the last call, without waiting (from the ring in user
-        space: no system call, on the commit's path)."""
-        ring = self._ring
-        if ring is None:
-            return self._getevents(0, ctypes.byref(self._zero), self._keep)
-        if self._ctx is None:
-            return []
-        head, tail, nr = ring[2], ring[3], ring[1]
-        out = []
-        events = self._ring_events
-        while head != tail:
-            e = events[head]
-            out.append((e.data, e.res))
-            head = head + 1 if head + 1 < nr else 0
-        if out:
-            ring[2] = head  # the slots are the kernel's again
-            self.reaped += len(out)
-        return out
+        """The flushes that finished since the last call, without waiting."""
+        return self._getevents(0, ctypes.byref(self._zero), self._keep)
 
     def wait(self, timeout: float) -> list[tuple[int, int]]:
         """At least one finished flush, or none after ``timeout`` seconds (the GIL released)."""

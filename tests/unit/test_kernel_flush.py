@@ -64,13 +64,13 @@ class _FailingKernel:
 
     def __init__(self, monkeypatch) -> None:
         self.fail = True
-        for name in ("reap", "wait"):  # the ring read in user space, and io_getevents
-            real = getattr(kernel_flush.KernelFlush, name)
+        real = kernel_flush.KernelFlush._getevents
 
-            def reaped(kf, *args, _real=real):
-                return [(tag, -errno.EIO if self.fail else res) for tag, res in _real(kf, *args)]
+        def getevents(kf, *args):
+            events = real(kf, *args)
+            return [(tag, -errno.EIO if self.fail else res) for tag, res in events]
 
-            monkeypatch.setattr(kernel_flush.KernelFlush, name, reaped)
+        monkeypatch.setattr(kernel_flush.KernelFlush, "_getevents", getevents)
 
 
 class _FailingDisk:
@@ -170,30 +170,6 @@ def test_a_kernel_flush_of_a_file_is_reaped_with_its_tag(tmp_path):
             got += kf.wait(5.0)
         assert sorted(got) == [(7, 0), (8, 0)] and kf.in_flight == 0
         assert kf.reap() == [] and kf.wait(0.01) == []
-        for tag in range(300):  # round the ring (127 slots here) more than once: its head wraps
-            kf.submit(fd, tag)
-            got = kf.reap() or kf.wait(5.0)
-            assert got == [(tag, 0)]
-    finally:
-        os.close(fd)
-        kf.close()
-
-
-def test_the_ring_and_the_system_call_reap_alike(tmp_path):
-    kf = kernel_flush.open_kernel_flush()
-    if kf is None:
-        pytest.skip("no Linux AIO here")
-    fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        kf.submit(fd, 1)
-        while not kf.wait(5.0):
-            pass
-        kf.submit(fd, 2)
-        kf._ring = None  # io_getevents from here on
-        got = []
-        while not got:
-            got = kf.reap() or kf.wait(5.0)
-        assert got == [(2, 0)] and kf.in_flight == 0
     finally:
         os.close(fd)
         kf.close()
@@ -207,8 +183,7 @@ def test_a_kernel_flush_that_cannot_be_reaped_is_flushed_by_the_thread(tmp_path,
     def broken(kf, *args):
         raise OSError(errno.EFAULT, "io_getevents: Bad address")
 
-    monkeypatch.setattr(kernel_flush.KernelFlush, "reap", broken)
-    monkeypatch.setattr(kernel_flush.KernelFlush, "wait", broken)
+    monkeypatch.setattr(kernel_flush.KernelFlush, "_getevents", broken)
     admit_from_a_loop(ledger, 2)
     ledger._await_flush(0)  # returns: the thread flushed everything written
     assert ledger.kernel_flush is False and ledger._flusher is not None
