@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import json
 import logging
 import os
@@ -30,7 +29,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .home import resolve_home
-from .kernel_flush import KernelFlush, open_kernel_flush
 from .ledger_owner import Owner
 from .ledger_rules import LedgerState, OpenReservations, Refusal, json_str, partition_for
 from .ledger_store import (
@@ -299,11 +297,6 @@ class LocalStore(GroupCommitQueue):
         self._handed = 0
         self._flushed = 0
         self._flush_error: BaseException | None = None  # the last overlapped flush failed: flush inline
-        #: an overlapped flush handed on by an event loop goes to the kernel (``kernel_flush``: Linux
-        #: AIO, no thread wakes for it) while this is true; False once the kernel refused one
-        self.kernel_flush = True
-        self._kernel: KernelFlush | None = None  # opened at the first such hand-off
-        self._reaping = False  # a thread waits in the kernel for a flush (``_await_flush``)
         self.lazy_delay = LAZY_DELAY
         self.idle_exit = IDLE_EXIT
         self.commits = 0  # group commits written by this object, and the operations they carried
@@ -614,9 +607,6 @@ class LocalStore(GroupCommitQueue):
                     self._in_wait = self._sleeping = False
                     if not woke and self._handed < self._written:
                         self._hand_flush()  # a record whose loop never turned: flushed within lazy_delay
-                    if not woke and self._kernel is not None and self._kernel.in_flight:
-                        with self._flush_cond:  # a flush error is reported within lazy_delay
-                            self._reap_locked()
                     if (timeout is None and not woke and not self._urgent and self._lazy_since is None
                             and not self._unsnapped):
                         # idle: end the thread (the next submission starts another), so a
@@ -724,79 +714,21 @@ class LocalStore(GroupCommitQueue):
 
     # -- the overlapped flush (durability "overlap") ---------------------------------------------
     def _hand_flush(self) -> None:
-        """Hand the records written so far on to be flushed (on the event loop after an admission's
-        answer: to the kernel, see ``kernel_flush``; by the committer when it needs them flushed,
-        or at its next wake-up: to the flusher thread)."""
+        """Hand the records written so far to the flusher thread (on the event loop after an
+        admission's answer; by the committer when it needs them flushed, or at its next wake-up)."""
         with self._flush_cond:
-            self._hand_locked(kernel=asyncio._get_running_loop() is not None)
+            self._hand_locked()
 
-    def _hand_locked(self, kernel: bool = False) -> None:
-        """(``_flush_cond`` held.) ``kernel``: submitted to the kernel when it can be (an event loop
-        hands it on: no thread wakes, and nothing waits); else, or when the kernel refuses, the
-        flusher thread, started on demand (it blocks on a C-level queue, so a put wakes it
-        without Python-level lock traffic)."""
+    def _hand_locked(self) -> None:
+        """(``_flush_cond`` held.) The flusher thread is started on demand; it blocks on a C-level
+        queue, so a put wakes it without Python-level lock traffic."""
         if self._handed >= self._written:
             return
-        target = self._handed = self._written
-        if kernel and self.kernel_flush and self._submit_kernel(target):
-            return
-        self._flush_queue.put(target)
+        self._handed = self._written
+        self._flush_queue.put(self._written)
         if self._flusher is None:
             self._flusher = threading.Thread(target=self._flush_loop, name="pouch-ledger-flush", daemon=True)
             self._flusher.start()
-
-    def _submit_kernel(self, target: int) -> bool:
-        """(``_flush_cond`` held.) Start the flush of the records up to ``target`` in the kernel;
-        False when it cannot be (no Linux AIO here, the file system refuses it: from then on the
-        thread flushes; a full queue, or the descriptor busy in another thread: this once)."""
-        kf = self._kernel
-        if kf is None:
-            kf = self._kernel = open_kernel_flush()
-            if kf is None:
-                self.kernel_flush = False
-                log.debug("pouch: Linux AIO is not available; the ledger's log is flushed by a thread")
-                return False
-        try:
-            return self._wal.sync_start(lambda fd: kf.submit(fd, target))
-        except OSError as exc:
-            if exc.errno != errno.EAGAIN:
-                self.kernel_flush = False  # the flushes in flight are still reaped
-                log.info(f"pouch: the kernel refused to flush the ledger's log {self._wal.path} ({exc}); "
-                         "it is flushed by a thread")
-            return False
-
-    def _reap_locked(self) -> None:
-        """(``_flush_cond`` held.) Take the kernel's finished flushes, without waiting."""
-        kf = self._kernel
-        if kf is not None and kf.in_flight and not self._reaping:
-            try:
-                events = kf.reap()
-            except OSError as exc:
-                self._kernel_lost(exc)
-                return
-            self._flushed_by_kernel(events)
-
-    def _kernel_lost(self, exc: OSError) -> None:
-        """(``_flush_cond`` held.) The kernel's flushes cannot be reaped (never seen; kept safe):
-        the flusher thread flushes everything written so far, which covers them."""
-        log.error(f"pouch: reaping the ledger's flushes from the kernel failed ({exc!r}); "
-                  "the log is flushed by a thread")
-        self.kernel_flush = False
-        self._kernel = None
-        self._handed = 0
-        self._hand_locked()
-
-    def _flushed_by_kernel(self, events: list[tuple[int, int]]) -> None:
-        """(``_flush_cond`` held.) Finished kernel flushes ``(target, result)``: as ``_flush_loop``'s."""
-        for target, res in events:
-            if res < 0:  # the next commit flushes before answering, and fails if this recurs
-                exc = OSError(-res, os.strerror(-res))
-                log.error(f"pouch: flushing the ledger's log {self._wal.path} failed: {exc!r}")
-                self._flush_error = exc
-            if target > self._flushed:
-                self._flushed = target
-        if events:
-            self._flush_cond.notify_all()
 
     def _flush_loop(self) -> None:
         """One fdatasync covers every record written before it started."""
@@ -819,36 +751,15 @@ class LocalStore(GroupCommitQueue):
                 log.error(f"pouch: flushing the ledger's log {self._wal.path} failed: {exc!r}")
                 self._flush_error = exc
             with self._flush_cond:
-                if target > self._flushed:  # a later one may have finished first in the kernel
-                    self._flushed = target
+                self._flushed = target
                 self._flush_cond.notify_all()
 
     def _await_flush(self, behind: int) -> None:
-        """Wait until at most ``behind`` overlapped records written by this object are not flushed
-        (the kernel's flushes are reaped by whoever waits: nothing wakes for them meanwhile)."""
+        """Wait until at most ``behind`` overlapped records written by this object are not flushed."""
         with self._flush_cond:
-            self._reap_locked()
             while self._written - self._flushed > behind:
                 self._hand_locked()  # not handed on yet (its loop has not turned): now
-                kf = self._kernel
-                if kf is not None and kf.in_flight and not self._reaping:
-                    self._reaping = True  # one thread waits in the kernel, others on the condition
-                    self._flush_cond.release()
-                    try:
-                        events = kf.wait(1.0)
-                    except OSError as exc:
-                        events = None
-                        lost = exc
-                    finally:
-                        self._flush_cond.acquire()
-                        self._reaping = False
-                    if events is None:
-                        self._kernel_lost(lost)
-                    else:
-                        self._flushed_by_kernel(events)
-                    self._flush_cond.notify_all()
-                else:
-                    self._flush_cond.wait()
+                self._flush_cond.wait()
 
     # -- reads (lock-free: the state file is replaced atomically) -------------------------------
     def snapshot(self) -> LedgerState:

@@ -28,7 +28,6 @@ import struct
 import threading
 import zlib
 from pathlib import Path
-from typing import Callable
 
 _HEADER = struct.Struct(">II")
 HEADER_SIZE = _HEADER.size
@@ -184,21 +183,6 @@ class RecordLog:
                 return False
             os.fdatasync(self._fd)
             return True
-
-    def sync_start(self, start: Callable[[int], None]) -> bool:
-        """Start a flush of the kept descriptor with ``start(fd)`` (``kernel_flush``: submitted to
-        the kernel; the descriptor need only be valid during the call) without waiting for it.
-        False when there is no descriptor, or another thread holds it (flushing or replacing
-        it: never waited for here, the caller may be an event loop): flush with :meth:`sync`."""
-        if not self._fd_lock.acquire(blocking=False):
-            return False
-        try:
-            if self._fd is None:
-                return False
-            start(self._fd)
-            return True
-        finally:
-            self._fd_lock.release()
 
     def close(self) -> None:
         with self._fd_lock:

@@ -190,21 +190,24 @@ def test_an_admission_resumes_on_the_loop_turn_after_its_answer(tmp_path, monkey
 # -- a lone caller's flush starts once its loop had its turn ----------------------------------
 def test_a_lone_callers_flush_is_handed_on_by_its_loop_after_the_waiter_ran(tmp_path):
     """Overlap durability, one caller: the committer answers and goes back to sleep; the event
-    loop hands the record on (to the kernel, else the flusher thread) after the waiting hook had
-    its turn (so the request is on its socket). When the committer handed it on itself, right after answering, a
+    loop hands the record to the flusher thread after the waiting hook had its turn (so the
+    request is on its socket). When the committer handed it on itself, right after answering, a
     third thread woke and wanted the GIL just when the loop needed it."""
     ledger = Ledger(tmp_path)  # durable, overlap (the default)
     ledger.set_budget(D("1"))
     handed: list[tuple[str, bool]] = []
     resumed = {"yes": False}
-    hand = ledger._hand_locked
+    queue = ledger._flush_queue
 
-    def spy(*args, **kwargs):  # the hand-off, to the kernel (``kernel_flush``) or the flusher thread
-        if ledger._handed < ledger._written:
+    class Spy:
+        def put(self, item):
             handed.append((threading.current_thread().name, resumed["yes"]))
-        hand(*args, **kwargs)
+            queue.put(item)
 
-    ledger._hand_locked = spy
+        def __getattr__(self, name):
+            return getattr(queue, name)
+
+    ledger._flush_queue = Spy()
 
     async def main():
         res = await ledger.submit_async(ledger.reserve_op(D("0.1")))
@@ -213,7 +216,7 @@ def test_a_lone_callers_flush_is_handed_on_by_its_loop_after_the_waiter_ran(tmp_
         return res
 
     res = asyncio.run(main())
-    ledger._await_flush(0)  # flushed (by the kernel, or the flusher thread)
+    ledger._await_flush(0)  # flushed, by the flusher thread
     assert handed == [("MainThread", True)]
     assert res.id in Ledger(tmp_path).snapshot().open
 
