@@ -302,20 +302,43 @@ def _split(ts: float) -> tuple[int, int]:
     return second, us
 
 
+#: "YYYY-MM-DDTHH:MM:SS" of the seconds formatted lately (a settle formats its start and its end,
+#: and the settles of one commit end in the same second), emptied when it holds ``_SECONDS_KEPT``
+_seconds: dict[int, str] = {}
+_SECONDS_KEPT = 1024
+#: ".000Z" .. ".999Z": the milliseconds and the zone, the only part of a timestamp that changes per call
+_MILLIS = tuple(".%03dZ" % ms for ms in range(1000))
+
+
 def _iso(ts: float) -> str:
     """``datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")`` with a ``Z``, from the
-    day's cached date and integer arithmetic (a settle formats two timestamps)."""
+    second's cached text (the day's cached date and integer arithmetic the first time) and the
+    milliseconds' (a settle formats two timestamps)."""
     if not 0 <= ts < 253402300000:  # outside 1970..9999: let datetime format (or refuse) it
         return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    second, us = _split(ts)
-    tod = second % 86400
-    return "%sT%02d:%02d:%02d.%03dZ" % (_day_of(second), tod // 3600, tod // 60 % 60, tod % 60, us // 1000)
+    second = int(ts)  # _split, inlined
+    us = round((ts - second) * 1e6)
+    if us >= 1000000:
+        second, us = second + 1, us - 1000000
+    text = _seconds.get(second)
+    if text is None:
+        if len(_seconds) >= _SECONDS_KEPT:
+            _seconds.clear()
+        tod = second % 86400
+        text = _seconds[second] = "%sT%02d:%02d:%02d" % (_day_of(second), tod // 3600, tod // 60 % 60, tod % 60)
+    return text + _MILLIS[us // 1000]
 
 
 def partition_for(ts: float) -> str:
     if not 0 <= ts < 253402300000:
         return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d") + ".jsonl"
     return _day_of(_split(ts)[0]) + ".jsonl"
+
+
+#: ``LedgerState.top_json``'s texts of the last budget and history partition it wrote, kept with
+#: those objects (compared by identity: a ``Decimal`` and a ``str`` are immutable, and kept here,
+#: so an equal identity is the same value): [budget, its text, history_file, its JSON]
+_top_texts: list[Any] = [object(), b"", object(), b""]
 
 
 class OpenReservations(dict):
@@ -632,11 +655,15 @@ class LedgerState:
     def top_json(self) -> bytes:
         """Exactly ``canonical_json(self.to_tables_without_open())``, formatted directly: every log
         record carries these tables (``Ledger._commit_log``)."""
-        history_file = self.history_file
+        budget, history_file = self.budget, self.history_file
+        texts = _top_texts  # the budget's and the partition's text change seldom: kept for the objects
+        if texts[0] is not budget:
+            texts[0], texts[1] = budget, usd_str(budget).encode()
+        if texts[2] is not history_file:
+            texts[2], texts[3] = history_file, b"null" if history_file is None else json_str(history_file)
         ledger = b'{"1":{"blocked":%d,"budget":"%s","flagged":%d,"history_file":%s,"history_size":%d,"lsn":%d,' \
                  b'"paused":%s,"requests":%d,"seq":%d,"spent":"%s"}}' % (
-                     self.blocked, usd_str(self.budget).encode(), self.flagged,
-                     b"null" if history_file is None else json_str(history_file),
+                     self.blocked, texts[1], self.flagged, texts[3],
                      self.history_size,
                      self.lsn, b"true" if self.paused else b"false", self.requests, self.seq,
                      usd_str(self.spent).encode())

@@ -318,3 +318,32 @@ def test_a_log_another_process_extended_is_not_extended_again_per_commit(tmp_pat
         mine.submit(mine.reserve_op(D("0.01"))).result()
     assert extends == []
     assert mine.verify() == []
+
+
+def test_timestamps_of_seconds_formatted_before_come_from_the_cache_as_datetime_formats_them(monkeypatch):
+    """``_iso`` keeps the text of recent seconds: many timestamps in few seconds (hits), and more
+    seconds than it keeps (the cache is emptied and filled again), all as datetime writes them."""
+    monkeypatch.setattr(ledger_rules, "_SECONDS_KEPT", 8)
+    rng = random.Random(20)
+    base = 1.78e9
+    for ts in [base + rng.randrange(20) + rng.random() for _ in range(5000)] + [base + 0.9999996, base + 86399.9996]:
+        dt = datetime.fromtimestamp(ts, UTC)
+        assert ledger_rules._iso(ts) == dt.isoformat(timespec="milliseconds").replace("+00:00", "Z"), ts
+    assert len(ledger_rules._seconds) <= 8
+
+
+def test_top_json_follows_every_change_of_budget_and_partition_across_states():
+    """``top_json`` keeps the texts of the last budget and partition: two states taking turns, each
+    changing them (to new objects, equal or not, and back), still write their canonical tables."""
+    rng = random.Random(7)
+    states = [LedgerState(budget=D("100")), LedgerState(budget=D("1E+2"), history_file="2026-12-07.jsonl")]
+    budgets = [D("100"), D("100.00"), D("1E+6"), D("0"), D("0.000001"), D("12.5")]
+    files = [None, "2026-12-07.jsonl", "2026-12-08.jsonl", "a+b@c.jsonl"]
+    for _ in range(300):
+        st = rng.choice(states)
+        if rng.random() < 0.5:
+            st.budget = D(str(rng.choice(budgets)))  # a new object every time
+        if rng.random() < 0.3:
+            st.history_file = rng.choice(files)
+        st.spent, st.seq = D(rng.randint(0, 10 ** 6)).scaleb(-6), st.seq + 1
+        assert st.top_json() == canonical_json(st.to_tables_without_open())
