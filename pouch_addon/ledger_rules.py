@@ -38,7 +38,7 @@ import os
 import random
 from collections.abc import Iterable
 from math import isfinite
-from operator import attrgetter
+from operator import attrgetter, is_
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -216,6 +216,19 @@ class Wallet:
     spent: Decimal = ZERO
     window: str = "total"  # periods.period_key of the window ``spent`` belongs to
     created: float = 0.0
+    # (the fields it was made from, canonical JSON of ``to_dict()``): every log record carries
+    # every wallet, and between two records only a settled wallet's spend changes
+    _json: tuple[tuple[Any, ...], bytes] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def canonical_json(self) -> bytes:
+        """``canonical_json(self.to_dict())``, kept while every field is the very object it was made
+        from (compared by identity: an equal value of another type, 1 and 1.0, is written otherwise)."""
+        fields = (self.name, self.budget, self.period, self.rpm, self.tpm, self.expires, self.secret_hash,
+                  self.spent, self.window, self.created)
+        cached = self._json
+        if cached is None or not all(map(is_, fields, cached[0])):
+            cached = self._json = (fields, canonical_json(self.to_dict()))
+        return cached[1]
 
     def spent_at(self, now: float) -> Decimal:
         """Spend counting at ``now`` without changing anything (a newer window has spent nothing)."""
@@ -667,7 +680,12 @@ class LedgerState:
                      self.history_size,
                      self.lsn, b"true" if self.paused else b"false", self.requests, self.seq,
                      usd_str(self.spent).encode())
-        wallets = canonical_json({w.name: w.to_dict() for w in self.wallets.values()}) if self.wallets else b"{}"
+        if self.wallets:  # canonical_json({name: to_dict()}) from each wallet's kept JSON
+            by_name = {w.name: w for w in self.wallets.values()}
+            wallets = b"{%s}" % b",".join(b"%s:%s" % (json_str(name), by_name[name].canonical_json())
+                                          for name in sorted(by_name))
+        else:
+            wallets = b"{}"
         return b'{"ledger":%s,"wallets":%s}' % (ledger, wallets)
 
     def canonical_tables(self) -> bytes:

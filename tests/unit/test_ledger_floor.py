@@ -347,3 +347,30 @@ def test_top_json_follows_every_change_of_budget_and_partition_across_states():
             st.history_file = rng.choice(files)
         st.spent, st.seq = D(rng.randint(0, 10 ** 6)).scaleb(-6), st.seq + 1
         assert st.top_json() == canonical_json(st.to_tables_without_open())
+
+
+def test_top_json_writes_each_wallet_as_its_canonical_tables_after_any_change():
+    """Each wallet's JSON is kept while its fields are the same objects: any change (a settled
+    spend, a new window, a budget, an equal value of another type, 1 for 1.0) is written anew."""
+    rng = random.Random(11)
+    st = LedgerState(budget=D("100"))
+    for name in ("b", "a+x", "z@y", "c"):
+        st.wallets[name] = Wallet(name, D("5"), "daily", rpm=10, expires=1.5e9, created=1.7e9)
+    changes = [
+        lambda w: setattr(w, "spent", w.spent + D("0.001")),
+        lambda w: setattr(w, "spent", D(str(w.spent))),  # an equal amount, a new object
+        lambda w: setattr(w, "window", rng.choice(["2026-12-07", "2026-12-08", "total"])),
+        lambda w: setattr(w, "budget", rng.choice([D("5"), D("5.0"), D("7.25")])),
+        lambda w: setattr(w, "rpm", rng.choice([None, 10, 20])),
+        lambda w: setattr(w, "tpm", rng.choice([None, 1000])),
+        lambda w: setattr(w, "expires", rng.choice([None, 1.5e9, 1500000000, 1.6e9])),
+        lambda w: setattr(w, "created", rng.choice([1.7e9, 1700000000, 0.0])),
+        lambda w: setattr(w, "secret_hash", rng.choice([None, "ab" * 32])),
+        lambda w: setattr(w, "period", rng.choice(["daily", "weekly", "total"])),
+    ]
+    for _ in range(400):
+        rng.choice(changes)(st.wallets[rng.choice(sorted(st.wallets))])
+        if rng.random() < 0.05:
+            name = rng.choice(["d", "a", "e-1"])
+            st.wallets[name] = Wallet(name, D("1"))
+        assert st.top_json() == canonical_json(st.to_tables_without_open())
