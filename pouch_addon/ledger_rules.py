@@ -218,17 +218,43 @@ class Wallet:
     created: float = 0.0
     # (the fields it was made from, canonical JSON of ``to_dict()``): every log record carries
     # every wallet, and between two records only a settled wallet's spend changes
-    _json: tuple[tuple[Any, ...], bytes] | None = field(default=None, init=False, repr=False, compare=False)
+    # (and its member in the wallets table, ``"name":{...}``)
+    _json: tuple[tuple[Any, ...], bytes, bytes] | None = field(default=None, init=False, repr=False, compare=False)
 
     def canonical_json(self) -> bytes:
         """``canonical_json(self.to_dict())``, kept while every field is the very object it was made
         from (compared by identity: an equal value of another type, 1 and 1.0, is written otherwise)."""
+        return self._cached()[1]
+
+    def table_member(self) -> bytes:
+        """``"name":`` and :meth:`canonical_json`: this wallet in the wallets table's canonical JSON."""
+        return self._cached()[2]
+
+    def _cached(self) -> tuple[tuple[Any, ...], bytes, bytes]:
         fields = (self.name, self.budget, self.period, self.rpm, self.tpm, self.expires, self.secret_hash,
                   self.spent, self.window, self.created)
         cached = self._json
         if cached is None or not all(map(is_, fields, cached[0])):
-            cached = self._json = (fields, canonical_json(self.to_dict()))
-        return cached[1]
+            data = self._format()
+            cached = self._json = (fields, data, b"%s:%s" % (json_str(self.name), data))
+        return cached
+
+    def _format(self) -> bytes:
+        """``canonical_json(self.to_dict())`` formatted directly when every field has the type pouch
+        gives it (a settle changes the wallet it is charged to: its JSON is made once per commit)."""
+        created, expires, rpm, tpm = self.created, self.expires, self.rpm, self.tpm
+        if (type(created) is not float or not isfinite(created) or type(self.secret_hash) not in (str, type(None))
+                or (expires is not None and (type(expires) is not float or not isfinite(expires)))
+                or (rpm is not None and type(rpm) is not int) or (tpm is not None and type(tpm) is not int)
+                or type(self.period) is not str or type(self.window) is not str):
+            return canonical_json(self.to_dict())
+        secret = self.secret_hash
+        return (b'{"budget":"%s","created":%r,"expires":%s,"name":%s,"period":%s,"rpm":%s,"secret_hash":%s,'
+                b'"spent":"%s","tpm":%s,"window":%s}' % (
+                    usd_str(self.budget).encode(), created, b"null" if expires is None else b"%r" % expires,
+                    json_str(self.name), json_str(self.period), b"null" if rpm is None else b"%d" % rpm,
+                    b"null" if secret is None else json_str(secret), usd_str(self.spent).encode(),
+                    b"null" if tpm is None else b"%d" % tpm, json_str(self.window)))
 
     def spent_at(self, now: float) -> Decimal:
         """Spend counting at ``now`` without changing anything (a newer window has spent nothing)."""
@@ -479,10 +505,12 @@ class LedgerState:
         )
 
     def remaining_for(self, wallet: str | None, now: float) -> tuple[Decimal, Decimal | None]:
-        """Global remaining and, if ``wallet`` is configured, the wallet's remaining at ``now``."""
-        if wallet is None or wallet not in self.wallets:
+        """Global remaining and, if ``wallet`` is configured, the wallet's remaining at ``now``
+        (``wallet_status(wallet, now).remaining``, without the rest of the status)."""
+        w = self.wallets.get(wallet) if wallet is not None else None
+        if w is None:
             return self.remaining, None
-        return self.remaining, self.wallet_status(wallet, now).remaining
+        return self.remaining, w.budget - w.spent_at(now) - self.wallet_reserved(wallet)[0]
 
     # -- rules -------------------------------------------------------------------------------
     def reserve(
@@ -682,8 +710,7 @@ class LedgerState:
                      usd_str(self.spent).encode())
         if self.wallets:  # canonical_json({name: to_dict()}) from each wallet's kept JSON
             by_name = {w.name: w for w in self.wallets.values()}
-            wallets = b"{%s}" % b",".join(b"%s:%s" % (json_str(name), by_name[name].canonical_json())
-                                          for name in sorted(by_name))
+            wallets = b"{%s}" % b",".join([by_name[name].table_member() for name in sorted(by_name)])
         else:
             wallets = b"{}"
         return b'{"ledger":%s,"wallets":%s}' % (ledger, wallets)

@@ -365,7 +365,10 @@ def test_top_json_writes_each_wallet_as_its_canonical_tables_after_any_change():
         lambda w: setattr(w, "tpm", rng.choice([None, 1000])),
         lambda w: setattr(w, "expires", rng.choice([None, 1.5e9, 1500000000, 1.6e9])),
         lambda w: setattr(w, "created", rng.choice([1.7e9, 1700000000, 0.0])),
-        lambda w: setattr(w, "secret_hash", rng.choice([None, "ab" * 32])),
+        lambda w: setattr(w, "secret_hash", rng.choice([None, "ab" * 32, 'a"b\u00e9'])),
+        lambda w: setattr(w, "rpm", rng.choice([True, 7])),  # a type pouch never gives: the long way
+        lambda w: setattr(w, "created", rng.choice([float("nan"), 1.7e9 + 0.25])),
+        lambda w: setattr(w, "name", rng.choice([w.name, w.name + "@x"])),
         lambda w: setattr(w, "period", rng.choice(["daily", "weekly", "total"])),
     ]
     for _ in range(400):
@@ -374,3 +377,20 @@ def test_top_json_writes_each_wallet_as_its_canonical_tables_after_any_change():
             name = rng.choice(["d", "a", "e-1"])
             st.wallets[name] = Wallet(name, D("1"))
         assert st.top_json() == canonical_json(st.to_tables_without_open())
+
+
+def test_remaining_for_is_the_wallet_status_remaining():
+    rng = random.Random(3)
+    st = LedgerState(budget=D("100"))
+    st.wallets["w"] = Wallet("w", D("5"), "daily", window="2000-01-01", spent=D("1.5"))
+    from pouch_addon.ledger_owner import Owner
+    owner = Owner.current()
+    now = 1.78e9
+    for i in range(60):
+        wallet = rng.choice(["w", "other", None])
+        st.reserve(D("0.01") * rng.randint(1, 9), res_id=f"r{i}", owner=owner, now=now, wallet=wallet)
+        for name in ("w", "other", None):
+            for at in (now, now + 86400 * rng.randint(0, 2)):
+                glob, wrem = st.remaining_for(name, at)
+                assert glob == st.remaining
+                assert wrem == (st.wallet_status(name, at).remaining if name == "w" else None)
