@@ -38,7 +38,7 @@ import os
 import random
 from collections.abc import Iterable
 from math import isfinite
-from operator import attrgetter, is_
+from operator import attrgetter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -216,27 +216,29 @@ class Wallet:
     spent: Decimal = ZERO
     window: str = "total"  # periods.period_key of the window ``spent`` belongs to
     created: float = 0.0
-    # (the fields it was made from, canonical JSON of ``to_dict()``): every log record carries
-    # every wallet, and between two records only a settled wallet's spend changes
-    # (and its member in the wallets table, ``"name":{...}``)
-    _json: tuple[tuple[Any, ...], bytes, bytes] | None = field(default=None, init=False, repr=False, compare=False)
+    # (canonical JSON of ``to_dict()``, its member in the wallets table ``"name":{...}``), dropped
+    # by any assignment to a field (``__setattr__``; every field holds an immutable value): every
+    # log record carries every wallet, and between two records only a settled wallet's spend changes
+    _json: tuple[bytes, bytes] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        if name != "_json":
+            object.__setattr__(self, "_json", None)
 
     def canonical_json(self) -> bytes:
-        """``canonical_json(self.to_dict())``, kept while every field is the very object it was made
-        from (compared by identity: an equal value of another type, 1 and 1.0, is written otherwise)."""
-        return self._cached()[1]
+        """``canonical_json(self.to_dict())``, kept until a field is assigned."""
+        return self._cached()[0]
 
     def table_member(self) -> bytes:
         """``"name":`` and :meth:`canonical_json`: this wallet in the wallets table's canonical JSON."""
-        return self._cached()[2]
+        return self._cached()[1]
 
-    def _cached(self) -> tuple[tuple[Any, ...], bytes, bytes]:
-        fields = (self.name, self.budget, self.period, self.rpm, self.tpm, self.expires, self.secret_hash,
-                  self.spent, self.window, self.created)
+    def _cached(self) -> tuple[bytes, bytes]:
         cached = self._json
-        if cached is None or not all(map(is_, fields, cached[0])):
+        if cached is None:
             data = self._format()
-            cached = self._json = (fields, data, b"%s:%s" % (json_str(self.name), data))
+            cached = self._json = (data, b"%s:%s" % (json_str(self.name), data))
         return cached
 
     def _format(self) -> bytes:

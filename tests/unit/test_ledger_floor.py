@@ -394,3 +394,21 @@ def test_remaining_for_is_the_wallet_status_remaining():
                 glob, wrem = st.remaining_for(name, at)
                 assert glob == st.remaining
                 assert wrem == (st.wallet_status(name, at).remaining if name == "w" else None)
+
+
+def test_a_wallet_copied_or_loaded_writes_its_own_json():
+    """A wallet's kept JSON goes with it through copy, deepcopy and the state's tables, and a
+    change to the copy leaves the original's JSON as it was."""
+    import copy
+    st = LedgerState(budget=D("100"))
+    st.wallets["a"] = Wallet("a", D("5"), "daily", rpm=10, window="2026-12-07", created=1.7e9)
+    before = st.top_json()
+    for clone in (copy.deepcopy(st), LedgerState.from_tables(json.loads(canonical_json(st.to_tables())))):
+        assert clone.top_json() == before
+        clone.wallets["a"].spent += D("0.5")
+        clone.wallets["a"].window = "2026-12-08"
+        assert clone.top_json() == canonical_json(clone.to_tables_without_open()) != before
+        assert st.top_json() == before == canonical_json(st.to_tables_without_open())
+    w = copy.copy(st.wallets["a"])
+    w.budget = D("6")
+    assert w.canonical_json() == canonical_json(w.to_dict()) != st.wallets["a"].canonical_json()
