@@ -28,7 +28,8 @@ machine's load moves every figure, so compare within a session). ``--instruction
 user-space instructions per admission of every thread under callgrind instead (``valgrind``
 needed; the count starts and ends at the loop's ``getrusage`` calls, so start-up is not in it);
 ``--syscalls`` counts the system calls per admission of every thread under ``strace`` (between
-the same two calls), by name.
+the same two calls), by name. ``--wallets N`` configures N wallets and charges the admissions to
+the first (every log record carries every wallet).
 The CPU figures come with the context switches per admission (``getrusage``, all threads);
 ``--syncs`` also times every ``fdatasync`` (wall, and the calling thread's CPU):
 
@@ -271,9 +272,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--loop-gap", type=float, default=None, metavar="MS",
                     help="a lone caller on an event loop instead of thread callers, each call MS in flight "
                          "(--ledger-only; one admission per commit; adds the kernel workers' CPU)")
+    ap.add_argument("--wallets", type=int, default=0,
+                    help="configure this many wallets, the admissions charged to the first (--ledger-only)")
     ap.add_argument("--syscalls", action="store_true",
                     help="system calls per admission under strace, by name, instead of CPU time (--ledger-only)")
     args = ap.parse_args(argv)
+    if args.wallets:
+        import os
+        os.environ["POUCH_FLOOR_WALLETS"] = str(args.wallets)  # read by ledger_loop in each run's process
     if args.ledger_only or args.tree or args.instructions or args.syscalls:
         trees = [("this", BENCH.parent)] + [(t.split("=", 1)[0], Path(t.split("=", 1)[1]).resolve()) for t in args.tree]
         compare_trees(trees, args.group, args.rounds, args.runs, args.instructions, args.syncs, args.syscalls,

@@ -44,6 +44,11 @@ def ledger_usage(ledger_class: Any, group: int, rounds: int, open_: int,
         ledger = ledger_class(home)
         ledger.set_budget(Decimal("1000000"))
         ledger.commit_delay = 0  # the groups are formed here
+        # ``floor.py --wallets N``: N wallets configured, the admissions charged to the first
+        wallets = int(os.environ.get("POUCH_FLOOR_WALLETS", "0"))
+        for i in range(wallets):
+            ledger.add_wallet("default" if i == 0 else f"app{i}", Decimal("1000000"), period="daily", rpm=100000)
+        charged = "default" if wallets else None
         for _ in range(open_):
             ledger.reserve(Decimal("0.01"), {"model": model})
         # the day's history partition exists, and long enough that its folder listing is reused
@@ -58,7 +63,8 @@ def ledger_usage(ledger_class: Any, group: int, rounds: int, open_: int,
         for _ in range(rounds):
             for rid in prev:
                 ledger.submit(ledger.settle_op(rid, Decimal("0.0001"), details=dict(details)), lazy=True)
-            futures = [ledger.submit(ledger.reserve_op(Decimal("0.01"), dict(meta))) for _ in range(group)]
+            futures = [ledger.submit(ledger.reserve_op(Decimal("0.01"), dict(meta), wallet=charged))
+                       for _ in range(group)]
             prev = [f.result().id for f in futures]
         r1 = resource.getrusage(resource.RUSAGE_SELF)  # ... and end here
         ledger._await_flush(0)

@@ -216,6 +216,47 @@ class Wallet:
     spent: Decimal = ZERO
     window: str = "total"  # periods.period_key of the window ``spent`` belongs to
     created: float = 0.0
+    # (canonical JSON of ``to_dict()``, its member in the wallets table ``"name":{...}``), dropped
+    # by any assignment to a field (``__setattr__``; every field holds an immutable value): every
+    # log record carries every wallet, and between two records only a settled wallet's spend changes
+    _json: tuple[bytes, bytes] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        if name != "_json":
+            object.__setattr__(self, "_json", None)
+
+    def canonical_json(self) -> bytes:
+        """``canonical_json(self.to_dict())``, kept until a field is assigned."""
+        return self._cached()[0]
+
+    def table_member(self) -> bytes:
+        """``"name":`` and :meth:`canonical_json`: this wallet in the wallets table's canonical JSON."""
+        return self._cached()[1]
+
+    def _cached(self) -> tuple[bytes, bytes]:
+        cached = self._json
+        if cached is None:
+            data = self._format()
+            cached = self._json = (data, b"%s:%s" % (json_str(self.name), data))
+        return cached
+
+    def _format(self) -> bytes:
+        """``canonical_json(self.to_dict())`` formatted directly when every field has the type pouch
+        gives it (a settle changes the wallet it is charged to: its JSON is made once per commit)."""
+        created, expires, rpm, tpm = self.created, self.expires, self.rpm, self.tpm
+        if (type(created) is not float or not isfinite(created) or type(self.secret_hash) not in (str, type(None))
+                or (expires is not None and (type(expires) is not float or not isfinite(expires)))
+                or (rpm is not None and type(rpm) is not int) or (tpm is not None and type(tpm) is not int)
+                or type(self.period) is not str or type(self.window) is not str):
+            return canonical_json(self.to_dict())
+        secret = self.secret_hash
+        return (b'{"budget":"%s","created":%r,"expires":%s,"name":%s,"period":%s,"rpm":%s,"secret_hash":%s,'
+                b'"spent":"%s","tpm":%s,"window":%s}' % (
+                    usd_str(self.budget).encode(), created, b"null" if expires is None else b"%r" % expires,
+                    json_str(self.name), json_str(self.period), b"null" if rpm is None else b"%d" % rpm,
+                    b"null" if secret is None else json_str(secret), usd_str(self.spent).encode(),
+                    b"null" if tpm is None else b"%d" % tpm, json_str(self.window)))
 
     def spent_at(self, now: float) -> Decimal:
         """Spend counting at ``now`` without changing anything (a newer window has spent nothing)."""
@@ -302,20 +343,43 @@ def _split(ts: float) -> tuple[int, int]:
     return second, us
 
 
+#: "YYYY-MM-DDTHH:MM:SS" of the seconds formatted lately (a settle formats its start and its end,
+#: and the settles of one commit end in the same second), emptied when it holds ``_SECONDS_KEPT``
+_seconds: dict[int, str] = {}
+_SECONDS_KEPT = 1024
+#: ".000Z" .. ".999Z": the milliseconds and the zone, the only part of a timestamp that changes per call
+_MILLIS = tuple(".%03dZ" % ms for ms in range(1000))
+
+
 def _iso(ts: float) -> str:
     """``datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")`` with a ``Z``, from the
-    day's cached date and integer arithmetic (a settle formats two timestamps)."""
+    second's cached text (the day's cached date and integer arithmetic the first time) and the
+    milliseconds' (a settle formats two timestamps)."""
     if not 0 <= ts < 253402300000:  # outside 1970..9999: let datetime format (or refuse) it
         return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    second, us = _split(ts)
-    tod = second % 86400
-    return "%sT%02d:%02d:%02d.%03dZ" % (_day_of(second), tod // 3600, tod // 60 % 60, tod % 60, us // 1000)
+    second = int(ts)  # _split, inlined
+    us = round((ts - second) * 1e6)
+    if us >= 1000000:
+        second, us = second + 1, us - 1000000
+    text = _seconds.get(second)
+    if text is None:
+        if len(_seconds) >= _SECONDS_KEPT:
+            _seconds.clear()
+        tod = second % 86400
+        text = _seconds[second] = "%sT%02d:%02d:%02d" % (_day_of(second), tod // 3600, tod // 60 % 60, tod % 60)
+    return text + _MILLIS[us // 1000]
 
 
 def partition_for(ts: float) -> str:
     if not 0 <= ts < 253402300000:
         return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d") + ".jsonl"
     return _day_of(_split(ts)[0]) + ".jsonl"
+
+
+#: ``LedgerState.top_json``'s texts of the last budget and history partition it wrote, kept with
+#: those objects (compared by identity: a ``Decimal`` and a ``str`` are immutable, and kept here,
+#: so an equal identity is the same value): [budget, its text, history_file, its JSON]
+_top_texts: list[Any] = [object(), b"", object(), b""]
 
 
 class OpenReservations(dict):
@@ -443,10 +507,12 @@ class LedgerState:
         )
 
     def remaining_for(self, wallet: str | None, now: float) -> tuple[Decimal, Decimal | None]:
-        """Global remaining and, if ``wallet`` is configured, the wallet's remaining at ``now``."""
-        if wallet is None or wallet not in self.wallets:
+        """Global remaining and, if ``wallet`` is configured, the wallet's remaining at ``now``
+        (``wallet_status(wallet, now).remaining``, without the rest of the status)."""
+        w = self.wallets.get(wallet) if wallet is not None else None
+        if w is None:
             return self.remaining, None
-        return self.remaining, self.wallet_status(wallet, now).remaining
+        return self.remaining, w.budget - w.spent_at(now) - self.wallet_reserved(wallet)[0]
 
     # -- rules -------------------------------------------------------------------------------
     def reserve(
@@ -632,15 +698,23 @@ class LedgerState:
     def top_json(self) -> bytes:
         """Exactly ``canonical_json(self.to_tables_without_open())``, formatted directly: every log
         record carries these tables (``Ledger._commit_log``)."""
-        history_file = self.history_file
+        budget, history_file = self.budget, self.history_file
+        texts = _top_texts  # the budget's and the partition's text change seldom: kept for the objects
+        if texts[0] is not budget:
+            texts[0], texts[1] = budget, usd_str(budget).encode()
+        if texts[2] is not history_file:
+            texts[2], texts[3] = history_file, b"null" if history_file is None else json_str(history_file)
         ledger = b'{"1":{"blocked":%d,"budget":"%s","flagged":%d,"history_file":%s,"history_size":%d,"lsn":%d,' \
                  b'"paused":%s,"requests":%d,"seq":%d,"spent":"%s"}}' % (
-                     self.blocked, usd_str(self.budget).encode(), self.flagged,
-                     b"null" if history_file is None else json_str(history_file),
+                     self.blocked, texts[1], self.flagged, texts[3],
                      self.history_size,
                      self.lsn, b"true" if self.paused else b"false", self.requests, self.seq,
                      usd_str(self.spent).encode())
-        wallets = canonical_json({w.name: w.to_dict() for w in self.wallets.values()}) if self.wallets else b"{}"
+        if self.wallets:  # canonical_json({name: to_dict()}) from each wallet's kept JSON
+            by_name = {w.name: w for w in self.wallets.values()}
+            wallets = b"{%s}" % b",".join([by_name[name].table_member() for name in sorted(by_name)])
+        else:
+            wallets = b"{}"
         return b'{"ledger":%s,"wallets":%s}' % (ledger, wallets)
 
     def canonical_tables(self) -> bytes:

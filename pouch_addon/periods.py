@@ -72,16 +72,29 @@ def period_end(period: Period, ts: float) -> float | None:
     return None if win is None else win[1].timestamp()
 
 
+#: per period, the last window named: (its start, its end, its key) in epoch seconds. A wallet's
+#: admission and settle ask for the key of ``now`` several times, nearly always in the same window
+_last_window: dict[str, tuple[float, float, str]] = {}
+
+
 def period_key(period: Period, ts: float) -> str:
     """A stable name for the window holding ``ts``: ``2026-11-23``, ``2026-W48``, ``2026-11``, ``total``.
 
     Weekly keys use the ISO year, which differs from the calendar year around New Year
     (2026-12-31 is in ``2026-W53``, 2024-12-30 in ``2025-W01``).
     """
+    last = _last_window.get(period)
+    if last is not None and last[0] <= ts < last[1]:  # the window's bounds are whole seconds
+        return last[2]
     win = _window(period, ts)
     if win is None:
         return "total"
-    start = win[0]
+    key = _key(period, win[0])
+    _last_window[period] = (win[0].timestamp(), win[1].timestamp(), key)
+    return key
+
+
+def _key(period: Period, start: datetime) -> str:
     if period == "daily":
         return start.strftime("%Y-%m-%d")
     if period == "weekly":

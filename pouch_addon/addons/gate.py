@@ -269,12 +269,14 @@ class BudgetGate:
         if meta["provider"] == "local":  # a local model server: reserved and settled at an explicit $0
             meta["local"] = True
         wallet = ident.wallet
-        inline = inline_ok(flow.request)
+        # read once for the inline test and the draft (a header lookup scans every header)
+        coding = flow.request.headers.get("content-encoding", "")
+        inline = inline_ok(flow.request, coding)
         try:
-            drafted = self._draft_inline(flow, table) if inline else None
+            drafted = self._draft_inline(flow, table, coding=coding) if inline else None
             if drafted is None:
                 inline = False
-                drafted = await asyncio.to_thread(self._draft, flow, table)
+                drafted = await asyncio.to_thread(self._draft, flow, table, None, coding)
             draft, body = drafted
         except BodyTooLarge as exc:
             reply(flow, exc.status, str(exc), code=exc.code)
@@ -340,25 +342,28 @@ class BudgetGate:
                   code="rate_limit_exceeded", type_="requests",
                   headers={"retry-after": str(int(retry)), "x-should-retry": "true"})
 
-    def _draft_inline(self, flow: http.HTTPFlow, table: PriceTable,
-                      body: dict[str, Any] | None = None) -> tuple[DraftPlan, dict[str, Any]] | None:
+    def _draft_inline(self, flow: http.HTTPFlow, table: PriceTable, body: dict[str, Any] | None = None,
+                      coding: str | None = None) -> tuple[DraftPlan, dict[str, Any]] | None:
         """``_draft`` on the event loop, or None when it needs a tokenizer encoding not loaded
         yet: the first load takes ~0.3-1 s, so that request is planned in a worker thread."""
         try:
             with tokens.loaded_only():
-                return self._draft(flow, table, body=body)
+                return self._draft(flow, table, body, coding)
         except tokens.NotLoaded:
             return None
 
-    def _draft(self, flow: http.HTTPFlow, table: PriceTable,
-               body: dict[str, Any] | None = None) -> tuple[DraftPlan, dict[str, Any]]:
+    def _draft(self, flow: http.HTTPFlow, table: PriceTable, body: dict[str, Any] | None = None,
+               coding: str | None = None) -> tuple[DraftPlan, dict[str, Any]]:
         """Decode, parse and estimate the request (in a worker thread unless the body is small).
-        With ``body`` (already parsed): estimate it again, counting the input exactly."""
+        With ``body`` (already parsed): estimate it again, counting the input exactly.
+        ``coding``: the request's ``content-encoding`` when the caller read it already."""
         settings = self.core.settings
         if body is None:
-            data = decode_body(flow.request, ctx.options.pouch_max_body_mb * 1048576)
+            if coding is None:
+                coding = flow.request.headers.get("content-encoding", "")
+            data = decode_content(flow.request.raw_content or b"", coding, ctx.options.pouch_max_body_mb * 1048576)
             body = parse_body(data)
-            if flow.request.headers.get("content-encoding", "").strip().lower() not in ("", "identity"):
+            if coding.strip().lower() not in ("", "identity"):
                 # send what was priced: the decoded bytes, not a second decoding by the provider
                 del flow.request.headers["content-encoding"]
                 flow.request.content = data
@@ -445,12 +450,16 @@ class Admission:
         return Refusal("rate_limited", plan.worst_case, ZERO, wallet=self.wallet)
 
 
-def inline_ok(request: http.Request) -> bool:
+def inline_ok(request: http.Request, coding: str | None = None) -> bool:
     """Small plain bodies are planned on the event loop (~60-200 µs, cheaper than a thread hop);
-    larger or compressed ones in a worker thread."""
+    larger or compressed ones in a worker thread. ``coding``: the ``content-encoding`` header's
+    value when the caller read it already ("" when absent)."""
     raw = request.raw_content
-    return (raw is not None and len(raw) <= INLINE_PLAN_BYTES
-            and request.headers.get("content-encoding", "identity").strip().lower() in ("", "identity"))
+    if raw is None or len(raw) > INLINE_PLAN_BYTES:
+        return False
+    if coding is None:
+        coding = request.headers.get("content-encoding", "")
+    return coding.strip().lower() in ("", "identity")
 
 
 def client_label(flow: http.HTTPFlow) -> str:

@@ -318,3 +318,97 @@ def test_a_log_another_process_extended_is_not_extended_again_per_commit(tmp_pat
         mine.submit(mine.reserve_op(D("0.01"))).result()
     assert extends == []
     assert mine.verify() == []
+
+
+def test_timestamps_of_seconds_formatted_before_come_from_the_cache_as_datetime_formats_them(monkeypatch):
+    """``_iso`` keeps the text of recent seconds: many timestamps in few seconds (hits), and more
+    seconds than it keeps (the cache is emptied and filled again), all as datetime writes them."""
+    monkeypatch.setattr(ledger_rules, "_SECONDS_KEPT", 8)
+    rng = random.Random(20)
+    base = 1.78e9
+    for ts in [base + rng.randrange(20) + rng.random() for _ in range(5000)] + [base + 0.9999996, base + 86399.9996]:
+        dt = datetime.fromtimestamp(ts, UTC)
+        assert ledger_rules._iso(ts) == dt.isoformat(timespec="milliseconds").replace("+00:00", "Z"), ts
+    assert len(ledger_rules._seconds) <= 8
+
+
+def test_top_json_follows_every_change_of_budget_and_partition_across_states():
+    """``top_json`` keeps the texts of the last budget and partition: two states taking turns, each
+    changing them (to new objects, equal or not, and back), still write their canonical tables."""
+    rng = random.Random(7)
+    states = [LedgerState(budget=D("100")), LedgerState(budget=D("1E+2"), history_file="2026-12-07.jsonl")]
+    budgets = [D("100"), D("100.00"), D("1E+6"), D("0"), D("0.000001"), D("12.5")]
+    files = [None, "2026-12-07.jsonl", "2026-12-08.jsonl", "a+b@c.jsonl"]
+    for _ in range(300):
+        st = rng.choice(states)
+        if rng.random() < 0.5:
+            st.budget = D(str(rng.choice(budgets)))  # a new object every time
+        if rng.random() < 0.3:
+            st.history_file = rng.choice(files)
+        st.spent, st.seq = D(rng.randint(0, 10 ** 6)).scaleb(-6), st.seq + 1
+        assert st.top_json() == canonical_json(st.to_tables_without_open())
+
+
+def test_top_json_writes_each_wallet_as_its_canonical_tables_after_any_change():
+    """Each wallet's JSON is kept while its fields are the same objects: any change (a settled
+    spend, a new window, a budget, an equal value of another type, 1 for 1.0) is written anew."""
+    rng = random.Random(11)
+    st = LedgerState(budget=D("100"))
+    for name in ("b", "a+x", "z@y", "c"):
+        st.wallets[name] = Wallet(name, D("5"), "daily", rpm=10, expires=1.5e9, created=1.7e9)
+    changes = [
+        lambda w: setattr(w, "spent", w.spent + D("0.001")),
+        lambda w: setattr(w, "spent", D(str(w.spent))),  # an equal amount, a new object
+        lambda w: setattr(w, "window", rng.choice(["2026-12-07", "2026-12-08", "total"])),
+        lambda w: setattr(w, "budget", rng.choice([D("5"), D("5.0"), D("7.25")])),
+        lambda w: setattr(w, "rpm", rng.choice([None, 10, 20])),
+        lambda w: setattr(w, "tpm", rng.choice([None, 1000])),
+        lambda w: setattr(w, "expires", rng.choice([None, 1.5e9, 1500000000, 1.6e9])),
+        lambda w: setattr(w, "created", rng.choice([1.7e9, 1700000000, 0.0])),
+        lambda w: setattr(w, "secret_hash", rng.choice([None, "ab" * 32, 'a"b\u00e9'])),
+        lambda w: setattr(w, "rpm", rng.choice([True, 7])),  # a type pouch never gives: the long way
+        lambda w: setattr(w, "created", rng.choice([float("nan"), 1.7e9 + 0.25])),
+        lambda w: setattr(w, "name", rng.choice([w.name, w.name + "@x"])),
+        lambda w: setattr(w, "period", rng.choice(["daily", "weekly", "total"])),
+    ]
+    for _ in range(400):
+        rng.choice(changes)(st.wallets[rng.choice(sorted(st.wallets))])
+        if rng.random() < 0.05:
+            name = rng.choice(["d", "a", "e-1"])
+            st.wallets[name] = Wallet(name, D("1"))
+        assert st.top_json() == canonical_json(st.to_tables_without_open())
+
+
+def test_remaining_for_is_the_wallet_status_remaining():
+    rng = random.Random(3)
+    st = LedgerState(budget=D("100"))
+    st.wallets["w"] = Wallet("w", D("5"), "daily", window="2000-01-01", spent=D("1.5"))
+    from pouch_addon.ledger_owner import Owner
+    owner = Owner.current()
+    now = 1.78e9
+    for i in range(60):
+        wallet = rng.choice(["w", "other", None])
+        st.reserve(D("0.01") * rng.randint(1, 9), res_id=f"r{i}", owner=owner, now=now, wallet=wallet)
+        for name in ("w", "other", None):
+            for at in (now, now + 86400 * rng.randint(0, 2)):
+                glob, wrem = st.remaining_for(name, at)
+                assert glob == st.remaining
+                assert wrem == (st.wallet_status(name, at).remaining if name == "w" else None)
+
+
+def test_a_wallet_copied_or_loaded_writes_its_own_json():
+    """A wallet's kept JSON goes with it through copy, deepcopy and the state's tables, and a
+    change to the copy leaves the original's JSON as it was."""
+    import copy
+    st = LedgerState(budget=D("100"))
+    st.wallets["a"] = Wallet("a", D("5"), "daily", rpm=10, window="2026-12-07", created=1.7e9)
+    before = st.top_json()
+    for clone in (copy.deepcopy(st), LedgerState.from_tables(json.loads(canonical_json(st.to_tables())))):
+        assert clone.top_json() == before
+        clone.wallets["a"].spent += D("0.5")
+        clone.wallets["a"].window = "2026-12-08"
+        assert clone.top_json() == canonical_json(clone.to_tables_without_open()) != before
+        assert st.top_json() == before == canonical_json(st.to_tables_without_open())
+    w = copy.copy(st.wallets["a"])
+    w.budget = D("6")
+    assert w.canonical_json() == canonical_json(w.to_dict()) != st.wallets["a"].canonical_json()

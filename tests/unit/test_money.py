@@ -45,3 +45,26 @@ def test_usd_str_is_unchanged_storage_form():
     assert usd_str(D("0.0000001")) == "0.0000001"
     assert usd_str(D("12.50")) == "12.5"
     assert usd_str(D("0")) == "0"
+
+
+def test_usd_str_writes_what_fixed_point_format_writes():
+    """``usd_str``'s shortcut (``str`` unless it chose an exponent) against the long way, over
+    random amounts of every size and sign, and in a context that writes a lowercase exponent."""
+    import decimal
+    import random
+
+    def reference(value):
+        return "0" if value == 0 else format(value.normalize(), "f")
+
+    rng = random.Random(16)
+    values = [D(rng.randint(-10 ** rng.randint(0, 30), 10 ** rng.randint(0, 30))).scaleb(rng.randint(-40, 12))
+              for _ in range(20000)]
+    values += [D(s) for s in ("0E-7", "-0", "0.000", "1E+30", "1.0E+3", "-1E-9", "1000000", "50", "0.0001",
+                              "0.00000010", "123456789.000000001", "Infinity", "-Infinity", "NaN", "1E-6", "1E-7")]
+    for value in values:
+        assert usd_str(value) == reference(value), value
+    with decimal.localcontext() as ctx:
+        ctx.capitals = 0
+        for value in (D("1E+2"), D("1E-7"), D("0.0001"), D("5E+1")):
+            assert usd_str(value) == reference(value), value
+            assert "e" not in usd_str(value)

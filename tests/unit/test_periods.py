@@ -214,3 +214,34 @@ def test_period_change_rejects_unknown_periods():
         spend_in_new_period("yearly", "daily", ENTRIES, NOW)  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         spend_in_new_period("daily", "hourly", ENTRIES, NOW)  # type: ignore[arg-type]
+
+
+def test_period_key_from_the_last_window_is_the_key_datetime_gives():
+    """``period_key`` names a timestamp in the window it named last without datetime: timestamps
+    in order, jumping back and forth, and on each side of midnight, a Monday and a month's first
+    second, against the key computed from datetime each time."""
+    import math
+    import random
+    from datetime import UTC, datetime, timedelta
+
+    def reference(period, ts):
+        d = datetime.fromtimestamp(math.floor(ts), UTC)
+        day = datetime(d.year, d.month, d.day, tzinfo=UTC)
+        if period == "daily":
+            return day.strftime("%Y-%m-%d")
+        if period == "weekly":
+            iso = (day - timedelta(days=d.weekday())).isocalendar()
+            return f"{iso.year}-W{iso.week:02d}"
+        return day.strftime("%Y-%m")
+
+    rng = random.Random(20)
+    base = 1.78e9
+    stamps = [base + rng.uniform(0, 3 * 86400) for _ in range(3000)]
+    stamps += sorted(base + rng.uniform(0, 90 * 86400) for _ in range(3000))
+    stamps += [rng.uniform(0, 4e9) for _ in range(3000)]
+    for day in range(20000, 20500):  # around each midnight of 500 days (months, weeks, years turn)
+        stamps += [day * 86400 - 1e-7, day * 86400 - 0.5, day * 86400, day * 86400 + 1e-6, day * 86400 - 1]
+    for period in ("daily", "weekly", "monthly"):
+        for ts in stamps:
+            assert period_key(period, ts) == reference(period, ts), (period, ts)
+    assert period_key("total", base) == "total"

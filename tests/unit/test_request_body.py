@@ -85,3 +85,51 @@ def test_a_decompression_bomb_stops_at_the_cap(encoding, pack):
     with pytest.raises(BodyTooLarge) as exc:
         decode_content(bomb, encoding, 1 << 20)
     assert exc.value.status == 413 and exc.value.code == "pouch_body_too_large"
+
+
+def test_parse_body_reads_and_refuses_what_json_loads_with_its_hooks_did():
+    """``parse_body`` decodes with one decoder built once: the same bodies, and the same refusals
+    with the same messages, as ``json.loads`` building one per call (the BOM check included)."""
+    import json as _json
+    import threading
+
+    from pouch_addon import plan as _plan
+
+    def reference(raw):
+        try:
+            text = raw.decode("utf-8") if isinstance(raw, (bytes, bytearray)) else raw
+            return ("ok", _json.loads(text, object_pairs_hook=_plan._no_duplicates, parse_constant=_plan._no_constant))
+        except _plan.PlanError as exc:
+            return ("plan", exc.code, str(exc))
+        except ValueError as exc:
+            return ("json", str(exc))
+
+    bodies = [b'{"model":"m","messages":[{"role":"user","content":"hi"}]}', '\ufeff{"a":1}', b'\xef\xbb\xbf{"a":1}',
+              b'{"a":1,"a":2}', b'{"a":{"b":1,"b":1}}', b'{"a":NaN}', b'{"a":-Infinity}', b'{"a":1} x', b'',
+              b'[1,2]', b'{"a":1e400,"b":0.50,"c":"\\ud83d\\ude00"}', b'{"a":', b'{"k":"v"}  ', b'  {"k":[]}']
+    for raw in bodies:
+        want = reference(raw)
+        try:
+            got = ("ok", parse_body(raw))
+        except PlanError as exc:
+            got = ("plan", exc.code, str(exc))
+        if want[0] == "ok" and isinstance(want[1], dict):
+            assert got == want, raw
+        elif want[0] == "json":
+            assert got[0] == "plan" and got[1] == "pouch_bad_json" and want[1] in got[2], (raw, got, want)
+        elif want[0] == "plan":
+            assert got == want, raw
+    # one decoder shared by threads parses each thread's bodies whole (worker threads plan large bodies)
+    errors = []
+
+    def parse_many(n):
+        for i in range(300):
+            b = {"model": f"m{n}", "i": i, "messages": [{"role": "user", "content": "x" * (i % 50), f"k{n}": n}]}
+            if parse_body(_json.dumps(b).encode()) != b:
+                errors.append((n, i))
+    threads = [threading.Thread(target=parse_many, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []

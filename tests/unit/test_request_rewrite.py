@@ -141,3 +141,32 @@ def test_a_body_above_the_inline_insertion_size_gets_the_insertion_in_a_thread(t
     assert len(raw) > INLINE_INSERT_BYTES
     req = forwarded(tmp_path, raw)
     assert req.raw_content == b'{"stream_options":{"include_usage":true},' + raw[1:]
+
+
+def test_a_small_compressed_body_is_planned_off_the_loop_and_forwarded_decoded(tmp_path):
+    # the gate reads content-encoding once for the inline test and the draft: a small gzip body
+    # is not planned inline, and what is forwarded is the decoded bytes pouch priced
+    raw = json.dumps({"model": "gpt-4o-mini", "stream": True, "max_tokens": 50,
+                      "messages": [{"role": "user", "content": "hi"}]}).encode()
+    req = forwarded(tmp_path, raw, **{"Content-Encoding": "gzip"})
+    assert "content-encoding" not in req.headers
+    assert req.raw_content == b'{"stream_options":{"include_usage":true},' + raw[1:]
+
+
+def test_a_body_marked_identity_is_planned_inline_and_forwarded_with_the_insertion(tmp_path):
+    raw = json.dumps({"model": "gpt-4o-mini", "stream": True, "max_tokens": 50,
+                      "messages": [{"role": "user", "content": "hi"}]}).encode()
+    req = forwarded(tmp_path, raw, **{"Content-Encoding": " Identity "})
+    assert req.raw_content == b'{"stream_options":{"include_usage":true},' + raw[1:]
+
+
+def test_inline_ok_reads_the_coding_it_is_given_or_the_header():
+    from pouch_addon.addons.gate import INLINE_PLAN_BYTES, inline_ok
+    small = http.Request.make("POST", "https://api.openai.com/v1/chat/completions", b"{}", {"Content-Encoding": "gzip"})
+    small.raw_content = b"{}"  # not compressed by make: only the header matters here
+    assert not inline_ok(small) and not inline_ok(small, "gzip")
+    assert inline_ok(small, "") and inline_ok(small, "identity")
+    del small.headers["content-encoding"]
+    assert inline_ok(small)
+    large = http.Request.make("POST", "https://api.openai.com/v1/chat/completions", b"x" * (INLINE_PLAN_BYTES + 1))
+    assert not inline_ok(large) and not inline_ok(large, "")
