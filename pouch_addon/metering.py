@@ -272,6 +272,9 @@ def _member_value(data: str, name: str, value: str) -> int:
 #: argument as an int and raises and clears a TypeError (~0.2 us, per chunk)
 _QUOTE, _BACKSLASH = ord('"'), ord("\\")
 
+#: a chunk that is exactly the end of an OpenAI stream (``feed`` needs no parser for it)
+_DONE_CHUNK = b"data: [DONE]\n\n"
+
 #: the keys a plain content chunk's choice may have (all null but index and delta)
 _PLAIN_CHOICE_KEYS = frozenset({"index", "delta", "logprobs", "finish_reason"})
 #: how many qualifying chunks a stream may try to learn a template from (each try parses twice)
@@ -357,6 +360,10 @@ class StreamMeter(DecodingMeter):
                         and self._over()):
                     return [fwd + self._budget_cut()]
                 return [fwd]
+        if chunk == _DONE_CHUNK and self._boundary:  # the usual last chunk: what parsing it does
+            self.events += 1
+            self.done = True
+            return [chunk]
         try:
             events = self._parser.feed(chunk)
             self._boundary = self._parser.at_boundary()

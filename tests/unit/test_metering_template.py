@@ -236,3 +236,36 @@ def test_cut_off_stays_exact_at_the_cap_with_templated_chunks(seed):
     else:
         pytest.fail("the cap was never reached")
     assert m._tpl is not None  # the templated path was the one tested
+
+
+def same(a: dict, b: dict) -> bool:
+    """The same state at the end (the streams were cut into different chunks: ``bounds`` differ)."""
+    return {k: v for k, v in a.items() if k != "bounds"} == {k: v for k, v in b.items() if k != "bounds"}
+
+
+@pytest.mark.parametrize("hide", [True, False])
+@pytest.mark.parametrize("cut", [None, 3, 9])
+def test_a_whole_done_chunk_is_the_same_as_a_parsed_one(monkeypatch, hide, cut):
+    """``data: [DONE]`` as a chunk of its own is not framed by the parser, with the same bytes and
+    state as when it arrives split (framed by the parser), after a partial event, or without a
+    template learnt."""
+    fed = []
+    real = metering.SSEParser.feed
+    monkeypatch.setattr(metering.SSEParser, "feed", lambda self, c: fed.append(c) or real(self, c))
+    body = [chunk({"role": "assistant", "content": "", "refusal": None}), chunk({"content": "Hi"}),
+            chunk({"content": " there"}), chunk({}, finish="stop"), chunk({}, choices=[], usage=USAGE)]
+    whole = run(meter(hide=hide), body + [DONE])
+    assert whole[1]["done"] and whole[0][-2] == DONE
+    assert DONE not in fed
+    if cut is not None:  # [DONE] split in two: parsed
+        split = run(meter(hide=hide), body + [DONE[:cut], DONE[cut:]])
+        assert b"".join(split[0]) == b"".join(whole[0]) and same(split[1], whole[1])
+    # behind a partial event (the parser holds bytes): parsed, same result as a whole stream
+    tail = body[-1]
+    held = run(meter(hide=hide), body[:-1] + [tail[:20], tail[20:] + DONE])
+    assert b"".join(held[0]) == b"".join(whole[0]) and same(held[1], whole[1])
+    assert run(meter(hide=hide, templates=False), body + [DONE]) == whole
+    # right after an event that lacks its blank line, [DONE] is a second data line of that event
+    glued = run(meter(hide=hide), body[:-1] + [tail[:-1], DONE])
+    parsed = run(meter(hide=hide), body[:-1] + [tail[:-1], DONE[:3], DONE[3:]])
+    assert b"".join(glued[0]) == b"".join(parsed[0]) and same(glued[1], parsed[1]) and not glued[1]["done"]
