@@ -504,7 +504,7 @@ async def probe_under_streams(proxy: H.Proxy, streams: int, chunks: int, delay_m
         stop.set()
         probe.close()
         # streams finish their current response (bounded) and end
-        _, pending = await asyncio.wait(tasks, timeout=chunks * delay_ms / 1000 * 3 + 30)
+        pending = (await asyncio.wait(tasks, timeout=chunks * delay_ms / 1000 * 3 + 30))[1] if tasks else ()
         for t in pending:
             t.cancel()
         for t in tasks:

@@ -8,8 +8,12 @@ connections, then dumped. The count covers every thread of mitmdump (pouch's led
 too) in user space; what the kernel does (syscalls, thread switches) is not in it, so the
 capacity ratio of ``proxy_bench.py`` is lower than this one.
 
-    .venv/bin/python bench/proxy_instructions.py [--workload sse50|nonstream] [--requests N]
-        [--only bare|pouch] [--against-pouch --pouch-set OPTION=VALUE ...] [--tree DIR]
+    .venv/bin/python bench/proxy_instructions.py [--workload sse50|nonstream|models] [--requests N]
+        [--chunks N] [--only bare|pouch] [--against-pouch --pouch-set OPTION=VALUE ...] [--tree DIR]
+
+``--workload models`` counts ``GET /v1/models`` (the probe of ``proxy_bench.py``: a free request
+pouch forwards without metering). ``--chunks N`` streams N chunks per SSE request instead of 50;
+two runs at different N give the instructions per chunk (the difference over the extra chunks).
 
 ``--tree DIR`` counts pouch from the source tree DIR (e.g. main: ``git archive MAIN | tar -x -C
 DIR``) and this tree's pouch, one after the other.
@@ -121,9 +125,17 @@ def measure(pouch: bool, raw: bytes, stream: bool, n: int, sets: list[str] | Non
         os.environ.pop("POUCH_MITMDUMP", None)
 
 
+def request_for(a: argparse.Namespace) -> bytes:
+    """The raw request of the workload."""
+    if a.workload == "models":
+        return PB.MODELS_REQUEST
+    return PB.chat_request(stream=a.workload == "sse50", chunks=a.chunks)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--workload", choices=["sse50", "nonstream"], default="sse50")
+    ap.add_argument("--workload", choices=["sse50", "nonstream", "models"], default="sse50")
+    ap.add_argument("--chunks", type=int, default=50, help="chunks per SSE request (sse50)")
     ap.add_argument("--requests", type=int, help="measured requests (default: 100 sse50, 200 nonstream)")
     ap.add_argument("--only", choices=["bare", "pouch"])
     ap.add_argument("--against-pouch", action="store_true", help="plain pouch vs pouch with --pouch-set options")
@@ -136,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = PB.otlp_sink()  # the proxies inherit it (harness)
         got = {}
         for name, sets in (("pouch", []), ("pouch+", a.pouch_set)):
-            got[name] = measure(True, PB.chat_request(stream=a.workload == "sse50", chunks=50),
+            got[name] = measure(True, request_for(a),
                                 a.workload == "sse50", a.requests or (100 if a.workload == "sse50" else 200),
                                 sets, a.settle_s)
             print(f"{a.workload} {name}: {got[name]:.3f} M instructions per request", flush=True)
@@ -146,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     stream = a.workload == "sse50"
     if a.tree:
         n = a.requests or (100 if stream else 200)
-        raw = PB.chat_request(stream=stream, chunks=50)
+        raw = request_for(a)
         got = {}
         for name, tree in (("tree", Path(a.tree).resolve()), ("pouch", None)):
             got[name] = measure(True, raw, stream, n, settle_s=a.settle_s, tree=tree)
@@ -154,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"RATIO proxy {a.workload} instructions pouch/tree = {got['pouch'] / got['tree']:.3f}")
         return 0
     n = a.requests or (100 if stream else 200)
-    raw = PB.chat_request(stream=stream, chunks=50)
+    raw = request_for(a)
     got = {}
     for name in ("bare", "pouch"):
         if a.only in (None, name):
@@ -162,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{a.workload} {name}: {got[name]:.3f} M instructions per request ({n} requests)", flush=True)
     if len(got) == 2:
         print(f"RATIO proxy {a.workload} instructions bare/pouch = {got['bare'] / got['pouch']:.3f} "
-              f"(capacity if instructions were the limit; CPU-time target {PB.CAPACITY_TARGETS[a.workload]})")
+              f"(capacity if instructions were the limit; CPU-time target {PB.CAPACITY_TARGETS.get(a.workload, 'none')})")
     return 0
 
 

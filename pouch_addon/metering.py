@@ -234,6 +234,18 @@ class _ContentTemplate:
     # member lies before it (``cut_before_pad``); None: found per chunk
     cut_back: tuple[int, int] | None = None
     cut_before_pad: bool = False
+    # the same shape as a whole chunk, in bytes (``feed``'s path, :meth:`StreamMeter._whole`): ``head`` +
+    # text + (``bmid`` + padding) + ``tail``; ``fixed`` their length, ``max_len`` the parser's event limit
+    head: bytes = b""
+    tail: bytes = b""
+    bmid: bytes | None = None
+    fixed: int = 0
+    max_len: int = 0
+    # hide_null_usage: the ``tail`` (member after the text and padding) or the ``bmid`` (member
+    # between them) with the member cut out; both None: the whole-chunk path leaves such a chunk
+    # to the parser
+    tail_cut: bytes | None = None
+    mid_cut: bytes | None = None
 
 
 def _plain(text: str) -> bool:
@@ -255,6 +267,13 @@ def _member_value(data: str, name: str, value: str) -> int:
             return start
     return -1
 
+
+#: ``"`` and ``\\`` as the ints ``x in some_bytes`` tests: ``b"x" in some_bytes`` first tries its
+#: argument as an int and raises and clears a TypeError (~0.2 us, per chunk)
+_QUOTE, _BACKSLASH = ord('"'), ord("\\")
+
+#: a chunk that is exactly the end of an OpenAI stream (``feed`` needs no parser for it)
+_DONE_CHUNK = b"data: [DONE]\n\n"
 
 #: the keys a plain content chunk's choice may have (all null but index and delta)
 _PLAIN_CHOICE_KEYS = frozenset({"index", "delta", "logprobs", "finish_reason"})
@@ -317,6 +336,7 @@ class StreamMeter(DecodingMeter):
         # Chat only: the shape of a plain content chunk, once one was parsed (see _ContentTemplate)
         self._tpl: _ContentTemplate | None = None
         self._tpl_tries = 0 if api == "chat" else _TEMPLATE_TRIES
+        self._boundary = False  # the parser holds nothing (``at_boundary``), as of its last feed
 
         # a compressed stream (see the module docstring): decoded before it is framed
         self.undecodable: str | None = None    # why the stream cannot be decoded (fail closed)
@@ -328,14 +348,10 @@ class StreamMeter(DecodingMeter):
         if self.cut or not chunk:
             return []
         tpl = self._tpl
-        if (tpl is not None and chunk.__class__ is bytes and chunk.startswith(b"data: ") and chunk.endswith(b"\n\n")
-                and len(chunk) <= self._parser.max_event_bytes and self._parser.at_boundary()):
+        if tpl is not None and self._boundary and chunk.__class__ is bytes and len(chunk) <= tpl.max_len:
             # the usual chunk: exactly one templated content event (its data, one line, has no line
             # end: the template's bytes have none and a plain text or padding none either)
-            try:
-                fwd = self._templated(tpl, chunk[6:-2].decode("utf-8"), chunk, True)
-            except UnicodeDecodeError:
-                fwd = None
+            fwd = self._whole(tpl, chunk)
             if fwd is not None:
                 self.events += 1
                 if (not self.done and not self._usage_final
@@ -344,8 +360,13 @@ class StreamMeter(DecodingMeter):
                         and self._over()):
                     return [fwd + self._budget_cut()]
                 return [fwd]
+        if chunk == _DONE_CHUNK and self._boundary:  # the usual last chunk: what parsing it does
+            self.events += 1
+            self.done = True
+            return [chunk]
         try:
             events = self._parser.feed(chunk)
+            self._boundary = self._parser.at_boundary()
         except SSEError as exc:
             out = self._process(exc.events, may_cut=True)
             if not self.cut:
@@ -570,6 +591,64 @@ class StreamMeter(DecodingMeter):
             self._pending_bytes += len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
         return fwd
 
+    def _whole(self, tpl: _ContentTemplate, chunk: bytes) -> bytes | None:
+        """:meth:`_templated` for a chunk that is exactly one event (``feed``'s usual chunk), on its
+        bytes: the template's bytes around the text, and the text and padding checked where they lie,
+        without decoding the chunk. The same bytes and state as :meth:`_templated` (and so as
+        parsing); None, nothing changed, for anything else (an unusual padding or ``"usage": null``
+        included: :meth:`_templated` decides those)."""
+        if len(chunk) < tpl.fixed or not chunk.startswith(tpl.head) or not chunk.endswith(tpl.tail):
+            return None
+        start = len(tpl.head)
+        stop = len(chunk) - len(tpl.tail)
+        bmid = tpl.bmid
+        if bmid is None:
+            raw = chunk[start:stop]
+            if _QUOTE in raw or _BACKSLASH in raw:
+                return None
+            if tpl.tail_cut is not None:
+                fwd = chunk[:stop] + tpl.tail_cut
+            elif tpl.hide_null_usage:
+                return None
+            else:
+                fwd = chunk
+        else:  # the text ends at the first quote; the padding (alphanumeric, or left to _templated) follows mid
+            at = chunk.find(b'"', start, stop)
+            if at < 0 or not chunk.startswith(bmid, at):
+                return None
+            pad = at + len(bmid)
+            if pad > stop or (pad < stop and not chunk[pad:stop].isalnum()):
+                return None
+            raw = chunk[start:at]
+            if _BACKSLASH in raw:
+                return None
+            if tpl.tail_cut is not None:
+                fwd = chunk[:stop] + tpl.tail_cut
+            elif tpl.mid_cut is not None:
+                fwd = chunk[:at] + tpl.mid_cut + chunk[pad:]
+            elif tpl.hide_null_usage:
+                return None
+            else:
+                fwd = chunk
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        if not text.isprintable():
+            return None
+        if tpl.model is not None:
+            self.model_reported = tpl.model
+        if tpl.tier is not None and tpl.tier != self.service_tier:
+            self._set_tier(tpl.tier)
+        if raw:
+            texts = self._pending.get(tpl.key)
+            if texts is None:
+                self._pending[tpl.key] = [text]
+            else:
+                texts.append(text)
+            self._pending_bytes += len(raw)
+        return fwd
+
     def _learn_template(self, ev: SSEEvent, obj: dict[str, Any]) -> None:
         """Remember the shape of a plain Chat content chunk (see :class:`_ContentTemplate`).
 
@@ -634,13 +713,25 @@ class StreamMeter(DecodingMeter):
                 cut_back = (len(whole) - span[0], len(whole) - span[1])
                 if mid is not None and cut_back[0] > pad_back > cut_back[1]:
                     cut_back = None  # (cannot be: the member would hold the padding)
+        cut_before_pad = mid is not None and cut_back is not None and cut_back[0] > pad_back
+        head = ("data: " + prefix).encode("utf-8")
+        tail = (end + "\n\n").encode("utf-8")
+        bmid = None if mid is None else mid.encode("utf-8")
+        tail_cut = mid_cut = None
+        if cut_back is not None:
+            if cut_before_pad:  # the member lies in mid: its place from mid's start (the text "x" before it)
+                s, e = (len(whole) - cut_back[0] - len(head) - 1, len(whole) - cut_back[1] - len(head) - 1)
+                mid_cut = bmid[:s] + bmid[e:]
+            else:  # in the tail
+                tail_cut = tail[:len(tail) - cut_back[0]] + tail[len(tail) - cut_back[1]:]
         self._tpl = _ContentTemplate(
             prefix, mid, end, len(prefix) + len(mid or "") + len(end),
             (idx if idx.__class__ is int or idx.__class__ is str else None, "content"),
             model if model.__class__ is str and model else None,
             tier if tier.__class__ is str and tier else None,
-            hide, cut_back,
-            mid is not None and cut_back is not None and cut_back[0] > pad_back)
+            hide, cut_back, cut_before_pad,
+            head, tail, bmid, len(head) + len(tail) + len(bmid or b""), self._parser.max_event_bytes,
+            tail_cut, mid_cut)
         self._tpl_tries = _TEMPLATE_TRIES
 
     def _chat_chunk(self, obj: dict[str, Any]) -> bool:

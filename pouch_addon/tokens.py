@@ -211,12 +211,25 @@ _PREFIXES: list[tuple[str, str]] = [
 ]
 
 
+#: encoding_for_model's answers by model name (a proxy sees a few names; asked per stream and checkpoint)
+_ENCODING_OF: dict[str, str] = {}
+
+
 def encoding_for_model(model: str) -> str:
     """tiktoken's encoding name for an OpenAI model (provider prefix and `ft:` stripped).
 
     Unknown or non-OpenAI models (claude-*, gemini-*) get `o200k_base`: an approximation for the
     reservation only, since settlement uses the provider's usage.
     """
+    name = _ENCODING_OF.get(model)
+    if name is None:
+        if len(_ENCODING_OF) >= 1024:  # bounded: names come from clients
+            _ENCODING_OF.clear()
+        name = _ENCODING_OF[model] = _encoding_for(model)
+    return name
+
+
+def _encoding_for(model: str) -> str:
     name = bare_model(model)
     if name in _EXACT:
         return _EXACT[name]

@@ -181,14 +181,15 @@ class Metering:
     def _stream_callable(self, flow: http.HTTPFlow, call: FlowCall):
         meter = call.meter
         assert meter is not None
+        feed = meter.feed
 
         def on_chunk(chunk: bytes) -> Iterable[bytes]:
             if meter.cut:
                 return []
             try:
-                if chunk == b"":
+                if not chunk:  # mitmproxy's end of the body
                     return meter.finish()
-                out = meter.feed(chunk)
+                out = feed(chunk)
             except Exception:
                 log.exception("pouch: metering failed; cutting the stream (fail closed)")
                 meter.cut = True

@@ -577,3 +577,15 @@ def test_stream_counter_takes_lone_surrogates_in_a_long_piece(text):
     for i in range(0, len(text), 50):
         c.feed(text[i:i + 50])
     assert c.count == count_text(text, "gpt-4o")
+
+
+def test_encoding_for_model_memo_is_bounded_and_answers_the_same():
+    """The memo of encoding_for_model (asked per stream and checkpoint) never grows past its bound
+    and gives what the rules give, for names seen before and after it was emptied."""
+    from pouch_addon import tokens
+    names = [f"gpt-4-{k}" if k % 2 else f"openai/gpt-4o-{k}" for k in range(3000)] + ["ft:gpt-3.5-turbo:org::x"]
+    for name in names + names[:10]:
+        assert encoding_for_model(name) == tokens._encoding_for(name)
+        assert len(tokens._ENCODING_OF) <= 1024
+    assert encoding_for_model("ft:gpt-3.5-turbo:org::x") == "cl100k_base"
+    assert encoding_for_model("openai/gpt-4o-7") == "o200k_base"
