@@ -68,6 +68,7 @@ for p in (str(E2E), str(REPO)):
         sys.path.insert(0, p)
 
 import harness as H  # noqa: E402  (tests/e2e/harness.py)
+from ledger_loop import kworker_ns  # noqa: E402  (bench/ledger_loop.py)
 
 HOST = "api.openai.com"
 MODEL = "gpt-4o-mini"
@@ -167,22 +168,9 @@ def system_busy() -> tuple[float, float]:
 
 
 def kworker_cpu() -> float:
-    """CPU seconds of the kernel's worker threads (``kworker/*``, from ``schedstat``: nanoseconds):
-    where pouch's AIO flush (``kernel_flush``) runs, which mitmdump's own CPU does not show (other
-    jobs' kernel work too)."""
-    total = 0
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/comm") as fh:
-                if not fh.read().startswith("kworker"):
-                    continue
-            with open(f"/proc/{d}/schedstat") as fh:
-                total += int(fh.read().split()[0])
-        except (OSError, ValueError, IndexError):
-            continue
-    return total / 1e9
+    """CPU seconds of the kernel's worker threads (``kworker/*``): where a flush submitted to the
+    kernel would run, which mitmdump's own CPU does not show (other jobs' kernel work too)."""
+    return kworker_ns() / 1e9
 
 
 def threads_cpu(pid: int) -> float:
