@@ -159,6 +159,54 @@ def loop_preempted(pid: int) -> float:
     return 0.0
 
 
+def thread_wakes(pid: int) -> dict[int, tuple[str, int]]:
+    """{tid: (thread name, voluntary context switches)} of a process's threads other than its main
+    one (mitmdump's event loop): each voluntary switch is a wait, so the count is the thread's
+    wake-ups, and a wake-up is where the loop may be preempted."""
+    out: dict[int, tuple[str, int]] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for t in tids:
+        if int(t) == pid:
+            continue
+        try:
+            with open(f"/proc/{pid}/task/{t}/comm") as fh:
+                name = fh.read().strip()
+            with open(f"/proc/{pid}/task/{t}/status") as fh:
+                vol = next(int(line.split()[1]) for line in fh if line.startswith("voluntary_ctxt_switches"))
+        except (OSError, StopIteration, ValueError):
+            continue
+        out[int(t)] = (name, vol)
+    return out
+
+
+def wakes_between(before: dict[int, tuple[str, int]], after: dict[int, tuple[str, int]]) -> dict[str, int]:
+    """Wake-ups per thread name between two :func:`thread_wakes` samples (a thread started meanwhile
+    counts from zero; one that ended meanwhile is not counted)."""
+    out: dict[str, int] = {}
+    for tid, (name, vol) in after.items():
+        prev = before.get(tid)
+        n = vol - prev[1] if prev is not None and prev[0] == name else vol
+        out[name] = out.get(name, 0) + n
+    return out
+
+
+def format_wakes(wakes: dict[str, float], per: str) -> str:
+    shown = sorted(((n, v) for n, v in wakes.items() if v >= 0.005), key=lambda x: -x[1])
+    return ", ".join(f"{n} {v:.2f}" for n, v in shown[:6]) + f" per {per}" if shown else f"none per {per}"
+
+
+def median_wakes(runs: list[Any], per_second: bool = False) -> dict[str, float]:
+    """Median wake-ups per thread name over rounds, per request (a ``LoadResult``) or per second
+    (a probe round's dict)."""
+    cpus = [(x["cpu"], x["cpu"]["wall"]) if per_second else (x.cpu, max(1, x.completed_all or x.requests))
+            for x in runs]
+    names = {k for cpu, _ in cpus for k in cpu if k.startswith("wake:")}
+    return {k[5:]: statistics.median(cpu.get(k, 0) / d for cpu, d in cpus) for k in names}
+
+
 def system_busy() -> tuple[float, float]:
     """(busy CPU seconds of the whole machine, steal seconds) from /proc/stat."""
     with open("/proc/stat") as fh:
@@ -198,8 +246,10 @@ class CpuWatch:
         self.me0 = sum(os.times()[:2])
         self.s0, self.st0 = system_busy()
         self.k0 = kworker_cpu()
+        self.w0 = thread_wakes(self.proxy_pid)
 
     def result(self) -> dict[str, float]:
+        self.wakes = wakes_between(self.w0, thread_wakes(self.proxy_pid))  # thread name -> wake-ups
         p1 = proc_cpu(self.proxy_pid)
         f1 = proc_cpu(self.fake_pid)["total"]
         me1 = sum(os.times()[:2])
@@ -211,6 +261,8 @@ class CpuWatch:
         out["steal"] = st1 - self.st0
         out["kworker"] = kworker_cpu() - self.k0  # inside "other"
         out["wall"] = time.perf_counter() - self.t0
+        for name, n in self.wakes.items():
+            out["wake:" + name] = n
         return out
 
 
@@ -756,6 +808,7 @@ def run_throughput(b: Bench, ratios: list[str]) -> None:
                       f"{m['errors']:>6} {m['cpu']:10.3f} {m['main']:6.3f} {m['threads']:6.3f}"
                       f"   (event loop preempted {m['invol']:.2f} times per request; kernel workers "
                       f"{m['kworker']:.3f} ms/request)")
+                print(f"          threads other than the loop woke: {format_wakes(median_wakes(rs), 'request')}")
             base, test = b.configs[0].name, b.configs[1].name
             ratio = med[test]["rps"] / med[base]["rps"]
             print(f"   latency {test}/{base}: p50 x{med[test]['p50'] / med[base]['p50']:.2f}, "
@@ -841,6 +894,7 @@ def run_probe(b: Bench, ratios: list[str]) -> None:
             print(f"   median {cfg.name:<6} {'':>6} {fmt_ms(med[cfg.name]['p50'])} {fmt_ms(med[cfg.name]['p95'])}"
                   f"   (all {len(pooled)} probes pooled: p50 {pct(pooled, 50) * 1e3:.2f}, p95 {pct(pooled, 95) * 1e3:.2f} ms;"
                   f" event loop preempted {invol:.0f} times/s)")
+            print(f"          threads other than the loop woke: {format_wakes(median_wakes(xs, per_second=True), 's')}")
         base, test = b.configs[0].name, b.configs[1].name
         p50 = med[test]["p50"] / med[base]["p50"]
         print(f"   p50 {test}/{base} = x{p50:.2f}")

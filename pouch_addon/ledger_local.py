@@ -44,6 +44,7 @@ from .ledger_store import (
     corrupt_message,
 )
 from .ledger_wal import PREALLOCATE_LOW, RecordLog
+from .threads import name_thread
 
 log = logging.getLogger(__name__)
 
@@ -573,6 +574,7 @@ class LocalStore(GroupCommitQueue):
             self._wake.notify()
 
     def _commit_loop(self) -> None:
+        name_thread()  # "pouch-ledger" in top -H and /proc (``threads``)
         while True:
             with self._wake:
                 while not self._urgent or self._kick is not None:
@@ -732,6 +734,7 @@ class LocalStore(GroupCommitQueue):
 
     def _flush_loop(self) -> None:
         """One fdatasync covers every record written before it started."""
+        name_thread()
         q = self._flush_queue
         while True:
             try:

@@ -58,7 +58,7 @@ from .ledger_rules import LedgerState, NotOpen
 from .limits import RateBook, RateWindow
 from .money import ZERO
 from .periods import period_key
-from .threads import give_way
+from .threads import give_way, name_thread
 
 log = logging.getLogger(__name__)
 
@@ -467,6 +467,7 @@ class PostgresStore(GroupCommitQueue):
             _deliver(batch)
 
     def _commit_loop(self) -> None:
+        name_thread()  # "pouch-ledger" in top -H and /proc (``threads``)
         while True:
             with self._wake:
                 while not self._urgent:

@@ -15,15 +15,43 @@ without it (bench/proxy_bench.py --tree, 2026-12-07), CPU per request moved with
 (non-streamed 1.010 and 0.992, SSE 0.893 and 1.003) and req/s fell (0.941 and 0.936
 non-streamed, 0.895 and 0.995 SSE): a delayed commit is a delayed admission.
 Setting it needs no privilege; where it does not exist (not Linux) nothing changes.
+
+Each of pouch's threads also gives the kernel its name (:func:`name_thread`), so that ``top -H``,
+``/proc/<pid>/task/*/comm`` and bench/proxy_bench.py's count of wake-ups per thread tell them apart
+(Python names a thread for itself only; the kernel shows every thread as the process).
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
+import sys
+import threading
+
+_PR_SET_NAME = 15
+_prctl = None  # libc's prctl once looked up; False where there is none
+
+
+def name_thread() -> bool:
+    """Give the calling thread's Python name (its first 15 bytes) to the kernel (Linux ``prctl``);
+    True when it was set (never raises)."""
+    global _prctl
+    if not sys.platform.startswith("linux") or _prctl is False:
+        return False
+    try:
+        if _prctl is None:
+            _prctl = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).prctl
+        name = threading.current_thread().name.encode("utf-8", "replace")[:15]
+        return _prctl(_PR_SET_NAME, ctypes.c_char_p(name), 0, 0, 0) == 0
+    except (OSError, AttributeError, TypeError):
+        _prctl = False
+        return False
 
 
 def give_way() -> bool:
-    """Put the calling thread in ``SCHED_BATCH``; True when it is (never raises)."""
+    """Put the calling thread in ``SCHED_BATCH``; True when it is (never raises). Names it too."""
+    name_thread()
     policy = getattr(os, "SCHED_BATCH", None)
     if policy is None:
         return False

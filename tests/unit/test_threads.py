@@ -59,3 +59,37 @@ def test_alert_thread_gives_way(tmp_path):
     assert seen.wait(10)
     w.stop()
     assert policy == [os.SCHED_BATCH]
+
+
+def _kernel_names(pid: int) -> dict[int, str]:
+    names = {}
+    for t in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{t}/comm") as fh:
+            names[int(t)] = fh.read().strip()
+    return names
+
+
+def test_the_ledgers_threads_carry_their_names_in_the_kernel(tmp_path):
+    """``top -H``, ``/proc/<pid>/task/*/comm`` and bench/proxy_bench.py's wake-ups per thread tell
+    the committer and the flusher apart from the event loop (the kernel otherwise shows the process's
+    name for every thread)."""
+    ledger = Ledger(tmp_path)
+    ledger.set_budget(D(10))
+    res = ledger.submit(ledger.reserve_op(D("0.01"), {"model": "gpt-4o-mini"})).result(10)
+    ledger._hand_flush()  # the record's overlapped flush: the flusher thread
+    ledger._await_flush(0)
+    names = set(_kernel_names(os.getpid()).values())
+    assert {"pouch-ledger", "pouch-ledger-fl"} <= names, names  # the kernel keeps 15 bytes
+    ledger.settle(res.id, D("0.001"))
+
+
+def test_name_thread_gives_the_kernel_the_python_name():
+    def named():
+        from pouch_addon.threads import name_thread
+        ok = name_thread()
+        return ok, _kernel_names(os.getpid())[threading.get_native_id()]
+    out: dict = {}
+    t = threading.Thread(target=lambda: out.setdefault("r", named()), name="pouch-a-very-long-thread-name")
+    t.start()
+    t.join(10)
+    assert out["r"] == (True, "pouch-a-very-lo")
