@@ -376,10 +376,12 @@ def partition_for(ts: float) -> str:
     return _day_of(_split(ts)[0]) + ".jsonl"
 
 
-#: ``LedgerState.top_json``'s texts of the last budget and history partition it wrote, kept with
-#: those objects (compared by identity: a ``Decimal`` and a ``str`` are immutable, and kept here,
-#: so an equal identity is the same value): [budget, its text, history_file, its JSON]
-_top_texts: list[Any] = [object(), b"", object(), b""]
+#: ``LedgerState.top_json``'s texts of the last budget and history partition it wrote, each kept
+#: as one (object, text) pair (compared by identity: a ``Decimal`` and a ``str`` are immutable, and
+#: kept here, so an equal identity is the same value). Replaced whole, never edited in place: a
+#: reader in another thread (another ledger's committer) sees an old pair or a new one, never a mix
+_budget_text: tuple[Any, bytes] = (object(), b"")
+_history_text: tuple[Any, bytes] = (object(), b"")
 
 
 class OpenReservations(dict):
@@ -698,15 +700,18 @@ class LedgerState:
     def top_json(self) -> bytes:
         """Exactly ``canonical_json(self.to_tables_without_open())``, formatted directly: every log
         record carries these tables (``Ledger._commit_log``)."""
+        global _budget_text, _history_text
         budget, history_file = self.budget, self.history_file
-        texts = _top_texts  # the budget's and the partition's text change seldom: kept for the objects
-        if texts[0] is not budget:
-            texts[0], texts[1] = budget, usd_str(budget).encode()
-        if texts[2] is not history_file:
-            texts[2], texts[3] = history_file, b"null" if history_file is None else json_str(history_file)
+        # the budget's and the partition's text change seldom: kept for the objects
+        budget_text, history_text = _budget_text, _history_text
+        if budget_text[0] is not budget:
+            budget_text = _budget_text = (budget, usd_str(budget).encode())
+        if history_text[0] is not history_file:
+            history_text = _history_text = (history_file,
+                                             b"null" if history_file is None else json_str(history_file))
         ledger = b'{"1":{"blocked":%d,"budget":"%s","flagged":%d,"history_file":%s,"history_size":%d,"lsn":%d,' \
                  b'"paused":%s,"requests":%d,"seq":%d,"spent":"%s"}}' % (
-                     self.blocked, texts[1], self.flagged, texts[3],
+                     self.blocked, budget_text[1], self.flagged, history_text[1],
                      self.history_size,
                      self.lsn, b"true" if self.paused else b"false", self.requests, self.seq,
                      usd_str(self.spent).encode())
