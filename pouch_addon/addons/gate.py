@@ -68,9 +68,12 @@ INLINE_INSERT_BYTES = 128 * 1024
 NEAR = 4
 
 
-def decode_body(request: http.Request, limit: int) -> bytes:
-    """The decoded request body (``plan.decode_content``: capped, 415 unknown, 400 corrupt)."""
-    return decode_content(request.raw_content or b"", request.headers.get("content-encoding", ""), limit)
+def decode_body(request: http.Request, limit: int, coding: str | None = None) -> bytes:
+    """The decoded request body (``plan.decode_content``: capped, 415 unknown, 400 corrupt).
+    ``coding``: the ``content-encoding`` header's value when the caller read it already."""
+    if coding is None:
+        coding = request.headers.get("content-encoding", "")
+    return decode_content(request.raw_content or b"", coding, limit)
 
 
 def set_body(request: http.Request, body: dict[str, Any]) -> None:
@@ -361,7 +364,7 @@ class BudgetGate:
         if body is None:
             if coding is None:
                 coding = flow.request.headers.get("content-encoding", "")
-            data = decode_content(flow.request.raw_content or b"", coding, ctx.options.pouch_max_body_mb * 1048576)
+            data = decode_body(flow.request, ctx.options.pouch_max_body_mb * 1048576, coding)
             body = parse_body(data)
             if coding.strip().lower() not in ("", "identity"):
                 # send what was priced: the decoded bytes, not a second decoding by the provider
