@@ -24,7 +24,6 @@ Each of pouch's threads also gives the kernel its name (:func:`name_thread`), so
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import sys
 import threading
@@ -41,7 +40,8 @@ def name_thread() -> bool:
         return False
     try:
         if _prctl is None:
-            _prctl = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).prctl
+            # the process's own symbols hold libc's (no ``find_library``: it runs ldconfig)
+            _prctl = ctypes.CDLL(None, use_errno=True).prctl
         name = threading.current_thread().name.encode("utf-8", "replace")[:15]
         return _prctl(_PR_SET_NAME, ctypes.c_char_p(name), 0, 0, 0) == 0
     except (OSError, AttributeError, TypeError):
