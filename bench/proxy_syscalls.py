@@ -8,10 +8,15 @@ request prints, for each thread of mitmdump (named from ``py-spy dump`` when ava
 user/system CPU and voluntary/involuntary context switches (``/proc/<pid>/task/*``); then a
 window in the middle of a second load under ``strace -f`` (it slows the proxy; the counts per
 request stand): system calls per request by thread and name. ``--threads-to CPU`` (an
-experiment) moves mitmdump's other threads off the event loop's CPU.
+experiment) moves mitmdump's other threads off the event loop's CPU. ``--perf`` replaces the strace
+window with ``perf record -e cpu-clock`` of the event loop's thread (a software clock, so it works in
+a VM without hardware counters; kernel symbols included): the loop's CPU per request by symbol,
+and the kernel's own top symbols; ``--perf-callers SYMBOL`` adds call graphs and prints who called
+SYMBOL (e.g. ``_raw_spin_unlock_irqrestore``, where a VM's sampling lands for work done with
+interrupts off).
 
     .venv/bin/python bench/proxy_syscalls.py [--workload sse50|nonstream] [--duration S]
-        [--no-strace] [--tree DIR] [--threads-to CPU]
+        [--no-strace] [--tree DIR] [--threads-to CPU] [--perf [--perf-callers SYMBOL]]
 
 ``--tree DIR`` adds a third configuration, pouch from another source tree (e.g. main).
 Nothing is asserted: figures are printed.
@@ -105,6 +110,9 @@ def measure(cfg: PB.Config, raw: bytes, stream: bool, a: argparse.Namespace) -> 
               f"{d['vol'] / n:8.3f} {d['invol'] / n:9.3f}")
     print(f"   {'all':>8} {'':<28} {tot['utime'] / n * 1e6:11.1f} {tot['stime'] / n * 1e6:10.1f} "
           f"{tot['vol'] / n:8.3f} {tot['invol'] / n:9.3f}")
+    if a.perf:
+        perf_window(cfg, raw, stream, a)
+        return
     if a.no_strace or not shutil.which("strace"):
         return
     # strace attaches to the running load (connections open and warm), for a window in its middle;
@@ -154,6 +162,66 @@ def measure(cfg: PB.Config, raw: bytes, stream: bool, a: argparse.Namespace) -> 
             print(f"      {who[:24]:<24} {call:<18} {c / n:8.2f}")
 
 
+def perf_window(cfg: PB.Config, raw: bytes, stream: bool, a: argparse.Namespace) -> None:
+    """Where the event loop's CPU goes, kernel included: ``perf record -e cpu-clock`` on the loop's
+    thread for a window in the middle of a second load (a software clock: it works in a VM
+    without hardware counters), its symbols ranked in microseconds per request."""
+    pid = cfg.proxy.proc.pid
+    done: list[float] = []
+    check = PB.check
+
+    def counting(status: int, body: bytes, stream: bool) -> bool:
+        done.append(time.perf_counter())
+        return check(status, body, stream)
+
+    data = Path(tempfile.mkstemp(prefix=f"perf-{cfg.name}-")[1])
+    PB.check = counting
+    box: dict[str, PB.LoadResult] = {}
+    th = threading.Thread(target=lambda: box.setdefault("r", run_load(cfg.proxy, raw, stream, a.conns,
+                                                                          a.strace_duration + 3.0)))
+    freq = 4000
+    try:
+        th.start()
+        time.sleep(1.0)
+        sp = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-F", str(freq), "-t", str(pid),
+                               *(["-g"] if a.perf_callers else []), "-o", str(data)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.3)
+        t_a = time.perf_counter()
+        time.sleep(a.strace_duration)
+        t_b = time.perf_counter()
+        sp.send_signal(signal.SIGINT)
+        sp.wait(30)
+        th.join()
+    finally:
+        PB.check = check
+    n = sum(1 for t in done if t_a - 0.3 <= t < t_b) or 1
+    rep = subprocess.run(["perf", "report", "-i", str(data), "--no-children", "--sort", "dso,sym",
+                          "--stdio", "-F", "sample,dso,sym"], capture_output=True, text=True).stdout
+    callers = ""
+    if a.perf_callers:
+        callers = subprocess.run(["perf", "report", "-i", str(data), "--no-children", "--stdio", "-S", a.perf_callers,
+                                  "-G", "--percent-limit", "2"], capture_output=True, text=True).stdout
+    data.unlink()
+    rows = []
+    for line in rep.splitlines():
+        m = re.match(r"\s*(\d+)\s+(\S+)\s+\[([k.])\]\s+(.+)", line)
+        if m:
+            rows.append((int(m.group(1)), m.group(2), m.group(3), m.group(4).strip()))
+    us = 1e6 / freq / n
+    kern = sum(c for c, _, k, _ in rows if k == "k")
+    total = sum(c for c, *_ in rows)
+    print(f"   perf cpu-clock on the event loop, {a.strace_duration + 0.3:g} s window: {n} requests; "
+          f"{total * us:.1f} us/req, kernel {kern * us:.1f}; top symbols (us/req):")
+    for c, dso, k, sym in sorted(rows, reverse=True)[:a.perf_top]:
+        print(f"      {c * us:8.1f}  [{k}] {dso[:22]:<22} {sym[:70]}")
+    if callers:
+        print(f"   callers of {a.perf_callers}:")
+        print("\n".join("      " + line for line in callers.splitlines() if line.strip() and not line.startswith("#")))
+    print("   the kernel's top symbols (us/req):")
+    for c, dso, k, sym in sorted((r for r in rows if r[2] == "k"), reverse=True)[:a.perf_top // 2]:
+        print(f"      {c * us:8.1f}  [{k}] {sym[:70]}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workload", default="sse50", choices=["sse50", "nonstream"])
@@ -164,6 +232,10 @@ def main() -> int:
     ap.add_argument("--tree", metavar="DIR")
     ap.add_argument("--threads-to", type=int, metavar="CPU",
                     help="experiment: move mitmdump's other threads to this CPU (the event loop stays pinned)")
+    ap.add_argument("--perf", action="store_true",
+                    help="instead of strace: perf record the event loop (cpu-clock, kernel included), symbols per request")
+    ap.add_argument("--perf-callers", metavar="SYMBOL", help="with --perf: record call graphs and print SYMBOL's callers")
+    ap.add_argument("--perf-top", type=int, default=40, help="symbols to print with --perf")
     ap.add_argument("--only", default="bare,pouch", help="configurations to run: bare,pouch (and tree)")
     a = ap.parse_args()
     stream = a.workload == "sse50"
