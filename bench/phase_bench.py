@@ -127,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", action="append", default=[], metavar="NAME:OPTION=VALUE,...",
                     help="another pouch configuration of this checkout")
     ap.add_argument("--no-pin", action="store_true")
+    ap.add_argument("--gap-ms", type=float, default=0.0, help="pause after each call (as latency_bench's)")
     ap.add_argument("--keep", metavar="DIR", help="copy each configuration's per-flow timestamps (JSON lines) there")
     ap.add_argument("--trace", action="store_true",
                     help="also print the loop callbacks run between the reservation's delivery and the gate resuming")
@@ -187,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
                         t0 = time.perf_counter()  # CLOCK_MONOTONIC, the proxy's perf_counter too
                         status, body, first = await c.timed(raw)
                         client_abs[name][key].append((t0, t0 + first))
+                        if args.gap_ms:  # an agent reads the answer before its next call
+                            await asyncio.sleep(args.gap_ms / 1000)
                         if not PB.check(status, body, stream):
                             raise SystemExit(f"{name}: bad response {status}: {body[:200]!r}")
                         client_t[name][key].append(first)
@@ -232,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"   {'bytes of the 1st/2nd/3rd write to client':<40}" + "".join(
                 f"{'/'.join(str(int(statistics.median([f.get(k, -1) for f in rows[n][key]]))) for k in SIZES):>12}"
                 for n in names))
+            print(f"   {'cyclic GC per call: runs, older gens, µs':<40}" + "".join(
+                f"{'/'.join(f'{statistics.mean([f.get(k, 0) for f in rows[n][key]]):.2f}' for k in ('gc_n', 'gc_old', 'gc_us')):>12}"
+                if rows[n][key] else f"{'':>12}" for n in names))
             print(f"   {'bytes of the provider reads 1st/2nd/3rd':<40}" + "".join(
                 f"{'/'.join(str(int(statistics.median([f.get(k, -1) for f in rows[n][key]]))) for k in UPSIZES):>12}"
                 for n in names))

@@ -383,6 +383,17 @@ if os.environ.get("PHASE_STRACE"):  # PHASE_STRACE=FILE: syscalls of every threa
 
 if os.environ.get("PHASE_IO", "1") == "1":
     _trace_io()
+    import gc
+
+    def _gc_timer(phase, info, _t=[0.0]):  # the cyclic GC's collections during the call in flight
+        if phase == "start":
+            _t[0] = now()
+        else:
+            IO["gc_n"] = IO.get("gc_n", 0) + 1
+            IO["gc_us"] = IO.get("gc_us", 0.0) + (now() - _t[0]) * 1e6
+            if info.get("generation", 0) > 0:
+                IO["gc_old"] = IO.get("gc_old", 0) + 1
+    gc.callbacks.append(_gc_timer)
 
 if MODE == "bare":
     addons = [First(), Last()]
