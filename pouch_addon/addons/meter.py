@@ -112,10 +112,9 @@ def settle_from_meter(m: Any, result: settlement.Settlement) -> settlement.Settl
 class QuietStreaming(logging.Filter):
     """Drops mitmproxy's "Streaming response from HOST." record (INFO, ``mitmproxy.proxy.server``).
 
-    pouch streams every billed answer itself (stream meters, and non-streamed bodies through
-    ``_collector``; ``stream_large_bodies`` is refused by ``Scope``), so the line says nothing per
-    call, yet each record cost the event loop ~0.1 ms between the answer's head and its first
-    body bytes: mitmdump's ``LegacyLogEvents`` handler formats it, wakes the loop through its
+    pouch streams billed streamed answers itself (its stream meters; ``stream_large_bodies`` is
+    refused by ``Scope``), so the line says nothing per call, yet each record cost the event loop
+    ~0.1 ms between the answer's head and its first body bytes: mitmdump's ``LegacyLogEvents`` handler formats it, wakes the loop through its
     self-pipe (``call_soon_threadsafe``) and re-sends it as the deprecated ``add_log`` event to
     every addon."""
 
@@ -125,24 +124,6 @@ class QuietStreaming(logging.Filter):
 
 
 QUIET_STREAMING = QuietStreaming()
-
-
-def _collector(response: http.Response):
-    """A billed non-streamed answer goes on to the client as it arrives, as bare mitmdump's
-    (``stream_large_bodies``): the bytes are kept and become the response's body at its end, for
-    the ``response`` hook to price. Buffered, the client waited for mitmproxy's ``response``
-    event (a walk of every addon, and the ``update`` event after it) before its first byte."""
-    parts: list[bytes] = []
-
-    def on_chunk(chunk: bytes) -> bytes:
-        if chunk:
-            parts.append(chunk)
-        else:  # mitmproxy's end of the body, just before its ``response`` event
-            response.raw_content = b"".join(parts)
-            parts.clear()
-        return chunk
-
-    return on_chunk
 
 
 class Metering:
@@ -214,8 +195,6 @@ class Metering:
                     if flow.request.http_version == "HTTP/1.1":
                         headers["transfer-encoding"] = "chunked"
             flow.response.stream = self._stream_callable(flow, call)
-        elif not flow.response.stream and getattr(ctx.options, "body_size_limit", None) is None:
-            flow.response.stream = _collector(flow.response)
 
     def _stream_callable(self, flow: http.HTTPFlow, call: FlowCall):
         meter = call.meter

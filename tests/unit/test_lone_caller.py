@@ -107,35 +107,6 @@ def test_shutdown_right_after_the_response_hook_settles_the_call_once(setup, pri
     assert [e["status"] for e in core.ledger.history(kinds=["settle"])] == ["ok"]
 
 
-def test_a_non_streamed_answer_goes_on_as_it_arrives_and_is_priced_whole(setup, priced):
-    """A billed non-streamed answer is streamed to the client (as bare mitmdump's, with
-    ``stream_large_bodies``), so the client need not wait for mitmproxy's ``response`` event: every
-    piece is forwarded unchanged, and the whole body is the response's at its end, priced as before."""
-    from mitmproxy.test import taddons
-
-    core, metering = setup
-    core.table = TABLE
-    flow, call = reserved_flow(core, stream=False)
-    flow.response.raw_content = None  # a streamed body is never buffered by mitmproxy
-
-    async def main():
-        with taddons.context():
-            metering.responseheaders(flow)
-            assert callable(flow.response.stream)
-            pieces = [ANSWER[:17], ANSWER[17:90], ANSWER[90:]]
-            assert [flow.response.stream(p) for p in pieces] == pieces
-            assert flow.response.stream(b"") == b""  # mitmproxy's end of the body
-            assert flow.response.raw_content == ANSWER
-            await metering.response(flow)
-            await asyncio.sleep(0)
-            assert len(priced) == 1 and priced[0][2] == ANSWER
-            await metering.done()
-
-    asyncio.run(main())
-    settle = core.ledger.history(kinds=["settle"])
-    assert len(settle) == 1 and settle[0]["status"] == "ok" and D(settle[0]["cost"]) > 0
-
-
 def test_a_streamed_calls_meter_is_made_while_its_request_is_in_flight(setup, monkeypatch):
     """``responseheaders`` (between the provider's first bytes and the client's) takes the meter
     made after the request left instead of making one."""
