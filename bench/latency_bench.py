@@ -26,7 +26,7 @@ caller's latency. Nothing is asserted; each target ends as a ``RATIO`` line:
 pouch's added p50 <= bare's + 1 ms (non-stream) and TTFB <= bare's + 1 ms (stream).
 
     .venv/bin/python bench/latency_bench.py [--n 60] [--rounds 5] [--no-load] [--config NAME:OPT=V,...]
-        [--tree NAME=DIR[:OPT=V,...]]
+        [--tree NAME=DIR[:OPT=V,...]] [--gap-ms MS]
 """
 
 from __future__ import annotations
@@ -221,6 +221,8 @@ class Run:
                         if not PB.check(status, body, stream):
                             raise SystemExit(f"{cfg.name}: bad response {status}: {body[:300]!r}")
                         xs.append(first)  # a non-stream body is read whole before the time is taken
+                        if a.gap_ms:  # the agent reads the answer before its next call
+                            await asyncio.sleep(a.gap_ms / 1000)
                     if acct is not None:
                         acct.add(label, a.n)
                     cfg.lat[label].extend(xs)
@@ -314,6 +316,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--tree", action="append", default=[], metavar="NAME=DIR[:OPTION=VALUE,...]",
                     help="a pouch configuration running the code of another checkout (e.g. `git archive` of "
                          "the commit before a change, for a before/after in one run; repeatable)")
+    ap.add_argument("--gap-ms", type=float, default=0.0,
+                    help="pause between sequential calls (an agent reading the answer before its next call): "
+                         "the proxy's work after a response (its response event, the settle) then no longer "
+                         "overlaps the next request")
     ap.add_argument("--no-load", action="store_true", help="skip the closed-loop phase")
     ap.add_argument("--load", type=int, default=20, help="connections of the closed-loop phase")
     ap.add_argument("--load-seconds", type=float, default=4.0)

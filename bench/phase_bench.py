@@ -61,9 +61,38 @@ PHASES = [
     ("first chunk callable", "chunk0", "chunk0_end"),
     ("response hooks", "rs0", "rs1"),
     ("TOTAL head read -> first chunk out", "m_req_start", "chunk0_end"),
+    ("IO: client sends -> proxy reads", "c_t0", "io_cl_r0"),
+    ("IO: proxy reads -> first write upstream", "io_cl_r0", "io_up_w0"),
+    ("IO: first -> last write upstream", "io_up_w0", "io_up_w1"),
+    ("IO: last write upstream -> provider's data read", "io_up_w1", "io_up_r0"),
+    ("IO: provider's data read -> 1st write to client", "io_up_r0", "io_cl_w0"),
+    ("IO: 1st -> 2nd write to client", "io_cl_w0", "io_cl_w1"),
+    ("IO: 2nd -> 3rd write to client", "io_cl_w1", "io_cl_w2"),
+    ("IO: client sends -> its first body byte", "c_t0", "c_first"),
+    ("IO: proxy reads -> request head read", "io_cl_r0", "m_req_start"),
+    ("IO: request hooks end -> first write upstream", "rq1", "io_up_w0"),
+    ("IO: provider's data read -> response head hook", "io_up_r0", "rsh0"),
+    ("IO: responseheaders end -> 1st write to client", "rsh1", "io_cl_w0"),
+    ("IO: 1st write to client -> first chunk callable", "io_cl_w0", "chunk0"),
+    ("IO: first chunk callable end -> 2nd write", "chunk0_end", "io_cl_w1"),
+    ("IO: last write to client -> client's first byte", "io_cl_w1", "c_first"),
+    ("IO: provider's 1st -> 2nd data read", "io_up_r0", "io_up_r1"),
+    ("IO: 1st write to client -> 1st sync trigger (add_log)", "io_cl_w0", "io_trig0"),
+    ("IO: 1st sync trigger (add_log)", "io_trig0", "io_trig0_end"),
+    ("IO: 2nd sync trigger (add_log)", "io_trig1", "io_trig1_end"),
+    ("IO: provider's 2nd -> 3rd data read", "io_up_r1", "io_up_r2"),
+    ("IO: last write upstream -> loop hands the flush", "io_up_w1", "io_hand0"),
+    ("IO: hand-off (loop)", "io_hand0", "io_hand1"),
+    ("IO: last write upstream -> fdatasync starts", "io_up_w1", "io_sync0"),
+    ("IO: fdatasync", "io_sync0", "io_sync1"),
+    ("IO: fdatasync end -> provider's data read", "io_sync1", "io_up_r0"),
+    ("IO: fdatasync end -> 1st write to client", "io_sync1", "io_cl_w0"),
+    ("IO: fdatasync end -> 2nd write to client", "io_sync1", "io_cl_w1"),
     ("TOTAL head read -> response hooks end", "m_req_start", "rs1"),
 ]
 WALL = {"m_req_start", "m_req_end", "m_resp_start", "m_resp_end"}
+SIZES = ("io_cl_s0", "io_cl_s1", "io_cl_s2")  # bytes of the first writes to the client
+UPSIZES = ("io_up_rs0", "io_up_rs1", "io_up_rs2")  # bytes of the provider's first reads
 
 
 def switches(pid: int) -> dict[str, int]:
@@ -98,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", action="append", default=[], metavar="NAME:OPTION=VALUE,...",
                     help="another pouch configuration of this checkout")
     ap.add_argument("--no-pin", action="store_true")
+    ap.add_argument("--gap-ms", type=float, default=0.0, help="pause after each call (as latency_bench's)")
     ap.add_argument("--keep", metavar="DIR", help="copy each configuration's per-flow timestamps (JSON lines) there")
     ap.add_argument("--trace", action="store_true",
                     help="also print the loop callbacks run between the reservation's delivery and the gate resuming")
@@ -144,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
             st = PB.chat_request(stream=True, chunks=50)
             clients = {}
             client_t: dict[str, dict[str, list[float]]] = {n: {"ns": [], "st": []} for n in proxies}
+            for n in proxies:
+                client_abs[n] = {"ns": [], "st": []}
             for name, (proxy, _) in proxies.items():
                 ctx = LB.ssl.create_default_context(cafile=str(proxy.ca))
                 clients[name] = await LB.StreamClient.open(proxy.port, ctx)
@@ -153,7 +185,11 @@ def main(argv: list[str] | None = None) -> int:
             for i in range(args.n):
                 for name, c in clients.items():
                     for key, raw, stream in (("ns", ns, False), ("st", st, True)):
+                        t0 = time.perf_counter()  # CLOCK_MONOTONIC, the proxy's perf_counter too
                         status, body, first = await c.timed(raw)
+                        client_abs[name][key].append((t0, t0 + first))
+                        if args.gap_ms:  # an agent reads the answer before its next call
+                            await asyncio.sleep(args.gap_ms / 1000)
                         if not PB.check(status, body, stream):
                             raise SystemExit(f"{name}: bad response {status}: {body[:200]!r}")
                         client_t[name][key].append(first)
@@ -161,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
                 c.close()
             return client_t
 
+        client_abs: dict[str, dict[str, list[tuple[float, float]]]] = {}
         sw0 = {n: switches(p.proc.pid) for n, (p, _) in proxies.items()}
         client_t = asyncio.run(drive())
         sw1 = {n: switches(p.proc.pid) for n, (p, _) in proxies.items()}
@@ -174,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
             flows = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
             flows = [f for f in flows if "/chat/completions" in f.get("path", "")][2 * args.warmup:]
             rows[name] = {"ns": [f for f in flows if not f["stream"]], "st": [f for f in flows if f["stream"]]}
+            for key in ("ns", "st"):  # the client's send and first body byte, same clock (sequential: same order)
+                for f, (t0, first) in zip(rows[name][key], client_abs[name][key]):
+                    f["c_t0"], f["c_first"] = t0, first
         names = list(proxies)
         print("\n== context switches per call (both workloads), by thread")
         for n in names:
@@ -192,6 +232,15 @@ def main(argv: list[str] | None = None) -> int:
                                  else f"{'':>12}")
                 if any(c.strip() for c in cells):
                     print(f"   {label:<40}" + "".join(cells))
+            print(f"   {'bytes of the 1st/2nd/3rd write to client':<40}" + "".join(
+                f"{'/'.join(str(int(statistics.median([f.get(k, -1) for f in rows[n][key]]))) for k in SIZES):>12}"
+                for n in names))
+            print(f"   {'cyclic GC per call: runs, older gens, µs':<40}" + "".join(
+                f"{'/'.join(f'{statistics.mean([f.get(k, 0) for f in rows[n][key]]):.2f}' for k in ('gc_n', 'gc_old', 'gc_us')):>12}"
+                if rows[n][key] else f"{'':>12}" for n in names))
+            print(f"   {'bytes of the provider reads 1st/2nd/3rd':<40}" + "".join(
+                f"{'/'.join(str(int(statistics.median([f.get(k, -1) for f in rows[n][key]]))) for k in UPSIZES):>12}"
+                for n in names))
             if args.trace:
                 for n in names:
                     for f in rows[n][key][:: max(1, len(rows[n][key]) // 4)]:

@@ -110,8 +110,12 @@ class Last:
         d["wall_minus_perf"] = time.time() - now()
         d["stream"] = b"text/event-stream" in s.headers.get("content-type", "").encode()
         d["path"] = r.path
-        # loop-side events after the response hooks (the settle's submit) are caught on the next flow
-        _out.write(json.dumps(d) + "\n")
+        # loop-side events after the response hooks (the settle's submit) are caught on the next flow;
+        # the socket events (``_trace_io``) after it too: the record is written when the next call starts
+        global PENDING
+        if PENDING is not None:
+            _out.write(json.dumps(PENDING) + "\n")
+        PENDING = d
 
 
 def _instrument() -> None:
@@ -197,6 +201,98 @@ def _instrument() -> None:
 
 TRACE: list = []
 DEFERRED: list = []
+PENDING: dict | None = None  # the last finished flow's record, written once its socket events are in
+IO: dict = {}  # the call in flight's socket events (``_trace_io``)
+
+
+def _trace_io() -> None:
+    """Timestamps of the socket events of the call in flight (one connection, sequential calls):
+    ``io_cl_r0`` the client's request data read, ``io_up_w0``/``io_up_w1`` the first/last write
+    upstream, ``io_up_r0`` the provider's first data read, ``io_cl_w0..2`` the first writes to the
+    client (the response head, the first chunk...). A call starts at the client's first read after
+    a write to it; the record of the call before is then completed and written."""
+    import asyncio
+    import sys
+    from mitmproxy.proxy import events as E
+    from mitmproxy.proxy import server as S
+    argv = sys.argv
+    listen = int(argv[argv.index("-p") + 1]) if "-p" in argv else 8080
+    write = asyncio.StreamWriter.write
+
+    def traced_write(self, data):
+        t = now()
+        try:
+            upstream = self.transport.get_extra_info("sockname")[1] != listen
+        except Exception:
+            upstream = True
+        if upstream:
+            IO.setdefault("io_up_w0", t)
+            IO["io_up_w1"] = t
+        else:
+            n = IO.get("io_cl_n", 0)
+            if n < 3:
+                IO[f"io_cl_w{n}"] = t
+                IO[f"io_cl_s{n}"] = len(data)
+            IO["io_cl_n"] = n + 1
+        return write(self, data)
+    asyncio.StreamWriter.write = traced_write
+    server_event = S.ConnectionHandler.server_event
+
+    async def traced_event(self, event):
+        global PENDING
+        if isinstance(event, E.DataReceived):
+            t = now()
+            if event.connection is self.client:
+                if IO.get("io_cl_n"):  # a new call: the previous one is complete
+                    if PENDING is not None:
+                        PENDING.update(IO)
+                        _out.write(json.dumps(PENDING) + "\n")
+                        PENDING = None
+                    IO.clear()
+                IO.setdefault("io_cl_r0", t)
+            else:
+                n = IO.get("io_up_n", 0)
+                if n < 3:
+                    IO[f"io_up_r{n}"] = t
+                    IO[f"io_up_rs{n}"] = len(event.data)
+                IO["io_up_n"] = n + 1
+        return await server_event(self, event)
+    S.ConnectionHandler.server_event = traced_event
+    from mitmproxy import addonmanager as AM
+    trigger = AM.AddonManager.trigger
+
+    def traced_trigger(self, event):  # the deprecated add_log event, sent for every log record
+        t = now()
+        try:
+            return trigger(self, event)
+        finally:
+            n = IO.get("io_trig_n", 0)
+            if n < 2:
+                IO[f"io_trig{n}"], IO[f"io_trig{n}_end"] = t, now()
+            IO["io_trig_n"] = n + 1
+    AM.AddonManager.trigger = traced_trigger
+    if MODE != "bare":  # the log's flush (the flusher thread) and the loop's hand-off to it
+        from pouch_addon import ledger_local as LL
+        from pouch_addon import ledger_wal as LW
+        sync = LW.RecordLog.sync
+
+        def traced_sync(self):
+            IO["io_sync0"] = now()
+            try:
+                return sync(self)
+            finally:
+                IO["io_sync1"] = now()
+        LW.RecordLog.sync = traced_sync
+        if hasattr(LL.LocalStore, "_hand_flush"):
+            hand = LL.LocalStore._hand_flush
+
+            def traced_hand(self, *a, **k):
+                IO["io_hand0"] = now()
+                try:
+                    return hand(self, *a, **k)
+                finally:
+                    IO["io_hand1"] = now()
+            LL.LocalStore._hand_flush = traced_hand
 #: PHASE_HOOKPROF=FILE: cProfile of the loop thread from the first request hook to the last (experiment)
 HOOKPROF = None
 if os.environ.get("PHASE_HOOKPROF"):
@@ -284,6 +380,20 @@ if os.environ.get("PHASE_STRACE"):  # PHASE_STRACE=FILE: syscalls of every threa
     subprocess.Popen(["strace", "-f", "-tt", "-T", "-o", os.environ["PHASE_STRACE"] + "-" + MODE,
                       "-e", "trace=!getpid,clock_gettime,gettid", "-p", str(os.getpid())])
     time.sleep(0.5)
+
+if os.environ.get("PHASE_IO", "1") == "1":
+    _trace_io()
+    import gc
+
+    def _gc_timer(phase, info, _t=[0.0]):  # the cyclic GC's collections during the call in flight
+        if phase == "start":
+            _t[0] = now()
+        else:
+            IO["gc_n"] = IO.get("gc_n", 0) + 1
+            IO["gc_us"] = IO.get("gc_us", 0.0) + (now() - _t[0]) * 1e6
+            if info.get("generation", 0) > 0:
+                IO["gc_old"] = IO.get("gc_old", 0) + 1
+    gc.callbacks.append(_gc_timer)
 
 if MODE == "bare":
     addons = [First(), Last()]

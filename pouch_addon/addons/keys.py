@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Awaitable
 from pathlib import Path
 
 from mitmproxy import ctx, exceptions, http
@@ -88,11 +89,16 @@ class KeySwap:
                                        f"{ctx.options.pouch_vault_passphrase_env} set")
             log.error(f"pouch: {self.core.vault_problem}")
 
-    async def requestheaders(self, flow: http.HTTPFlow) -> None:
-        # keep the in-memory vault in step with `pouch key add` (a stat, off the loop)
-        h = flow.request.headers
-        if any(VIRTUAL_KEY_PREFIX in h.get(name, "") for name in KEY_PLACES) or VIRTUAL_KEY_PREFIX in flow.request.path:
-            await self._refresh()
+    def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        """Keep the in-memory vault in step with `pouch key add` (a stat, off the loop) before a
+        request carrying a virtual key. Not a coroutine: mitmproxy awaits what a hook returns, so
+        the requests without one (most) make no coroutine; their headers are read once, as bytes
+        (each ``headers.get`` scans every header)."""
+        req = flow.request
+        if VIRTUAL_KEY_BYTES in req.data.path or any(
+                VIRTUAL_KEY_BYTES in value and name.lower() in KEY_PLACES_BYTES for name, value in req.headers.fields):
+            return self._refresh()
+        return None
 
     def request(self, flow: http.HTTPFlow) -> None:
         ident: Identity | None = flow.metadata.get(IDENTITY)
@@ -113,6 +119,8 @@ class KeySwap:
 #: mode), Anthropic's x-api-key, Gemini's x-goog-api-key (where ?key= was moved by Scope) and
 #: Azure OpenAI's api-key
 KEY_PLACES = ("authorization", "x-api-key", "x-goog-api-key", "api-key")
+KEY_PLACES_BYTES = frozenset(name.encode() for name in KEY_PLACES)
+VIRTUAL_KEY_BYTES = VIRTUAL_KEY_PREFIX.encode()
 
 
 def put_key(request: http.Request, real: str) -> None:

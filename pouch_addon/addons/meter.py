@@ -109,6 +109,23 @@ def settle_from_meter(m: Any, result: settlement.Settlement) -> settlement.Settl
     return result if m.usage_source == "provider" else settlement.counted(result)
 
 
+class QuietStreaming(logging.Filter):
+    """Drops mitmproxy's "Streaming response from HOST." record (INFO, ``mitmproxy.proxy.server``).
+
+    pouch streams billed streamed answers itself (its stream meters; ``stream_large_bodies`` is
+    refused by ``Scope``), so the line says nothing per call, yet each record cost the event loop
+    ~0.1 ms between the answer's head and its first body bytes: mitmdump's ``LegacyLogEvents`` handler formats it, wakes the loop through its
+    self-pipe (``call_soon_threadsafe``) and re-sends it as the deprecated ``add_log`` event to
+    every addon."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.msg
+        return not (record.levelno == logging.INFO and isinstance(msg, str) and msg.startswith("Streaming response from "))
+
+
+QUIET_STREAMING = QuietStreaming()
+
+
 class Metering:
     def __init__(self, core: Core) -> None:
         self.core = core
@@ -118,6 +135,7 @@ class Metering:
         self._counting: set[asyncio.Task] = set()  # claimed calls being counted off the loop (``_count_then_settle``)
 
     def load(self, loader) -> None:
+        logging.getLogger("mitmproxy.proxy.server").addFilter(QUIET_STREAMING)  # once: the same filter
         loader.add_option(
             name="pouch_checkpoint_ms", typespec=int, default=500,
             help="How often (ms) the progress of streams in flight is written to the ledger in one "

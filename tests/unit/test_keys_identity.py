@@ -56,3 +56,39 @@ def test_local_process_finds_the_program_behind_a_loopback_port():
         child.kill()
         child.wait()
         srv.close()
+
+
+def test_the_vault_is_refreshed_before_a_request_with_a_virtual_key_and_only_then():
+    """``KeySwap.requestheaders`` asks for the vault's refresh (a stat off the loop) when a virtual
+    key is in any of its places (any case) or the path; other requests get no coroutine at all
+    (mitmproxy awaits only what a hook returns)."""
+    import asyncio
+
+    from mitmproxy import http
+    from mitmproxy.test import tflow
+
+    from pouch_addon.addons.core import Core
+    from pouch_addon.addons.keys import KeySwap
+
+    swap = KeySwap(Core())
+    refreshed = []
+
+    async def refresh():
+        refreshed.append(1)
+    swap._refresh = refresh
+
+    def asks(headers, path="/v1/chat/completions"):
+        f = tflow.tflow()
+        f.request = http.Request.make("POST", f"https://api.openai.com{path}", b"{}",
+                                      {"Host": "api.openai.com", "User-Agent": "pk-pouch-not-a-key-place", **headers})
+        before = len(refreshed)
+        res = swap.requestheaders(f)
+        if res is not None:
+            asyncio.run(res)
+        return len(refreshed) > before, res is None
+
+    assert asks({"Authorization": "Bearer sk-real"}) == (False, True)
+    assert asks({}) == (False, True)
+    for name in ("Authorization", "x-api-key", "X-Goog-Api-Key", "api-key"):
+        assert asks({name: "Bearer pk-pouch-abc" if name == "Authorization" else "pk-pouch-abc"})[0], name
+    assert asks({}, path="/v1beta/models/m:generateContent?key=pk-pouch-abc")[0]

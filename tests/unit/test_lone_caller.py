@@ -236,3 +236,34 @@ def test_a_record_whose_loop_never_turns_is_still_flushed(tmp_path):
     ledger.submit(ledger.reserve_op(D("0.1"))).result(timeout=20)  # the next commit may run one ahead
     ledger._await_flush(0)  # returns: the committer (or this waiter) handed the records on
     assert len(Ledger(tmp_path).snapshot().open) == 2
+
+
+def test_mitmproxys_streaming_response_line_reaches_no_handler(setup):
+    """pouch streams every billed answer, so mitmproxy's per-response "Streaming response from
+    HOST." record is dropped before any handler (mitmdump's re-sends each record to every addon);
+    its other records still reach them."""
+    import logging
+
+    from mitmproxy.test import taddons
+
+    _, metering = setup
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    logger = logging.getLogger("mitmproxy.proxy.server")
+    handler = Keep(level=logging.DEBUG)
+    logger.addHandler(handler)
+    level, logger.level = logger.level, logging.DEBUG  # as mitmdump's root logger
+    try:
+        with taddons.context(metering):
+            logger.info("Streaming response from api.openai.com.")
+            logger.info("client connect")
+            logger.warning("Streaming response from somewhere, as a warning")
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.removeFilter(getattr(meter_addon, "QUIET_STREAMING", None))
+    assert seen == ["client connect", "Streaming response from somewhere, as a warning"]

@@ -73,7 +73,9 @@ def forwarded(tmp_path, raw: bytes, **headers: str) -> http.Request:
                     a.configure(set(tctx.options.keys()))
             client.sni = "api.openai.com"
             chain.http_connect(connect)
-            await chain.requestheaders(f)
+            pending = chain.requestheaders(f)  # as mitmproxy: a hook's result is awaited when it is awaitable
+            if pending is not None:
+                await pending
             await chain.request(f)
     asyncio.run(run())
     assert f.response is None and CALL in f.metadata, f.response and f.response.text
