@@ -220,11 +220,18 @@ class Wallet:
     # by any assignment to a field (``__setattr__``; every field holds an immutable value): every
     # log record carries every wallet, and between two records only a settled wallet's spend changes
     _json: tuple[bytes, bytes] | None = field(default=None, init=False, repr=False, compare=False)
+    # (the JSON before the spend's digits, the JSON after them, the name's JSON), dropped by any
+    # assignment but ``spent``'s: a settle changes only the spend, so its wallet is formatted
+    # around one number
+    _frame: tuple[bytes, bytes, bytes] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __setattr__(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)
-        if name != "_json":
+        if name == "spent":
             object.__setattr__(self, "_json", None)
+        elif name != "_json" and name != "_frame":
+            object.__setattr__(self, "_json", None)
+            object.__setattr__(self, "_frame", None)
 
     def canonical_json(self) -> bytes:
         """``canonical_json(self.to_dict())``, kept until a field is assigned."""
@@ -238,25 +245,32 @@ class Wallet:
         cached = self._json
         if cached is None:
             data = self._format()
-            cached = self._json = (data, b"%s:%s" % (json_str(self.name), data))
+            frame = self._frame
+            cached = self._json = (data, b"%s:%s" % (json_str(self.name) if frame is None else frame[2], data))
         return cached
 
     def _format(self) -> bytes:
         """``canonical_json(self.to_dict())`` formatted directly when every field has the type pouch
-        gives it (a settle changes the wallet it is charged to: its JSON is made once per commit)."""
+        gives it (a settle changes the wallet it is charged to: its JSON is made once per commit,
+        around the spend's new digits when only the spend changed)."""
+        frame = self._frame
+        if frame is not None:
+            return b'%s%s%s' % (frame[0], usd_str(self.spent).encode(), frame[1])
         created, expires, rpm, tpm = self.created, self.expires, self.rpm, self.tpm
         if (type(created) is not float or not isfinite(created) or type(self.secret_hash) not in (str, type(None))
                 or (expires is not None and (type(expires) is not float or not isfinite(expires)))
                 or (rpm is not None and type(rpm) is not int) or (tpm is not None and type(tpm) is not int)
                 or type(self.period) is not str or type(self.window) is not str):
             return canonical_json(self.to_dict())
-        secret = self.secret_hash
-        return (b'{"budget":"%s","created":%r,"expires":%s,"name":%s,"period":%s,"rpm":%s,"secret_hash":%s,'
-                b'"spent":"%s","tpm":%s,"window":%s}' % (
-                    usd_str(self.budget).encode(), created, b"null" if expires is None else b"%r" % expires,
-                    json_str(self.name), json_str(self.period), b"null" if rpm is None else b"%d" % rpm,
-                    b"null" if secret is None else json_str(secret), usd_str(self.spent).encode(),
-                    b"null" if tpm is None else b"%d" % tpm, json_str(self.window)))
+        secret, name = self.secret_hash, json_str(self.name)
+        frame = self._frame = (
+            b'{"budget":"%s","created":%r,"expires":%s,"name":%s,"period":%s,"rpm":%s,"secret_hash":%s,'
+            b'"spent":"' % (
+                usd_str(self.budget).encode(), created, b"null" if expires is None else b"%r" % expires,
+                name, json_str(self.period), b"null" if rpm is None else b"%d" % rpm,
+                b"null" if secret is None else json_str(secret)),
+            b'","tpm":%s,"window":%s}' % (b"null" if tpm is None else b"%d" % tpm, json_str(self.window)), name)
+        return b'%s%s%s' % (frame[0], usd_str(self.spent).encode(), frame[1])
 
     def spent_at(self, now: float) -> Decimal:
         """Spend counting at ``now`` without changing anything (a newer window has spent nothing)."""

@@ -412,3 +412,25 @@ def test_a_wallet_copied_or_loaded_writes_its_own_json():
     w = copy.copy(st.wallets["a"])
     w.budget = D("6")
     assert w.canonical_json() == canonical_json(w.to_dict()) != st.wallets["a"].canonical_json()
+
+
+def test_a_settled_wallet_is_formatted_around_its_new_spend(monkeypatch):
+    """A settle changes only the spend of its wallet: the wallet's JSON is its kept text around
+    the spend's new digits (no name, period or budget formatted again), and any other change
+    formats it whole."""
+    w = Wallet("app", D("5"), "daily", rpm=10, expires=1.5e9, created=1.7e9, window="2026-12-07")
+    w.table_member()
+    real_json_str = ledger_rules.json_str
+
+    def no_json_str(text):
+        raise AssertionError(f"formatted {text!r} again")
+
+    monkeypatch.setattr(ledger_rules, "json_str", no_json_str)
+    for spent in (D("0.001"), D("1.5"), D("0E-6"), D("12345.000001")):
+        w.spent = spent
+        assert w.canonical_json() == canonical_json(w.to_dict())
+    monkeypatch.setattr(ledger_rules, "json_str", real_json_str)
+    w.window = "2026-12-08"
+    assert w.canonical_json() == canonical_json(w.to_dict())
+    w.spent += D("0.25")
+    assert w.table_member() == b'"app":' + canonical_json(w.to_dict())
