@@ -484,6 +484,10 @@ class LedgerState:
     lsn: int = 0  # the last write-ahead log record this state includes (see ``Ledger``)
     # history partitions appended without fsync by log records since the last snapshot
     unsynced: set[str] = field(default_factory=set, compare=False, repr=False)
+    # each wallet's table member (``Wallet.table_member``, compared by identity) as the last log
+    # record written from this state left it; None when unknown (a state loaded or not logged
+    # yet): a record then carries every wallet (``wallet_delta``)
+    logged_wallets: dict[str, bytes] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if type(self.open) is not OpenReservations:
@@ -712,8 +716,55 @@ class LedgerState:
         return {"ledger": {"1": ledger}, "wallets": {w.name: w.to_dict() for w in self.wallets.values()}}
 
     def top_json(self) -> bytes:
-        """Exactly ``canonical_json(self.to_tables_without_open())``, formatted directly: every log
-        record carries these tables (``Ledger._commit_log``)."""
+        """Exactly ``canonical_json(self.to_tables_without_open())``, formatted directly: a log
+        record carries these tables (``Ledger._commit_log``) unless it names only the wallets that
+        changed (:meth:`wallet_delta`)."""
+        if self.wallets:  # canonical_json({name: to_dict()}) from each wallet's kept JSON
+            by_name = {w.name: w for w in self.wallets.values()}
+            wallets = b"{%s}" % b",".join([by_name[name].table_member() for name in sorted(by_name)])
+        else:
+            wallets = b"{}"
+        return b'{"ledger":%s,"wallets":%s}' % (self.ledger_json(), wallets)
+
+    def wallet_delta(self) -> tuple[list[str], list[tuple[str, bytes]]] | None:
+        """What a log record must say of the wallets since the last record written from this state
+        (``logged_wallets``): ``(names gone, (name, table member) of each wallet added or
+        changed)``, sorted by name; None when the record carries the whole wallets table (not known
+        what the last record left, or no wallets before or now: such a record is as an older pouch
+        writes it). A settle changes one wallet: the record names that one. Apply it to
+        ``logged_wallets`` once written (:meth:`logged`)."""
+        logged = self.logged_wallets
+        wallets = self.wallets
+        if logged is None or not (wallets or logged):
+            return None
+        changed = []
+        for w in wallets.values():
+            kept = w._json  # table_member(), inlined: a wallet unchanged since the last record keeps it
+            member = kept[1] if kept is not None else w.table_member()
+            name = w.name
+            if member is not logged.get(name):
+                changed.append((name, member))
+        if len(changed) > 1:
+            changed.sort()
+        if len(logged) == len(wallets) and all(name in logged for name, _m in changed):
+            return [], changed
+        names = {w.name for w in wallets.values()}
+        return sorted(name for name in logged if name not in names), changed
+
+    def logged(self, delta: tuple[list[str], list[tuple[str, bytes]]] | None) -> None:
+        """A log record written from this state said ``delta`` of the wallets (None: the whole table)."""
+        logged = self.logged_wallets
+        if delta is None or logged is None:
+            self.logged_wallets = {w.name: w.table_member() for w in self.wallets.values()}
+            return
+        gone, changed = delta
+        for name in gone:
+            logged.pop(name, None)
+        for name, member in changed:
+            logged[name] = member
+
+    def ledger_json(self) -> bytes:
+        """Exactly ``canonical_json(self.to_tables_without_open()["ledger"])``, formatted directly."""
         global _budget_text, _history_text
         budget, history_file = self.budget, self.history_file
         # the budget's and the partition's text change seldom: kept for the objects
@@ -723,18 +774,12 @@ class LedgerState:
         if history_text[0] is not history_file:
             history_text = _history_text = (history_file,
                                              b"null" if history_file is None else json_str(history_file))
-        ledger = b'{"1":{"blocked":%d,"budget":"%s","flagged":%d,"history_file":%s,"history_size":%d,"lsn":%d,' \
-                 b'"paused":%s,"requests":%d,"seq":%d,"spent":"%s"}}' % (
-                     self.blocked, budget_text[1], self.flagged, history_text[1],
-                     self.history_size,
-                     self.lsn, b"true" if self.paused else b"false", self.requests, self.seq,
-                     usd_str(self.spent).encode())
-        if self.wallets:  # canonical_json({name: to_dict()}) from each wallet's kept JSON
-            by_name = {w.name: w for w in self.wallets.values()}
-            wallets = b"{%s}" % b",".join([by_name[name].table_member() for name in sorted(by_name)])
-        else:
-            wallets = b"{}"
-        return b'{"ledger":%s,"wallets":%s}' % (ledger, wallets)
+        return b'{"1":{"blocked":%d,"budget":"%s","flagged":%d,"history_file":%s,"history_size":%d,"lsn":%d,' \
+               b'"paused":%s,"requests":%d,"seq":%d,"spent":"%s"}}' % (
+                   self.blocked, budget_text[1], self.flagged, history_text[1],
+                   self.history_size,
+                   self.lsn, b"true" if self.paused else b"false", self.requests, self.seq,
+                   usd_str(self.spent).encode())
 
     def canonical_tables(self) -> bytes:
         """Exactly ``canonical_json(self.to_tables())``, built from each open reservation's cached
@@ -750,10 +795,21 @@ class LedgerState:
         commit that wrote it made, without running the rules again."""
         if record["lsn"] != self.lsn + 1:
             raise LedgerCorrupt(f"log record {record['lsn']} does not follow ledger record {self.lsn}")
-        top = LedgerState.from_tables(record["top"])
+        tables = record.get("top")
+        # a record with the whole wallets table ("top"), or one naming the wallets that changed
+        # ("ledger", "wallets" and "gone": see ``wallet_delta``)
+        top = LedgerState.from_tables(tables if tables is not None else {"ledger": record["ledger"]})
         self.budget, self.spent, self.requests, self.blocked = top.budget, top.spent, top.requests, top.blocked
-        self.flagged, self.paused, self.seq, self.wallets = top.flagged, top.paused, top.seq, top.wallets
+        self.flagged, self.paused, self.seq = top.flagged, top.paused, top.seq
         self.history_file, self.history_size = top.history_file, top.history_size
+        if tables is not None:
+            self.wallets = top.wallets
+        else:
+            for name in record["gone"]:
+                self.wallets.pop(name, None)
+            for d in record["wallets"].values():
+                w = Wallet.from_dict(d)
+                self.wallets[w.name] = w
         for res_id in record["drop"]:
             self.open.pop(res_id, None)
         for d in record["add"]:
