@@ -178,6 +178,44 @@ def test_a_reservation_is_formatted_around_its_owners_cached_json(monkeypatch):
     assert st.reserved == D("3.0100")
 
 
+def test_a_wallets_reserved_is_kept_as_reservations_come_and_go_not_scanned():
+    """A wallet's admission asks for its reserved sum (the gate twice): kept per wallet name as
+    reservations open, settle, are replaced or removed, equal to a scan of every open one after
+    each change, rebuilt by copies and loads, and checked by ``problems``."""
+    from pouch_addon.budget import Owner, Wallet
+
+    owner = Owner(4242, "123456", "host")
+    rng = random.Random(8)
+    st = LedgerState(budget=D("1000"))
+    for name in ("a", "b"):
+        st.wallets[name] = Wallet(name, D("500"), "daily")
+    names = ["a", "b", "label", None]
+    for i in range(400):
+        op = rng.random()
+        if op < 0.5 or not st.open:
+            st.reserve(D(rng.randint(1, 999)) / 1000, res_id=f"r{i}", owner=owner, now=1.7e9 + i,
+                       wallet=rng.choice(names), meta=rng.choice([None, {"wallet": 7}, {"wallet": "b"}]))
+        elif op < 0.8:
+            st.apply(st.settle_entry(rng.choice(list(st.open)), D("0.0001"), now=1.7e9 + i))
+        elif op < 0.9:
+            st.open.pop(rng.choice(list(st.open)))
+        else:
+            rid = rng.choice(list(st.open))
+            st.open[rid] = ledger_rules.Reservation(rid, D("0.5"), 1.0, owner, {"wallet": rng.choice(["a", "c"])})
+        for name in ("a", "b", "c", "label", "none"):
+            assert st.wallet_reserved(name) == st.scan_wallet_reserved(name), (i, name)
+    assert st.problems() == [] and st.open.by_wallet  # (some are open)
+    import copy
+    import pickle
+    for other in (copy.deepcopy(st), pickle.loads(pickle.dumps(st)), LedgerState.from_tables(st.to_tables())):
+        assert other.open.by_wallet == st.open.by_wallet
+    drifted = copy.deepcopy(st)
+    drifted.open.by_wallet["a"] = (D("7"), 1)  # a sum that drifted
+    assert "a wallet's reserved is not the sum of its open reservations" in drifted.problems()
+    st.open.clear()
+    assert st.open.by_wallet == {} and st.wallet_reserved("a") == (D(0), 0)
+
+
 def test_reserved_is_a_running_total_that_stays_the_sum_of_the_open_reservations():
     """``reserved`` is kept as reservations come and go (every admission asks for it), not
     re-summed over every open reservation; each way of changing ``open`` keeps it right, and
