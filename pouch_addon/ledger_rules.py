@@ -99,15 +99,19 @@ class Reservation:
     # (the checkpoint it was made with, canonical JSON): a reservation is written with every
     # state write while it is open, and only its checkpoint ever changes (replaced, not mutated)
     _json: tuple[Any, bytes] | None = field(default=None, init=False, repr=False, compare=False)
+    # (the amount, ``usd_str`` of it) as the JSON above wrote it: its settle line writes it again
+    _amount_text: tuple[Decimal, str] | None = field(default=None, init=False, repr=False, compare=False)
 
     def canonical_json(self) -> bytes:
         """``to_dict()`` as canonical JSON (sorted keys, no spaces), cached until the checkpoint changes;
         formatted around the owner's cached JSON (a reservation is written once per admission)."""
         cached = self._json
         if cached is None or cached[0] is not self.checkpoint:
-            checkpoint, created = self.checkpoint, self.created
+            checkpoint, created, amount = self.checkpoint, self.created, self.amount
+            text = usd_str(amount)
+            self._amount_text = (amount, text)
             data = b'{"amount":"%s","checkpoint":%s,"created":%s,"id":%s,"meta":%s,"owner":%s}' % (
-                usd_str(self.amount).encode(), b"null" if checkpoint is None else canonical_json(checkpoint),
+                text.encode(), b"null" if checkpoint is None else canonical_json(checkpoint),
                 # a finite float is written as its repr, a plain id as itself: what the encoder writes
                 b"%r" % created if type(created) is float and isfinite(created) else canonical_json(created),
                 json_str(self.id),
@@ -619,8 +623,12 @@ class LedgerState:
         if not cost.is_finite() or cost < 0:
             raise ValueError(f"settle cost must be a finite amount >= 0, not {cost}")
         flags = list((details or {}).pop("flags", []) if details else [])
-        if cost > res.amount:
+        amount = res.amount
+        if cost > amount:
             flags.append("over_reservation")
+        kept = res._amount_text  # the text its reservation's JSON wrote for the same amount
+        created = res.created
+        duration = max(0.0, now - created)
         entry: dict[str, Any] = {
             **res.meta,
             **(details or {}),
@@ -629,9 +637,11 @@ class LedgerState:
             "seq": self.seq + 1,
             "ts": now,
             "time": _iso(now),
-            "started": _iso(res.created),
-            "duration_s": round(max(0.0, now - res.created), 3),
-            "reserved": usd_str(res.amount),
+            "started": _iso(created),
+            # round(duration, 3) (both round the exact binary value correctly to 3 places, then
+            # read it back) at half the cost, for a float; anything else the long way
+            "duration_s": float("%.3f" % duration) if type(duration) is float else round(duration, 3),
+            "reserved": kept[1] if kept is not None and kept[0] is amount else usd_str(amount),
             "cost": usd_str(cost),
             "status": status,
             "flags": flags,

@@ -473,3 +473,32 @@ def test_a_settled_wallet_is_formatted_around_its_new_spend(monkeypatch):
     assert w.canonical_json() == canonical_json(w.to_dict())
     w.spent += D("0.25")
     assert w.table_member() == b'"app":' + canonical_json(w.to_dict())
+
+
+def test_a_settle_line_writes_its_reservations_amount_text_and_duration_as_before(monkeypatch):
+    """The settle line reuses the amount text its reservation's JSON wrote (one ``usd_str`` per
+    settle: the cost's), a reservation whose amount was replaced since is written anew, and the
+    duration is ``round(now - created, 3)`` exactly, halfway cases included."""
+    from pouch_addon.budget import Owner
+
+    owner = Owner(4242, "123456", "host")
+    st = LedgerState(budget=D("1000"))
+    res = st.reserve(D("0.0100"), res_id="r1", owner=owner, now=1.7e9)
+    res.canonical_json()
+    calls = []
+    real_usd_str = ledger_rules.usd_str
+    monkeypatch.setattr(ledger_rules, "usd_str", lambda v: calls.append(v) or real_usd_str(v))
+    entry = st.settle_entry("r1", D("0.005"), now=1.7e9 + 2.5)
+    assert (entry["reserved"], calls) == ("0.01", [D("0.005")])
+    res.amount = D("0.5")  # replaced after its JSON was written: written anew
+    assert st.settle_entry("r1", D("0.005"), now=1.7e9 + 2.5)["reserved"] == "0.5"
+    rng = random.Random(12)
+    created = 1.7e9 + 0.123
+    durations = ([rng.uniform(0, 5) for _ in range(3000)] + [rng.uniform(0, 1e7) for _ in range(1000)]
+                 + [k / 16 for k in range(200)] + [k * 0.0005 for k in range(2000)]
+                 + [k / 1000 + d for k in range(500) for d in (-1e-12, 0.0, 1e-12, 0.0005)] + [-1.0, 2e10])
+    for d in durations:
+        res.created = created
+        got = st.settle_entry("r1", D("0.005"), now=created + d)["duration_s"]
+        want = round(max(0.0, (created + d) - created), 3)
+        assert repr(got) == repr(want), d
