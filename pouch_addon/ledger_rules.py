@@ -420,19 +420,29 @@ class OpenReservations(dict):
         self.reserved: Decimal = sum(map(_amount, self.values()), ZERO)
         self.touched: dict[str, bool] | None = None
         #: wallet name (``meta["wallet"]``) -> (sum, count) of its open reservations, kept as they
-        #: come and go like ``reserved``: a wallet's admission asks for it (twice from the gate), and
-        #: a scan of every reservation in flight per ask grew with the calls in flight
-        self.by_wallet: dict[str, tuple[Decimal, int]] = {}
-        for res in self.values():
-            self._charge(res, 1)
+        #: come and go like ``reserved`` once anyone asked (:meth:`wallet_reserved`; a ledger without
+        #: wallets never does): a wallet's admission asks for it (twice from the gate), and a scan of
+        #: every reservation in flight per ask grew with the calls in flight
+        self.by_wallet: dict[str, tuple[Decimal, int]] | None = None
+
+    def wallet_reserved(self, name: str) -> tuple[Decimal, int]:
+        """(sum, count) of the open reservations charged to wallet ``name``."""
+        by = self.by_wallet
+        if by is None:
+            by = self.by_wallet = {}
+            for res in self.values():
+                self._charge(res, 1)
+        return by.get(name, _NO_RESERVATIONS)
 
     def _charge(self, res: Reservation, sign: int) -> None:
         """Count ``res`` in (``sign`` 1) or out of (-1) its wallet's sum (a name that is not a
         string never equals a wallet's name: not counted, as :meth:`LedgerState.wallet_reserved` would not)."""
+        by = self.by_wallet
+        if by is None:
+            return
         name = res.meta.get("wallet")
         if type(name) is not str:
             return
-        by = self.by_wallet
         was = by.get(name)
         if was is None:
             by[name] = (res.amount, 1) if sign > 0 else (-res.amount, -1)
@@ -457,11 +467,12 @@ class OpenReservations(dict):
         self.reserved = self.reserved + res.amount if old is None else self.reserved + res.amount - old.amount
         if old is not None:
             self._charge(old, -1)
-        name = res.meta.get("wallet")  # self._charge(res, 1), inlined (once per admission)
-        if type(name) is str:
-            by = self.by_wallet
-            was = by.get(name)
-            by[name] = (res.amount, 1) if was is None else (was[0] + res.amount, was[1] + 1)
+        by = self.by_wallet
+        if by is not None:  # self._charge(res, 1), inlined (once per admission)
+            name = res.meta.get("wallet")
+            if type(name) is str:
+                was = by.get(name)
+                by[name] = (res.amount, 1) if was is None else (was[0] + res.amount, was[1] + 1)
 
     def __delitem__(self, key: str) -> None:
         self.pop(key)
@@ -554,7 +565,7 @@ class LedgerState:
         :class:`OpenReservations`; summed afresh for a plain dict someone put in ``open``)."""
         opens = self.open
         if type(opens) is OpenReservations:
-            return opens.by_wallet.get(name, _NO_RESERVATIONS)
+            return opens.wallet_reserved(name)
         return self.scan_wallet_reserved(name)
 
     def scan_wallet_reserved(self, name: str) -> tuple[Decimal, int]:
@@ -708,8 +719,12 @@ class LedgerState:
             out.append("budget != remaining + reserved + spent")
         if self.reserved != sum(map(_amount, self.open.values()), ZERO):
             out.append("reserved is not the sum of the open reservations")
-        if type(self.open) is OpenReservations and self.open.by_wallet != OpenReservations(self.open).by_wallet:
-            out.append("a wallet's reserved is not the sum of its open reservations")
+        opens = self.open
+        if type(opens) is OpenReservations and opens.by_wallet is not None:
+            fresh = OpenReservations(opens)
+            fresh.wallet_reserved("")
+            if opens.by_wallet != fresh.by_wallet:
+                out.append("a wallet's reserved is not the sum of its open reservations")
         if self.reserved < 0 or any(r.amount < 0 or (r.amount == 0 and r.meta.get("local") is not True)
                                     for r in self.open.values()):
             out.append("a reservation is not positive")
