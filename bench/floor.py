@@ -29,7 +29,7 @@ user-space instructions per admission of every thread under callgrind instead (`
 needed; the count starts and ends at the loop's ``getrusage`` calls, so start-up is not in it);
 ``--syscalls`` counts the system calls per admission of every thread under ``strace`` (between
 the same two calls), by name. ``--wallets N`` configures N wallets and charges the admissions to
-the first (every log record carries every wallet).
+the first (a log record names the wallets its commit changed: the charged one).
 The CPU figures come with the context switches per admission (``getrusage``, all threads);
 ``--syncs`` also times every ``fdatasync`` (wall, and the calling thread's CPU); ``--threads``
 adds each thread's user+system CPU per admission (``/proc/self/task``, in clock ticks: use

@@ -221,8 +221,9 @@ class Wallet:
     window: str = "total"  # periods.period_key of the window ``spent`` belongs to
     created: float = 0.0
     # (canonical JSON of ``to_dict()``, its member in the wallets table ``"name":{...}``), dropped
-    # by any assignment to a field (``__setattr__``; every field holds an immutable value): every
-    # log record carries every wallet, and between two records only a settled wallet's spend changes
+    # by any assignment to a field (``__setattr__``; every field holds an immutable value): a log
+    # record writes each wallet whose member is not the object the last record wrote
+    # (``LedgerState.wallet_delta``), and between two records only a settled wallet's spend changes
     _json: tuple[bytes, bytes] | None = field(default=None, init=False, repr=False, compare=False)
     # (the JSON before the spend's digits, the JSON after them, the name's JSON), dropped by any
     # assignment but ``spent``'s: a settle changes only the spend, so its wallet is formatted
