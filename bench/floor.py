@@ -29,9 +29,11 @@ user-space instructions per admission of every thread under callgrind instead (`
 needed; the count starts and ends at the loop's ``getrusage`` calls, so start-up is not in it);
 ``--syscalls`` counts the system calls per admission of every thread under ``strace`` (between
 the same two calls), by name. ``--wallets N`` configures N wallets and charges the admissions to
-the first (every log record carries every wallet).
+the first (a log record names the wallets its commit changed: the charged one).
 The CPU figures come with the context switches per admission (``getrusage``, all threads);
-``--syncs`` also times every ``fdatasync`` (wall, and the calling thread's CPU):
+``--syncs`` also times every ``fdatasync`` (wall, and the calling thread's CPU); ``--threads``
+adds each thread's user+system CPU per admission (``/proc/self/task``, in clock ticks: use
+``--rounds 3000`` or more):
 
     .venv/bin/python bench/floor.py --ledger-only --tree main=/tmp/main --runs 3 [--instructions | --syncs | --syscalls]
 """
@@ -174,6 +176,7 @@ _WORKER = r"""
 import sys
 sys.path[:0] = [sys.argv[1], sys.argv[2]]
 from pouch_addon.budget import Ledger
+import ledger_loop
 from ledger_loop import ledger_loop_usage, ledger_usage, timed_fdatasync
 calls = timed_fdatasync() if sys.argv[5:] == ["syncs"] else None
 if sys.argv[5:6] and sys.argv[5].startswith("loop:"):
@@ -184,6 +187,8 @@ if calls is not None:
     n = int(sys.argv[3]) * int(sys.argv[4])
     print(len(calls) / n, sum(w for w, _ in calls) / max(len(calls), 1) * 1e6,
           sum(c for _, c in calls) / max(len(calls), 1) * 1e6)
+if getattr(ledger_loop, "LAST_THREADS", None):
+    print("threads", *(f"{name.replace(' ', '_')}={u:.0f}+{s:.0f}" for name, (u, s) in ledger_loop.LAST_THREADS.items()))
 """ % (OPEN, MODEL, OPEN, MODEL)
 
 
@@ -245,6 +250,7 @@ def compare_trees(trees: list[tuple[str, Path]], group: int, rounds: int, runs: 
                 if syncs:
                     per, wall, cpu = (float(v) for v in lines[1].split())
                     figure += f" fdatasync {per:.2f}/adm {wall:.0f} us wall {cpu:.0f} us CPU"
+                figure += "".join(f" [{line.split(None, 1)[1]}]" for line in lines[1:] if line.startswith("threads "))
                 results[name].append(figure)
             print(f"   {name}: {results[name][-1]}", flush=True)
     if loop_gap is not None:
@@ -274,12 +280,18 @@ def main(argv: list[str] | None = None) -> int:
                          "(--ledger-only; one admission per commit; adds the kernel workers' CPU)")
     ap.add_argument("--wallets", type=int, default=0,
                     help="configure this many wallets, the admissions charged to the first (--ledger-only)")
+    ap.add_argument("--threads", action="store_true",
+                    help="also each thread's user+system CPU us per admission, by name (/proc clock ticks: "
+                         "use --rounds 3000 or more; --ledger-only)")
     ap.add_argument("--syscalls", action="store_true",
                     help="system calls per admission under strace, by name, instead of CPU time (--ledger-only)")
     args = ap.parse_args(argv)
     if args.wallets:
         import os
         os.environ["POUCH_FLOOR_WALLETS"] = str(args.wallets)  # read by ledger_loop in each run's process
+    if args.threads:
+        import os
+        os.environ["POUCH_FLOOR_THREADS"] = "1"  # read by ledger_loop in each run's process
     if args.ledger_only or args.tree or args.instructions or args.syscalls:
         trees = [("this", BENCH.parent)] + [(t.split("=", 1)[0], Path(t.split("=", 1)[1]).resolve()) for t in args.tree]
         compare_trees(trees, args.group, args.rounds, args.runs, args.instructions, args.syncs, args.syscalls,

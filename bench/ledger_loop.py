@@ -35,6 +35,28 @@ def timed_fdatasync() -> list[tuple[float, float]]:
     return calls
 
 
+def thread_times() -> dict[str, tuple[int, int]]:
+    """(user, system) clock ticks of each thread of this process by name (``/proc/self/task``;
+    threads of one name added up): a thread's share of the process's CPU (``floor.py --threads``)."""
+    out: dict[str, tuple[int, int]] = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2:].split()
+        user, system = out.get(name, (0, 0))
+        out[name] = (user + int(fields[11]), system + int(fields[12]))  # utime, stime (fields 14, 15)
+    return out
+
+
+#: per-thread (user, system) CPU us per admission of the last ``ledger_usage`` run, by thread name
+#: (with ``POUCH_FLOOR_THREADS`` set; clock ticks, so use enough rounds)
+LAST_THREADS: dict[str, tuple[float, float]] = {}
+
+
 def ledger_usage(ledger_class: Any, group: int, rounds: int, open_: int,
                  model: str) -> tuple[float, float, float, float]:
     """(user CPU us, system CPU us, voluntary and involuntary context switches) per admission,
@@ -59,6 +81,8 @@ def ledger_usage(ledger_class: Any, group: int, rounds: int, open_: int,
         meta = {"model": model, "endpoint": "/v1/chat/completions", "client": "127.0.0.1:50000", "wallet": "default"}
         details = {"input_tokens": 30, "output_tokens": 50, "cached_tokens": 0, "reasoning_tokens": 0}
         prev: list[str] = []
+        per_thread = os.environ.get("POUCH_FLOOR_THREADS") is not None
+        t0 = thread_times() if per_thread else {}
         r0 = resource.getrusage(resource.RUSAGE_SELF)  # callgrind's --dump-before marks start here
         for _ in range(rounds):
             for rid in prev:
@@ -67,6 +91,12 @@ def ledger_usage(ledger_class: Any, group: int, rounds: int, open_: int,
                        for _ in range(group)]
             prev = [f.result().id for f in futures]
         r1 = resource.getrusage(resource.RUSAGE_SELF)  # ... and end here
+        if per_thread:
+            tick = 1e6 / os.sysconf("SC_CLK_TCK") / (rounds * group)
+            LAST_THREADS.clear()
+            for name, (user, system) in thread_times().items():
+                u0, s0 = t0.get(name, (0, 0))
+                LAST_THREADS[name] = ((user - u0) * tick, (system - s0) * tick)
         ledger._await_flush(0)
     n = rounds * group
     return ((r1.ru_utime - r0.ru_utime) / n * 1e6, (r1.ru_stime - r0.ru_stime) / n * 1e6,

@@ -485,12 +485,22 @@ class LocalStore(GroupCommitQueue):
             added = [r.canonical_json() for i, r in now_open.items() if i not in before]
             dropped = [i for i in before if i not in now_open]
         ckpt = {i: now_open[i].checkpoint for i in txn.checkpointed if i in now_open and txn.was_open(i)}
-        record = b'{"add":[%s],"ckpt":%s,"drop":%s,"hist":[%s],"lsn":%d,"top":%s}' % (
-            b",".join(added), canonical_json(ckpt) if ckpt else b"{}",
-            b"[%s]" % b",".join(map(json_str, dropped)),
-            b",".join(hist), st.lsn, st.top_json())
+        delta = st.wallet_delta() if st.wallets or st.logged_wallets else None
+        if delta is None:  # the whole wallets table
+            record = b'{"add":[%s],"ckpt":%s,"drop":%s,"hist":[%s],"lsn":%d,"top":%s}' % (
+                b",".join(added), canonical_json(ckpt) if ckpt else b"{}",
+                b"[%s]" % b",".join(map(json_str, dropped)),
+                b",".join(hist), st.lsn, st.top_json())
+        else:  # only the wallets added, changed or gone since the last record
+            gone, changed = delta
+            record = b'{"add":[%s],"ckpt":%s,"drop":%s,"gone":[%s],"hist":[%s],"ledger":%s,"lsn":%d,"wallets":{%s}}' % (
+                b",".join(added), canonical_json(ckpt) if ckpt else b"{}",
+                b"[%s]" % b",".join(map(json_str, dropped)), b",".join(map(json_str, gone)),
+                b",".join(hist), st.ledger_json(), st.lsn, b",".join([m for _name, m in changed]))
         # written here; flushed by ``_drain`` (before or after answering, see DURABILITY)
         end = self._wal.append([record], durable=False, ino=self._wal_ino, end=txn.key[1])
+        if delta is not None or st.wallets:
+            st.logged(delta)  # (a failed append leaves the state to be read again: see ``_begin``)
         txn.flush = txn.durable and self._wal.durable
         self._committed = ((txn.key[0], self._wal.ino), end, st)
         if self._wal_size - end < PREALLOCATE_LOW:

@@ -99,15 +99,19 @@ class Reservation:
     # (the checkpoint it was made with, canonical JSON): a reservation is written with every
     # state write while it is open, and only its checkpoint ever changes (replaced, not mutated)
     _json: tuple[Any, bytes] | None = field(default=None, init=False, repr=False, compare=False)
+    # (the amount, ``usd_str`` of it) as the JSON above wrote it: its settle line writes it again
+    _amount_text: tuple[Decimal, str] | None = field(default=None, init=False, repr=False, compare=False)
 
     def canonical_json(self) -> bytes:
         """``to_dict()`` as canonical JSON (sorted keys, no spaces), cached until the checkpoint changes;
         formatted around the owner's cached JSON (a reservation is written once per admission)."""
         cached = self._json
         if cached is None or cached[0] is not self.checkpoint:
-            checkpoint, created = self.checkpoint, self.created
+            checkpoint, created, amount = self.checkpoint, self.created, self.amount
+            text = usd_str(amount)
+            self._amount_text = (amount, text)
             data = b'{"amount":"%s","checkpoint":%s,"created":%s,"id":%s,"meta":%s,"owner":%s}' % (
-                usd_str(self.amount).encode(), b"null" if checkpoint is None else canonical_json(checkpoint),
+                text.encode(), b"null" if checkpoint is None else canonical_json(checkpoint),
                 # a finite float is written as its repr, a plain id as itself: what the encoder writes
                 b"%r" % created if type(created) is float and isfinite(created) else canonical_json(created),
                 json_str(self.id),
@@ -217,14 +221,22 @@ class Wallet:
     window: str = "total"  # periods.period_key of the window ``spent`` belongs to
     created: float = 0.0
     # (canonical JSON of ``to_dict()``, its member in the wallets table ``"name":{...}``), dropped
-    # by any assignment to a field (``__setattr__``; every field holds an immutable value): every
-    # log record carries every wallet, and between two records only a settled wallet's spend changes
+    # by any assignment to a field (``__setattr__``; every field holds an immutable value): a log
+    # record writes each wallet whose member is not the object the last record wrote
+    # (``LedgerState.wallet_delta``), and between two records only a settled wallet's spend changes
     _json: tuple[bytes, bytes] | None = field(default=None, init=False, repr=False, compare=False)
+    # (the JSON before the spend's digits, the JSON after them, the name's JSON), dropped by any
+    # assignment but ``spent``'s: a settle changes only the spend, so its wallet is formatted
+    # around one number
+    _frame: tuple[bytes, bytes, bytes] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __setattr__(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)
-        if name != "_json":
+        if name == "spent":
             object.__setattr__(self, "_json", None)
+        elif name != "_json" and name != "_frame":
+            object.__setattr__(self, "_json", None)
+            object.__setattr__(self, "_frame", None)
 
     def canonical_json(self) -> bytes:
         """``canonical_json(self.to_dict())``, kept until a field is assigned."""
@@ -238,25 +250,32 @@ class Wallet:
         cached = self._json
         if cached is None:
             data = self._format()
-            cached = self._json = (data, b"%s:%s" % (json_str(self.name), data))
+            frame = self._frame
+            cached = self._json = (data, b"%s:%s" % (json_str(self.name) if frame is None else frame[2], data))
         return cached
 
     def _format(self) -> bytes:
         """``canonical_json(self.to_dict())`` formatted directly when every field has the type pouch
-        gives it (a settle changes the wallet it is charged to: its JSON is made once per commit)."""
+        gives it (a settle changes the wallet it is charged to: its JSON is made once per commit,
+        around the spend's new digits when only the spend changed)."""
+        frame = self._frame
+        if frame is not None:
+            return b'%s%s%s' % (frame[0], usd_str(self.spent).encode(), frame[1])
         created, expires, rpm, tpm = self.created, self.expires, self.rpm, self.tpm
         if (type(created) is not float or not isfinite(created) or type(self.secret_hash) not in (str, type(None))
                 or (expires is not None and (type(expires) is not float or not isfinite(expires)))
                 or (rpm is not None and type(rpm) is not int) or (tpm is not None and type(tpm) is not int)
                 or type(self.period) is not str or type(self.window) is not str):
             return canonical_json(self.to_dict())
-        secret = self.secret_hash
-        return (b'{"budget":"%s","created":%r,"expires":%s,"name":%s,"period":%s,"rpm":%s,"secret_hash":%s,'
-                b'"spent":"%s","tpm":%s,"window":%s}' % (
-                    usd_str(self.budget).encode(), created, b"null" if expires is None else b"%r" % expires,
-                    json_str(self.name), json_str(self.period), b"null" if rpm is None else b"%d" % rpm,
-                    b"null" if secret is None else json_str(secret), usd_str(self.spent).encode(),
-                    b"null" if tpm is None else b"%d" % tpm, json_str(self.window)))
+        secret, name = self.secret_hash, json_str(self.name)
+        frame = self._frame = (
+            b'{"budget":"%s","created":%r,"expires":%s,"name":%s,"period":%s,"rpm":%s,"secret_hash":%s,'
+            b'"spent":"' % (
+                usd_str(self.budget).encode(), created, b"null" if expires is None else b"%r" % expires,
+                name, json_str(self.period), b"null" if rpm is None else b"%d" % rpm,
+                b"null" if secret is None else json_str(secret)),
+            b'","tpm":%s,"window":%s}' % (b"null" if tpm is None else b"%d" % tpm, json_str(self.window)), name)
+        return b'%s%s%s' % (frame[0], usd_str(self.spent).encode(), frame[1])
 
     def spent_at(self, now: float) -> Decimal:
         """Spend counting at ``now`` without changing anything (a newer window has spent nothing)."""
@@ -384,6 +403,9 @@ _budget_text: tuple[Any, bytes] = (object(), b"")
 _history_text: tuple[Any, bytes] = (object(), b"")
 
 
+_NO_RESERVATIONS: tuple[Decimal, int] = (ZERO, 0)
+
+
 class OpenReservations(dict):
     """The open reservations by id, with their sum kept as they come and go (``reserved``: every
     admission asks for it, and re-summing every reservation in flight per commit costs as much as
@@ -392,12 +414,43 @@ class OpenReservations(dict):
     instead of comparing every open id before and after. :meth:`LedgerState.problems` checks the
     sum against a fresh one."""
 
-    __slots__ = ("reserved", "touched")
+    __slots__ = ("reserved", "touched", "by_wallet")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.reserved: Decimal = sum(map(_amount, self.values()), ZERO)
         self.touched: dict[str, bool] | None = None
+        #: wallet name (``meta["wallet"]``) -> (sum, count) of its open reservations, kept as they
+        #: come and go like ``reserved`` once anyone asked (:meth:`wallet_reserved`; a ledger without
+        #: wallets never does): a wallet's admission asks for it (twice from the gate), and a scan of
+        #: every reservation in flight per ask grew with the calls in flight
+        self.by_wallet: dict[str, tuple[Decimal, int]] | None = None
+
+    def wallet_reserved(self, name: str) -> tuple[Decimal, int]:
+        """(sum, count) of the open reservations charged to wallet ``name``."""
+        by = self.by_wallet
+        if by is None:
+            by = self.by_wallet = {}
+            for res in self.values():
+                self._charge(res, 1)
+        return by.get(name, _NO_RESERVATIONS)
+
+    def _charge(self, res: Reservation, sign: int) -> None:
+        """Count ``res`` in (``sign`` 1) or out of (-1) its wallet's sum (a name that is not a
+        string never equals a wallet's name: not counted, as :meth:`LedgerState.wallet_reserved` would not)."""
+        by = self.by_wallet
+        if by is None:
+            return
+        name = res.meta.get("wallet")
+        if type(name) is not str:
+            return
+        was = by.get(name)
+        if was is None:
+            by[name] = (res.amount, 1) if sign > 0 else (-res.amount, -1)
+        elif was[1] + sign == 0:
+            del by[name]
+        else:
+            by[name] = (was[0] + res.amount, was[1] + 1) if sign > 0 else (was[0] - res.amount, was[1] - 1)
 
     def __reduce__(self) -> tuple[Any, ...]:  # copy/pickle rebuild the sum from the items
         return OpenReservations, (dict(self),)
@@ -413,6 +466,14 @@ class OpenReservations(dict):
             self._touch(key)
         dict.__setitem__(self, key, res)
         self.reserved = self.reserved + res.amount if old is None else self.reserved + res.amount - old.amount
+        if old is not None:
+            self._charge(old, -1)
+        by = self.by_wallet
+        if by is not None:  # self._charge(res, 1), inlined (once per admission)
+            name = res.meta.get("wallet")
+            if type(name) is str:
+                was = by.get(name)
+                by[name] = (res.amount, 1) if was is None else (was[0] + res.amount, was[1] + 1)
 
     def __delitem__(self, key: str) -> None:
         self.pop(key)
@@ -428,6 +489,7 @@ class OpenReservations(dict):
             self._touch(key)
         res = dict.pop(self, key)
         self.reserved -= res.amount
+        self._charge(res, -1)
         return res
 
     def popitem(self) -> tuple[str, Reservation]:
@@ -470,6 +532,10 @@ class LedgerState:
     lsn: int = 0  # the last write-ahead log record this state includes (see ``Ledger``)
     # history partitions appended without fsync by log records since the last snapshot
     unsynced: set[str] = field(default_factory=set, compare=False, repr=False)
+    # each wallet's table member (``Wallet.table_member``, compared by identity) as the last log
+    # record written from this state left it; None when unknown (a state loaded or not logged
+    # yet): a record then carries every wallet (``wallet_delta``)
+    logged_wallets: dict[str, bytes] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if type(self.open) is not OpenReservations:
@@ -496,7 +562,15 @@ class LedgerState:
         )
 
     def wallet_reserved(self, name: str) -> tuple[Decimal, int]:
-        """Sum and count of the open reservations charged to wallet ``name``."""
+        """Sum and count of the open reservations charged to wallet ``name`` (kept by
+        :class:`OpenReservations`; summed afresh for a plain dict someone put in ``open``)."""
+        opens = self.open
+        if type(opens) is OpenReservations:
+            return opens.wallet_reserved(name)
+        return self.scan_wallet_reserved(name)
+
+    def scan_wallet_reserved(self, name: str) -> tuple[Decimal, int]:
+        """:meth:`wallet_reserved` summed afresh from every open reservation."""
         amounts = [r.amount for r in self.open.values() if r.meta.get("wallet") == name]
         return sum(amounts, ZERO), len(amounts)
 
@@ -561,8 +635,12 @@ class LedgerState:
         if not cost.is_finite() or cost < 0:
             raise ValueError(f"settle cost must be a finite amount >= 0, not {cost}")
         flags = list((details or {}).pop("flags", []) if details else [])
-        if cost > res.amount:
+        amount = res.amount
+        if cost > amount:
             flags.append("over_reservation")
+        kept = res._amount_text  # the text its reservation's JSON wrote for the same amount
+        created = res.created
+        duration = max(0.0, now - created)
         entry: dict[str, Any] = {
             **res.meta,
             **(details or {}),
@@ -571,9 +649,11 @@ class LedgerState:
             "seq": self.seq + 1,
             "ts": now,
             "time": _iso(now),
-            "started": _iso(res.created),
-            "duration_s": round(max(0.0, now - res.created), 3),
-            "reserved": usd_str(res.amount),
+            "started": _iso(created),
+            # round(duration, 3) (both round the exact binary value correctly to 3 places, then
+            # read it back) at half the cost, for a float; anything else the long way
+            "duration_s": float("%.3f" % duration) if type(duration) is float else round(duration, 3),
+            "reserved": kept[1] if kept is not None and kept[0] is amount else usd_str(amount),
             "cost": usd_str(cost),
             "status": status,
             "flags": flags,
@@ -640,6 +720,12 @@ class LedgerState:
             out.append("budget != remaining + reserved + spent")
         if self.reserved != sum(map(_amount, self.open.values()), ZERO):
             out.append("reserved is not the sum of the open reservations")
+        opens = self.open
+        if type(opens) is OpenReservations and opens.by_wallet is not None:
+            fresh = OpenReservations(opens)
+            fresh.wallet_reserved("")
+            if opens.by_wallet != fresh.by_wallet:
+                out.append("a wallet's reserved is not the sum of its open reservations")
         if self.reserved < 0 or any(r.amount < 0 or (r.amount == 0 and r.meta.get("local") is not True)
                                     for r in self.open.values()):
             out.append("a reservation is not positive")
@@ -698,8 +784,55 @@ class LedgerState:
         return {"ledger": {"1": ledger}, "wallets": {w.name: w.to_dict() for w in self.wallets.values()}}
 
     def top_json(self) -> bytes:
-        """Exactly ``canonical_json(self.to_tables_without_open())``, formatted directly: every log
-        record carries these tables (``Ledger._commit_log``)."""
+        """Exactly ``canonical_json(self.to_tables_without_open())``, formatted directly: a log
+        record carries these tables (``Ledger._commit_log``) unless it names only the wallets that
+        changed (:meth:`wallet_delta`)."""
+        if self.wallets:  # canonical_json({name: to_dict()}) from each wallet's kept JSON
+            by_name = {w.name: w for w in self.wallets.values()}
+            wallets = b"{%s}" % b",".join([by_name[name].table_member() for name in sorted(by_name)])
+        else:
+            wallets = b"{}"
+        return b'{"ledger":%s,"wallets":%s}' % (self.ledger_json(), wallets)
+
+    def wallet_delta(self) -> tuple[list[str], list[tuple[str, bytes]]] | None:
+        """What a log record must say of the wallets since the last record written from this state
+        (``logged_wallets``): ``(names gone, (name, table member) of each wallet added or
+        changed)``, sorted by name; None when the record carries the whole wallets table (not known
+        what the last record left, or no wallets before or now: such a record is as an older pouch
+        writes it). A settle changes one wallet: the record names that one. Apply it to
+        ``logged_wallets`` once written (:meth:`logged`)."""
+        logged = self.logged_wallets
+        wallets = self.wallets
+        if logged is None or not (wallets or logged):
+            return None
+        changed = []
+        for w in wallets.values():
+            kept = w._json  # table_member(), inlined: a wallet unchanged since the last record keeps it
+            member = kept[1] if kept is not None else w.table_member()
+            name = w.name
+            if member is not logged.get(name):
+                changed.append((name, member))
+        if len(changed) > 1:
+            changed.sort()
+        if len(logged) == len(wallets) and all(name in logged for name, _m in changed):
+            return [], changed
+        names = {w.name for w in wallets.values()}
+        return sorted(name for name in logged if name not in names), changed
+
+    def logged(self, delta: tuple[list[str], list[tuple[str, bytes]]] | None) -> None:
+        """A log record written from this state said ``delta`` of the wallets (None: the whole table)."""
+        logged = self.logged_wallets
+        if delta is None or logged is None:
+            self.logged_wallets = {w.name: w.table_member() for w in self.wallets.values()}
+            return
+        gone, changed = delta
+        for name in gone:
+            logged.pop(name, None)
+        for name, member in changed:
+            logged[name] = member
+
+    def ledger_json(self) -> bytes:
+        """Exactly ``canonical_json(self.to_tables_without_open()["ledger"])``, formatted directly."""
         global _budget_text, _history_text
         budget, history_file = self.budget, self.history_file
         # the budget's and the partition's text change seldom: kept for the objects
@@ -709,18 +842,12 @@ class LedgerState:
         if history_text[0] is not history_file:
             history_text = _history_text = (history_file,
                                              b"null" if history_file is None else json_str(history_file))
-        ledger = b'{"1":{"blocked":%d,"budget":"%s","flagged":%d,"history_file":%s,"history_size":%d,"lsn":%d,' \
-                 b'"paused":%s,"requests":%d,"seq":%d,"spent":"%s"}}' % (
-                     self.blocked, budget_text[1], self.flagged, history_text[1],
-                     self.history_size,
-                     self.lsn, b"true" if self.paused else b"false", self.requests, self.seq,
-                     usd_str(self.spent).encode())
-        if self.wallets:  # canonical_json({name: to_dict()}) from each wallet's kept JSON
-            by_name = {w.name: w for w in self.wallets.values()}
-            wallets = b"{%s}" % b",".join([by_name[name].table_member() for name in sorted(by_name)])
-        else:
-            wallets = b"{}"
-        return b'{"ledger":%s,"wallets":%s}' % (ledger, wallets)
+        return b'{"1":{"blocked":%d,"budget":"%s","flagged":%d,"history_file":%s,"history_size":%d,"lsn":%d,' \
+               b'"paused":%s,"requests":%d,"seq":%d,"spent":"%s"}}' % (
+                   self.blocked, budget_text[1], self.flagged, history_text[1],
+                   self.history_size,
+                   self.lsn, b"true" if self.paused else b"false", self.requests, self.seq,
+                   usd_str(self.spent).encode())
 
     def canonical_tables(self) -> bytes:
         """Exactly ``canonical_json(self.to_tables())``, built from each open reservation's cached
@@ -736,10 +863,21 @@ class LedgerState:
         commit that wrote it made, without running the rules again."""
         if record["lsn"] != self.lsn + 1:
             raise LedgerCorrupt(f"log record {record['lsn']} does not follow ledger record {self.lsn}")
-        top = LedgerState.from_tables(record["top"])
+        tables = record.get("top")
+        # a record with the whole wallets table ("top"), or one naming the wallets that changed
+        # ("ledger", "wallets" and "gone": see ``wallet_delta``)
+        top = LedgerState.from_tables(tables if tables is not None else {"ledger": record["ledger"]})
         self.budget, self.spent, self.requests, self.blocked = top.budget, top.spent, top.requests, top.blocked
-        self.flagged, self.paused, self.seq, self.wallets = top.flagged, top.paused, top.seq, top.wallets
+        self.flagged, self.paused, self.seq = top.flagged, top.paused, top.seq
         self.history_file, self.history_size = top.history_file, top.history_size
+        if tables is not None:
+            self.wallets = top.wallets
+        else:
+            for name in record["gone"]:
+                self.wallets.pop(name, None)
+            for d in record["wallets"].values():
+                w = Wallet.from_dict(d)
+                self.wallets[w.name] = w
         for res_id in record["drop"]:
             self.open.pop(res_id, None)
         for d in record["add"]:

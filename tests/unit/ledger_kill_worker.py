@@ -1,12 +1,14 @@
 """A ledger writer that reports every acknowledged operation, for the random SIGKILL test.
 
-Usage: python ledger_kill_worker.py HOME SEED JOURNAL [DURABILITY]
+Usage: python ledger_kill_worker.py HOME SEED JOURNAL [DURABILITY [wallets]]
 It prints ``ready`` once the ledger is open, then reserves and settles forever: two threads
 submit to the committer (one write-ahead log record per group commit, a snapshot every few
 records, so kills land between log appends and snapshots), one calls the ledger directly (a
 snapshot per call); some settles are lazy. After an operation *returns* it appends ``R id`` or
 ``S id`` to JOURNAL (flushed; the test kills the process, not the machine, so the page cache
-keeps what was written): the test holds the ledger to what was acknowledged.
+keeps what was written): the test holds the ledger to what was acknowledged. With ``wallets``,
+each reservation is charged to one of the wallets ``a``, ``b``, ``c`` or to none (the log records
+then name the wallets a commit changed).
 """
 
 import random
@@ -22,6 +24,7 @@ def main() -> None:
     ledger = Ledger(home)
     if len(sys.argv) > 4:
         ledger.durability = sys.argv[4]  # "overlap": answered once written, flushed meanwhile
+    wallets = ["a", "b", "c", None] if sys.argv[5:6] == ["wallets"] else [None]
     ledger.snapshot_records = 1 + seed % 7  # compact often: many kills fall around a snapshot
     out = open(journal, "a", buffering=1)
     out_lock = threading.Lock()
@@ -36,7 +39,7 @@ def main() -> None:
         committer = k < 2
         while True:
             amount = Decimal(rng.randint(1, 50)) / Decimal(1000)
-            op = ledger.reserve_op(amount, {"model": "gpt-4o"})
+            op = ledger.reserve_op(amount, {"model": "gpt-4o"}, wallet=rng.choice(wallets))
             res = ledger.submit(op).result() if committer else ledger._run(op)
             if isinstance(res, Refusal):
                 continue

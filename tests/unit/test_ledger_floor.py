@@ -62,8 +62,9 @@ def test_a_log_record_formats_its_tables_without_building_them(tmp_path, monkeyp
     raw = ledger._wal.read()[0][-1]
     record = json.loads(raw)
     assert canonical_json(record) == raw
-    st = ledger.snapshot()
-    assert record["top"] == json.loads(canonical_json(real(st)))
+    tables = json.loads(canonical_json(real(ledger.snapshot())))
+    # the ledger table, and no wallet: none changed (a record names only the wallets that did)
+    assert (record["ledger"], record["wallets"], record["gone"]) == (tables["ledger"], {}, [])
 
 
 def test_top_json_is_the_canonical_tables():
@@ -175,6 +176,47 @@ def test_a_reservation_is_formatted_around_its_owners_cached_json(monkeypatch):
     assert LedgerState().reserved == D("0")
     st = LedgerState(open={r.id: r for r in cases})
     assert st.reserved == D("3.0100")
+
+
+def test_a_wallets_reserved_is_kept_as_reservations_come_and_go_not_scanned():
+    """A wallet's admission asks for its reserved sum (the gate twice): kept per wallet name as
+    reservations open, settle, are replaced or removed, equal to a scan of every open one after
+    each change, rebuilt by copies and loads, and checked by ``problems``."""
+    from pouch_addon.budget import Owner, Wallet
+
+    owner = Owner(4242, "123456", "host")
+    rng = random.Random(8)
+    st = LedgerState(budget=D("1000"))
+    for name in ("a", "b"):
+        st.wallets[name] = Wallet(name, D("500"), "daily")
+    st.reserve(D("0.25"), res_id="first", owner=owner, now=1.7e9, wallet="label")
+    assert st.open.by_wallet is None  # kept only once asked: a ledger without wallets never asks
+    names = ["a", "b", "label", None]
+    for i in range(400):
+        op = rng.random()
+        if op < 0.5 or not st.open:
+            st.reserve(D(rng.randint(1, 999)) / 1000, res_id=f"r{i}", owner=owner, now=1.7e9 + i,
+                       wallet=rng.choice(names), meta=rng.choice([None, {"wallet": 7}, {"wallet": "b"}]))
+        elif op < 0.8:
+            st.apply(st.settle_entry(rng.choice(list(st.open)), D("0.0001"), now=1.7e9 + i))
+        elif op < 0.9:
+            st.open.pop(rng.choice(list(st.open)))
+        else:
+            rid = rng.choice(list(st.open))
+            st.open[rid] = ledger_rules.Reservation(rid, D("0.5"), 1.0, owner, {"wallet": rng.choice(["a", "c"])})
+        for name in ("a", "b", "c", "label", "none"):
+            assert st.wallet_reserved(name) == st.scan_wallet_reserved(name), (i, name)
+    assert st.problems() == [] and st.open.by_wallet  # (some are open)
+    import copy
+    import pickle
+    for other in (copy.deepcopy(st), pickle.loads(pickle.dumps(st)), LedgerState.from_tables(st.to_tables())):
+        assert other.wallet_reserved("a") == st.wallet_reserved("a") and other.open.by_wallet == st.open.by_wallet
+    drifted = copy.deepcopy(st)
+    drifted.wallet_reserved("a")
+    drifted.open.by_wallet["a"] = (D("7"), 1)  # a sum that drifted
+    assert "a wallet's reserved is not the sum of its open reservations" in drifted.problems()
+    st.open.clear()
+    assert st.open.by_wallet == {} and st.wallet_reserved("a") == (D(0), 0)
 
 
 def test_reserved_is_a_running_total_that_stays_the_sum_of_the_open_reservations():
@@ -412,3 +454,54 @@ def test_a_wallet_copied_or_loaded_writes_its_own_json():
     w = copy.copy(st.wallets["a"])
     w.budget = D("6")
     assert w.canonical_json() == canonical_json(w.to_dict()) != st.wallets["a"].canonical_json()
+
+
+def test_a_settled_wallet_is_formatted_around_its_new_spend(monkeypatch):
+    """A settle changes only the spend of its wallet: the wallet's JSON is its kept text around
+    the spend's new digits (no name, period or budget formatted again), and any other change
+    formats it whole."""
+    w = Wallet("app", D("5"), "daily", rpm=10, expires=1.5e9, created=1.7e9, window="2026-12-07")
+    w.table_member()
+    real_json_str = ledger_rules.json_str
+
+    def no_json_str(text):
+        raise AssertionError(f"formatted {text!r} again")
+
+    monkeypatch.setattr(ledger_rules, "json_str", no_json_str)
+    for spent in (D("0.001"), D("1.5"), D("0E-6"), D("12345.000001")):
+        w.spent = spent
+        assert w.canonical_json() == canonical_json(w.to_dict())
+    monkeypatch.setattr(ledger_rules, "json_str", real_json_str)
+    w.window = "2026-12-08"
+    assert w.canonical_json() == canonical_json(w.to_dict())
+    w.spent += D("0.25")
+    assert w.table_member() == b'"app":' + canonical_json(w.to_dict())
+
+
+def test_a_settle_line_writes_its_reservations_amount_text_and_duration_as_before(monkeypatch):
+    """The settle line reuses the amount text its reservation's JSON wrote (one ``usd_str`` per
+    settle: the cost's), a reservation whose amount was replaced since is written anew, and the
+    duration is ``round(now - created, 3)`` exactly, halfway cases included."""
+    from pouch_addon.budget import Owner
+
+    owner = Owner(4242, "123456", "host")
+    st = LedgerState(budget=D("1000"))
+    res = st.reserve(D("0.0100"), res_id="r1", owner=owner, now=1.7e9)
+    res.canonical_json()
+    calls = []
+    real_usd_str = ledger_rules.usd_str
+    monkeypatch.setattr(ledger_rules, "usd_str", lambda v: calls.append(v) or real_usd_str(v))
+    entry = st.settle_entry("r1", D("0.005"), now=1.7e9 + 2.5)
+    assert (entry["reserved"], calls) == ("0.01", [D("0.005")])
+    res.amount = D("0.5")  # replaced after its JSON was written: written anew
+    assert st.settle_entry("r1", D("0.005"), now=1.7e9 + 2.5)["reserved"] == "0.5"
+    rng = random.Random(12)
+    created = 1.7e9 + 0.123
+    durations = ([rng.uniform(0, 5) for _ in range(3000)] + [rng.uniform(0, 1e7) for _ in range(1000)]
+                 + [k / 16 for k in range(200)] + [k * 0.0005 for k in range(2000)]
+                 + [k / 1000 + d for k in range(500) for d in (-1e-12, 0.0, 1e-12, 0.0005)] + [-1.0, 2e10])
+    for d in durations:
+        res.created = created
+        got = st.settle_entry("r1", D("0.005"), now=created + d)["duration_s"]
+        want = round(max(0.0, (created + d) - created), 3)
+        assert repr(got) == repr(want), d

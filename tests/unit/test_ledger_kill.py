@@ -22,17 +22,21 @@ def _settle_ids(ledger: Ledger) -> Counter:
     return Counter(e["id"] for e in ledger.history(kinds=("settle",)))
 
 
-@pytest.mark.parametrize("durability", ["overlap", "strict"])
-def test_random_sigkills_keep_acknowledged_work_and_settle_exactly_once(tmp_path, durability):
+@pytest.mark.parametrize("durability,wallets", [("overlap", False), ("strict", False), ("overlap", True)])
+def test_random_sigkills_keep_acknowledged_work_and_settle_exactly_once(tmp_path, durability, wallets):
     """In both durability modes: "overlap" answers once the record is written (the page cache
-    outlives a killed process) and flushes meanwhile; "strict" answers once it is flushed."""
+    outlives a killed process) and flushes meanwhile; "strict" answers once it is flushed. With
+    wallets, the log records name the wallets each commit changed (``verify`` checks each
+    wallet's spend against history)."""
     home, journal = tmp_path / "home", tmp_path / "journal"
     ledger = Ledger(home)
     ledger.set_budget(D("100000"))
+    for name in ("a", "b", "c") if wallets else ():
+        ledger.add_wallet(name, D("100000"), period="daily")
     rng = random.Random(16)
     for i in range(30):
-        p = subprocess.Popen([sys.executable, str(WORKER), str(home), str(i), str(journal), durability],
-                             stdout=subprocess.PIPE, text=True)
+        p = subprocess.Popen([sys.executable, str(WORKER), str(home), str(i), str(journal), durability]
+                             + (["wallets"] if wallets else []), stdout=subprocess.PIPE, text=True)
         assert p.stdout.readline().strip() == "ready"
         time.sleep(rng.uniform(0.0, 0.08))  # a random point of its commits
         os.kill(p.pid, signal.SIGKILL)

@@ -98,3 +98,98 @@ def test_history_lines_a_power_loss_dropped_are_appended_again_from_the_log(tmp_
         pass  # the next writer re-appends the lines its log records hold
     assert part.read_bytes() == line
     assert other.status().spent == D("0.2") and other.verify() == []
+
+
+# -- wallets in log records: only those that changed ----------------------------------------------
+
+def _wallet_op(change):
+    """A wallet change committed by the committer (the CLI's wallet commands write a snapshot)."""
+    def op(txn):
+        change(txn.state)
+        txn.changed()
+    return op
+
+
+def _tables(st) -> tuple:
+    """The state's tables, the open reservations by id (a snapshot does not keep their order)."""
+    from pouch_addon.ledger_store import canonical_json
+    return canonical_json(st.to_tables_without_open()), sorted(r.canonical_json() for r in st.open.values())
+
+
+def _committed_tables(ledger: Ledger) -> tuple:
+    return _tables(ledger._committed[2])
+
+
+def test_a_log_record_names_only_the_wallets_that_changed(tmp_path):
+    import json
+    ledger = _quiet(Ledger(tmp_path))
+    ledger.set_budget(D("10"))
+    for name in ("a", "b", "c+d"):
+        ledger.add_wallet(name, D("5"), period="daily")
+    r = ledger.submit(ledger.reserve_op(D("0.1"), wallet="b")).result(timeout=10)  # the first: every wallet
+    r2 = ledger.submit(ledger.reserve_op(D("0.1"), wallet="b")).result(timeout=10)
+    ledger.submit(ledger.settle_op(r.id, D("0.05"))).result(timeout=10)
+    ledger.submit(_wallet_op(lambda st: st.wallets.pop("a"))).result(timeout=10)
+    records = [json.loads(raw) for raw in ledger._wal.read()[0]]
+    assert sorted(records[0]["top"]["wallets"]) == ["a", "b", "c+d"]
+    assert (records[1]["wallets"], records[1]["gone"]) == ({}, [])  # a reservation changes no wallet
+    assert list(records[2]["wallets"]) == ["b"] and records[2]["wallets"]["b"]["spent"] == "0.05"
+    assert (records[3]["wallets"], records[3]["gone"]) == ({}, ["a"])
+    reader = Ledger(tmp_path)
+    assert _tables(reader.snapshot()) == _committed_tables(ledger)
+    assert sorted(w.name for w in reader.wallets()) == ["b", "c+d"] and reader.verify() == []
+    ledger.submit(ledger.settle_op(r2.id, D("0.1"))).result(timeout=10)
+    assert _tables(Ledger(tmp_path).snapshot()) == _committed_tables(ledger)
+
+
+def test_records_naming_changed_wallets_replay_to_the_state_whole_tables_give(tmp_path, monkeypatch):
+    """Random commits (admissions and settles charged to wallets, wallets added, changed, removed,
+    a day passing, a snapshot now and then): after each, a reader replaying snapshot + log has the
+    committer's state; and a log written with whole wallet tables (as an older pouch writes it)
+    replays to the same state as one naming only the changed wallets."""
+    import random
+    from pouch_addon import ledger_rules
+    from pouch_addon.budget import LedgerState, Wallet
+    results = {}
+    for whole in (False, True):
+        rng = random.Random(5)
+        ledger_rules._ids.seed(5)  # the same reservation ids in both runs
+        clock = [1.78e9]
+        home = tmp_path / str(whole)
+        ledger = _quiet(Ledger(home, clock=lambda: clock[0]))
+        with monkeypatch.context() as m:
+            if whole:
+                m.setattr(LedgerState, "wallet_delta", lambda self: None)
+            ledger.set_budget(D("100"))
+            ledger.add_wallet("w1", D("50"), period="daily")
+            opened = []
+            for step in range(120):
+                roll = rng.random()
+                wallet = rng.choice(["w1", "w2", "w3", "label", None])
+                if roll < 0.35 or not opened:
+                    r = ledger.submit(ledger.reserve_op(D("0.01") * rng.randint(1, 20), wallet=wallet)).result(10)
+                    if isinstance(r, Reservation):
+                        opened.append(r.id)
+                elif roll < 0.7:
+                    ledger.submit(ledger.settle_op(opened.pop(rng.randrange(len(opened))),
+                                                   D("0.001") * rng.randint(0, 30))).result(10)
+                elif roll < 0.78:
+                    name = rng.choice(["w2", "w3"])
+                    ledger.submit(_wallet_op(lambda st, name=name: st.wallets.setdefault(
+                        name, Wallet(name, D("7"), "daily", created=clock[0], window="2026-05-28")))).result(10)
+                elif roll < 0.84:
+                    ledger.submit(_wallet_op(lambda st: st.wallets.pop(rng.choice(["w2", "w3"]), None))).result(10)
+                elif roll < 0.9:
+                    def top_up(st):
+                        for w in st.wallets.values():
+                            w.budget += D("1")
+                    ledger.submit(_wallet_op(top_up)).result(10)
+                elif roll < 0.95:
+                    clock[0] += 86400 * rng.random()
+                else:
+                    ledger.compact()
+                assert _tables(Ledger(home).snapshot()) == _committed_tables(ledger), step
+            ledger._await_flush(0)
+        assert Ledger(home).verify() == []
+        results[whole] = _committed_tables(ledger)
+    assert results[False] == results[True]
