@@ -115,36 +115,9 @@ def measure(cfg: PB.Config, raw: bytes, stream: bool, a: argparse.Namespace) -> 
         return
     if a.no_strace or not shutil.which("strace"):
         return
-    # strace attaches to the running load (connections open and warm), for a window in its middle;
-    # the requests that complete in the window are counted by wrapping proxy_bench's check()
-    done: list[float] = []
-    check = PB.check
-
-    def counting(status: int, body: bytes, stream: bool) -> bool:
-        done.append(time.perf_counter())
-        return check(status, body, stream)
-
     out = Path(tempfile.mkstemp(prefix=f"strace-{cfg.name}-")[1])
-    PB.check = counting
-    box: dict[str, PB.LoadResult] = {}
-    th = threading.Thread(target=lambda: box.setdefault("r", run_load(cfg.proxy, raw, stream, a.conns,
-                                                                          a.strace_duration + 3.0)))
-    try:
-        th.start()
-        time.sleep(1.0)
-        sp = subprocess.Popen(["strace", "-f", "-qq", "-o", str(out), "-p", str(pid)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(0.3)  # attached to every thread
-        t_a = time.perf_counter()
-        time.sleep(a.strace_duration)
-        t_b = time.perf_counter()
-        sp.send_signal(signal.SIGINT)
-        sp.wait(30)
-        nm = {**names(pid), **nm}
-        th.join()
-    finally:
-        PB.check = check
-    n = sum(1 for t in done if t_a <= t < t_b) or 1
+    n = tool_window(cfg, raw, stream, a, ["strace", "-f", "-qq", "-o", str(out), "-p", str(pid)])
+    nm = {**names(pid), **nm}
     per: dict[tuple[str, str], int] = {}
     for line in out.read_text(errors="replace").splitlines():
         m = re.match(r"(\d+)\s+(?:<\.\.\. )?(\w+)", line)
@@ -162,11 +135,12 @@ def measure(cfg: PB.Config, raw: bytes, stream: bool, a: argparse.Namespace) -> 
             print(f"      {who[:24]:<24} {call:<18} {c / n:8.2f}")
 
 
-def perf_window(cfg: PB.Config, raw: bytes, stream: bool, a: argparse.Namespace) -> None:
-    """Where the event loop's CPU goes, kernel included: ``perf record -e cpu-clock`` on the loop's
-    thread for a window in the middle of a second load (a software clock: it works in a VM
-    without hardware counters), its symbols ranked in microseconds per request."""
-    pid = cfg.proxy.proc.pid
+def tool_window(cfg: PB.Config, raw: bytes, stream: bool, a: argparse.Namespace, tool: list[str],
+                attach: float = 0.3) -> int:
+    """Run ``tool`` (strace, perf: attached to the proxy) for ``a.strace_duration`` seconds in the
+    middle of a second load (connections open and warm); the requests completed in that window,
+    counted by wrapping proxy_bench's check(). ``attach``: seconds the tool needs before it sees
+    every thread (strace), not counted."""
     done: list[float] = []
     check = PB.check
 
@@ -174,18 +148,13 @@ def perf_window(cfg: PB.Config, raw: bytes, stream: bool, a: argparse.Namespace)
         done.append(time.perf_counter())
         return check(status, body, stream)
 
-    data = Path(tempfile.mkstemp(prefix=f"perf-{cfg.name}-")[1])
     PB.check = counting
-    box: dict[str, PB.LoadResult] = {}
-    th = threading.Thread(target=lambda: box.setdefault("r", run_load(cfg.proxy, raw, stream, a.conns,
-                                                                          a.strace_duration + 3.0)))
-    freq = 4000
+    th = threading.Thread(target=run_load, args=(cfg.proxy, raw, stream, a.conns, a.strace_duration + 3.0))
     try:
         th.start()
         time.sleep(1.0)
-        sp = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-F", str(freq), "-t", str(pid),
-                               *(["-g"] if a.perf_callers else []), "-o", str(data)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(0.3)
+        sp = subprocess.Popen(tool, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(attach)
         t_a = time.perf_counter()
         time.sleep(a.strace_duration)
         t_b = time.perf_counter()
@@ -194,7 +163,18 @@ def perf_window(cfg: PB.Config, raw: bytes, stream: bool, a: argparse.Namespace)
         th.join()
     finally:
         PB.check = check
-    n = sum(1 for t in done if t_a - 0.3 <= t < t_b) or 1
+    return sum(1 for t in done if t_a <= t < t_b) or 1
+
+
+def perf_window(cfg: PB.Config, raw: bytes, stream: bool, a: argparse.Namespace) -> None:
+    """Where the event loop's CPU goes, kernel included: ``perf record -e cpu-clock`` on the loop's
+    thread for a window in the middle of a second load (a software clock: it works in a VM
+    without hardware counters), its symbols ranked in microseconds per request."""
+    data = Path(tempfile.mkstemp(prefix=f"perf-{cfg.name}-")[1])
+    freq = 4000
+    n = tool_window(cfg, raw, stream, a, ["perf", "record", "-q", "-e", "cpu-clock", "-F", str(freq),
+                                          "-t", str(cfg.proxy.proc.pid), *(["-g"] if a.perf_callers else []),
+                                          "-o", str(data)], attach=0.0)
     rep = subprocess.run(["perf", "report", "-i", str(data), "--no-children", "--sort", "dso,sym",
                           "--stdio", "-F", "sample,dso,sym"], capture_output=True, text=True).stdout
     callers = ""
@@ -210,7 +190,7 @@ def perf_window(cfg: PB.Config, raw: bytes, stream: bool, a: argparse.Namespace)
     us = 1e6 / freq / n
     kern = sum(c for c, _, k, _ in rows if k == "k")
     total = sum(c for c, *_ in rows)
-    print(f"   perf cpu-clock on the event loop, {a.strace_duration + 0.3:g} s window: {n} requests; "
+    print(f"   perf cpu-clock on the event loop, {a.strace_duration:g} s window: {n} requests; "
           f"{total * us:.1f} us/req, kernel {kern * us:.1f}; top symbols (us/req):")
     for c, dso, k, sym in sorted(rows, reverse=True)[:a.perf_top]:
         print(f"      {c * us:8.1f}  [{k}] {dso[:22]:<22} {sym[:70]}")
