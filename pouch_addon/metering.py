@@ -578,6 +578,12 @@ class StreamMeter(DecodingMeter):
                 fwd = _cut_null_usage(raw)
                 if fwd is None:
                     return None
+        self._take(tpl, text, len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass")))
+        return fwd
+
+    def _take(self, tpl: _ContentTemplate, text: str, nbytes: int) -> None:
+        """What a templated content chunk says (:meth:`_templated`, :meth:`_whole`): the template's
+        model and tier, and its text (``nbytes`` long in UTF-8) pending for the count."""
         if tpl.model is not None:
             self.model_reported = tpl.model
         if tpl.tier is not None and tpl.tier != self.service_tier:
@@ -588,8 +594,7 @@ class StreamMeter(DecodingMeter):
                 self._pending[tpl.key] = [text]
             else:
                 texts.append(text)
-            self._pending_bytes += len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
-        return fwd
+            self._pending_bytes += nbytes
 
     def _whole(self, tpl: _ContentTemplate, chunk: bytes) -> bytes | None:
         """:meth:`_templated` for a chunk that is exactly one event (``feed``'s usual chunk), on its
@@ -636,17 +641,7 @@ class StreamMeter(DecodingMeter):
             return None
         if not text.isprintable():
             return None
-        if tpl.model is not None:
-            self.model_reported = tpl.model
-        if tpl.tier is not None and tpl.tier != self.service_tier:
-            self._set_tier(tpl.tier)
-        if raw:
-            texts = self._pending.get(tpl.key)
-            if texts is None:
-                self._pending[tpl.key] = [text]
-            else:
-                texts.append(text)
-            self._pending_bytes += len(raw)
+        self._take(tpl, text, len(raw))
         return fwd
 
     def _learn_template(self, ev: SSEEvent, obj: dict[str, Any]) -> None:
