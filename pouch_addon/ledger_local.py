@@ -485,18 +485,18 @@ class LocalStore(GroupCommitQueue):
             added = [r.canonical_json() for i, r in now_open.items() if i not in before]
             dropped = [i for i in before if i not in now_open]
         ckpt = {i: now_open[i].checkpoint for i in txn.checkpointed if i in now_open and txn.was_open(i)}
+        # the members every record has, in canonical (sorted) key order around the wallets' ones
+        add, ckpt_json = b",".join(added), canonical_json(ckpt) if ckpt else b"{}"
+        drop, hist_json = b",".join(map(json_str, dropped)), b",".join(hist)
         delta = st.wallet_delta() if st.wallets or st.logged_wallets else None
         if delta is None:  # the whole wallets table
-            record = b'{"add":[%s],"ckpt":%s,"drop":%s,"hist":[%s],"lsn":%d,"top":%s}' % (
-                b",".join(added), canonical_json(ckpt) if ckpt else b"{}",
-                b"[%s]" % b",".join(map(json_str, dropped)),
-                b",".join(hist), st.lsn, st.top_json())
+            record = b'{"add":[%s],"ckpt":%s,"drop":[%s],"hist":[%s],"lsn":%d,"top":%s}' % (
+                add, ckpt_json, drop, hist_json, st.lsn, st.top_json())
         else:  # only the wallets added, changed or gone since the last record
             gone, changed = delta
-            record = b'{"add":[%s],"ckpt":%s,"drop":%s,"gone":[%s],"hist":[%s],"ledger":%s,"lsn":%d,"wallets":{%s}}' % (
-                b",".join(added), canonical_json(ckpt) if ckpt else b"{}",
-                b"[%s]" % b",".join(map(json_str, dropped)), b",".join(map(json_str, gone)),
-                b",".join(hist), st.ledger_json(), st.lsn, b",".join([m for _name, m in changed]))
+            record = (b'{"add":[%s],"ckpt":%s,"drop":[%s],"gone":[%s],"hist":[%s],"ledger":%s,"lsn":%d,'
+                      b'"wallets":{%s}}' % (add, ckpt_json, drop, b",".join(map(json_str, gone)), hist_json,
+                                            st.ledger_json(), st.lsn, b",".join([m for _name, m in changed])))
         # written here; flushed by ``_drain`` (before or after answering, see DURABILITY)
         end = self._wal.append([record], durable=False, ino=self._wal_ino, end=txn.key[1])
         if delta is not None or st.wallets:
