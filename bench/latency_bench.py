@@ -281,6 +281,14 @@ class Run:
                     line = f"RATIO latency {label} {name} - bare = {gap:+.2f} ms{target}"
                     print(line)
                     ratios.append(line)
+                by_name = {c.name: c for c in self.cfgs}
+                for key, label in (("ns", "non-stream"), ("ttfb", "stream TTFB")):
+                    # each round's pair was measured back to back: the machine's drift between rounds
+                    # cancels within a pair; the spread shows what one run's pooled figure hides
+                    gaps = sorted((x - y) * 1e3 for x, y in zip(by_name[name].rounds[key], by_name["bare"].rounds[key]))
+                    met = sum(1 for g in gaps if g <= 1.0)
+                    print(f"   {label} added p50 {name} - bare per round: {' '.join(f'{g:+.2f}' for g in gaps)} ms "
+                          f"(median {statistics.median(gaps):+.2f}; {met} of {len(gaps)} rounds <= +1.00)")
 
     async def load(self, cfg: Cfg) -> None:
         a = self.args

@@ -745,6 +745,18 @@ def noisy(other_pcts: list[float]) -> str:
     return ""
 
 
+def per_round(pairs: list[tuple[float, float]], target: float, at_least: bool) -> str:
+    """The ratio of each round's pair (the two configurations measured back to back, so the
+    machine's drift between rounds cancels within a pair), sorted, and how many rounds meet the
+    target: the spread a single run's ratio of medians hides."""
+    rs = sorted(a / b for a, b in pairs if b)
+    if not rs:
+        return "no rounds"
+    met = sum(1 for r in rs if (r >= target if at_least else r <= target))
+    return (f"per round {' '.join(f'{r:.3f}' for r in rs)} (median {statistics.median(rs):.3f}; "
+            f"{met} of {len(rs)} rounds meet the target)")
+
+
 def fmt_ms(x: float) -> str:
     return f"{x * 1e3:8.2f}"
 
@@ -818,6 +830,9 @@ def run_throughput(b: Bench, ratios: list[str]) -> None:
                   f"other threads +{med[test]['threads'] - med[base]['threads']:.3f})")
             print(f"   capacity from CPU per request (robust to other load on the machine): {base}/{test} CPU = "
                   f"{med[base]['cpu'] / med[test]['cpu']:.3f} (what the req/s ratio is when mitmdump's CPU is the limit)")
+            cap_pairs = [(x.cpu_ms_per_req(), y.cpu_ms_per_req()) for x, y in zip(results[base], results[test])]
+            print(f"   capacity {base}/{test}, "
+                  f"{per_round(cap_pairs, CAPACITY_TARGETS.get(key, 0.9), at_least=True)}")
             for cfg in b.configs:
                 s = b.ledger_status(cfg)
                 if s:
@@ -898,6 +913,9 @@ def run_probe(b: Bench, ratios: list[str]) -> None:
         base, test = b.configs[0].name, b.configs[1].name
         p50 = med[test]["p50"] / med[base]["p50"]
         print(f"   p50 {test}/{base} = x{p50:.2f}")
+        for q, goal in ((50, 1.1), (95, 1.2)):
+            pairs = [(pct(y["lat"], q), pct(x["lat"], q)) for x, y in zip(res[base], res[test])]
+            print(f"   p{q} {test}/{base}, {per_round(pairs, goal, at_least=False)}")
         line = (f"RATIO proxy probe p50 under {a.probe_streams} streams {test}/{base} = {p50:.3f} (target <= 1.1)"
                 f"{'' if p50 <= 1.1 else '  OVER TARGET'}{noisy(busy_other)}")
         print(line)
