@@ -111,6 +111,8 @@ class Last:
         d = flow.metadata.get(KEY)
         if d is not None:
             d["rs1"] = now()
+            if CENSUS is not None:
+                CENSUS[0] = None
             st = STATE.get(flow.client_conn.id)
             if st is not None:
                 _finish(st)  # (a record not completed by a next request: keep the newest only)
@@ -145,6 +147,7 @@ def _trace() -> None:
             for conn, tio in self.transports.items():
                 if tio.writer is not None and tio.writer not in WRITERS:
                     WRITERS[tio.writer] = (st, conn is self.client)
+                    st["io"]["new_conn"] = st["io"].get("new_conn", 0) + 1  # a connection first seen in this call
             if isinstance(event, E.DataReceived):
                 t = now()
                 if event.connection is self.client:
@@ -152,6 +155,8 @@ def _trace() -> None:
                         _finish(st)
                         st["io"] = {}
                     st["io"].setdefault("io_cl_r0", t)
+                    if CENSUS is not None and "cbs" not in st["io"]:
+                        CENSUS[0] = st["io"]["cbs"] = {}
                 else:
                     io = st["io"]
                     io.setdefault("io_up_r0", t)
@@ -184,6 +189,39 @@ def _trace() -> None:
 
 
 _trace()
+#: PROBE_CENSUS=1: the loop callbacks run while a probe is in the proxy (from the client's data read
+#: to the response hooks' end), by name: count and µs, in the probe's record (``cbs``)
+CENSUS: list | None = [None] if os.environ.get("PROBE_CENSUS") else None
+
+
+def _census() -> None:
+    import asyncio.events
+    run = asyncio.events.Handle._run
+
+    def traced(self):
+        cbs = CENSUS[0]
+        if cbs is None:
+            return run(self)
+        t = now()
+        run(self)
+        dt = now() - t
+        cb = self._callback
+        task = getattr(cb, "__self__", None)
+        if hasattr(task, "get_coro"):
+            name = task.get_coro().__qualname__
+        else:
+            name = getattr(cb, "__qualname__", None) or repr(cb)[:60]
+        c = cbs.get(name)
+        if c is None:
+            cbs[name] = [1, dt]
+        else:
+            c[0] += 1
+            c[1] += dt
+    asyncio.events.Handle._run = traced
+
+
+if CENSUS is not None:
+    _census()
 #: PROBE_HOOKPROF=FILE: cProfile of the probes' request hooks (experiment), written at a dump
 HOOKPROF = None
 if os.environ.get("PROBE_HOOKPROF"):

@@ -67,28 +67,30 @@ INTERVALS = [
 ]
 
 
-def task_stats(pid: int) -> dict[int, tuple[str, int, int]]:
-    """Each thread of ``pid``: (name, ns on CPU, time slices run), from schedstat."""
+def task_stats(pid: int) -> dict[int, tuple[str, int, int, int]]:
+    """Each thread of ``pid``: (name, ns on CPU, time slices run, ns runnable but waiting for the
+    CPU), from schedstat."""
     out = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
-            run, _wait, slices = (int(x) for x in (task / "schedstat").read_text().split())
+            run, wait, slices = (int(x) for x in (task / "schedstat").read_text().split())
             name = (task / "comm").read_text().strip()
         except (OSError, ValueError):
             continue
-        out[int(task.name)] = (name, run, slices)
+        out[int(task.name)] = (name, run, slices, wait)
     return out
 
 
-def task_delta(a: dict, b: dict, loop_tid: int) -> dict[str, tuple[int, int]]:
-    """(ns, slices) per thread name between two ``task_stats`` ("loop" for the event loop)."""
-    out: dict[str, tuple[int, int]] = {}
-    for tid, (name, run, sl) in b.items():
-        r0, s0 = a.get(tid, (name, 0, 0))[1:]
+def task_delta(a: dict, b: dict, loop_tid: int) -> dict[str, tuple[int, int, int]]:
+    """(ns, slices, ns waiting for the CPU) per thread name between two ``task_stats`` ("loop" for
+    the event loop)."""
+    out: dict[str, tuple[int, int, int]] = {}
+    for tid, (name, run, sl, wait) in b.items():
+        r0, s0, w0 = a.get(tid, (name, 0, 0, 0))[1:]
         if run - r0 or sl - s0:
             key = "loop" if tid == loop_tid else name
-            ns, n = out.get(key, (0, 0))
-            out[key] = (ns + run - r0, n + sl - s0)
+            ns, n, w = out.get(key, (0, 0, 0))
+            out[key] = (ns + run - r0, n + sl - s0, w + wait - w0)
     return out
 
 
@@ -199,6 +201,9 @@ def report(results: list[dict], loops: dict[str, list[dict]], seconds: dict[str,
     names = [r["name"] for r in results]
     rows = {r["name"]: [p for p in r["probes"] if "io_cl_r0" in p and "rs1" in p] for r in results}
     print(f"\n== probes with a complete record: " + ", ".join(f"{n} {len(rows[n])}" for n in names))
+    for n in names:
+        fresh = sum(1 for p in rows[n] if p.get("new_conn"))
+        print(f"   {n}: probes that opened a connection {fresh}")
     print(f"\n== median offset of each event from the client's send (µs)")
     print(f"   {'event':<44}" + "".join(f"{n:>12}" for n in names))
     for ev in EVENTS:
@@ -233,6 +238,34 @@ def report(results: list[dict], loops: dict[str, list[dict]], seconds: dict[str,
         ex = Counter(name for d in loops[n] for _, name in d["exec"])
         if ex:
             print(f"            executor jobs: " + ", ".join(f"{k} {v / seconds[n]:.2f}/s" for k, v in ex.most_common()))
+    if any("cbs" in p for n in names for p in rows[n]):
+        print(f"\n== loop callbacks run while a probe is in the proxy (its client data read -> its response hooks' end):"
+              f" mean count / µs per probe, by callback")
+        tot: dict[str, Counter] = {}
+        cnt: dict[str, Counter] = {}
+        for n in names:
+            tot[n], cnt[n] = Counter(), Counter()
+            for p in rows[n]:
+                for k, (c, dt) in p.get("cbs", {}).items():
+                    tot[n][k] += dt * 1e6
+                    cnt[n][k] += c
+        keys = sorted({k for n in names for k in tot[n]}, key=lambda k: -max(tot[n][k] for n in names))
+        print(f"   {'callback':<52}" + "".join(f"{n:>16}" for n in names))
+        print(f"   {'(all)':<52}" + "".join(
+            f"{sum(cnt[n].values()) / len(rows[n]):6.1f} {sum(tot[n].values()) / len(rows[n]):8.0f} " for n in names))
+        for k in keys[:16]:
+            print(f"   {k[:52]:<52}" + "".join(
+                f"{cnt[n][k] / len(rows[n]):6.1f} {tot[n][k] / len(rows[n]):8.0f} " for n in names))
+    print(f"\n== the event loop thread during a probe (schedstat, median µs per probe): on the CPU / runnable but"
+          f" waiting for it (pouch's threads, other processes) / neither (select, the GIL, the fake)")
+    for n in names:
+        ps = rows[n]
+        run = [p["threads"].get("loop", (0, 0, 0))[0] / 1e3 for p in ps]
+        wait = [p["threads"].get("loop", (0, 0, 0))[2] / 1e3 for p in ps]
+        wall = [(p["c_done"] - p["c_send"]) * 1e6 for p in ps]
+        rest = [w - r - q for w, r, q in zip(wall, run, wait)]
+        print(f"   {n:<8} wall {med(wall):6.0f}: on CPU {med(run):6.0f} (p90 {PB.pct(run, 90):6.0f}), waiting for the CPU "
+              f"{med(wait):5.0f} (p90 {PB.pct(wait, 90):6.0f}, mean {statistics.mean(wait):6.0f}), neither {med(rest):6.0f}")
     print(f"\n== other threads on the CPU during probes: share of probes in which each ran, its CPU µs per probe"
           f" (all / slowest tenth)")
     for n in names:
@@ -267,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-bare", action="store_true", help="only the pouch configurations")
     ap.add_argument("--no-pin", action="store_true")
     ap.add_argument("--keep", metavar="DIR", help="keep the raw records there")
+    ap.add_argument("--census", action="store_true",
+                    help="also time every loop callback run while a probe is in the proxy, by name")
     args = ap.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="pouch-probe-trace-"))
     h = H.Harness(workdir)
@@ -286,7 +321,8 @@ def main(argv: list[str] | None = None) -> int:
             out = workdir / f"probes-{name}.jsonl"
             mode = "bare" if tree is None else "pouch"
             H._proxy_env = lambda tree=tree, out=out, mode=mode: {
-                **env0(), "PYTHONPATH": f"{tree or H.REPO}", "PROBE_OUT": str(out), "PHASE_MODE": mode}
+                **env0(), "PYTHONPATH": f"{tree or H.REPO}", "PROBE_OUT": str(out), "PHASE_MODE": mode,
+                **({"PROBE_CENSUS": "1"} if args.census else {})}
             try:
                 if tree is None:
                     proxy = pin.start_proxy(h, pouch=False, fake=fake, extra_args=["-s", str(ENTRY)])
