@@ -37,6 +37,10 @@ STATE: dict[str, dict] = {}  # client id -> {"io": socket events of the call in 
 WRITERS: dict = {}  # StreamWriter -> (state, is the client side)
 #: every select(): when called, when returned, how many events
 SEL_CALL, SEL_RET, SEL_N = array("d"), array("d"), array("l")
+#: the loop thread's CPU time at each select() call / return (a turn's wall minus its CPU: the loop
+#: stalled mid-turn, on the GIL or preempted)
+CPU_CALL, CPU_RET = array("d"), array("d")
+tnow = time.thread_time
 EXEC: list = []  # (time, function name) of each run_in_executor
 
 
@@ -52,8 +56,9 @@ def _dump(path: str) -> None:
     if HOOKPROF is not None:
         HOOKPROF.dump_stats(os.environ["PROBE_HOOKPROF"] + "-" + MODE)
     with open(path, "w") as f:
-        json.dump({"call": list(SEL_CALL), "ret": list(SEL_RET), "n": list(SEL_N), "exec": EXEC}, f)
-    for a in (SEL_CALL, SEL_RET, SEL_N):
+        json.dump({"call": list(SEL_CALL), "ret": list(SEL_RET), "n": list(SEL_N), "exec": EXEC,
+                   "cpu_call": list(CPU_CALL), "cpu_ret": list(CPU_RET)}, f)
+    for a in (SEL_CALL, SEL_RET, SEL_N, CPU_CALL, CPU_RET):
         del a[:]
     EXEC.clear()
 
@@ -168,7 +173,9 @@ def _trace() -> None:
 
     def select(self, timeout=None):
         SEL_CALL.append(now())
+        CPU_CALL.append(tnow())
         r = sel(self, timeout)
+        CPU_RET.append(tnow())
         SEL_RET.append(now())
         SEL_N.append(len(r))
         return r

@@ -235,6 +235,16 @@ def report(results: list[dict], loops: dict[str, list[dict]], seconds: dict[str,
             print(f"            all turns in the window: {len(turns) / seconds[n]:.0f}/s, median "
                   f"{med(turns) * 1e6:.0f} µs, p90 {PB.pct(turns, 90) * 1e6:.0f}, p99 {PB.pct(turns, 99) * 1e6:.0f}; "
                   f"loop busy {sum(turns) / seconds[n] * 100:.1f}%")
+        stall = []
+        for d in loops[n]:
+            c, r, cc, cr = d["call"], d["ret"], d.get("cpu_call", []), d.get("cpu_ret", [])
+            if len(cc) == len(c) and len(cr) == len(r):
+                stall += [(c[i + 1] - r[i]) - (cc[i + 1] - cr[i]) for i in range(len(r) - 1)]
+        if stall:
+            tcpu = sum(t for t in turns) - sum(stall)
+            print(f"            turns' CPU {tcpu / seconds[n] * 100:.1f}% of the window; stalled mid-turn (the GIL, "
+                  f"preempted) {sum(stall) / seconds[n] * 1e3:.1f} ms/s, in {sum(1 for x in stall if x > 50e-6) / seconds[n]:.0f} "
+                  f"turns/s over 50 µs; CPU per turn median {med([t - x for t, x in zip(turns, stall)]) * 1e6:.0f} µs")
         ex = Counter(name for d in loops[n] for _, name in d["exec"])
         if ex:
             print(f"            executor jobs: " + ", ".join(f"{k} {v / seconds[n]:.2f}/s" for k, v in ex.most_common()))
