@@ -172,8 +172,17 @@ class Metering:
             call.next_meter = None
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
+        """A billed answer's body is metered (a stream) or kept for pricing; any other answer
+        (a free call such as ``GET /v1/models``, a passed unknown endpoint) is forwarded as it
+        arrives, as bare mitmdump's with ``stream_large_bodies``: buffered, it waited for
+        mitmproxy's ``response`` event walk and a loop turn behind every other ready callback
+        (issue 16 §3: ~0.2-0.35 ms of an unrelated request's wait under metered streams)."""
         call: FlowCall | None = flow.metadata.get(CALL)
-        if call is None or flow.response is None:
+        if flow.response is None:
+            return
+        if call is None:
+            if not flow.response.stream:
+                flow.response.stream = True
             return
         call.response_started = True
         ctype = flow.response.headers.get("content-type", "")

@@ -62,6 +62,8 @@ Deterministic usage (what tests can assert exact costs against)
 Other control headers
 ---------------------
 - ``x-fake-delay-ms``: sleep this long before each content chunk (streams only).
+- ``x-fake-hold-body: PATH`` (``GET /v1/models``): send the head and half the body, then the rest
+  only once the file PATH exists (a test's gate: what a proxy forwards before the body is whole).
 - ``x-fake-die-after: N``: abort the TCP connection (no TLS close_notify, no chunked
   terminator) right after the N-th content event has been written (N=0: right after the
   response headers and the role chunk / response.created).
@@ -797,8 +799,22 @@ async def dispatch(c: Conn, req: Request) -> None:
         return
     if req.method == "GET" and path == "/v1/models":
         LOG("response", conn=c.id, req=c.req_id, status=200, stream=False, usage=None, finish_reason=None)
-        await c.send_json(200, {"object": "list", "data": [
-            {"id": m, "object": "model", "created": CREATED, "owned_by": "system"} for m in MODELS]})
+        models = {"object": "list", "data": [
+            {"id": m, "object": "model", "created": CREATED, "owned_by": "system"} for m in MODELS]}
+        gate = req.h("x-fake-hold-body")
+        if gate:  # the head and half the body now, the rest once the file ``gate`` exists
+            data = json.dumps(models).encode()
+            c.writer.write(c._head(200, {"content-type": "application/json", "content-length": str(len(data))})
+                           + data[:len(data) // 2])
+            await c.writer.drain()
+            for _ in range(6000):
+                if os.path.exists(gate):
+                    break
+                await asyncio.sleep(0.01)
+            c.writer.write(data[len(data) // 2:])
+            await c.writer.drain()
+            return
+        await c.send_json(200, models)
         return
     if req.method == "GET" and path == "/v1/realtime" and "websocket" in req.h("upgrade", "").lower():
         await realtime_upgrade(c, req)
