@@ -74,11 +74,6 @@ SNAPSHOT_SECONDS = 1.0
 #: readers' replay stays bounded by ``SNAPSHOT_RECORDS`` records, these bytes and these seconds
 SNAPSHOT_SECONDS_BUSY = 10.0
 SNAPSHOT_BYTES = 1024 * 1024
-#: under load (``overlap``), the committer flushes the log at most once per this long (s): a
-#: record written sooner after the last flush started is flushed by the next flush, which starts
-#: once this long has passed since that one (at the next commit, or on a timer), so one
-#: ``fdatasync`` (about 4.5 wake-ups of the committer) covers several group commits
-FLUSH_INTERVAL = 0.01
 
 
 class _Txn:
@@ -315,9 +310,6 @@ class LocalStore(GroupCommitQueue):
         self._handed = 0
         self._flushed = 0
         self._flush_error: BaseException | None = None  # the last overlapped flush failed: flush inline
-        self.flush_interval = FLUSH_INTERVAL
-        self._flush_started = float("-inf")  # when the committer's last flush under load started
-        self._paced = False  # a record written under load waits for that flush (``FLUSH_INTERVAL``)
         self.lazy_delay = LAZY_DELAY
         self.idle_exit = IDLE_EXIT
         self.commits = 0  # group commits written by this object, and the operations they carried
@@ -679,12 +671,6 @@ class LocalStore(GroupCommitQueue):
                     if (recent > 0 and (timeout is None or recent < timeout)
                             and (not self._last_busy or self._handed < self._written)):
                         timeout = recent
-                    if self._paced:  # a record written under load waits for its paced flush
-                        due = self._flush_started + self.flush_interval - now
-                        if due <= 0:
-                            break
-                        if timeout is None or due < timeout:
-                            timeout = due
                     self._sleeping = timeout is None or timeout > self.lazy_delay
                     self._in_wait = True
                     woke = self._wake.wait(self.idle_exit if timeout is None else timeout)
@@ -697,15 +683,7 @@ class LocalStore(GroupCommitQueue):
                         # ledger dropped by its owner (pouch_home changed) leaves none behind
                         self._committer = None
                         return
-                # a paced flush that is due with no admission waiting (one waiting is committed
-                # first: its commit's flush covers both)
-                owed = (self._paced and not self._urgent
-                        and time.monotonic() >= self._flush_started + self.flush_interval)
-                if not owed:
-                    gathered, self._gathered = self._gathered, False
-            if owed:
-                self._flush_paced()  # then wait again (or commit what came meanwhile)
-                continue
+                gathered, self._gathered = self._gathered, False
             busy = self._busy()
             if busy:
                 # under load the committer flushes each record itself, after answering (so each
@@ -785,7 +763,6 @@ class LocalStore(GroupCommitQueue):
                 try:
                     self._wal.sync()
                     self._flush_error = None
-                    self._paced = False  # this flush covered it
                 except Exception as exc:  # not on disk: the admissions fail (closed)
                     for s in later:
                         s.error = exc
@@ -800,20 +777,11 @@ class LocalStore(GroupCommitQueue):
             else:
                 _deliver(batch)
                 if flush and flush_here:
-                    if time.monotonic() - self._flush_started < self.flush_interval:
-                        self._paced = True  # the flush due at _flush_started + flush_interval covers it
-                    else:
-                        self._flush_paced()
-
-    def _flush_paced(self) -> None:
-        """Under load: the committer flushes every record written so far itself, after answering."""
-        self._paced = False
-        self._flush_started = time.monotonic()
-        try:
-            self._wal.sync()
-        except Exception as exc:  # the next commit flushes before answering
-            log.error(f"pouch: flushing the ledger's log {self._wal.path} failed: {exc!r}")
-            self._flush_error = exc
+                    try:
+                        self._wal.sync()
+                    except Exception as exc:  # the next commit flushes before answering
+                        log.error(f"pouch: flushing the ledger's log {self._wal.path} failed: {exc!r}")
+                        self._flush_error = exc
 
     # -- the overlapped flush (durability "overlap") ---------------------------------------------
     def _hand_flush(self) -> None:

@@ -569,39 +569,3 @@ def test_under_load_the_committer_waits_for_work_without_a_timer_and_a_loop_comm
     assert idle == []  # the committer did not wake with nothing to do
     assert late["settled"]["cost"] == "0.05" and late["waited"] < 20  # committed by the loop's timer
     assert ledger.status().spent == D("0.05") and ledger.verify() == []
-
-
-def test_under_load_one_flush_covers_the_records_written_within_the_flush_interval(tmp_path, monkeypatch):
-    """Issue 16: under load (``overlap``) the committer flushes at most once per ``flush_interval``:
-    records written sooner after a flush started are answered at once and flushed by the next
-    flush, which runs once the interval has passed even if no commit comes."""
-    import os
-    ledger = Ledger(tmp_path, commit_delay=0.001)
-    ledger.set_budget(D("10"))
-    ledger.siblings = lambda: 5  # a crowd of calls in flight: under load
-    ledger.flush_interval = 1.0
-    assert isinstance(ledger.submit(ledger.reserve_op(D("0.1"))).result(timeout=20), Reservation)
-    ledger._await_flush(0)
-    events: list[str] = []
-    real_sync, real_append = os.fdatasync, ledger._wal.append
-    monkeypatch.setattr(os, "fdatasync", lambda fd: (events.append("flush"), real_sync(fd))[1])
-    ledger._wal.append = lambda *a, **k: (events.append("write"), real_append(*a, **k))[1]  # type: ignore[method-assign]
-    time.sleep(1.1)  # past the interval: the next record is flushed at once
-    t0 = time.monotonic()
-    for _ in range(3):
-        assert isinstance(ledger.submit(ledger.reserve_op(D("0.1"))).result(timeout=20), Reservation)
-        for _ in range(2000):  # the committer is back waiting (its flush after answering is done)
-            if ledger._in_wait:
-                break
-            time.sleep(0.002)
-    quick = time.monotonic() - t0 < 1.0  # all three within the interval (a slow machine may not be)
-    if quick:
-        assert events == ["write", "flush", "write", "write"]  # one flush so far, two records paced
-    for _ in range(2000):
-        if events[-1] == "flush" and events.count("write") == 3:
-            break
-        time.sleep(0.005)
-    assert events.count("write") == 3 and events[-1] == "flush"  # the paced flush came, on its own
-    if quick:
-        assert events.count("flush") == 2
-    assert ledger.status().reserved == D("0.4") and ledger.verify() == []
