@@ -68,6 +68,12 @@ IDLE_EXIT = 30.0
 #: log records, or this long (s) after the oldest record the snapshot does not hold yet
 SNAPSHOT_RECORDS = 500
 SNAPSHOT_SECONDS = 1.0
+#: under load (the last group commit was ``_busy``) the time rule is this long instead, and a
+#: snapshot is also due once the log's records hold this many bytes: a snapshot (three fsyncs)
+#: woke the committer about 21 times and held the next commit meanwhile, once a second; the
+#: readers' replay stays bounded by ``SNAPSHOT_RECORDS`` records, these bytes and these seconds
+SNAPSHOT_SECONDS_BUSY = 10.0
+SNAPSHOT_BYTES = 1024 * 1024
 
 
 class _Txn:
@@ -267,6 +273,8 @@ class LocalStore(GroupCommitQueue):
         self._wal = RecordLog(self.home / WAL_FILE, durable=durable)
         self.snapshot_records = SNAPSHOT_RECORDS
         self.snapshot_seconds = SNAPSHOT_SECONDS
+        self.snapshot_seconds_busy = SNAPSHOT_SECONDS_BUSY
+        self.snapshot_bytes = SNAPSHOT_BYTES
         self._unsnapped = 0  # log records this object wrote since its last snapshot
         self._unsnapped_since = 0.0
         self._wal_ino = -1  # the log's inode and size when the current transaction began
@@ -284,6 +292,10 @@ class LocalStore(GroupCommitQueue):
         self._in_wait = False  # the committer waits for work (not committing, flushing or sleeping)
         self._kick: asyncio.TimerHandle | None = None  # an event loop's timer that wakes it (``_defer_wake``)
         self._gathered = False  # woken by that timer: the commit delay has passed already
+        self._last_busy = False  # the last group commit was made under load (``_busy``): no timer after it
+        #: an event loop's timer that wakes the committer for lazy operations nobody else committed
+        #: (``_arm_lazy``), and that loop
+        self._lazy_kick: tuple[asyncio.TimerHandle, asyncio.AbstractEventLoop] | None = None
         self._waiting = 0  # operations someone waits on, submitted and not answered yet
         self._concurrent_at = float("-inf")  # when one came while another was still waiting
         #: how many calls the owner has in flight (the proxy sets it; see ``_busy``)
@@ -447,7 +459,10 @@ class LocalStore(GroupCommitQueue):
             self._history.sync(name)
         identity = self._storage.write_canonical(st.canonical_tables(), durable=durable)
         if logged:
-            self._wal.truncate(0)
+            # not flushed: the snapshot is durable (file and folder fsync'd above), and what a power
+            # loss could leave of the log is records it holds (``lsn`` at most the snapshot's, which
+            # replay skips); the next record's flush makes the truncation durable with it
+            self._wal.truncate(0, durable=False)
             self._extend = True  # the committer preallocates the emptied log again
         st.unsynced.clear()
         self._unsnapped = 0
@@ -522,8 +537,17 @@ class LocalStore(GroupCommitQueue):
             self._unsnapped = 0  # written, or written by another process; a failure retries with the next record
 
     def _snapshot_due(self) -> bool:
-        return bool(self._unsnapped) and (self._unsnapped >= self.snapshot_records
-                                          or time.monotonic() - self._unsnapped_since >= self.snapshot_seconds)
+        if not self._unsnapped:
+            return False
+        committed = self._committed
+        return (self._unsnapped >= self.snapshot_records or time.monotonic() >= self._snapshot_at()
+                or (committed is not None and committed[1] >= self.snapshot_bytes))
+
+    def _snapshot_at(self) -> float:
+        """When the time rule makes a snapshot due (``time.monotonic()``): ``snapshot_seconds`` after
+        the oldest record it lacks, ``snapshot_seconds_busy`` when the last commit was under load
+        (there the records and bytes bounds come first)."""
+        return self._unsnapped_since + (self.snapshot_seconds_busy if self._last_busy else self.snapshot_seconds)
 
     def _run(self, op: Callable[[_Txn], Any]) -> Any:
         """Run ``op`` in a transaction, sharing it with the operations other threads submit meanwhile.
@@ -555,8 +579,8 @@ class LocalStore(GroupCommitQueue):
             else:
                 if self._lazy_since is None:
                     self._lazy_since = time.monotonic()
-                if self._committer is not None and not self._sleeping:
-                    return  # the committer will see it within lazy_delay without being woken
+                if self._committer is not None and (not self._sleeping or self._arm_lazy(slot)):
+                    return  # the committer will see it within lazy_delay without being woken now
             if self._committer is None:
                 self._committer = threading.Thread(target=self._commit_loop, name="pouch-ledger", daemon=True)
                 self._committer.start()
@@ -575,6 +599,36 @@ class LocalStore(GroupCommitQueue):
             return False
         self._kick = fut.get_loop().call_later(self.commit_delay, self._kick_committer)
         return True
+
+    def _arm_lazy(self, slot: _Slot) -> bool:
+        """(``_wake`` held.) A lazy operation from an event loop while the committer waits without a
+        timer (under load it waits for the next admission's wake-up, not on a timer: a timer after
+        each commit woke it about once per commit with nothing to do): that loop wakes the committer
+        ``lazy_delay`` later if nothing committed the operation meanwhile (under load the next
+        admission's commit carries it). One timer at a time. True when the wake-up is scheduled."""
+        armed = self._lazy_kick
+        if armed is not None and not armed[1].is_closed():
+            return True
+        fut = slot.future
+        if not isinstance(fut, asyncio.Future):
+            return False
+        loop = fut.get_loop()
+        self._lazy_kick = (loop.call_later(self.lazy_delay, self._lazy_due, loop), loop)
+        return True
+
+    def _lazy_due(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The timer of ``_arm_lazy`` (on the event loop): wake the committer if a lazy operation is
+        still pending and due (one that came later than the one it was armed for: wait for it)."""
+        with self._wake:
+            self._lazy_kick = None
+            since = self._lazy_since
+            if since is None or not self._sleeping:
+                return  # committed meanwhile, or the committer is on a timer (or committing) and sees it
+            left = since + self.lazy_delay - time.monotonic()
+            if left > 0:
+                self._lazy_kick = (loop.call_later(left, self._lazy_due, loop), loop)
+            else:
+                self._wake.notify()
 
     def _kick_committer(self) -> None:
         """The timer of ``_defer_wake`` (on the event loop): the delay has passed, commit now."""
@@ -602,16 +656,20 @@ class LocalStore(GroupCommitQueue):
                         if timeout <= 0:
                             break
                     elif self._unsnapped:
-                        timeout = self._unsnapped_since + self.snapshot_seconds - now
+                        timeout = self._snapshot_at() - now
                         if timeout <= 0:
                             break  # nothing to commit: write the snapshot that is due
                     else:
                         timeout = None
-                    # right after a commit the settle of a call just answered is likely: stay on
-                    # a timer no longer than lazy_delay, so that a lazy operation need not wake
-                    # this thread (a thread switch, on a busy proxy a GIL hand-off) to be seen
+                    # right after a lone caller's commit its settle is likely: stay on a timer no
+                    # longer than lazy_delay, so that a lazy operation need not wake this thread (a
+                    # thread switch) to be seen. Not under load: there the next admission's wake-up
+                    # comes first and carries the settles, and the timer mostly fired with nothing to
+                    # do (a thread switch and a GIL hand-off); a lazy operation from an event loop
+                    # arms that loop's timer instead (``_arm_lazy``)
                     recent = self._last_commit + self.lazy_delay - now
-                    if recent > 0 and (timeout is None or recent < timeout):
+                    if (recent > 0 and (timeout is None or recent < timeout)
+                            and (not self._last_busy or self._handed < self._written)):
                         timeout = recent
                     self._sleeping = timeout is None or timeout > self.lazy_delay
                     self._in_wait = True
@@ -639,6 +697,7 @@ class LocalStore(GroupCommitQueue):
                 # thread's): the log may run one record ahead of it (at most two records written
                 # and not yet flushed)
                 self._await_flush(1)
+            self._last_busy = busy
             with self._lock.thread_lock:
                 self._drain(as_record=True, flush_here=busy)
             if self._snapshot_due():

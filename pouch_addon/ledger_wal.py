@@ -214,8 +214,9 @@ class RecordLog:
             size = end  # only the preallocated zeros follow
         return records, end, size
 
-    def truncate(self, size: int = 0) -> None:
-        """Cut the log to ``size`` bytes (a torn tail, or everything once a snapshot covers it)."""
+    def truncate(self, size: int = 0, *, durable: bool | None = None) -> None:
+        """Cut the log to ``size`` bytes (a torn tail, or everything once a snapshot covers it;
+        ``durable=False``: not flushed here)."""
         try:
             fd = os.open(self.path, os.O_WRONLY)
         except FileNotFoundError:
@@ -223,7 +224,7 @@ class RecordLog:
         try:
             os.ftruncate(fd, size)
             self.size = size
-            if self.durable:
+            if self.durable if durable is None else durable:
                 os.fdatasync(fd)
         finally:
             os.close(fd)

@@ -532,3 +532,40 @@ def test_a_failed_flush_under_load_leaves_the_committer_running_and_the_next_com
         ledger.submit(ledger.reserve_op(D("0.1"))).result(timeout=20)
     fail[0] = False
     assert isinstance(ledger.submit(ledger.reserve_op(D("0.1"))).result(timeout=20), Reservation)
+
+
+def test_under_load_the_committer_waits_for_work_without_a_timer_and_a_loop_commits_late_settles(tmp_path):
+    """Issue 16: after a group commit under load the committer waits for the next admission, not on
+    a ``lazy_delay`` timer that mostly fired with nothing to do (a thread switch and a GIL hand-off
+    per commit); a settle from an event loop that no admission carries is committed by that loop's
+    timer ``lazy_delay`` later (not lost, not waiting for the idle exit)."""
+    ledger = Ledger(tmp_path, commit_delay=0.001)
+    ledger.lazy_delay = 0.2
+    ledger.snapshot_seconds = 600.0  # no snapshot timer either
+    ledger.set_budget(D("100"))
+    ledger.siblings = lambda: 5  # a crowd of calls in flight: under load
+    timed_out: list[float | None] = []
+    real_wait = ledger._wake.wait
+
+    def wait(timeout: float | None = None) -> bool:
+        woke = real_wait(timeout)
+        if not woke and not ledger._urgent and ledger._lazy_since is None:
+            timed_out.append(timeout)  # woke with nothing to do
+        return woke
+
+    ledger._wake.wait = wait  # type: ignore[method-assign]
+
+    async def calls() -> tuple[list, list, dict]:
+        admitted = await asyncio.gather(*[ledger.submit_async(ledger.reserve_op(D("0.1"))) for _ in range(3)])
+        timed_out.clear()
+        await asyncio.sleep(1.0)  # five lazy_delays with nothing submitted
+        idle = list(timed_out)
+        t0 = time.monotonic()
+        settled = await ledger.submit_async(ledger.settle_op(admitted[0].id, D("0.05")), lazy=True)
+        return admitted, idle, {"settled": settled, "waited": time.monotonic() - t0}
+
+    admitted, idle, late = asyncio.run(calls())
+    assert all(isinstance(r, Reservation) for r in admitted)
+    assert idle == []  # the committer did not wake with nothing to do
+    assert late["settled"]["cost"] == "0.05" and late["waited"] < 20  # committed by the loop's timer
+    assert ledger.status().spent == D("0.05") and ledger.verify() == []

@@ -193,3 +193,62 @@ def test_records_naming_changed_wallets_replay_to_the_state_whole_tables_give(tm
         assert Ledger(home).verify() == []
         results[whole] = _committed_tables(ledger)
     assert results[False] == results[True]
+
+
+def test_under_load_snapshots_follow_records_and_bytes_not_the_one_second_timer(tmp_path):
+    """Issue 16: under load a snapshot (three fsyncs, ~21 wake-ups of the committer) is due after
+    ``snapshot_records`` records, ``snapshot_bytes`` of them or ``snapshot_seconds_busy``, not every
+    ``snapshot_seconds``; a lone caller's ledger keeps the short timer."""
+    ledger = Ledger(tmp_path, commit_delay=0.001)
+    ledger.snapshot_seconds = 0.01
+    ledger.set_budget(D("10"))
+    ledger.siblings = lambda: 5  # a crowd of calls in flight: under load
+    snapshots: list[int] = []
+    real = ledger.compact
+    ledger.compact = lambda: (snapshots.append(1), real())[1]  # type: ignore[method-assign]
+    for _ in range(4):
+        assert isinstance(ledger.submit(ledger.reserve_op(D("0.1"))).result(timeout=20), Reservation)
+        time.sleep(0.05)  # past snapshot_seconds between commits
+    assert snapshots == [] and len(ledger._wal.read()[0]) == 4  # the log holds the records
+    ledger.snapshot_records = 5  # the records bound
+    assert isinstance(ledger.submit(ledger.reserve_op(D("0.1"))).result(timeout=20), Reservation)
+    for _ in range(2000):
+        if snapshots and ledger._wal.read()[0] == []:
+            break
+        time.sleep(0.005)
+    assert snapshots == [1] and ledger._wal.read()[0] == []
+    ledger.snapshot_records, ledger.snapshot_bytes = 10**6, 1  # the bytes bound
+    assert isinstance(ledger.submit(ledger.reserve_op(D("0.1"))).result(timeout=20), Reservation)
+    for _ in range(2000):
+        if len(snapshots) == 2 and ledger._wal.read()[0] == []:
+            break
+        time.sleep(0.005)
+    assert len(snapshots) == 2 and ledger._wal.read()[0] == []
+    assert ledger.status().reserved == D("0.6") and ledger.verify() == []
+
+
+def test_a_snapshot_does_not_flush_the_emptied_log(tmp_path, monkeypatch):
+    """The snapshot is durable before the log is emptied, and replay skips the records it holds, so
+    the truncation needs no fdatasync of its own (a flush is ~4.5 wake-ups of the committer under
+    load): the next record's flush carries it."""
+    import os
+    ledger = _quiet(Ledger(tmp_path))
+    ledger.set_budget(D("1"))
+    r = ledger.submit(ledger.reserve_op(D("0.25"))).result(timeout=20)
+    ledger._await_flush(0)  # the admission's own overlapped flush is done before counting
+    wal = os.path.realpath(tmp_path / WAL_FILE)
+    flushed: list[str] = []
+    real = os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        flushed.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    ledger.compact()
+    assert wal not in flushed and ledger._wal.read() == ([], 0, 0)
+    ledger.submit(ledger.settle_op(r.id, D("0.1"))).result(timeout=20)
+    ledger._await_flush(0)
+    assert wal in flushed  # the next record's flush
+    other = Ledger(tmp_path)
+    assert other.status().spent == D("0.1") and other.verify() == []
