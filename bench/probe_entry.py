@@ -18,7 +18,6 @@ import asyncio
 import json
 import os
 import selectors
-import sys
 import time
 from array import array
 

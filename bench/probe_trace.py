@@ -200,11 +200,11 @@ def analyse(name: str, probes: list[dict], loops: list[dict], seconds: float) ->
 def report(results: list[dict], loops: dict[str, list[dict]], seconds: dict[str, float]) -> None:
     names = [r["name"] for r in results]
     rows = {r["name"]: [p for p in r["probes"] if "io_cl_r0" in p and "rs1" in p] for r in results}
-    print(f"\n== probes with a complete record: " + ", ".join(f"{n} {len(rows[n])}" for n in names))
+    print("\n== probes with a complete record: " + ", ".join(f"{n} {len(rows[n])}" for n in names))
     for n in names:
         fresh = sum(1 for p in rows[n] if p.get("new_conn"))
         print(f"   {n}: probes that opened a connection {fresh}")
-    print(f"\n== median offset of each event from the client's send (µs)")
+    print("\n== median offset of each event from the client's send (µs)")
     print(f"   {'event':<44}" + "".join(f"{n:>12}" for n in names))
     for ev in EVENTS:
         cells = []
@@ -212,7 +212,7 @@ def report(results: list[dict], loops: dict[str, list[dict]], seconds: dict[str,
             xs = [(p[ev] - p["c_send"]) * 1e6 for p in rows[n] if ev in p]
             cells.append(f"{med(xs):12.0f}" if len(xs) >= len(rows[n]) // 2 and xs else f"{'':>12}")
         print(f"   {ev:<44}" + "".join(cells))
-    print(f"\n== median of each interval (µs); p90 in brackets")
+    print("\n== median of each interval (µs); p90 in brackets")
     print(f"   {'interval':<48}" + "".join(f"{n:>18}" for n in names))
     for label, a, b in INTERVALS:
         cells = []
@@ -220,7 +220,7 @@ def report(results: list[dict], loops: dict[str, list[dict]], seconds: dict[str,
             xs = sorted((p[b] - p[a]) * 1e6 for p in rows[n] if a in p and b in p)
             cells.append(f"{med(xs):10.0f} [{PB.pct(xs, 90):5.0f}]" if xs else f"{'':>18}")
         print(f"   {label:<48}" + "".join(cells))
-    print(f"\n== the event loop during a probe (client send -> client has it)")
+    print("\n== the event loop during a probe (client send -> client has it)")
     for n in names:
         ps = rows[n]
         print(f"   {n:<8} loop turns median {med([p['turns'] for p in ps]):.0f} (p90 {PB.pct([p['turns'] for p in ps], 90):.0f}), "
@@ -247,10 +247,10 @@ def report(results: list[dict], loops: dict[str, list[dict]], seconds: dict[str,
                   f"turns/s over 50 µs; CPU per turn median {med([t - x for t, x in zip(turns, stall)]) * 1e6:.0f} µs")
         ex = Counter(name for d in loops[n] for _, name in d["exec"])
         if ex:
-            print(f"            executor jobs: " + ", ".join(f"{k} {v / seconds[n]:.2f}/s" for k, v in ex.most_common()))
+            print("            executor jobs: " + ", ".join(f"{k} {v / seconds[n]:.2f}/s" for k, v in ex.most_common()))
     if any("cbs" in p for n in names for p in rows[n]):
-        print(f"\n== loop callbacks run while a probe is in the proxy (its client data read -> its response hooks' end):"
-              f" mean count / µs per probe, by callback")
+        print("\n== loop callbacks run while a probe is in the proxy (its client data read -> its response hooks' end):"
+              " mean count / µs per probe, by callback")
         tot: dict[str, Counter] = {}
         cnt: dict[str, Counter] = {}
         for n in names:
@@ -266,8 +266,8 @@ def report(results: list[dict], loops: dict[str, list[dict]], seconds: dict[str,
         for k in keys[:16]:
             print(f"   {k[:52]:<52}" + "".join(
                 f"{cnt[n][k] / len(rows[n]):6.1f} {tot[n][k] / len(rows[n]):8.0f} " for n in names))
-    print(f"\n== the event loop thread during a probe (schedstat, median µs per probe): on the CPU / runnable but"
-          f" waiting for it (pouch's threads, other processes) / neither (select, the GIL, the fake)")
+    print("\n== the event loop thread during a probe (schedstat, median µs per probe): on the CPU / runnable but"
+          " waiting for it (pouch's threads, other processes) / neither (select, the GIL, the fake)")
     for n in names:
         ps = rows[n]
         run = [p["threads"].get("loop", (0, 0, 0))[0] / 1e3 for p in ps]
@@ -276,8 +276,8 @@ def report(results: list[dict], loops: dict[str, list[dict]], seconds: dict[str,
         rest = [w - r - q for w, r, q in zip(wall, run, wait)]
         print(f"   {n:<8} wall {med(wall):6.0f}: on CPU {med(run):6.0f} (p90 {PB.pct(run, 90):6.0f}), waiting for the CPU "
               f"{med(wait):5.0f} (p90 {PB.pct(wait, 90):6.0f}, mean {statistics.mean(wait):6.0f}), neither {med(rest):6.0f}")
-    print(f"\n== other threads on the CPU during probes: share of probes in which each ran, its CPU µs per probe"
-          f" (all / slowest tenth)")
+    print("\n== other threads on the CPU during probes: share of probes in which each ran, its CPU µs per probe"
+          " (all / slowest tenth)")
     for n in names:
         ps = rows[n]
         slow = sorted(ps, key=lambda p: p["c_done"] - p["c_send"])[-max(1, len(ps) // 10):]
