@@ -103,6 +103,7 @@ class BudgetGate:
         self.core = core
         self._running = False  # set by ``running``: a ledger replaced after it is switched live
         self._closing: set[asyncio.Task] = set()  # previous ledgers waiting for their calls to end
+        self._max_body = 32 * 1048576  # pouch_max_body_mb in bytes, kept by ``configure``
 
     def load(self, loader) -> None:
         loader.add_option(
@@ -206,6 +207,8 @@ class BudgetGate:
         self.core.ledger.durability = ctx.options.pouch_durability
         # calls in flight: with others in flight a commit waits pouch_commit_delay_ms to gather
         self.core.ledger.siblings = self.core.active.__len__
+        # read per request (``_draft``), so kept: ``ctx.options.X`` deep-copies an option's default
+        self._max_body = ctx.options.pouch_max_body_mb * 1048576
 
     def _switched(self, old: Any, new: Any) -> None:
         """The ledger changed while the proxy runs (``pouch_ledger``/``pouch_home`` set at runtime): the
@@ -364,7 +367,7 @@ class BudgetGate:
         if body is None:
             if coding is None:
                 coding = flow.request.headers.get("content-encoding", "")
-            data = decode_body(flow.request, ctx.options.pouch_max_body_mb * 1048576, coding)
+            data = decode_body(flow.request, self._max_body, coding)
             body = parse_body(data)
             if coding.strip().lower() not in ("", "identity"):
                 # send what was priced: the decoded bytes, not a second decoding by the provider

@@ -161,6 +161,7 @@ class Identify:
         self._auth: weakref.WeakKeyDictionary[connection.Client, tuple[str, str]] = weakref.WeakKeyDictionary()
         self._checked: weakref.WeakKeyDictionary[connection.Client, str | None] = weakref.WeakKeyDictionary()
         self._procs: weakref.WeakKeyDictionary[connection.Client, asyncio.Future] = weakref.WeakKeyDictionary()
+        self._by_process = True  # pouch_identify_process, kept by ``configure`` (read per request)
 
     def load(self, loader) -> None:
         loader.add_option(
@@ -168,6 +169,10 @@ class Identify:
             help="Charge requests that carry neither proxy credentials nor a pouch virtual key to the "
                  "local program that opened the connection (its executable name, found from the client's port).",
         )
+
+    def configure(self, updated: set[str]) -> None:
+        # kept rather than read per request: ``ctx.options.X`` deep-copies the default of an option left at it
+        self._by_process = ctx.options.pouch_identify_process
 
     # -- proxy authentication ------------------------------------------------------------------
     def http_connect(self, flow: http.HTTPFlow) -> None:
@@ -204,7 +209,7 @@ class Identify:
 
     # -- process attribution -------------------------------------------------------------------
     async def _process(self, client: connection.Client) -> tuple[int, str] | None:
-        if not ctx.options.pouch_identify_process or not _is_loopback(client.peername) or not client.sockname:
+        if not self._by_process or not _is_loopback(client.peername) or not client.sockname:
             return None
         fut = self._procs.get(client)
         if fut is None:

@@ -30,6 +30,10 @@ class Mock:
     def __init__(self, core: Core) -> None:
         self.core = core
         self._settles: set[asyncio.Future] = set()
+        # the options read per request, kept by ``configure``: mitmproxy's ``ctx.options.X`` deep-copies
+        # an option's default on every read of an option left at it (~3-6 us on the loop per request)
+        self._on = False
+        self._latency_ms = 0
 
     def load(self, loader) -> None:
         loader.add_option(
@@ -54,6 +58,7 @@ class Mock:
         if "pouch_mock_length" in updated and not 1 <= ctx.options.pouch_mock_length <= 100_000:
             raise exceptions.OptionsError(
                 f"pouch_mock_length: expected 1 to 100000 words, got {ctx.options.pouch_mock_length}")
+        self._on, self._latency_ms = ctx.options.pouch_mock, ctx.options.pouch_mock_latency_ms
 
     def running(self) -> None:
         if ctx.options.pouch_mock:
@@ -63,13 +68,13 @@ class Mock:
                         "nothing is sent to any provider")
 
     async def request(self, flow: http.HTTPFlow) -> None:
-        if not ctx.options.pouch_mock or flow.response is not None:
+        if not self._on or flow.response is not None:
             return
         call: FlowCall | None = flow.metadata.get(CALL)
         if call is None:
             return
-        if ctx.options.pouch_mock_latency_ms:
-            await asyncio.sleep(ctx.options.pouch_mock_latency_ms / 1000)
+        if self._latency_ms:
+            await asyncio.sleep(self._latency_ms / 1000)
         plan = call.plan
         if plan.input_method == "utf8_bytes":  # the usage reported is the input estimate: count it exactly
             exact = await asyncio.to_thread(exact_input_tokens, flow, self.core)

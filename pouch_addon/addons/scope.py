@@ -52,6 +52,8 @@ def allow_hosts_pattern(hosts: Sequence[str]) -> str:
 class Scope:
     def __init__(self, local: LocalModels | None = None) -> None:
         self.hosts: frozenset[str] = frozenset()
+        self._max_body_mb = 32  # pouch_max_body_mb and pouch_unknown_endpoints, kept by ``configure``
+        self._pass_unknown = False
         self.local = local  # which host:port pairs are local model servers (``pouch_local_hosts``)
         self._patterns: tuple[str, ...] = ()
         self._scoped = False  # pouch set allow_hosts itself (``pouch_tls_scope``)
@@ -103,6 +105,9 @@ class Scope:
                 "bodies, and pouch streams SSE responses by itself.")
         if "pouch_max_body_mb" in updated and ctx.options.pouch_max_body_mb < 1:
             raise exceptions.OptionsError("pouch_max_body_mb must be at least 1")
+        # read per request, so kept here: ``ctx.options.X`` deep-copies the default of an option left at it
+        self._max_body_mb = ctx.options.pouch_max_body_mb
+        self._pass_unknown = ctx.options.pouch_unknown_endpoints == "pass"
 
     def running(self) -> None:
         # every addon is loaded by now, so an option still unclaimed is misspelt: with pouch that is
@@ -215,7 +220,7 @@ class Scope:
             reply(flow, 403, provider.refusal(req.method, req.path), code="pouch_unpriceable_endpoint")
             return
         if kind == "unknown":
-            if ctx.options.pouch_unknown_endpoints == "pass":
+            if self._pass_unknown:
                 flow.metadata[SCOPE] = "passed"
                 log.warning(f"pouch: passing unbudgeted {req.method} {req.path}")
                 return
@@ -225,9 +230,9 @@ class Scope:
                   "unbudgeted.", code="pouch_unknown_endpoint")
             return
         if kind == "billed":
-            limit = ctx.options.pouch_max_body_mb * 1024 * 1024
+            limit = self._max_body_mb * 1024 * 1024
             if raw is not None and len(raw) > limit:
                 reply(flow, 413, f"pouch: request body of {len(raw):,} bytes exceeds pouch_max_body_mb "
-                      f"({ctx.options.pouch_max_body_mb} MiB); nothing was sent", code="pouch_body_too_large")
+                      f"({self._max_body_mb} MiB); nothing was sent", code="pouch_body_too_large")
                 return
         flow.metadata[SCOPE] = kind
