@@ -33,6 +33,7 @@ from ..providers import PROVIDERS, openai
 from .core import CALL, Core, FlowCall, with_views
 from .gate import exact_input_tokens
 from .replies import PROVIDER
+from .scope import SCOPE
 
 log = logging.getLogger(__name__)
 
@@ -172,16 +173,17 @@ class Metering:
             call.next_meter = None
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        """A billed answer's body is metered (a stream) or kept for pricing; any other answer
-        (a free call such as ``GET /v1/models``, a passed unknown endpoint) is forwarded as it
-        arrives, as bare mitmdump's with ``stream_large_bodies``: buffered, it waited for
-        mitmproxy's ``response`` event walk and a loop turn behind every other ready callback
-        (issue 16 §3: ~0.2-0.35 ms of an unrelated request's wait under metered streams)."""
+        """A billed answer's body is metered (a stream) or kept for pricing; any other answer in
+        pouch's scope (a free call such as ``GET /v1/models``, a passed unknown endpoint) is
+        forwarded as it arrives, as bare mitmdump's with ``stream_large_bodies``: buffered, it
+        waited for mitmproxy's ``response`` event walk and a loop turn behind every other ready
+        callback (issue 16 §3: ~0.2-0.35 ms of an unrelated request's wait under metered streams).
+        A flow outside pouch's scope (a host the user decrypts for other addons) is left as it is."""
         call: FlowCall | None = flow.metadata.get(CALL)
         if flow.response is None:
             return
         if call is None:
-            if not flow.response.stream:
+            if not flow.response.stream and flow.metadata.get(SCOPE) is not None:
                 flow.response.stream = True
             return
         call.response_started = True

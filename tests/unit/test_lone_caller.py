@@ -267,3 +267,20 @@ def test_mitmproxys_streaming_response_line_reaches_no_handler(setup):
         logger.setLevel(level)
         logger.removeFilter(getattr(meter_addon, "QUIET_STREAMING", None))
     assert seen == ["client connect", "Streaming response from somewhere, as a warning"]
+
+
+def test_an_unbilled_answer_in_scope_is_streamed_and_one_outside_pouchs_scope_is_left_alone(setup):
+    """A free call's answer (``GET /v1/models``) goes on as it arrives, as bare mitmdump's; a host
+    the user decrypts for other addons (no pouch scope) keeps mitmproxy's buffering."""
+    from mitmproxy.test import tflow
+
+    from pouch_addon.addons.scope import SCOPE
+
+    _core, metering = setup
+    free, other = tflow.tflow(resp=True), tflow.tflow(resp=True)
+    free.metadata[SCOPE] = "free"
+    for f in (free, other):
+        f.response.stream = False
+        metering.responseheaders(f)
+    assert free.response.stream is True
+    assert other.response.stream is False
