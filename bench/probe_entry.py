@@ -75,52 +75,47 @@ class First:
             flow.metadata[KEY] = {"seq": int(h["x-probe-seq"]), "rqh0": t}
 
     def request(self, flow: http.HTTPFlow) -> None:
-        d = flow.metadata.get(KEY)
-        if d is not None:
-            d["rq0"] = now()
-            if HOOKPROF is not None:
-                HOOKPROF.enable()
+        if _stamp(flow, "rq0") is not None and HOOKPROF is not None:
+            HOOKPROF.enable()
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        d = flow.metadata.get(KEY)
-        if d is not None:
-            d["rsh0"] = now()
+        _stamp(flow, "rsh0")
 
     def response(self, flow: http.HTTPFlow) -> None:
-        d = flow.metadata.get(KEY)
-        if d is not None:
-            d["rs0"] = now()
+        _stamp(flow, "rs0")
 
 
 class Last:
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        d = flow.metadata.get(KEY)
-        if d is not None:
-            d["rqh1"] = now()
+        _stamp(flow, "rqh1")
 
     def request(self, flow: http.HTTPFlow) -> None:
-        d = flow.metadata.get(KEY)
-        if d is not None:
-            if HOOKPROF is not None:
-                HOOKPROF.disable()
-            d["rq1"] = now()
+        if HOOKPROF is not None and KEY in flow.metadata:
+            HOOKPROF.disable()
+        _stamp(flow, "rq1")
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        d = flow.metadata.get(KEY)
+        d = _stamp(flow, "rsh1")
         if d is not None:
-            d["rsh1"] = now()
             d["streamed"] = bool(flow.response.stream)
 
     def response(self, flow: http.HTTPFlow) -> None:
-        d = flow.metadata.get(KEY)
+        d = _stamp(flow, "rs1")
         if d is not None:
-            d["rs1"] = now()
             if CENSUS is not None:
                 CENSUS[0] = None
             st = STATE.get(flow.client_conn.id)
             if st is not None:
                 _finish(st)  # (a record not completed by a next request: keep the newest only)
                 st["flow"] = d
+
+
+def _stamp(flow: http.HTTPFlow, key: str) -> dict | None:
+    """A probe's record (None for any other flow) with the time ``key`` set to now."""
+    d = flow.metadata.get(KEY)
+    if d is not None:
+        d[key] = now()
+    return d
 
 
 def _trace() -> None:
