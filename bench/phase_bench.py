@@ -53,6 +53,7 @@ PHASES = [
     ("    commit -> deliver", "c_commit1", "c_deliver0"),
     ("    deliver -> loop runs it", "c_deliver0", "l_deliverall0"),
     ("    loop callback -> gate resumes", "l_deliverall1", "g_reserve1"),
+    ("    deliver -> gate resumes", "c_deliver0", "g_reserve1"),
     ("    the previous call's settle callback", "l_settled0", "l_settled1"),
     ("  after reserve (rewrite, keys...)", "g_reserve1", "rq1"),
     ("request hooks -> response head", "rq1", "rsh0"),

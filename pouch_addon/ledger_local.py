@@ -195,12 +195,56 @@ def _deliver(batch: list[_Slot], after: Callable[[], None] | None = None) -> Non
             s.deliver()
     for loop, slots in by_loop.items():
         try:
-            loop.call_soon_threadsafe(_deliver_all, slots, loop, after)
+            if _resolves_here(loop):
+                _resolve_here(loop, slots, after)
+            else:
+                loop.call_soon_threadsafe(_deliver_all, slots, loop, after)
             after = None
         except RuntimeError:  # the loop is closed: nobody is waiting
             pass
     if after is not None:
         after()
+
+
+def _resolves_here(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether the committer may complete ``loop``'s futures itself (:func:`_resolve_here`): asyncio's
+    selector loop out of debug mode (its ``call_soon`` is ``call_soon_threadsafe`` less the
+    self-pipe write, made once per commit here) and C futures (state changes atomic under the GIL)."""
+    return (_C_FUTURES and isinstance(loop, _SelectorLoop) and type(loop).call_soon is _CALL_SOON
+            and not loop.get_debug())
+
+
+def _resolve_here(loop: asyncio.AbstractEventLoop, slots: list[_Slot], after: Callable[[], None] | None) -> None:
+    """Complete an event loop's futures from the committer thread and wake the loop once: each
+    future's waiting task is put on the loop's ready queue here, so the loop resumes it on the
+    turn the wake-up ends, instead of first running a ``_deliver_all`` callback that schedules it
+    for the turn after (a ``select()`` and a loop iteration more per admission). A C future's
+    ``set_result`` changes its state atomically (the GIL), so a cancellation on the loop either
+    came first (then the slot is delivered on the loop, where its ``abandoned`` callback runs) or
+    finds the future done (the gate gives back what it was answered, see ``core.reserve``)."""
+    late: list[_Slot] = []
+    for s in slots:
+        fut = s.future
+        try:
+            if s.error is not None:
+                fut.set_exception(s.error)  # type: ignore[union-attr]
+            else:
+                fut.set_result(s.result)  # type: ignore[union-attr]
+        except asyncio.InvalidStateError:  # cancelled meanwhile: handled on its loop
+            late.append(s)
+    if late:
+        loop.call_soon(_deliver_all, late)
+    if after is not None:
+        # behind the wake-ups just scheduled (the ready queue is FIFO), as in ``_deliver_all``
+        loop.call_soon(after)
+    loop._write_to_self()  # type: ignore[attr-defined]
+
+
+#: the C implementation of asyncio's futures is in use (a pure-Python future's ``set_result``
+#: could interleave with a cancellation on the loop's thread)
+_C_FUTURES = asyncio.Future.__module__ == "_asyncio"
+_CALL_SOON = asyncio.BaseEventLoop.call_soon
+_SelectorLoop = asyncio.selector_events.BaseSelectorEventLoop
 
 
 class GroupCommitQueue:

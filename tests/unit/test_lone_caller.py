@@ -16,7 +16,7 @@ import checkpoint_bench  # noqa: E402
 
 from pouch_addon.addons import meter as meter_addon  # noqa: E402
 from pouch_addon.addons.core import Core  # noqa: E402
-from pouch_addon.budget import Ledger  # noqa: E402
+from pouch_addon.budget import Ledger, Reservation  # noqa: E402
 from pouch_addon.pricing import PriceTable  # noqa: E402
 
 TABLE = PriceTable.load()
@@ -153,38 +153,48 @@ def test_a_compressed_stream_gets_a_meter_that_decodes(setup, monkeypatch):
 
 
 # -- the committer's answer reaches the gate in one loop turn ---------------------------------
-def test_an_admission_resumes_on_the_loop_turn_after_its_answer(tmp_path, monkeypatch):
-    """The committer's answer is one callback on the loop (``_deliver_all``); the awaiting gate
-    goes on at the next turn. Through ``asyncio.shield`` it took two turns (the shield's inner
-    future's callback, then the outer one's wake-up): a select() and a GIL hand-off more."""
+def test_an_admission_resumes_on_the_loop_turn_its_answer_wakes(tmp_path, monkeypatch):
+    """The committer completes the future itself and wakes the loop once: the gate goes on in the
+    loop iteration that wake-up ends, not one later (when the loop first ran a ``_deliver_all``
+    callback that set the result, whose task wake-up then waited for the next iteration)."""
+    import time
+
     from pouch_addon import ledger_local
     from pouch_addon.addons.core import reserve
 
+    class Turns(asyncio.SelectorEventLoop):
+        n = 0
+
+        def _run_once(self):
+            Turns.n += 1
+            return super()._run_once()
+
     ledger = Ledger(tmp_path, durable=False)
     ledger.set_budget(D("1"))
-    turns = {"n": 0}
-    delivered = []
-    real = ledger_local._deliver_all
-    monkeypatch.setattr(ledger_local, "_deliver_all", lambda *a: (delivered.append(turns["n"]), real(*a)))
+    answered = []
+    real = ledger_local._deliver
+    monkeypatch.setattr(ledger_local, "_deliver", lambda *a, **k: (answered.append(Turns.n), real(*a, **k)))
 
-    async def ticker(stop):
-        while not stop.is_set():
-            turns["n"] += 1
-            await asyncio.sleep(0)
+    def slow(amount):
+        def op(txn):
+            time.sleep(0.05)  # the loop is surely waiting in select() when the answer comes
+            return ledger.reserve_op(amount)(txn)
+        return op
 
     async def main():
-        stop = asyncio.Event()
-        tick = asyncio.ensure_future(ticker(stop))
-        await asyncio.sleep(0)
-        res = await reserve(ledger, ledger.reserve_op(D("0.1"), {"n": "one"}))
-        resumed = turns["n"]
-        stop.set()
-        await tick
-        return res, resumed
+        out = []
+        for _ in range(3):
+            res = await reserve(ledger, slow(D("0.1")))
+            out.append((res, Turns.n))
+        return out
 
-    res, resumed = asyncio.run(main())
-    assert res.amount == D("0.1")
-    assert len(delivered) == 1 and resumed - delivered[0] <= 1
+    loop = Turns()
+    try:
+        out = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert all(isinstance(res, Reservation) for res, _ in out)
+    assert [turn for _, turn in out] == answered  # resumed in the iteration the answer woke
 
 
 # -- a lone caller's flush starts once its loop had its turn ----------------------------------
