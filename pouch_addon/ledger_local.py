@@ -323,7 +323,10 @@ class LocalStore(GroupCommitQueue):
         self._unsnapped_since = 0.0
         self._wal_ino = -1  # the log's inode and size when the current transaction began
         self._wal_size = 0
-        self._extend = False  # the log's preallocated zeros run short: the committer extends it
+        #: the log's preallocated zeros run short: the committer extends it after answering. The
+        #: ``_committed`` of the commit that asked: a snapshot another thread wrote meanwhile (a
+        #: stopping proxy's last one, which empties the log) is not extended behind its back
+        self._extend: tuple[Any, int, LedgerState] | None = None
         #: ((state file identity, log inode), end of the log's records, state) after our last commit
         self._committed: tuple[Any, int, LedgerState] | None = None
         self._pending: list[_Slot] = []
@@ -507,10 +510,11 @@ class LocalStore(GroupCommitQueue):
             # loss could leave of the log is records it holds (``lsn`` at most the snapshot's, which
             # replay skips); the next record's flush makes the truncation durable with it
             self._wal.truncate(0, durable=False)
-            self._extend = True  # the committer preallocates the emptied log again
         st.unsynced.clear()
         self._unsnapped = 0
         self._committed = ((identity, self._wal_ino), 0, st)
+        if logged and threading.current_thread() is self._committer:
+            self._extend = self._committed  # the committer preallocates the emptied log again
 
     def _commit_log(self, txn: _Txn) -> None:
         """The durable step of a group commit: one record appended to the log (its one fdatasync
@@ -563,7 +567,7 @@ class LocalStore(GroupCommitQueue):
         txn.flush = txn.durable and self._wal.durable
         self._committed = ((txn.key[0], self._wal.ino), end, st)
         if self._wal_size - end < PREALLOCATE_LOW:
-            self._extend = True  # the next records would grow the file: extend it after answering
+            self._extend = self._committed  # the next records would grow the file: extend it after answering
         if not self._unsnapped:
             self._unsnapped_since = time.monotonic()
         self._unsnapped += 1
@@ -747,7 +751,7 @@ class LocalStore(GroupCommitQueue):
             if self._snapshot_due():
                 with contextlib.suppress(Exception):  # the log stays durable; the next commit retries
                     self.compact()
-            if self._extend:
+            if self._extend is not None:
                 with contextlib.suppress(Exception):  # records still go in; the file grows meanwhile
                     self.preallocate()
 
@@ -755,11 +759,13 @@ class LocalStore(GroupCommitQueue):
         """Extend the log with zeros when few follow its records (``ledger_wal``): after answering,
         off the commit path, under the lock (the zeros go after the file's end, never over a record
         another process appends meanwhile)."""
-        self._extend = False
+        wanted, self._extend = self._extend, None
         with self._lock.hold():
             cached = self._committed
+            if cached is None or cached is not wanted:
+                return  # another thread committed since (the next record asks again if it needs to)
             ino, size = self._wal.stat()
-            if cached is None or cached[0][1] != ino or self._wal.appended(cached[1], ino, size):
+            if cached[0][1] != ino or self._wal.appended(cached[1], ino, size):
                 return  # another process wrote: it extends the log when it needs to
             # not flushed here: the next record's flush writes the zeros and the new size with it
             # (once per chunk), and no thread waits on a flush of its own meanwhile

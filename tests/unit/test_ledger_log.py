@@ -252,3 +252,38 @@ def test_a_snapshot_does_not_flush_the_emptied_log(tmp_path, monkeypatch):
     assert wal in flushed  # the next record's flush
     other = Ledger(tmp_path)
     assert other.status().spent == D("0.1") and other.verify() == []
+
+
+def test_a_snapshot_another_thread_writes_while_the_committer_finishes_is_not_preallocated_again(tmp_path):
+    """A stopping proxy compacts the ledger in a worker thread as soon as its last settle is
+    answered (``Metering.done``), while the committer may still be finishing that commit: the log
+    the snapshot emptied stays empty (a pouch from before the preallocated log reads it), though
+    the committer's last record (a fresh log has no zeros yet) and the snapshot both asked for zeros."""
+    import threading
+
+    from pouch_addon import ledger_local
+
+    ledger = _quiet(Ledger(tmp_path, durable=False))
+    ledger.set_budget(D("1"))
+    answered, compacted = threading.Event(), threading.Event()
+    real_due = ledger_local.LocalStore._snapshot_due
+
+    def due(self):  # the committer, between answering and its preallocation
+        if threading.current_thread() is self._committer and not compacted.is_set():
+            answered.set()
+            compacted.wait(10)
+        return real_due(self)
+
+    try:
+        ledger_local.LocalStore._snapshot_due = due
+        ledger.submit(ledger.reserve_op(D("0.01"))).result()
+        assert answered.wait(10)
+        ledger.compact()  # the stopping proxy's last snapshot, from another thread
+        compacted.set()
+        deadline = time.monotonic() + 1
+        while time.monotonic() < deadline and (tmp_path / WAL_FILE).stat().st_size == 0:
+            time.sleep(0.01)
+    finally:
+        ledger_local.LocalStore._snapshot_due = real_due
+    assert (tmp_path / WAL_FILE).stat().st_size == 0
+    assert Ledger(tmp_path).status().in_flight == 1 and Ledger(tmp_path).verify() == []
