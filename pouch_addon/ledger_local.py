@@ -215,15 +215,23 @@ def _resolves_here(loop: asyncio.AbstractEventLoop) -> bool:
 
 
 def _resolve_here(loop: asyncio.AbstractEventLoop, slots: list[_Slot], after: Callable[[], None] | None) -> None:
-    """Complete an event loop's futures from the committer thread and wake the loop once: each
-    future's waiting task is put on the loop's ready queue here, so the loop resumes it on the
+    """Complete an event loop's waited-for futures from the committer thread and wake the loop
+    once: each waiting task is put on the loop's ready queue here, so the loop resumes it on the
     turn the wake-up ends, instead of first running a ``_deliver_all`` callback that schedules it
-    for the turn after (a ``select()`` and a loop iteration more per admission). A C future's
-    ``set_result`` changes its state atomically (the GIL), so a cancellation on the loop either
-    came first (then the slot is delivered on the loop, where its ``abandoned`` callback runs) or
-    finds the future done (the gate gives back what it was answered, see ``core.reserve``)."""
+    for the turn after (a ``select()`` and a loop iteration more per admission).
+
+    Only an urgent slot's future (awaited by one task, whose wake-up a C future keeps as its first
+    callback without allocating: no other thread can run in between) is completed here. A lazy
+    one's (a settle: a done callback, then ``gather`` at shutdown adds a second, and allocating
+    that one can run a finalizer that lets this thread in, whose callbacks would then miss it) is
+    completed on its loop, by ``_deliver_all`` behind the wake-ups, as before. A cancellation on
+    the loop either came first (``set_result`` raises; the slot goes to ``_deliver_all``, where its
+    ``abandoned`` callback runs) or finds the future done (``core.reserve`` gives it back)."""
     late: list[_Slot] = []
     for s in slots:
+        if not s.urgent:
+            late.append(s)
+            continue
         fut = s.future
         try:
             if s.error is not None:

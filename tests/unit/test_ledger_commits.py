@@ -569,3 +569,43 @@ def test_under_load_the_committer_waits_for_work_without_a_timer_and_a_loop_comm
     assert idle == []  # the committer did not wake with nothing to do
     assert late["settled"]["cost"] == "0.05" and late["waited"] < 20  # committed by the loop's timer
     assert ledger.status().spent == D("0.05") and ledger.verify() == []
+
+
+def test_an_awaited_future_is_completed_by_the_committer_and_a_lazy_one_on_its_loop(tmp_path):
+    """The committer completes an awaited operation's future itself (its task resumes in the loop
+    iteration the wake-up ends), but a lazy one's on the loop (``_deliver_all``): a lazy future gets
+    more than one callback (the settle's own, then ``gather`` at shutdown), and adding a second one
+    on the loop while another thread completes the future could lose it."""
+    done_in: dict[str, str] = {}
+
+    class Recording(asyncio.Future):
+        name = "?"
+
+        def set_result(self, result):
+            done_in[self.name] = threading.current_thread().name
+            return super().set_result(result)
+
+    class Loop(asyncio.SelectorEventLoop):
+        def create_future(self):
+            return Recording(loop=self)
+
+    ledger = Ledger(tmp_path, durable=False)
+    ledger.set_budget(D("1"))
+    first = ledger.reserve(D("0.1"))
+
+    async def main():
+        settle = ledger.submit_async(ledger.settle_op(first.id, D("0.05")), lazy=True)
+        settle.name = "lazy"
+        reserve = ledger.submit_async(ledger.reserve_op(D("0.1")))
+        reserve.name = "awaited"
+        res = await reserve
+        entry = await settle
+        return res, entry
+
+    loop = Loop()
+    try:
+        res, entry = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert isinstance(res, Reservation) and entry["cost"] == "0.05"
+    assert done_in == {"awaited": "pouch-ledger", "lazy": "MainThread"}
