@@ -140,11 +140,44 @@ def refusal(method: str, target: str, headers: list[tuple[str, str]], *, has_bod
     return None
 
 
-def split_authority(value: str, default_port: int) -> tuple[str, int] | None:
-    """``host[:port]`` (or ``[v6]:port``) -> (host, port): lower case, trailing dot dropped; None
-    when it is not an authority."""
-    value = value.strip()
-    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::(\d{1,5}))?|([^\s:/@\[\]]+)(?::(\d{1,5}))?", value)
+#: header names (lower-case bytes) :func:`refusal` acts on; ``connection`` only when it names ``upgrade``
+REFUSAL_NAMES = frozenset({b"upgrade", *(h.encode() for h in OVERRIDE_HEADERS)})
+
+
+def header_scan(fields: tuple[tuple[bytes, bytes], ...], wanted: frozenset[bytes]
+                ) -> tuple[dict[bytes, list[bytes]], bool]:
+    """One pass over a request's raw header ``fields``: the values of each name in ``wanted``
+    (lower-case bytes, repeated names kept in order), and whether :func:`refusal` could act on a
+    header (an upgrade, an override, a ``Connection`` naming ``upgrade``, a name that is not
+    ASCII). mitmproxy's ``headers.get`` scans (and lower-cases) every field per lookup; the
+    request hooks ask for several names per call."""
+    found: dict[bytes, list[bytes]] = {}
+    special = False
+    for name, value in fields:
+        n = name.lower()
+        if n in wanted:
+            found.setdefault(n, []).append(value)
+        if n in REFUSAL_NAMES or (n == b"connection" and b"upgrade" in value.lower()) or not n.isascii():
+            special = True
+    return found, special
+
+
+def folded(values: list[bytes] | None) -> str | None:
+    """A header's value as mitmproxy's ``headers.get`` gives it (repeated fields joined with
+    ``", "``, decoded as UTF-8 with surrogateescape), or None when absent."""
+    if not values:
+        return None
+    if len(values) == 1:
+        return values[0].decode("utf-8", "surrogateescape")
+    return ", ".join(v.decode("utf-8", "surrogateescape") for v in values)
+
+
+_AUTHORITY = re.compile(r"\[([0-9A-Fa-f:.]+)\](?::(\d{1,5}))?|([^\s:/@\[\]]+)(?::(\d{1,5}))?")
+
+
+@lru_cache(maxsize=256)
+def _split_authority(value: str, default_port: int) -> tuple[str, int] | None:
+    m = _AUTHORITY.fullmatch(value)
     if m is None:
         return None
     host = (m.group(1) or m.group(3)).lower().rstrip(".")
@@ -152,6 +185,12 @@ def split_authority(value: str, default_port: int) -> tuple[str, int] | None:
     if not host:
         return None
     return host, int(port) if port else default_port
+
+
+def split_authority(value: str, default_port: int) -> tuple[str, int] | None:
+    """``host[:port]`` (or ``[v6]:port``) -> (host, port): lower case, trailing dot dropped; None
+    when it is not an authority."""
+    return _split_authority(value.strip(), default_port)  # memoised: a client sends the same Host each call
 
 
 def describe(addr: tuple[str, int]) -> str:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import ctypes
 import hashlib
 import importlib.resources
@@ -175,16 +174,19 @@ def _loaded(name: str) -> _Loaded:
         return _LOADED[name]
 
 
-@contextlib.contextmanager
-def loaded_only() -> Iterator[None]:
+class loaded_only:  # noqa: N801 (used as a function: ``with tokens.loaded_only():``)
     """Within the block, needing an encoding that is not loaded yet raises `NotLoaded` instead
-    of loading it: the event loop uses this to plan inline only what cannot block it."""
-    previous = getattr(_NO_LOAD, "on", False)
-    _NO_LOAD.on = True
-    try:
-        yield
-    finally:
-        _NO_LOAD.on = previous
+    of loading it: the event loop uses this to plan inline only what cannot block it. A class
+    rather than a ``contextlib.contextmanager`` generator: entered on every inline plan."""
+
+    __slots__ = ("_previous",)
+
+    def __enter__(self) -> None:
+        self._previous = getattr(_NO_LOAD, "on", False)
+        _NO_LOAD.on = True
+
+    def __exit__(self, *exc: object) -> None:
+        _NO_LOAD.on = self._previous
 
 
 def get_encoding(name: str) -> tiktoken.Encoding:

@@ -47,6 +47,7 @@ from ..plan import (
     decode_content, parse_body, rewrite_bytes,
 )
 from .. import tokens
+from ..endpoints import folded, header_scan
 from ..pricing import PriceTable
 from ..providers import PROVIDERS, openai
 from .core import CALL, Core, FlowCall, reserve
@@ -57,6 +58,7 @@ from .scope import SCOPE
 log = logging.getLogger(__name__)
 
 
+_CODING = frozenset({b"content-encoding"})
 #: request bodies up to this size (bytes, uncompressed) are planned on the event loop
 INLINE_PLAN_BYTES = 2048
 #: a rewrite that only adds members (``plan.rewrite_bytes``) is done on the event loop for bodies
@@ -90,6 +92,41 @@ def rewrite_body(request: http.Request, body: dict[str, Any], rewrites: dict[str
         reserialise(request, body, rewrites)
     else:
         request.content = data  # mitmproxy fixes content-length
+
+
+def set_content_identity(request: http.Request, data: bytes | None) -> None:
+    """``request.content = data`` (unless None) and ``accept-encoding: identity`` (SSE must reach
+    the meter uncompressed), as mitmproxy's setters would make them, in one pass over the header
+    fields instead of four (each setter and lookup scans every field). A request with a
+    ``content-encoding`` or ``transfer-encoding`` takes mitmproxy's own setters."""
+    fields = request.data.headers.fields
+    out: list[tuple[bytes, bytes]] = []
+    length = accept = False
+    for field in fields:
+        n = field[0].lower()
+        if n == b"accept-encoding":
+            if not accept:  # mitmproxy's set_all: the first field keeps its place, the others go
+                out.append((field[0], b"identity"))
+                accept = True
+            continue
+        if data is not None:
+            if n == b"content-length":
+                if not length:
+                    out.append((field[0], b"%d" % len(data)))
+                    length = True
+                continue
+            if n == b"content-encoding" or n == b"transfer-encoding":
+                request.content = data
+                request.headers["accept-encoding"] = "identity"
+                return
+        out.append(field)
+    if data is not None:
+        if not length:
+            out.append((b"content-length", b"%d" % len(data)))
+        request.data.content = data
+    if not accept:
+        out.append((b"accept-encoding", b"identity"))
+    request.data.headers.fields = tuple(out)
 
 
 def reserialise(request: http.Request, body: dict[str, Any], rewrites: dict[str, Any]) -> None:
@@ -276,7 +313,8 @@ class BudgetGate:
             meta["local"] = True
         wallet = ident.wallet
         # read once for the inline test and the draft (a header lookup scans every header)
-        coding = flow.request.headers.get("content-encoding", "")
+        found, _ = header_scan(flow.request.headers.fields, _CODING)
+        coding = folded(found.get(b"content-encoding")) or ""
         inline = inline_ok(flow.request, coding)
         try:
             drafted = self._draft_inline(flow, table, coding=coding) if inline else None
@@ -322,13 +360,13 @@ class BudgetGate:
             tried = len(raw) <= INLINE_INSERT_BYTES
             data = rewrite_bytes(raw, body, plan.rewrites) if tried else None
             if data is not None:  # an insertion: one copy of the body, no thread hop
-                flow.request.content = data
+                set_content_identity(flow.request, data)  # with accept-encoding, in one pass
+                return
             elif inline:  # not an insertion; a small body stays small with a cap and stream_options added
                 reserialise(flow.request, body, plan.rewrites)
             else:  # a large body: the insertion (not tried yet) or the re-serialisation in a thread
                 await asyncio.to_thread(reserialise if tried else rewrite_body, flow.request, body, plan.rewrites)
-        # SSE must reach the meter uncompressed
-        flow.request.headers["accept-encoding"] = "identity"
+        set_content_identity(flow.request, None)
 
     def _refuse(self, flow: http.HTTPFlow, refusal: Refusal, admission: Admission) -> None:
         """Answer a refused admission: 429 for rate limits, 402 for everything the budget refused."""

@@ -31,7 +31,7 @@ from mitmproxy.net.tls import starts_like_tls_record
 from mitmproxy.proxy import layer, layers
 from mitmproxy.proxy.layers.http import HTTPMode
 
-from ..endpoints import canonical_path, describe, misdirected, refusal, split_authority
+from ..endpoints import canonical_path, describe, folded, header_scan, misdirected, refusal, split_authority
 from ..providers import DEFAULT_HOSTS, for_host, host_matches, local
 from .local import LocalModels
 from .replies import PROVIDER, reply
@@ -39,6 +39,8 @@ from .replies import PROVIDER, reply
 log = logging.getLogger(__name__)
 
 SCOPE = "pouch_scope"  # flow.metadata key: "billed" | "free" | "passed"
+#: the headers ``Scope.request`` reads (lower-case bytes)
+_SCOPE_HEADERS = frozenset({b"host", b"transfer-encoding"})
 
 
 def allow_hosts_pattern(hosts: Sequence[str]) -> str:
@@ -184,9 +186,16 @@ class Scope:
         if flow.response is not None:
             return
         req = flow.request
+        data = req.data
         dest = self.destination(flow)
-        default_port = 443 if req.scheme == "https" else 80
-        claims = [c for c in (req.host_header, req.authority) if c]
+        default_port = 443 if data.scheme == b"https" else 80
+        # the headers read in one pass (each ``headers.get`` scans and lower-cases every field)
+        found, special = header_scan(data.headers.fields, _SCOPE_HEADERS)
+        host_header = folded(found.get(b"host"))  # ``req.host_header``, without a second scan
+        authority = req.authority
+        if data.http_version in (b"HTTP/2.0", b"HTTP/3"):
+            host_header = authority or host_header
+        claims = [c for c in (host_header, authority) if c]
         sni = (flow.client_conn.sni or "").lower().rstrip(".")
         is_local = self.local is not None and self.local.match(*dest)
         ours = (is_local or self.is_llm_host(dest[0]) or self.is_llm_host(sni)
@@ -209,9 +218,11 @@ class Scope:
             key = req.query.get("key", "")
             del req.query["key"]
             req.headers.setdefault("x-goog-api-key", key)
-        raw = req.raw_content
-        has_body = bool(raw) or "transfer-encoding" in req.headers
-        refused = refusal(req.method, req.path, list(req.headers.items(multi=True)), has_body=has_body)
+        raw = data.content
+        has_body = bool(raw) or b"transfer-encoding" in found
+        # no header refusal() acts on (the common case): its other rules, without decoding every header
+        headers = list(req.headers.items(multi=True)) if special else []
+        refused = refusal(req.method, req.path, headers, has_body=has_body)
         if refused is not None:
             reply(flow, refused.status, refused.message, code=refused.code)
             return
