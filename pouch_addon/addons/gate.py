@@ -352,7 +352,7 @@ class BudgetGate:
             return
         plan = admission.plan
         assert plan is not None
-        call = FlowCall(plan=plan, reservation=result, client=meta["client"], ledger=ledger, wallet=wallet)
+        call = FlowCall(plan, result, meta["client"], ledger, wallet)  # positional: plan reservation client ledger wallet
         flow.metadata[CALL] = call
         self.core.active.add(call)
         if plan.rewrites:

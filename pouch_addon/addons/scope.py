@@ -192,7 +192,7 @@ class Scope:
         # the headers read in one pass (each ``headers.get`` scans and lower-cases every field)
         found, special = header_scan(data.headers.fields, _SCOPE_HEADERS)
         host_header = folded(found.get(b"host"))  # ``req.host_header``, without a second scan
-        authority = req.authority
+        authority = req.authority if data.authority else ""  # (its IDNA decode of b"" is "", through the codec)
         if data.http_version in (b"HTTP/2.0", b"HTTP/3"):
             host_header = authority or host_header
         claims = [c for c in (host_header, authority) if c]
