@@ -47,7 +47,7 @@ from ..plan import (
     decode_content, parse_body, rewrite_bytes,
 )
 from .. import tokens
-from ..endpoints import folded, header_scan
+from ..endpoints import folded, header_index
 from ..pricing import PriceTable
 from ..providers import PROVIDERS, openai
 from .core import CALL, Core, FlowCall, reserve
@@ -58,7 +58,6 @@ from .scope import SCOPE
 log = logging.getLogger(__name__)
 
 
-_CODING = frozenset({b"content-encoding"})
 #: request bodies up to this size (bytes, uncompressed) are planned on the event loop
 INLINE_PLAN_BYTES = 2048
 #: a rewrite that only adds members (``plan.rewrite_bytes``) is done on the event loop for bodies
@@ -96,37 +95,31 @@ def rewrite_body(request: http.Request, body: dict[str, Any], rewrites: dict[str
 
 def set_content_identity(request: http.Request, data: bytes | None) -> None:
     """``request.content = data`` (unless None) and ``accept-encoding: identity`` (SSE must reach
-    the meter uncompressed), as mitmproxy's setters would make them, in one pass over the header
-    fields instead of four (each setter and lookup scans every field). A request with a
-    ``content-encoding`` or ``transfer-encoding`` takes mitmproxy's own setters."""
+    the meter uncompressed), as mitmproxy's setters would make them, from the request's
+    ``header_index`` instead of four scans of every field. The usual request (no
+    ``accept-encoding``, ``content-encoding`` or ``transfer-encoding``; at most one
+    ``content-length``) is one copy of the fields tuple; any other takes mitmproxy's setters."""
     fields = request.data.headers.fields
-    out: list[tuple[bytes, bytes]] = []
-    length = accept = False
-    for field in fields:
-        n = field[0].lower()
-        if n == b"accept-encoding":
-            if not accept:  # mitmproxy's set_all: the first field keeps its place, the others go
-                out.append((field[0], b"identity"))
-                accept = True
-            continue
+    headers = header_index(fields)
+    values = headers.values
+    if (b"accept-encoding" in values or b"content-encoding" in values or b"transfer-encoding" in values
+            or len(values) != len(fields)):
         if data is not None:
-            if n == b"content-length":
-                if not length:
-                    out.append((field[0], b"%d" % len(data)))
-                    length = True
-                continue
-            if n == b"content-encoding" or n == b"transfer-encoding":
-                request.content = data
-                request.headers["accept-encoding"] = "identity"
-                return
-        out.append(field)
-    if data is not None:
-        if not length:
-            out.append((b"content-length", b"%d" % len(data)))
-        request.data.content = data
-    if not accept:
-        out.append((b"accept-encoding", b"identity"))
-    request.data.headers.fields = tuple(out)
+            request.content = data
+        request.headers["accept-encoding"] = "identity"
+        return
+    tail = ((b"accept-encoding", b"identity"),)
+    if data is None:
+        request.data.headers.fields = fields + tail
+        return
+    length = b"%d" % len(data)
+    if b"content-length" in values:  # mitmproxy's set_all: the field keeps its place and its name's case
+        i = headers.names.index(b"content-length")
+        fields = fields[:i] + ((fields[i][0], length),) + fields[i + 1:]
+    else:
+        fields = fields + ((b"content-length", length),)
+    request.data.content = data
+    request.data.headers.fields = fields + tail
 
 
 def reserialise(request: http.Request, body: dict[str, Any], rewrites: dict[str, Any]) -> None:
@@ -313,8 +306,7 @@ class BudgetGate:
             meta["local"] = True
         wallet = ident.wallet
         # read once for the inline test and the draft (a header lookup scans every header)
-        found, _ = header_scan(flow.request.headers.fields, _CODING)
-        coding = folded(found.get(b"content-encoding")) or ""
+        coding = folded(header_index(flow.request.headers.fields).values.get(b"content-encoding")) or ""
         inline = inline_ok(flow.request, coding)
         try:
             drafted = self._draft_inline(flow, table, coding=coding) if inline else None

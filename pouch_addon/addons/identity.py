@@ -41,7 +41,7 @@ from typing import Any
 from mitmproxy import connection, ctx, http
 
 from .. import localproc
-from ..endpoints import folded, header_scan
+from ..endpoints import folded, header_index
 from ..budget import DEFAULT_WALLET, check_wallet_name
 from ..keystore import check_key
 from ..vault import VIRTUAL_KEY_PREFIX, fingerprint, hash_virtual_key
@@ -76,20 +76,16 @@ _DEFAULT = Identity(DEFAULT_WALLET, "default")
 
 #: where each provider's clients put their API key, besides ``Authorization: Bearer``
 KEY_HEADERS = {"anthropic": ("x-api-key",), "gemini": ("x-goog-api-key",), "azure": ("api-key",)}
-#: the header names ``Identify`` reads, in one pass over the fields (lower-case bytes)
-_KEY_NAMES = frozenset({b"authorization", *(n.encode() for names in KEY_HEADERS.values() for n in names)})
-_IDENTIFY_NAMES = _KEY_NAMES | {b"proxy-authorization"}
 
 
 def find_api_key(request: http.Request, provider: str) -> str:
     """The API key a request carries (``Authorization: Bearer`` first, then the provider's own
     header; Scope moved Gemini's ``?key=`` into ``x-goog-api-key``), or ``""``."""
-    found, _ = header_scan(request.headers.fields, _KEY_NAMES)
-    return _api_key(found, provider)
+    return _api_key(header_index(request.headers.fields).values, provider)
 
 
-def _api_key(found: dict[bytes, list[bytes]], provider: str) -> str:
-    """:func:`find_api_key` on the values of one ``header_scan`` (``_KEY_NAMES`` at least)."""
+def _api_key(found: dict[bytes, bytes], provider: str) -> str:
+    """:func:`find_api_key` on a request's ``header_index`` values."""
     auth = folded(found.get(b"authorization")) or ""
     if auth[:7].lower() == "bearer " and auth[7:].strip():
         return auth[7:].strip()
@@ -196,8 +192,8 @@ class Identify:
         if creds is not None:
             self._auth[flow.client_conn] = (str(creds[0]), str(creds[1]))
 
-    def _credentials(self, flow: http.HTTPFlow, found: dict[bytes, list[bytes]]) -> tuple[str, str] | None:
-        """``found``: the request's ``header_scan`` (``proxy-authorization`` among its names)."""
+    def _credentials(self, flow: http.HTTPFlow, found: dict[bytes, bytes]) -> tuple[str, str] | None:
+        """``found``: the request's ``header_index`` values."""
         creds = self._auth.get(flow.client_conn)
         if b"proxy-authorization" in found:  # plain-HTTP proxying: never forward it
             header = parse_basic(flow.request.headers.pop("proxy-authorization"))
@@ -256,7 +252,7 @@ class Identify:
         reply(flow, 500, f"pouch: internal error, the request was not sent ({type(exc).__name__})",
               code="pouch_internal_error", type_="server_error")
 
-    async def _identify_later(self, flow: http.HTTPFlow, found: dict[bytes, list[bytes]]) -> None:
+    async def _identify_later(self, flow: http.HTTPFlow, found: dict[bytes, bytes]) -> None:
         try:
             await self._identify(flow, found)
         except Exception as exc:
@@ -264,7 +260,7 @@ class Identify:
 
     def _identify_now(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         """The common cases identified here; what needs an await goes to ``_identify``."""
-        found, _ = header_scan(flow.request.headers.fields, _IDENTIFY_NAMES)
+        found = header_index(flow.request.headers.fields).values
         if b"proxy-authorization" in found or self._auth.get(flow.client_conn) is not None:
             return self._identify_later(flow, found)
         token = _api_key(found, flow.metadata.get(PROVIDER, "openai"))
@@ -284,7 +280,7 @@ class Identify:
             flow.metadata[IDENTITY] = _DEFAULT
         return None
 
-    async def _identify(self, flow: http.HTTPFlow, found: dict[bytes, list[bytes]]) -> None:
+    async def _identify(self, flow: http.HTTPFlow, found: dict[bytes, bytes]) -> None:
         creds = self._credentials(flow, found)
         wallet = via = None
         if creds is not None and creds[0]:

@@ -31,7 +31,9 @@ from mitmproxy.net.tls import starts_like_tls_record
 from mitmproxy.proxy import layer, layers
 from mitmproxy.proxy.layers.http import HTTPMode
 
-from ..endpoints import canonical_path, describe, folded, header_scan, misdirected, refusal, split_authority
+from ..endpoints import (
+    STANDARD_METHODS, canonical_path, describe, folded, header_index, misdirected, refusal, split_authority,
+)
 from ..providers import DEFAULT_HOSTS, for_host, host_matches, local
 from .local import LocalModels
 from .replies import PROVIDER, reply
@@ -39,8 +41,6 @@ from .replies import PROVIDER, reply
 log = logging.getLogger(__name__)
 
 SCOPE = "pouch_scope"  # flow.metadata key: "billed" | "free" | "passed"
-#: the headers ``Scope.request`` reads (lower-case bytes)
-_SCOPE_HEADERS = frozenset({b"host", b"transfer-encoding"})
 
 
 def allow_hosts_pattern(hosts: Sequence[str]) -> str:
@@ -190,7 +190,8 @@ class Scope:
         dest = self.destination(flow)
         default_port = 443 if data.scheme == b"https" else 80
         # the headers read in one pass (each ``headers.get`` scans and lower-cases every field)
-        found, special = header_scan(data.headers.fields, _SCOPE_HEADERS)
+        headers = header_index(data.headers.fields)
+        found, special = headers.values, headers.special
         host_header = folded(found.get(b"host"))  # ``req.host_header``, without a second scan
         authority = req.authority if data.authority else ""  # (its IDNA decode of b"" is "", through the codec)
         if data.http_version in (b"HTTP/2.0", b"HTTP/3"):
@@ -220,13 +221,15 @@ class Scope:
             req.headers.setdefault("x-goog-api-key", key)
         raw = data.content
         has_body = bool(raw) or b"transfer-encoding" in found
-        # no header refusal() acts on (the common case): its other rules, without decoding every header
-        headers = list(req.headers.items(multi=True)) if special else []
-        refused = refusal(req.method, req.path, headers, has_body=has_body)
-        if refused is not None:
-            reply(flow, refused.status, refused.message, code=refused.code)
-            return
-        kind = provider.classify(req.method, req.path, has_body=has_body)
+        method, path = req.method, req.path
+        # refusal() can only refuse on a header the scan flagged, an odd method, a query string
+        # (``?_method=``) or a body on a non-POST: none of these (the common case) needs the call
+        if special or method not in STANDARD_METHODS or "?" in path or (has_body and method != "POST"):
+            refused = refusal(method, path, list(req.headers.items(multi=True)) if special else [], has_body=has_body)
+            if refused is not None:
+                reply(flow, refused.status, refused.message, code=refused.code)
+                return
+        kind = provider.classify(method, path, has_body=has_body)
         if kind == "refused":
             reply(flow, 403, provider.refusal(req.method, req.path), code="pouch_unpriceable_endpoint")
             return
