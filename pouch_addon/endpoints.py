@@ -140,11 +140,73 @@ def refusal(method: str, target: str, headers: list[tuple[str, str]], *, has_bod
     return None
 
 
-def split_authority(value: str, default_port: int) -> tuple[str, int] | None:
-    """``host[:port]`` (or ``[v6]:port``) -> (host, port): lower case, trailing dot dropped; None
-    when it is not an authority."""
-    value = value.strip()
-    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::(\d{1,5}))?|([^\s:/@\[\]]+)(?::(\d{1,5}))?", value)
+#: header names (lower-case bytes) :func:`refusal` acts on; ``connection`` only when it names ``upgrade``
+REFUSAL_NAMES = frozenset({b"upgrade", *(h.encode() for h in OVERRIDE_HEADERS)})
+
+
+class HeaderIndex:
+    """A request's header fields by lower-case name, read once (mitmproxy's ``headers.get`` scans
+    and lower-cases every field per lookup, ~2k instructions a field, and the request hooks ask
+    for several names per call). ``values[name]``: the value as bytes, repeated fields joined by
+    ``b", "`` (:func:`folded` decodes it as ``headers.get`` would); ``special``: whether
+    :func:`refusal` could act on a header (an upgrade, an override, a ``Connection`` naming
+    ``upgrade``, a name that is not ASCII); ``names``: each field's lower-case name, in order."""
+
+    __slots__ = ("fields", "values", "special", "names")
+
+    def __init__(self, fields: tuple[tuple[bytes, bytes], ...]) -> None:
+        self.fields = fields
+        if not fields:
+            self.values: dict[bytes, bytes] = {}
+            self.special = False
+            self.names: list[bytes] = []
+            return
+        names, values = zip(*fields)
+        low = b"\0".join(names).lower()  # in C: no Python loop over the fields
+        if low.count(b"\0") == len(fields) - 1 and low.isascii():
+            self.names = low.split(b"\0")
+            self.values = dict(zip(self.names, values))
+            if len(self.values) != len(fields):  # a repeated name: its values joined in order
+                self.values = {}
+                for n, v in zip(self.names, values):
+                    self.values[n] = self.values[n] + b", " + v if n in self.values else v
+            self.special = not REFUSAL_NAMES.isdisjoint(self.values) or (
+                b"connection" in self.values and b"upgrade" in self.values[b"connection"].lower())
+        else:  # a NUL or a non-ASCII byte in a name: the plain loop, flagged for refusal's own look
+            self.names = [n.lower() for n in names]
+            self.values = {}
+            for n, v in zip(self.names, values):
+                self.values[n] = self.values[n] + b", " + v if n in self.values else v
+            self.special = True
+
+
+#: the last request's index: the hooks of one request share it while its header fields are
+#: unchanged (mitmproxy replaces the ``fields`` tuple on any change, so ``is`` tells)
+_LAST_INDEX: HeaderIndex = HeaderIndex(())
+
+
+def header_index(fields: tuple[tuple[bytes, bytes], ...]) -> HeaderIndex:
+    """The :class:`HeaderIndex` of ``fields`` (built once per tuple, from any thread)."""
+    last = _LAST_INDEX
+    if last.fields is fields:
+        return last
+    index = HeaderIndex(fields)
+    globals()["_LAST_INDEX"] = index
+    return index
+
+
+def folded(value: bytes | None) -> str | None:
+    """A header's value as mitmproxy's ``headers.get`` gives it (decoded as UTF-8 with
+    surrogateescape; repeated fields joined with ``", "``), or None when absent."""
+    return None if value is None else value.decode("utf-8", "surrogateescape")
+
+
+_AUTHORITY = re.compile(r"\[([0-9A-Fa-f:.]+)\](?::(\d{1,5}))?|([^\s:/@\[\]]+)(?::(\d{1,5}))?")
+
+
+@lru_cache(maxsize=256)
+def _split_authority(value: str, default_port: int) -> tuple[str, int] | None:
+    m = _AUTHORITY.fullmatch(value)
     if m is None:
         return None
     host = (m.group(1) or m.group(3)).lower().rstrip(".")
@@ -152,6 +214,12 @@ def split_authority(value: str, default_port: int) -> tuple[str, int] | None:
     if not host:
         return None
     return host, int(port) if port else default_port
+
+
+def split_authority(value: str, default_port: int) -> tuple[str, int] | None:
+    """``host[:port]`` (or ``[v6]:port``) -> (host, port): lower case, trailing dot dropped; None
+    when it is not an authority."""
+    return _split_authority(value.strip(), default_port)  # memoised: a client sends the same Host each call
 
 
 def describe(addr: tuple[str, int]) -> str:

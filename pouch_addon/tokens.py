@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import ctypes
 import hashlib
 import importlib.resources
@@ -175,16 +174,19 @@ def _loaded(name: str) -> _Loaded:
         return _LOADED[name]
 
 
-@contextlib.contextmanager
-def loaded_only() -> Iterator[None]:
+class loaded_only:  # noqa: N801 (used as a function: ``with tokens.loaded_only():``)
     """Within the block, needing an encoding that is not loaded yet raises `NotLoaded` instead
-    of loading it: the event loop uses this to plan inline only what cannot block it."""
-    previous = getattr(_NO_LOAD, "on", False)
-    _NO_LOAD.on = True
-    try:
-        yield
-    finally:
-        _NO_LOAD.on = previous
+    of loading it: the event loop uses this to plan inline only what cannot block it. A class
+    rather than a ``contextlib.contextmanager`` generator: entered on every inline plan."""
+
+    __slots__ = ("_previous",)
+
+    def __enter__(self) -> None:
+        self._previous = getattr(_NO_LOAD, "on", False)
+        _NO_LOAD.on = True
+
+    def __exit__(self, *exc: object) -> None:
+        _NO_LOAD.on = self._previous
 
 
 def get_encoding(name: str) -> tiktoken.Encoding:
@@ -277,9 +279,18 @@ class _Bytes(_Counter):
         return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
+#: one byte-bound counter per encoding name (it holds only the name)
+_BYTES: dict[str, _Bytes] = {}
+
+
 def _counter(model: str, exact: bool) -> _Counter:
     name = encoding_for_model(model)
-    return _Exact(get_encoding(name)) if exact else _Bytes(name)
+    if exact:
+        return _Exact(get_encoding(name))
+    counter = _BYTES.get(name)
+    if counter is None:
+        counter = _BYTES[name] = _Bytes(name)
+    return counter
 
 
 def is_loaded(name: str) -> bool:
@@ -459,9 +470,18 @@ def _require_str(value: Any, where: str) -> str:
     return value
 
 
+#: _message_overheads' answers by model name (asked per message; bounded as _ENCODING_OF)
+_OVERHEADS: dict[str, tuple[int, int]] = {}
+
+
 def _message_overheads(model: str) -> tuple[int, int]:
     """(tokens_per_message, tokens_per_name): 3/1 everywhere except the old gpt-3.5-turbo-0301."""
-    return (4, -1) if bare_model(model) == "gpt-3.5-turbo-0301" else (3, 1)
+    found = _OVERHEADS.get(model)
+    if found is None:
+        if len(_OVERHEADS) >= 1024:  # bounded: names come from clients
+            _OVERHEADS.clear()
+        found = _OVERHEADS[model] = (4, -1) if bare_model(model) == "gpt-3.5-turbo-0301" else (3, 1)
+    return found
 
 
 def _b64_payload(data: str) -> str:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterable
+from types import CoroutineType
 from typing import Any
 
 import mitmproxy.addonmanager  # noqa: F401  (registers the load hook)
@@ -39,7 +40,9 @@ def _one(fns: list[Callable[..., Any]]) -> Callable[..., Any]:
         async def hook(*args: Any) -> None:
             for f in fns:
                 res = f(*args)
-                if res is not None and inspect.isawaitable(res):
+                # a coroutine is tested by its type first: ``inspect.isawaitable`` is a Python
+                # function of several isinstance checks, asked per async hook of every event
+                if res is not None and (type(res) is CoroutineType or inspect.isawaitable(res)):
                     await res
         return hook
 

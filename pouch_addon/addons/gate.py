@@ -47,6 +47,7 @@ from ..plan import (
     decode_content, parse_body, rewrite_bytes,
 )
 from .. import tokens
+from ..endpoints import folded, header_index
 from ..pricing import PriceTable
 from ..providers import PROVIDERS, openai
 from .core import CALL, Core, FlowCall, reserve
@@ -90,6 +91,35 @@ def rewrite_body(request: http.Request, body: dict[str, Any], rewrites: dict[str
         reserialise(request, body, rewrites)
     else:
         request.content = data  # mitmproxy fixes content-length
+
+
+def set_content_identity(request: http.Request, data: bytes | None) -> None:
+    """``request.content = data`` (unless None) and ``accept-encoding: identity`` (SSE must reach
+    the meter uncompressed), as mitmproxy's setters would make them, from the request's
+    ``header_index`` instead of four scans of every field. The usual request (no
+    ``accept-encoding``, ``content-encoding`` or ``transfer-encoding``; at most one
+    ``content-length``) is one copy of the fields tuple; any other takes mitmproxy's setters."""
+    fields = request.data.headers.fields
+    headers = header_index(fields)
+    values = headers.values
+    if (b"accept-encoding" in values or b"content-encoding" in values or b"transfer-encoding" in values
+            or len(values) != len(fields)):
+        if data is not None:
+            request.content = data
+        request.headers["accept-encoding"] = "identity"
+        return
+    tail = ((b"accept-encoding", b"identity"),)
+    if data is None:
+        request.data.headers.fields = fields + tail
+        return
+    length = b"%d" % len(data)
+    if b"content-length" in values:  # mitmproxy's set_all: the field keeps its place and its name's case
+        i = headers.names.index(b"content-length")
+        fields = fields[:i] + ((fields[i][0], length),) + fields[i + 1:]
+    else:
+        fields = fields + ((b"content-length", length),)
+    request.data.content = data
+    request.data.headers.fields = fields + tail
 
 
 def reserialise(request: http.Request, body: dict[str, Any], rewrites: dict[str, Any]) -> None:
@@ -276,7 +306,7 @@ class BudgetGate:
             meta["local"] = True
         wallet = ident.wallet
         # read once for the inline test and the draft (a header lookup scans every header)
-        coding = flow.request.headers.get("content-encoding", "")
+        coding = folded(header_index(flow.request.headers.fields).values.get(b"content-encoding")) or ""
         inline = inline_ok(flow.request, coding)
         try:
             drafted = self._draft_inline(flow, table, coding=coding) if inline else None
@@ -314,7 +344,7 @@ class BudgetGate:
             return
         plan = admission.plan
         assert plan is not None
-        call = FlowCall(plan=plan, reservation=result, client=meta["client"], ledger=ledger, wallet=wallet)
+        call = FlowCall(plan, result, meta["client"], ledger, wallet)  # positional: plan reservation client ledger wallet
         flow.metadata[CALL] = call
         self.core.active.add(call)
         if plan.rewrites:
@@ -322,13 +352,13 @@ class BudgetGate:
             tried = len(raw) <= INLINE_INSERT_BYTES
             data = rewrite_bytes(raw, body, plan.rewrites) if tried else None
             if data is not None:  # an insertion: one copy of the body, no thread hop
-                flow.request.content = data
+                set_content_identity(flow.request, data)  # with accept-encoding, in one pass
+                return
             elif inline:  # not an insertion; a small body stays small with a cap and stream_options added
                 reserialise(flow.request, body, plan.rewrites)
             else:  # a large body: the insertion (not tried yet) or the re-serialisation in a thread
                 await asyncio.to_thread(reserialise if tried else rewrite_body, flow.request, body, plan.rewrites)
-        # SSE must reach the meter uncompressed
-        flow.request.headers["accept-encoding"] = "identity"
+        set_content_identity(flow.request, None)
 
     def _refuse(self, flow: http.HTTPFlow, refusal: Refusal, admission: Admission) -> None:
         """Answer a refused admission: 429 for rate limits, 402 for everything the budget refused."""

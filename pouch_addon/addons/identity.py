@@ -35,11 +35,13 @@ import re
 import time
 import weakref
 from dataclasses import dataclass
+from collections.abc import Awaitable
 from typing import Any
 
 from mitmproxy import connection, ctx, http
 
 from .. import localproc
+from ..endpoints import folded, header_index
 from ..budget import DEFAULT_WALLET, check_wallet_name
 from ..keystore import check_key
 from ..vault import VIRTUAL_KEY_PREFIX, fingerprint, hash_virtual_key
@@ -69,6 +71,9 @@ class Identity:
         return out
 
 
+#: a request with no credentials, no virtual key and no local process: one (frozen) object for all
+_DEFAULT = Identity(DEFAULT_WALLET, "default")
+
 #: where each provider's clients put their API key, besides ``Authorization: Bearer``
 KEY_HEADERS = {"anthropic": ("x-api-key",), "gemini": ("x-goog-api-key",), "azure": ("api-key",)}
 
@@ -76,11 +81,16 @@ KEY_HEADERS = {"anthropic": ("x-api-key",), "gemini": ("x-goog-api-key",), "azur
 def find_api_key(request: http.Request, provider: str) -> str:
     """The API key a request carries (``Authorization: Bearer`` first, then the provider's own
     header; Scope moved Gemini's ``?key=`` into ``x-goog-api-key``), or ``""``."""
-    auth = request.headers.get("authorization", "")
+    return _api_key(header_index(request.headers.fields).values, provider)
+
+
+def _api_key(found: dict[bytes, bytes], provider: str) -> str:
+    """:func:`find_api_key` on a request's ``header_index`` values."""
+    auth = folded(found.get(b"authorization")) or ""
     if auth[:7].lower() == "bearer " and auth[7:].strip():
         return auth[7:].strip()
     for name in KEY_HEADERS.get(provider, ()):
-        value = request.headers.get(name, "").strip()
+        value = (folded(found.get(name.encode())) or "").strip()
         if value:
             return value
     return ""
@@ -182,9 +192,10 @@ class Identify:
         if creds is not None:
             self._auth[flow.client_conn] = (str(creds[0]), str(creds[1]))
 
-    def _credentials(self, flow: http.HTTPFlow) -> tuple[str, str] | None:
+    def _credentials(self, flow: http.HTTPFlow, found: dict[bytes, bytes]) -> tuple[str, str] | None:
+        """``found``: the request's ``header_index`` values."""
         creds = self._auth.get(flow.client_conn)
-        if "proxy-authorization" in flow.request.headers:  # plain-HTTP proxying: never forward it
+        if b"proxy-authorization" in found:  # plain-HTTP proxying: never forward it
             header = parse_basic(flow.request.headers.pop("proxy-authorization"))
             creds = creds or header
         return creds
@@ -224,18 +235,53 @@ class Identify:
             return None
 
     # -- the hook --------------------------------------------------------------------------------
-    async def request(self, flow: http.HTTPFlow) -> None:
+    def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        """Not a coroutine: mitmproxy (and ``Chain``) await what a hook returns, so a request
+        identified without waiting (no proxy secret to check, no virtual key, no process lookup
+        pending: most) makes no coroutine and costs no await."""
         if flow.response is not None or flow.metadata.get(SCOPE) is None:
-            return
+            return None
         try:
-            await self._identify(flow)
+            return self._identify_now(flow)
         except Exception as exc:  # fail closed: never charge an unidentified call to the wrong wallet
-            log.exception("pouch: internal error while identifying a request")
-            reply(flow, 500, f"pouch: internal error, the request was not sent ({type(exc).__name__})",
-                  code="pouch_internal_error", type_="server_error")
+            self._failed(flow, exc)
+            return None
 
-    async def _identify(self, flow: http.HTTPFlow) -> None:
-        creds = self._credentials(flow)
+    def _failed(self, flow: http.HTTPFlow, exc: Exception) -> None:
+        log.exception("pouch: internal error while identifying a request", exc_info=exc)
+        reply(flow, 500, f"pouch: internal error, the request was not sent ({type(exc).__name__})",
+              code="pouch_internal_error", type_="server_error")
+
+    async def _identify_later(self, flow: http.HTTPFlow, found: dict[bytes, bytes]) -> None:
+        try:
+            await self._identify(flow, found)
+        except Exception as exc:
+            self._failed(flow, exc)
+
+    def _identify_now(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        """The common cases identified here; what needs an await goes to ``_identify``."""
+        found = header_index(flow.request.headers.fields).values
+        if b"proxy-authorization" in found or self._auth.get(flow.client_conn) is not None:
+            return self._identify_later(flow, found)
+        token = _api_key(found, flow.metadata.get(PROVIDER, "openai"))
+        if token.startswith(VIRTUAL_KEY_PREFIX):
+            return self._identify_later(flow, found)
+        client = flow.client_conn
+        if self._by_process and _is_loopback(client.peername) and client.sockname:
+            fut = self._procs.get(client)
+            if fut is None or not fut.done() or fut.cancelled() or fut.exception() is not None:
+                return self._identify_later(flow, found)
+            found_proc = fut.result()
+        else:
+            found_proc = None
+        if found_proc is not None:
+            flow.metadata[IDENTITY] = Identity(found_proc[1], "process", None, None, found_proc[0])
+        else:
+            flow.metadata[IDENTITY] = _DEFAULT
+        return None
+
+    async def _identify(self, flow: http.HTTPFlow, found: dict[bytes, bytes]) -> None:
+        creds = self._credentials(flow, found)
         wallet = via = None
         if creds is not None and creds[0]:
             problem = await self._check_secret(flow, *creds)
@@ -245,7 +291,7 @@ class Identify:
             wallet, via = creds[0], "proxy_auth"
         key_id = provider = None
         flow_provider = flow.metadata.get(PROVIDER, "openai")
-        token = find_api_key(flow.request, flow_provider)
+        token = _api_key(found, flow_provider)
         if token.startswith(VIRTUAL_KEY_PREFIX):
             keys = self.core.keys
             records = await asyncio.to_thread(keys.by_hash) if keys is not None else {}

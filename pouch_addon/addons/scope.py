@@ -31,7 +31,9 @@ from mitmproxy.net.tls import starts_like_tls_record
 from mitmproxy.proxy import layer, layers
 from mitmproxy.proxy.layers.http import HTTPMode
 
-from ..endpoints import canonical_path, describe, misdirected, refusal, split_authority
+from ..endpoints import (
+    STANDARD_METHODS, canonical_path, describe, folded, header_index, misdirected, refusal, split_authority,
+)
 from ..providers import DEFAULT_HOSTS, for_host, host_matches, local
 from .local import LocalModels
 from .replies import PROVIDER, reply
@@ -184,9 +186,17 @@ class Scope:
         if flow.response is not None:
             return
         req = flow.request
+        data = req.data
         dest = self.destination(flow)
-        default_port = 443 if req.scheme == "https" else 80
-        claims = [c for c in (req.host_header, req.authority) if c]
+        default_port = 443 if data.scheme == b"https" else 80
+        # the headers read in one pass (each ``headers.get`` scans and lower-cases every field)
+        headers = header_index(data.headers.fields)
+        found, special = headers.values, headers.special
+        host_header = folded(found.get(b"host"))  # ``req.host_header``, without a second scan
+        authority = req.authority if data.authority else ""  # (its IDNA decode of b"" is "", through the codec)
+        if data.http_version in (b"HTTP/2.0", b"HTTP/3"):
+            host_header = authority or host_header
+        claims = [c for c in (host_header, authority) if c]
         sni = (flow.client_conn.sni or "").lower().rstrip(".")
         is_local = self.local is not None and self.local.match(*dest)
         ours = (is_local or self.is_llm_host(dest[0]) or self.is_llm_host(sni)
@@ -209,13 +219,17 @@ class Scope:
             key = req.query.get("key", "")
             del req.query["key"]
             req.headers.setdefault("x-goog-api-key", key)
-        raw = req.raw_content
-        has_body = bool(raw) or "transfer-encoding" in req.headers
-        refused = refusal(req.method, req.path, list(req.headers.items(multi=True)), has_body=has_body)
-        if refused is not None:
-            reply(flow, refused.status, refused.message, code=refused.code)
-            return
-        kind = provider.classify(req.method, req.path, has_body=has_body)
+        raw = data.content
+        has_body = bool(raw) or b"transfer-encoding" in found
+        method, path = req.method, req.path
+        # refusal() can only refuse on a header the scan flagged, an odd method, a query string
+        # (``?_method=``) or a body on a non-POST: none of these (the common case) needs the call
+        if special or method not in STANDARD_METHODS or "?" in path or (has_body and method != "POST"):
+            refused = refusal(method, path, list(req.headers.items(multi=True)) if special else [], has_body=has_body)
+            if refused is not None:
+                reply(flow, refused.status, refused.message, code=refused.code)
+                return
+        kind = provider.classify(method, path, has_body=has_body)
         if kind == "refused":
             reply(flow, 403, provider.refusal(req.method, req.path), code="pouch_unpriceable_endpoint")
             return

@@ -2,7 +2,9 @@
 
 import pytest
 
-from pouch_addon.endpoints import canonical_path, classify, misdirected, refusal, split_authority
+from pouch_addon.endpoints import (
+    REFUSAL_NAMES, HeaderIndex, canonical_path, classify, folded, header_index, misdirected, refusal, split_authority,
+)
 
 WS = [("Upgrade", "websocket"), ("Connection", "Upgrade")]
 
@@ -105,3 +107,42 @@ def test_misdirected_names_the_first_claim_that_disagrees():
     assert misdirected(dest, ["api.openai.com", "evil.example"], 443) == "evil.example"
     assert misdirected(dest, ["api.openai.com:80"], 443) == "api.openai.com:80"
     assert misdirected(dest, ["api.openai.com, evil.example"], 443) == "api.openai.com, evil.example"
+
+
+def test_header_index_reads_as_mitmproxys_lookups():
+    """The request hooks read headers through one ``header_index`` instead of mitmproxy's lookups:
+    each name's value (``folded`` as ``headers.get`` gives it), and whether ``refusal`` could act
+    on a header, must be the same for any fields (case, repeats, NUL or non-ASCII in names, odd
+    values); the index of a tuple is reused only for that same tuple."""
+    import random
+
+    from mitmproxy.http import Headers
+
+    names = [b"Host", b"HOST", b"host", b"Authorization", b"authorization", b"Connection", b"connection",
+             b"Upgrade", b"X-HTTP-Method-Override", b"x-method-override", b"X-Http-Method", b"Transfer-Encoding",
+             b"Content-Encoding", b"content-length", b"x-goog-api-key", b"x-api-key", b"api-key",
+             b"Proxy-Authorization", b"accept", b"ho\0st", b"\0host", b"host\0", b"", b"h\xc3\xb6st",
+             b"\xe2\x84\xaaey", b"x-host", b"hostx", b"upgrade\n", b"x-upgrade"]
+    values = [b"api.openai.com", b"keep-alive", b"Upgrade", b"keep-alive, UPGRADE", b"", b"gzip",
+              b"Bearer sk-1", b"\xff\xfe", b"upgrade\0", b"a, b", b"\xc3", b"\xa9"]
+    asked = ["host", "authorization", "proxy-authorization", "x-api-key", "x-goog-api-key", "api-key",
+             "content-encoding", "transfer-encoding", "connection", "upgrade", "accept", "content-length"]
+    rng = random.Random(20)
+    for _ in range(4000):
+        fields = tuple((rng.choice(names), rng.choice(values)) for _ in range(rng.randrange(0, 8)))
+        index = HeaderIndex(fields)
+        headers = Headers(fields)
+        for name in asked:
+            assert folded(index.values.get(name.encode())) == headers.get(name), (fields, name)
+        assert index.names == [n.lower() for n, _ in fields]
+        plain = any(n.lower() in REFUSAL_NAMES or (n.lower() == b"connection" and b"upgrade" in v.lower())
+                    or not n.isascii() for n, v in fields)
+        assert index.special or not plain, fields  # flagged whenever a header could matter
+        items = list(headers.items(multi=True))
+        if not index.special:  # refusal on the real headers equals refusal on none
+            for method, target, body in (("POST", "/v1/chat/completions", True), ("GET", "/v1/models", False)):
+                assert refusal(method, target, items, has_body=body) == refusal(method, target, [], has_body=body)
+    fields = ((b"Host", b"a"),)
+    assert header_index(fields) is header_index(fields)
+    assert header_index(((b"Host", b"a"),)).values == {b"host": b"a"}
+    assert header_index(fields) is not header_index(((b"Host", b"b"),))

@@ -343,3 +343,16 @@ def test_the_worst_case_prices_input_at_the_dearest_input_side_rate():
     written = Usage(input_tokens=p.reserved_input_tokens, cache_write_1h_tokens=p.reserved_input_tokens,
                     output_tokens=10)
     assert p.worst_case == cost(TABLE.resolve("claude-sonnet-4-5"), written)
+
+
+def test_draft_plan_builds_its_draft_in_field_order():
+    """``draft_plan`` builds ``DraftPlan`` positionally (on the event loop per billed call, 20
+    keywords cost ~10k instructions): its fields must stay in this order."""
+    from dataclasses import fields
+
+    from pouch_addon.plan import DraftPlan
+
+    assert [f.name for f in fields(DraftPlan)] == [
+        "api", "path", "model", "price", "stream", "input_tokens", "reserved_input_tokens", "choices", "tier",
+        "client_wants_usage", "cap", "cap_field", "rewrites", "notes", "input_hidden", "server_tools", "tool_calls",
+        "per_call_fee", "fees", "fixed_fee", "extra_output", "fit_cap", "input_method"]

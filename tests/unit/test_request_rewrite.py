@@ -172,3 +172,31 @@ def test_inline_ok_reads_the_coding_it_is_given_or_the_header():
     assert inline_ok(small)
     large = http.Request.make("POST", "https://api.openai.com/v1/chat/completions", b"x" * (INLINE_PLAN_BYTES + 1))
     assert not inline_ok(large) and not inline_ok(large, "")
+
+
+def test_set_content_identity_is_what_mitmproxys_setters_make():
+    """The gate sets the rewritten body and ``accept-encoding: identity`` from the header index
+    instead of mitmproxy's setters: the same fields (order, case, repeats) and body for any headers."""
+    import random
+
+    from mitmproxy import http
+
+    from pouch_addon.addons.gate import set_content_identity
+
+    names = [b"Host", b"Content-Length", b"content-length", b"Accept-Encoding", b"accept-encoding",
+             b"Transfer-Encoding", b"Content-Encoding", b"Authorization", b"x-a", b"X-A"]
+    values = [b"1", b"gzip", b"identity", b"chunked", b"br, gzip", b"v"]
+    rng = random.Random(7)
+    for _ in range(2000):
+        fields = tuple((rng.choice(names), rng.choice(values)) for _ in range(rng.randrange(0, 6)))
+        data = rng.choice([None, b"", b'{"a":1}', b"x" * 300])
+        ours = http.Request.make("POST", "https://api.openai.com/v1/chat/completions", b"{}")
+        ours.headers.fields = fields
+        theirs = http.Request.make("POST", "https://api.openai.com/v1/chat/completions", b"{}")
+        theirs.headers.fields = fields
+        set_content_identity(ours, data)
+        if data is not None:
+            theirs.content = data
+        theirs.headers["accept-encoding"] = "identity"
+        assert ours.headers.fields == theirs.headers.fields, (fields, data)
+        assert ours.raw_content == theirs.raw_content, (fields, data)
