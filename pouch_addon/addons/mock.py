@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 
 from mitmproxy import ctx, exceptions, http
 
@@ -67,12 +68,16 @@ class Mock:
             log.warning("pouch: mock mode: LLM calls are answered by pouch itself, settled at $0 (status mock); "
                         "nothing is sent to any provider")
 
-    async def request(self, flow: http.HTTPFlow) -> None:
+    def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        """The answer, awaited by mitmproxy (pouch's chain) only in mock mode: no coroutine per call otherwise."""
         if not self._on or flow.response is not None:
-            return
+            return None
         call: FlowCall | None = flow.metadata.get(CALL)
         if call is None:
-            return
+            return None
+        return self._answer(flow, call)
+
+    async def _answer(self, flow: http.HTTPFlow, call: FlowCall) -> None:
         if self._latency_ms:
             await asyncio.sleep(self._latency_ms / 1000)
         plan = call.plan
