@@ -49,7 +49,7 @@ from ..plan import (
 from .. import tokens
 from ..pricing import PriceTable
 from ..providers import PROVIDERS, openai
-from .core import CALL, Core, FlowCall, reserve
+from .core import CALL, Core, FlowCall, reserve, set_content, set_header
 from .identity import IDENTITY, Identity
 from .replies import PROVIDER, reply
 from .scope import SCOPE
@@ -322,13 +322,13 @@ class BudgetGate:
             tried = len(raw) <= INLINE_INSERT_BYTES
             data = rewrite_bytes(raw, body, plan.rewrites) if tried else None
             if data is not None:  # an insertion: one copy of the body, no thread hop
-                flow.request.content = data
+                set_content(flow.request, data)
             elif inline:  # not an insertion; a small body stays small with a cap and stream_options added
                 reserialise(flow.request, body, plan.rewrites)
             else:  # a large body: the insertion (not tried yet) or the re-serialisation in a thread
                 await asyncio.to_thread(reserialise if tried else rewrite_body, flow.request, body, plan.rewrites)
         # SSE must reach the meter uncompressed
-        flow.request.headers["accept-encoding"] = "identity"
+        set_header(flow.request.headers, b"accept-encoding", b"identity")
 
     def _refuse(self, flow: http.HTTPFlow, refusal: Refusal, admission: Admission) -> None:
         """Answer a refused admission: 429 for rate limits, 402 for everything the budget refused."""
