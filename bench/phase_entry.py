@@ -402,4 +402,11 @@ else:
     from pouch_addon.addons.chain import Chain
 
     _instrument()
-    addons = [First(), Chain(make_addons()), Last()]
+    members = make_addons()
+    if os.environ.get("PHASE_LEAN", "1") == "1":  # as mitm_entry (a checkout without walk.py: none)
+        try:
+            from pouch_addon.addons.walk import LeanWalk
+            members.append(LeanWalk())
+        except ImportError:
+            pass
+    addons = [First(), Chain(members), Last()]

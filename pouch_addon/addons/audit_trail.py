@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Awaitable
 
 from mitmproxy import http
 
@@ -27,10 +28,15 @@ class AuditBlocks:
     def __init__(self, core: Core) -> None:
         self.core = core
 
-    async def request(self, flow: http.HTTPFlow) -> None:
+    def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        """The audit write of a blocked request, awaited by mitmproxy (pouch's chain); None for the
+        others (no coroutine per forwarded call)."""
         code = flow.metadata.get("pouch_blocked")
         if code is None or flow.response is None or flow.metadata.get("pouch_audited") or self.core.ledger is None:
-            return
+            return None
+        return self._audit(flow, code)
+
+    async def _audit(self, flow: http.HTTPFlow, code: str) -> None:
         flow.metadata["pouch_audited"] = True
         ident = flow.metadata.get(IDENTITY)
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 
 from mitmproxy import http
 
@@ -29,9 +30,11 @@ class AzureDeployments:
     async def running(self) -> None:
         await self._refresh()
 
-    async def request(self, flow: http.HTTPFlow) -> None:
+    def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        """The map's refresh for an Azure call, awaited by mitmproxy (pouch's chain); None for the others."""
         if flow.response is None and flow.metadata.get(PROVIDER) == azure.NAME:
-            await self._refresh()
+            return self._refresh()
+        return None
 
     async def _refresh(self) -> None:
         ledger = self.core.ledger

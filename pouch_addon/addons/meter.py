@@ -110,6 +110,23 @@ def settle_from_meter(m: Any, result: settlement.Settlement) -> settlement.Settl
     return result if m.usage_source == "provider" else settlement.counted(result)
 
 
+def content_type_and_encoding(headers: http.Headers) -> tuple[str, str | None]:
+    """``headers.get("content-type", "")`` and ``headers.get("content-encoding")`` in one pass over
+    the raw fields: mitmproxy's ``get`` decodes and lower-cases every field's name per lookup
+    (~4-8 us each on the VM, between the answer's head and its first byte to the client)."""
+    ctype: list[bytes] = []
+    enc: list[bytes] = []
+    for k, v in headers.fields:
+        n = len(k)
+        if n == 12 and k.lower() == b"content-type":
+            ctype.append(v)
+        elif n == 16 and k.lower() == b"content-encoding":
+            enc.append(v)
+    # as mitmproxy's: several fields of a name are one value joined by ", "
+    return (b", ".join(ctype).decode("utf-8", "surrogateescape"),
+            b", ".join(enc).decode("utf-8", "surrogateescape") if enc else None)
+
+
 class QuietStreaming(logging.Filter):
     """Drops mitmproxy's "Streaming response from HOST." record (INFO, ``mitmproxy.proxy.server``).
 
@@ -187,14 +204,13 @@ class Metering:
                 flow.response.stream = True
             return
         call.response_started = True
-        ctype = flow.response.headers.get("content-type", "")
+        headers = flow.response.headers
+        ctype, encoding = content_type_and_encoding(headers)
         sse = "text/event-stream" in ctype
         provider = PROVIDERS.get(flow.metadata.get(PROVIDER, ""), openai)
         # a provider may stream a JSON array sent piece by piece (Gemini without alt=sse)
         array = not sse and call.plan.stream and provider.JSON_ARRAY_STREAMS and "json" in ctype
         if flow.response.status_code < 400 and (sse or array):
-            headers = flow.response.headers
-            encoding = headers.get("content-encoding")
             ready, call.next_meter = call.next_meter, None
             call.meter = (ready if ready is not None and sse and encoding is None
                           else provider.new_meter(call.plan, call.reserved, sse=sse, content_encoding=encoding))
