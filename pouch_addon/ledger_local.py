@@ -484,8 +484,7 @@ class LocalStore(GroupCommitQueue):
         name = st.history_file
         if name is None:
             return None
-        names = self._history.partitions()
-        if not names or names[-1] != name:
+        if self._history.newest() != name:
             return None
         at = self._history.kept_size(name)
         return at if at == st.history_size else None
@@ -532,11 +531,14 @@ class LocalStore(GroupCommitQueue):
         carries them, so a writer re-appends what a power loss dropped, see :meth:`_load`)."""
         st = txn.state
         by_partition: dict[str, list[dict[str, Any]]] = {}
+        current = st.history_file
         for entry in txn.entries:
-            name = max(partition_for(entry["ts"]), st.history_file or "")
+            name = partition_for(entry["ts"])
+            if current is not None and name <= current:
+                name = current  # the pointer's own object: ``ledger_json`` keeps its text by identity
             by_partition.setdefault(name, []).append(entry)
         hist = []  # each line serialised once, for its partition and for the record
-        for name in sorted(by_partition):
+        for name in sorted(by_partition) if len(by_partition) > 1 else by_partition:
             encoded = [canonical_json(line) for line in by_partition[name]]
             data = b"".join(e + b"\n" for e in encoded)
             hs = txn.hist_start

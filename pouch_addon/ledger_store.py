@@ -256,17 +256,26 @@ class HistoryLog:
         changes it. As in git's "racy" check, a listing is only reused once the mtime is
         older than the clock's coarse granularity, since two changes within one tick of it
         can leave it equal."""
+        return list(self._names())
+
+    def _names(self) -> tuple[str, ...]:
         try:
             mtime = os.stat(self._dirname).st_mtime_ns
         except FileNotFoundError:
-            return []
+            return ()
         cached = self._listing
         if cached is not None and cached[0] == mtime:
-            return list(cached[1])
-        names = sorted(n for n in os.listdir(self.dir) if n.endswith(".jsonl") and not n.startswith("."))
+            return cached[1]
+        names = tuple(sorted(n for n in os.listdir(self.dir) if n.endswith(".jsonl") and not n.startswith(".")))
         if time.time_ns() - mtime > _RACY_NS:
-            self._listing = (mtime, tuple(names))
+            self._listing = (mtime, names)
         return names
+
+    def newest(self) -> str | None:
+        """The newest partition's name (None: none): :meth:`partitions` without copying the listing
+        (every group commit asks; the listing grows by a partition a day)."""
+        names = self._names()
+        return names[-1] if names else None
 
     def append(self, name: str, lines: list[dict[str, Any]], *, durable: bool | None = None) -> int:
         """Append entries to partition ``name`` in one write and one fsync; return its new size.

@@ -142,7 +142,7 @@ class RecordLog:
 
         ``ino``: the log's inode as the caller saw it under the lock; the kept descriptor is
         used only while it still names that file."""
-        data = b"".join(frame(p) for p in payloads)
+        data = frame(payloads[0]) if len(payloads) == 1 else b"".join(frame(p) for p in payloads)
         if end is None:
             end = self.read()[1]
         fd = self._open(ino)
