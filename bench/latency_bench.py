@@ -332,9 +332,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--load", type=int, default=20, help="connections of the closed-loop phase")
     ap.add_argument("--load-seconds", type=float, default=4.0)
     ap.add_argument("--no-pin", action="store_true", help="do not pin mitmdump / load generator to CPUs")
-    ap.add_argument("--client-first", choices=["client-nice", "fake-idle", "shared"], default="client-nice",
-                    help="keep the fake from delaying the client's wake-up on their shared CPU (proxy_bench.client_first); "
-                         "'shared': the layout before 2026-12-07")
     return ap.parse_args(argv)
 
 
@@ -348,14 +345,12 @@ def main(argv: list[str] | None = None) -> int:
         run = Run(args, workdir)
         for cfg in run.cfgs:
             run.start(cfg)
-        sched = PB.client_first(run.fake, args.client_first)  # after the proxies started: they keep nice 0
-        print(f"latency_bench: {run.pin.describe()}; {sched}; one connection per configuration, {args.n} sequential calls "
+        print(f"latency_bench: {run.pin.describe()}; one connection per configuration, {args.n} sequential calls "
               f"x {args.rounds} rounds per workload; configurations "
               + ", ".join(c.name + (f" [{' '.join(c.sets)}]" if c.sets else "") for c in run.cfgs), flush=True)
         asyncio.run(run.sequential())
         run.report(ratios)
         if not args.no_load:
-            PB.client_first(run.fake, "normal")
             print(f"\n== under load: {args.load} connections, closed loop, non-stream, {args.load_seconds:g} s each")
             for cfg in run.cfgs:
                 if cfg.kind != "direct" and not cfg.skipped:

@@ -128,8 +128,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", action="append", default=[], metavar="NAME:OPTION=VALUE,...",
                     help="another pouch configuration of this checkout")
     ap.add_argument("--no-pin", action="store_true")
-    ap.add_argument("--client-first", choices=["client-nice", "fake-idle", "shared"], default="client-nice",
-                    help="as latency_bench's: keep the fake from delaying the client's wake-up")
     ap.add_argument("--gap-ms", type=float, default=0.0, help="pause after each call (as latency_bench's)")
     ap.add_argument("--keep", metavar="DIR", help="copy each configuration's per-flow timestamps (JSON lines) there")
     ap.add_argument("--trace", action="store_true",
@@ -170,7 +168,6 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 H._proxy_env, H.pouch_entry_script = env0, entry0
             proxies[name] = (proxy, out)
-        print("phase_bench: " + PB.client_first(fake, args.client_first), flush=True)  # after the proxies started
         time.sleep(1.0)
 
         async def drive() -> dict[str, dict[str, list[float]]]:

@@ -129,37 +129,6 @@ def start_quiet_fake(h: H.Harness, timeout: float = 10.0) -> H.Fake:
     return fake
 
 
-def client_first(fake: H.Fake, mode: str = "client-nice") -> str:
-    """Keep the fake provider from delaying the client's wake-up on the CPU they share.
-
-    Why (issue 20): with mitmdump on cpu0, the fake and the client share cpu1. A 50-chunk stream
-    with no delay keeps the fake busy for some milliseconds after its first chunk; whenever the
-    first chunk reached the client in that window, the client waited behind the fake for its CPU
-    (``perf sched``, 200 calls each: 357 ms of the fake on the client's CPU during the client's
-    scheduling delays behind pouch, 43 ms behind bare mitmdump, whose slower answer path let the
-    burst end first). A real provider's CPU is not on the client's machine.
-
-    ``mode``: ``client-nice`` raises this thread (the client's event loop) to nice -10, after the
-    proxies and the fake were started (they keep nice 0); ``fake-idle`` puts the fake's threads in
-    ``SCHED_IDLE`` (it then starves under any other load); ``shared`` changes nothing (the layout
-    before 2026-12-07); ``normal`` undoes both (before a closed-loop load, where the fake must have
-    its fair share). Returns a description for the bench's header."""
-    pid = fake.proc.pid
-    try:
-        if mode in ("fake-idle", "normal"):
-            policy = os.SCHED_IDLE if mode == "fake-idle" else os.SCHED_OTHER
-            for tid in os.listdir(f"/proc/{pid}/task"):
-                os.sched_setscheduler(int(tid), policy, os.sched_param(0))
-        if mode in ("client-nice", "normal"):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), -10 if mode == "client-nice" else 0)
-    except (OSError, AttributeError) as exc:
-        return f"fake and client at normal priority ({mode} failed: {exc!r})"
-    return {"client-nice": "client at nice -10 (the fake never delays its wake-up)",
-            "fake-idle": "fake in SCHED_IDLE (it never delays the client's wake-up)",
-            "shared": "fake and client at normal priority on their shared CPU",
-            "normal": "fake and client at normal priority"}[mode]
-
-
 # --------------------------------------------------------------------------- /proc readers
 
 def proc_cpu(pid: int) -> dict[str, float]:
