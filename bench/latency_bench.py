@@ -15,7 +15,8 @@ One keep-alive connection per configuration, sequential requests; the configurat
 round by round (``--rounds``), so drift of the shared machine hits them alike. Two workloads:
 
 - non-stream chat completion: the whole-call latency;
-- 50-chunk SSE stream: the time to the first body byte (TTFB) and to the end.
+- 50-chunk SSE stream: the time to the first body byte (TTFB) and to the end (``--stream-delay-ms``:
+  the fake pauses before each content chunk, as a provider streaming tokens as it makes them).
 
 Printed per configuration: p50/p95 and the *added* p50/p95 over ``direct`` (pooled over every
 round), the median of the per-round added p50s, and, for pouch, the ledger's operations per
@@ -201,7 +202,7 @@ class Run:
     async def sequential(self) -> None:
         a = self.args
         ns = PB.chat_request(stream=False, chunks=a.chunks_ns)
-        st = PB.chat_request(stream=True, chunks=50)
+        st = PB.chat_request(stream=True, chunks=50, delay_ms=a.stream_delay_ms)
         live = [c for c in self.cfgs if not c.skipped]
         for cfg in live:
             cfg.client = await self.connect(cfg)
@@ -332,6 +333,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--load", type=int, default=20, help="connections of the closed-loop phase")
     ap.add_argument("--load-seconds", type=float, default=4.0)
     ap.add_argument("--no-pin", action="store_true", help="do not pin mitmdump / load generator to CPUs")
+    ap.add_argument("--stream-delay-ms", type=int, default=0,
+                    help="the fake's pause before each content chunk of the stream (x-fake-delay-ms): a provider "
+                         "sending tokens as it makes them, instead of the 49 chunks after the first in one burst "
+                         "(the burst's socket writes run on the client's CPU, and this PREEMPT_NONE kernel lets the "
+                         "client wait behind them: see README Benchmarks)")
     return ap.parse_args(argv)
 
 
@@ -346,7 +352,8 @@ def main(argv: list[str] | None = None) -> int:
         for cfg in run.cfgs:
             run.start(cfg)
         print(f"latency_bench: {run.pin.describe()}; one connection per configuration, {args.n} sequential calls "
-              f"x {args.rounds} rounds per workload; configurations "
+              + (f"(streams paced: {args.stream_delay_ms} ms before each content chunk) " if args.stream_delay_ms else "")
+              + f"x {args.rounds} rounds per workload; configurations "
               + ", ".join(c.name + (f" [{' '.join(c.sets)}]" if c.sets else "") for c in run.cfgs), flush=True)
         asyncio.run(run.sequential())
         run.report(ratios)

@@ -128,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", action="append", default=[], metavar="NAME:OPTION=VALUE,...",
                     help="another pouch configuration of this checkout")
     ap.add_argument("--no-pin", action="store_true")
+    ap.add_argument("--stream-delay-ms", type=int, default=0, help="as latency_bench's: the fake's pause per content chunk")
     ap.add_argument("--gap-ms", type=float, default=0.0, help="pause after each call (as latency_bench's)")
     ap.add_argument("--keep", metavar="DIR", help="copy each configuration's per-flow timestamps (JSON lines) there")
     ap.add_argument("--trace", action="store_true",
@@ -172,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
 
         async def drive() -> dict[str, dict[str, list[float]]]:
             ns = PB.chat_request(stream=False, chunks=20)
-            st = PB.chat_request(stream=True, chunks=50)
+            st = PB.chat_request(stream=True, chunks=50, delay_ms=args.stream_delay_ms)
             clients = {}
             client_t: dict[str, dict[str, list[float]]] = {n: {"ns": [], "st": []} for n in proxies}
             for n in proxies:
