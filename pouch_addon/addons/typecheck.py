@@ -16,6 +16,7 @@ Installed only over the source it was written against (hashed), as ``walk.LeanWa
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import inspect
 import logging
@@ -23,6 +24,7 @@ import typing
 from collections import abc
 from typing import Any
 
+from mitmproxy import http
 from mitmproxy.utils import typecheck
 
 log = logging.getLogger(__name__)
@@ -86,24 +88,48 @@ def check_option_type(name: str, value: Any, typeinfo: Any) -> None:
         raise _error(name, value, typeinfo)
 
 
+#: ... and of ``http.MessageData.__post_init__`` (the check of every field, :func:`post_init`)
+KNOWN_POST_INIT = {"f65088e210cd9cc1"}
+#: (name, type) of each dataclass field, per class: ``dataclasses.fields`` builds its tuple per call
+_FIELDS: dict[type, tuple[tuple[str, Any], ...]] = {}
+
+
+def post_init(self: Any) -> None:
+    """``MessageData.__post_init__``: every field checked in order, the fields listed once per class."""
+    fs = _FIELDS.get(self.__class__)
+    if fs is None:
+        fs = _FIELDS[self.__class__] = tuple((f.name, f.type) for f in dataclasses.fields(self))
+    for name, typeinfo in fs:
+        check_option_type(name, getattr(self, name), typeinfo)
+
+
 def _fingerprint(fn: Any) -> str:
     return hashlib.sha256(inspect.getsource(fn).encode()).hexdigest()[:16]
 
 
-def install() -> bool:
-    """Put :func:`check_option_type` in mitmproxy's ``typecheck`` module (where ``http`` and
-    ``optmanager`` look it up per call); False, nothing changed, for an unknown source."""
-    current = typecheck.check_option_type
-    if current is check_option_type:
-        return True
+def _known(fn: Any, known: set[str]) -> bool:
     try:
-        fp = _fingerprint(current)
+        fp = _fingerprint(fn)
     except (OSError, TypeError):  # no source (a frozen build): leave mitmproxy's
         return False
-    if fp not in KNOWN:
-        log.debug(f"pouch: mitmproxy's check_option_type is not the one known ({fp}); left as it is")
+    if fp not in known:
+        log.debug(f"pouch: mitmproxy's {fn.__qualname__} is not the one known ({fp}); left as it is")
         return False
-    typecheck.check_option_type = check_option_type
+    return True
+
+
+def install() -> bool:
+    """Put :func:`check_option_type` in mitmproxy's ``typecheck`` module (where ``http`` and
+    ``optmanager`` look it up per call) and :func:`post_init` on ``http.MessageData`` (when it
+    calls that module's); False, nothing changed, for an unknown source."""
+    current = typecheck.check_option_type
+    if current is not check_option_type:
+        if not _known(current, KNOWN):
+            return False
+        typecheck.check_option_type = check_option_type
+    own = getattr(http.MessageData, "__post_init__", None)
+    if own is not None and own is not post_init and _known(own, KNOWN_POST_INIT):
+        http.MessageData.__post_init__ = post_init
     return True
 
 

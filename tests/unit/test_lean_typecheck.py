@@ -61,3 +61,33 @@ def test_a_flows_objects_leave_no_reference_cycle(monkeypatch):
     monkeypatch.setattr(mitm_typecheck, "check_option_type", ORIGINAL)
     assert typecheck.install()
     assert _cycles_of_a_streamed_flows_objects() == 0
+
+
+def test_post_init_checks_every_field_as_mitmproxys(monkeypatch):
+    own = http.MessageData.__post_init__
+    monkeypatch.setattr(mitm_typecheck, "check_option_type", ORIGINAL)
+    monkeypatch.setattr(http.MessageData, "__post_init__", own)
+    req = http.Request.make("POST", "https://api.openai.com/v1/chat/completions", b"{}", {"Host": "api.openai.com"})
+    resp = http.Response.make(200, b"", {"content-type": "text/event-stream"})
+    cases = [(req.data, "port", "443"), (req.data, "content", "text"), (req.data, "timestamp_end", "now"),
+             (resp.data, "status_code", None), (resp.data, "trailers", {}), (resp.data, "reason", b"OK")]
+
+    def outcomes() -> list[str | None]:
+        got = []
+        for data, name, bad in cases:
+            good = getattr(data, name)
+            setattr(data, name, bad)
+            try:
+                data.__post_init__()
+                got.append(None)
+            except TypeError as exc:
+                got.append(str(exc))
+            setattr(data, name, good)
+            data.__post_init__()  # the good value passes
+        return got
+
+    before = outcomes()
+    assert typecheck.install()
+    assert http.MessageData.__post_init__ is typecheck.post_init
+    assert outcomes() == before
+    assert before[1] == "Expected bytes | None for content, but got <class 'str'>."
