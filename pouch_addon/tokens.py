@@ -242,8 +242,9 @@ def _encoding_for(model: str) -> str:
 
 
 def _n(enc: tiktoken.Encoding, text: str) -> int:
-    # disallowed_special=(): user text containing "<|endoftext|>" is counted as text, never raises
-    return len(enc.encode(text, disallowed_special=()))
+    # user text containing "<|endoftext|>" is counted as text, never raises: ``encode_ordinary`` is
+    # tiktoken's ``encode(text, disallowed_special=())`` without its special-token checks
+    return len(enc.encode_ordinary(text))
 
 
 class _Counter:
@@ -257,13 +258,39 @@ class _Counter:
         raise NotImplementedError
 
 
+#: exact counts of the prompt texts seen, per encoding name (:class:`_Exact`): a client sends the
+#: same system prompt, tool list and conversation so far on every call, so each text is counted
+#: once. Keyed by the text itself (a hit is that very text: the count stays exact); emptied when
+#: it holds more than ``_MEMO_CHARS`` characters or ``_MEMO_ENTRIES`` texts.
+_MEMO: dict[str, dict[str, int]] = {}
+_MEMO_CHARS = 4_000_000
+_MEMO_ENTRIES = 8192
+_memo_chars = 0
+
+
 class _Exact(_Counter):
     def __init__(self, encoding: tiktoken.Encoding) -> None:
         self.name = encoding.name
         self._encoding = encoding
+        memo = _MEMO.get(self.name)
+        if memo is None:
+            memo = _MEMO[self.name] = {}
+        self._memo = memo
 
     def count(self, text: str) -> int:
-        return _n(self._encoding, text)
+        memo = self._memo
+        n = memo.get(text)
+        if n is None:
+            n = _n(self._encoding, text)
+            global _memo_chars
+            if _memo_chars + len(text) > _MEMO_CHARS or len(memo) >= _MEMO_ENTRIES:
+                for m in _MEMO.values():  # (threads may race here: the bound is approximate, each count exact)
+                    m.clear()
+                _memo_chars = 0
+            if len(text) <= _MEMO_CHARS:
+                memo[text] = n
+                _memo_chars += len(text)
+        return n
 
 
 class _Bytes(_Counter):

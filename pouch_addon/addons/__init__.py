@@ -21,6 +21,9 @@
     to a webhook, a command, the desktop and the TUI, from its own thread (``Core.observers``).
 13. ``Metrics``: Prometheus ``/metrics`` (``pouch_metrics=HOST:PORT``; off by default).
 14. ``Tracing``: one OpenTelemetry span per LLM call (``pouch_otel=true``, extra ``pouch[otel]``).
+
+``LeanTypecheck`` (first) only installs a cycle-free copy of mitmproxy's debug type check of its
+request and response objects when mitmproxy loads pouch (``addons/typecheck.py``).
 """
 
 from __future__ import annotations
@@ -40,11 +43,12 @@ from .presence import PresenceAddon
 from .route import Route
 from .scope import Scope
 from .tracing import Tracing
+from .typecheck import LeanTypecheck
 
 
 def make_addons() -> list[object]:
     core = Core()
     local = LocalModels()
-    return [Route(), local, Scope(local), AzureDeployments(core), Identify(core), BudgetGate(core), KeySwap(core), Mock(core),
+    return [LeanTypecheck(), Route(), local, Scope(local), AzureDeployments(core), Identify(core), BudgetGate(core), KeySwap(core), Mock(core),
             Metering(core), AuditBlocks(core),
             PresenceAddon(core), Alerting(core), Metrics(core), Tracing(core)]

@@ -589,3 +589,27 @@ def test_encoding_for_model_memo_is_bounded_and_answers_the_same():
         assert len(tokens._ENCODING_OF) <= 1024
     assert encoding_for_model("ft:gpt-3.5-turbo:org::x") == "cl100k_base"
     assert encoding_for_model("openai/gpt-4o-7") == "o200k_base"
+
+
+def test_prompt_counts_are_memoised_exactly_and_bounded(monkeypatch):
+    """A prompt text is counted once (clients resend their system prompt and history every call);
+    a hit is that very text, so the count is tiktoken's, and the memo empties past its bounds."""
+    monkeypatch.setattr(tokens, "_MEMO", {})
+    monkeypatch.setattr(tokens, "_memo_chars", 0)
+    enc = tokens.get_encoding(encoding_for_model("gpt-4o"))
+    body = {"model": "gpt-4o", "messages": COOKBOOK_MESSAGES}
+    first = estimate_chat_prompt(body, "gpt-4o")
+    calls = []
+    real = tokens._n
+    monkeypatch.setattr(tokens, "_n", lambda e, t: calls.append(t) or real(e, t))
+    assert estimate_chat_prompt(body, "gpt-4o") == first
+    assert calls == []  # every text came from the memo
+    monkeypatch.setattr(tokens, "_MEMO_ENTRIES", 4)
+    texts = ["hello <|endoftext|> world", "héllo wörld", "a" * 50, "hello <|endoftext|> world!"]
+    for t in texts:
+        assert tokens._Exact(enc).count(t) == len(enc.encode(t, disallowed_special=()))
+        assert tokens._Exact(enc).count(t) == len(enc.encode(t, disallowed_special=()))
+    assert len(tokens._MEMO[enc.name]) <= 4
+    monkeypatch.setattr(tokens, "_MEMO_CHARS", 10)
+    tokens._Exact(enc).count("x" * 11)  # longer than the whole bound: counted, not kept
+    assert "x" * 11 not in tokens._MEMO[enc.name]
