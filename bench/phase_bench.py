@@ -70,6 +70,7 @@ PHASES = [
     ("IO: 1st -> 2nd write to client", "io_cl_w0", "io_cl_w1"),
     ("IO: 2nd -> 3rd write to client", "io_cl_w1", "io_cl_w2"),
     ("IO: client sends -> its first body byte", "c_t0", "c_first"),
+    ("IO: client sends -> proxy's 2nd write to it (1st body bytes)", "c_t0", "io_cl_w1"),
     ("IO: proxy reads -> request head read", "io_cl_r0", "m_req_start"),
     ("IO: request hooks end -> first write upstream", "rq1", "io_up_w0"),
     ("IO: provider's data read -> response head hook", "io_up_r0", "rsh0"),
