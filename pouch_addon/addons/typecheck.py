@@ -17,9 +17,6 @@ Installed only over the source it was written against (hashed), as ``walk.LeanWa
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import inspect
-import logging
 import typing
 from collections import abc
 from typing import Any
@@ -27,7 +24,7 @@ from typing import Any
 from mitmproxy import http
 from mitmproxy.utils import typecheck
 
-log = logging.getLogger(__name__)
+from . import mitm_source
 
 try:
     from types import UnionType
@@ -103,32 +100,17 @@ def post_init(self: Any) -> None:
         check_option_type(name, getattr(self, name), typeinfo)
 
 
-def _fingerprint(fn: Any) -> str:
-    return hashlib.sha256(inspect.getsource(fn).encode()).hexdigest()[:16]
-
-
-def _known(fn: Any, known: set[str]) -> bool:
-    try:
-        fp = _fingerprint(fn)
-    except (OSError, TypeError):  # no source (a frozen build): leave mitmproxy's
-        return False
-    if fp not in known:
-        log.debug(f"pouch: mitmproxy's {fn.__qualname__} is not the one known ({fp}); left as it is")
-        return False
-    return True
-
-
 def install() -> bool:
     """Put :func:`check_option_type` in mitmproxy's ``typecheck`` module (where ``http`` and
     ``optmanager`` look it up per call) and :func:`post_init` on ``http.MessageData`` (when it
     calls that module's); False, nothing changed, for an unknown source."""
     current = typecheck.check_option_type
     if current is not check_option_type:
-        if not _known(current, KNOWN):
+        if not mitm_source.known("check_option_type", KNOWN, current):
             return False
         typecheck.check_option_type = check_option_type
     own = getattr(http.MessageData, "__post_init__", None)
-    if own is not None and own is not post_init and _known(own, KNOWN_POST_INIT):
+    if own is not None and own is not post_init and mitm_source.known("MessageData.__post_init__", KNOWN_POST_INIT, own):
         http.MessageData.__post_init__ = post_init
     return True
 

@@ -23,15 +23,13 @@ mitmproxy keeps its own walk.
 
 from __future__ import annotations
 
-import hashlib
 import inspect
-import logging
 import types
 from typing import Any
 
 from mitmproxy import addonmanager, exceptions
 
-log = logging.getLogger(__name__)
+from . import mitm_source
 
 #: the events walked here: a flow's (HTTP, and the ``update`` mitmproxy sends after each)
 EVENTS = frozenset({"requestheaders", "request", "responseheaders", "response", "error", "update"})
@@ -42,12 +40,10 @@ KNOWN = {"c886fe03a654849d"}
 _END = object()
 
 
-def _fingerprint() -> str:
+def _walk_functions() -> tuple[Any, ...]:
     am = addonmanager.AddonManager
-    parts = [addonmanager.traverse, addonmanager.safecall, am.trigger_event, am.invoke_addon, am._iter_hooks,
-             am.handle_lifecycle]
-    src = "\n".join(inspect.getsource(p) for p in parts)
-    return hashlib.sha256(src.encode()).hexdigest()[:16]
+    return (addonmanager.traverse, addonmanager.safecall, am.trigger_event, am.invoke_addon, am._iter_hooks,
+            am.handle_lifecycle)
 
 
 def lean_trigger_event(manager: Any) -> Any:
@@ -107,12 +103,7 @@ def install(master: Any) -> bool:
     manager = master.addons
     if getattr(manager, "_pouch_lean_walk", False):
         return True
-    try:
-        fp = _fingerprint()
-    except (OSError, TypeError):  # no source (a frozen build): leave mitmproxy's walk
-        return False
-    if fp not in KNOWN:
-        log.debug(f"pouch: mitmproxy's addon walk is not the one known ({fp}); left as it is")
+    if not mitm_source.known("addon walk", KNOWN, *_walk_functions()):
         return False
     manager.trigger_event = lean_trigger_event(manager)
     manager._pouch_lean_walk = True
